@@ -1,0 +1,3 @@
+//! Client-side helpers for the `dakota` CLI and other Rust callers.
+
+pub mod output;

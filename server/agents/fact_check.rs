@@ -1,0 +1,242 @@
+//! Claim extraction and checking against source text, shared by every `fact_checker`.
+use std::collections::BTreeSet;
+
+use crate::api::{self, Verdict};
+use crate::server::{agents::SourceDoc, text};
+
+/// Share of a claim's terms that a source sentence must contain to support it.
+const SUPPORT_OVERLAP: f64 = 0.6;
+
+/// A checkable statement of the article and the source URLs it cites.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimCandidate {
+    pub text: String,
+    pub kind: &'static str,
+    pub cited_urls: Vec<String>,
+    /// URLs cited anywhere in the claim's paragraph (the fallback for checking).
+    pub paragraph_urls: Vec<String>,
+}
+
+/// The claims to check: every sentence with a figure (number, percentage, money, date)
+/// and every sentence that carries a citation.
+pub fn extract_claims(markdown: &str) -> Vec<ClaimCandidate> {
+    let mut claims = Vec::new();
+    for paragraph in markdown.split("\n\n") {
+        let paragraph = paragraph.trim();
+        if paragraph.is_empty() || paragraph.starts_with('#') {
+            continue;
+        }
+        // List items are claims of their own.
+        for block in paragraph
+            .lines()
+            .filter(|l| l.starts_with("- "))
+            .map(|l| &l[2..])
+            .chain(Some(paragraph).filter(|p| !p.lines().any(|l| l.starts_with("- "))))
+        {
+            let paragraph_urls: Vec<String> = text::links(block)
+                .iter()
+                .map(|l| l.url.to_string())
+                .collect();
+            let mut sentences: Vec<(String, Vec<String>)> = Vec::new();
+            for raw in text::sentences(block) {
+                let (prose, urls) = text::strip_links(&raw);
+                if prose.chars().any(char::is_alphanumeric) {
+                    sentences.push((prose, urls));
+                } else if let Some(previous) = sentences.last_mut() {
+                    previous.1.extend(urls); // a citation standing after the full stop
+                }
+            }
+            for (prose, cited_urls) in sentences {
+                if let Some(kind) = claim_kind(&prose, !cited_urls.is_empty()) {
+                    claims.push(ClaimCandidate {
+                        text: prose,
+                        kind,
+                        cited_urls,
+                        paragraph_urls: paragraph_urls.clone(),
+                    });
+                }
+            }
+        }
+    }
+    claims
+}
+
+fn claim_kind(sentence: &str, cited: bool) -> Option<&'static str> {
+    let lower = sentence.to_lowercase();
+    let has_year = text::tokens(sentence).any(|t| {
+        t.len() == 4 && (t.starts_with("19") || t.starts_with("20")) && t.parse::<u32>().is_ok()
+    });
+    if sentence.contains(['$', '€', '£'])
+        || lower.contains(" million")
+        || lower.contains(" billion")
+    {
+        Some("money")
+    } else if sentence.contains('%') || lower.contains(" percent") {
+        Some("percentage")
+    } else if has_year {
+        Some("date")
+    } else if sentence.chars().any(|c| c.is_ascii_digit()) {
+        Some("number")
+    } else if cited {
+        Some("citation")
+    } else {
+        None
+    }
+}
+
+/// Numbers as written, normalised: `$1,500.0` -> `1500`, `2.50%` -> `2.5`.
+pub fn figures(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ','))
+        .map(|t| t.trim_matches(['.', ',']).replace(',', ""))
+        .filter(|t| t.chars().any(|c| c.is_ascii_digit()))
+        .map(|t| {
+            if t.contains('.') {
+                t.trim_end_matches('0').trim_end_matches('.').to_string()
+            } else {
+                t
+            }
+        })
+        .collect()
+}
+
+/// Checks one claim against the sources: those it cites, else those its paragraph cites,
+/// else all of them. Supported when one source sentence holds the claim's figures and
+/// most of its terms.
+pub fn check_claim(claim: &ClaimCandidate, sources: &[SourceDoc]) -> api::Claim {
+    let cited = if claim.cited_urls.is_empty() {
+        &claim.paragraph_urls
+    } else {
+        &claim.cited_urls
+    };
+    let candidates: Vec<&SourceDoc> = if cited.is_empty() {
+        sources.iter().collect()
+    } else {
+        sources
+            .iter()
+            .filter(|s| cited.contains(&s.source.url))
+            .collect()
+    };
+    let claim_terms: BTreeSet<String> = text::terms(&claim.text).collect();
+    let claim_figures = figures(&claim.text);
+    let mut best: Option<(f64, &SourceDoc, String)> = None;
+    for source in &candidates {
+        for sentence in text::sentences(&source.text) {
+            if !claim_figures.is_subset(&figures(&sentence)) {
+                continue;
+            }
+            let terms: BTreeSet<String> = text::terms(&sentence).collect();
+            let overlap = if claim_terms.is_empty() {
+                1.0
+            } else {
+                claim_terms.intersection(&terms).count() as f64 / claim_terms.len() as f64
+            };
+            if best.as_ref().is_none_or(|(score, _, _)| overlap > *score) {
+                best = Some((overlap, source, sentence));
+            }
+        }
+    }
+    let mut result = api::Claim {
+        text: claim.text.clone(),
+        kind: claim.kind.to_string(),
+        ..Default::default()
+    };
+    match best {
+        Some((overlap, source, sentence)) if overlap >= SUPPORT_OVERLAP => {
+            result.set_verdict(Verdict::Supported);
+            result.source_id = source.source.id.clone();
+            result.source_url = source.source.url.clone();
+            result.evidence = sentence;
+        }
+        _ if candidates.iter().all(|s| s.text.trim().is_empty()) => {
+            result.set_verdict(Verdict::Unverifiable);
+        }
+        _ => {
+            result.set_verdict(Verdict::Unsupported);
+            if let [only] = candidates.as_slice() {
+                result.source_id = only.source.id.clone();
+                result.source_url = only.source.url.clone();
+            }
+        }
+    }
+    result
+}
+
+/// The full report: every claim checked, citations that name no source listed.
+pub fn check_article(markdown: &str, sources: &[SourceDoc]) -> api::FactCheckReport {
+    let claims: Vec<api::Claim> = extract_claims(markdown)
+        .iter()
+        .map(|c| check_claim(c, sources))
+        .collect();
+    let count = |v: Verdict| claims.iter().filter(|c| c.verdict() == v).count() as u32;
+    let invalid_citations: Vec<String> = text::links(markdown)
+        .iter()
+        .filter(|l| !sources.iter().any(|s| s.source.url == l.url))
+        .map(|l| l.url.to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let unsupported = count(Verdict::Unsupported);
+    api::FactCheckReport {
+        supported: count(Verdict::Supported),
+        unsupported,
+        unverifiable: count(Verdict::Unverifiable),
+        passed: unsupported == 0 && invalid_citations.is_empty(),
+        invalid_citations,
+        claims,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(url: &str, text: &str) -> SourceDoc {
+        SourceDoc {
+            source: api::Source {
+                id: "S1".into(),
+                url: url.into(),
+                ..Default::default()
+            },
+            section: String::new(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn figures_are_normalised() {
+        let found: Vec<String> = figures("A $1,500.00 fund returned 2.50% in 2023.")
+            .into_iter()
+            .collect();
+        assert_eq!(found, ["1500", "2.5", "2023"]);
+    }
+
+    #[test]
+    fn claims_are_checked_against_the_cited_source_text() {
+        let sources = [source(
+            "https://kb.example/a",
+            "The Employee Retirement Income Security Act was passed in 1974. Pensions grew.",
+        )];
+        let md = "# T\n\nThe Employee Retirement Income Security Act was passed in 1974 ([A](https://kb.example/a)).\n\nThe act was passed in 1980 ([A](https://kb.example/a)).\n\nMarkets are calm.\n";
+        let report = check_article(md, &sources);
+        let verdicts: Vec<(Verdict, &str)> = report
+            .claims
+            .iter()
+            .map(|c| (c.verdict(), c.kind.as_str()))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [(Verdict::Supported, "date"), (Verdict::Unsupported, "date")]
+        );
+        assert_eq!(report.claims[0].source_url, "https://kb.example/a");
+        assert!(report.claims[0].evidence.contains("1974"));
+        assert!(!report.passed);
+    }
+
+    #[test]
+    fn citations_to_unknown_urls_fail_the_report() {
+        let sources = [source("https://kb.example/a", "Text.")];
+        let report = check_article("Claim ([X](https://invented.example/x)).", &sources);
+        assert_eq!(report.invalid_citations, ["https://invented.example/x"]);
+        assert!(!report.passed);
+    }
+}

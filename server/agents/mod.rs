@@ -1,0 +1,251 @@
+//! The agents of SPEC §4 behind one trait, so that the offline (extractive) implementations
+//! and LLM-backed ones are interchangeable per agent.
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::server::{kb::KnowledgeBase, pipeline::JobRequest};
+
+pub mod fact_check;
+pub mod metrics_analyzer;
+mod offline;
+
+/// Agent names as they appear in events, spans and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentName {
+    KbResearcher,
+    WebResearcher,
+    ResearchSynthesizer,
+    ContentWriter,
+    MetricsAnalyzer,
+    SeoSpecialist,
+    FactChecker,
+    SocialPromoter,
+    SummaryWriter,
+}
+
+impl AgentName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KbResearcher => "kb_researcher",
+            Self::WebResearcher => "web_researcher",
+            Self::ResearchSynthesizer => "research_synthesizer",
+            Self::ContentWriter => "content_writer",
+            Self::MetricsAnalyzer => "metrics_analyzer",
+            Self::SeoSpecialist => "seo_specialist",
+            Self::FactChecker => "fact_checker",
+            Self::SocialPromoter => "social_promoter",
+            Self::SummaryWriter => "summary_writer",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Research found nothing to write from.
+    #[error("{0}")]
+    NoSources(String),
+    #[error("knowledge base: {0}")]
+    Kb(#[from] crate::server::kb::KbError),
+    /// A dependency is down or answered garbage after every retry.
+    #[error("{upstream} unavailable: {message}")]
+    Unavailable {
+        upstream: &'static str,
+        message: String,
+    },
+}
+
+/// What every agent run returns besides its value: the accounting shown in
+/// `agent_completed` events and the article's run metrics.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOutput<T> {
+    pub value: T,
+    pub usage: api::TokenUsage,
+    pub cache_hit: bool,
+    pub attempts: u32,
+    /// One line on what was produced.
+    pub summary: String,
+    /// Degraded steps, reported as `warning` events: (code, message).
+    pub warnings: Vec<(&'static str, String)>,
+}
+
+impl<T> AgentOutput<T> {
+    /// A local, single-attempt result (offline agents).
+    pub fn local(value: T, summary: impl Into<String>) -> Self {
+        Self {
+            value,
+            usage: api::TokenUsage::default(),
+            cache_hit: false,
+            attempts: 1,
+            summary: summary.into(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+pub type AgentResult<T> = Result<AgentOutput<T>, AgentError>;
+pub type AgentFuture<'a, T> = Pin<Box<dyn Future<Output = AgentResult<T>> + Send + 'a>>;
+
+/// Receives the writer's text as it is produced (`content_delta` events).
+pub type DeltaSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Per-job context handed to every agent run.
+#[derive(Clone)]
+pub struct AgentContext {
+    pub request: Arc<JobRequest>,
+    pub cancel: CancellationToken,
+    pub deltas: DeltaSink,
+    pub upstream: Arc<UpstreamCounters>,
+}
+
+/// Upstream calls made by a job, by upstream (`kb`, `web`, `llm`, `fetch`).
+#[derive(Debug, Default)]
+pub struct UpstreamCounters {
+    counts: [(AtomicU32, AtomicU32); 4],
+}
+
+impl UpstreamCounters {
+    pub const NAMES: [&'static str; 4] = ["kb", "web", "llm", "fetch"];
+
+    pub fn record(&self, upstream: &str, ok: bool) {
+        if let Some(i) = Self::NAMES.iter().position(|n| *n == upstream) {
+            self.counts[i].0.fetch_add(1, Ordering::Relaxed);
+            if !ok {
+                self.counts[i].1.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<api::UpstreamCalls> {
+        Self::NAMES
+            .iter()
+            .zip(&self.counts)
+            .map(|(name, (calls, errors))| api::UpstreamCalls {
+                upstream: name.to_string(),
+                calls: calls.load(Ordering::Relaxed),
+                errors: errors.load(Ordering::Relaxed),
+            })
+            .filter(|u| u.calls > 0)
+            .collect()
+    }
+}
+
+/// One agent: typed input and output, provider and model for the record.
+pub trait Agent<I: ?Sized, O>: Send + Sync {
+    /// `offline`, or the LLM provider.
+    fn provider(&self) -> &str;
+    fn model(&self) -> &str;
+    fn run<'a>(&'a self, cx: &'a AgentContext, input: &'a I) -> AgentFuture<'a, O>;
+}
+
+/// A source as research returned it, with the text the fact checker checks against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceDoc {
+    pub source: api::Source,
+    pub section: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct KbResearch {
+    pub queries: Vec<String>,
+    pub sources: Vec<SourceDoc>,
+    pub insights: Vec<String>,
+    pub related: Vec<api::RelatedArticle>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WebResearch {
+    pub queries: Vec<String>,
+    pub sources: Vec<SourceDoc>,
+    pub summary: String,
+}
+
+/// Section headings planned from the topic alone, before research returns.
+#[derive(Debug, Clone, Default)]
+pub struct OutlinePlan {
+    pub sections: Vec<String>,
+}
+
+pub struct SynthesisInput {
+    pub plan: OutlinePlan,
+    pub kb: KbResearch,
+    pub web: WebResearch,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OutlineSection {
+    pub heading: String,
+    /// Source ids (`S1` ...) the section draws on, best first.
+    pub source_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Synthesis {
+    /// Merged, deduplicated by URL, ranked, at most 10; ids `S1`, `S2`, ... in rank order.
+    pub sources: Vec<SourceDoc>,
+    pub outline: Vec<OutlineSection>,
+    pub key_themes: Vec<String>,
+}
+
+/// What the writer is asked for: a first draft, or a repair of the failing parts of one.
+pub struct WritingBrief {
+    pub synthesis: Arc<Synthesis>,
+    pub revision: Option<Revision>,
+}
+
+pub struct Revision {
+    pub iteration: u32,
+    pub previous: String,
+    pub problems: Vec<crate::server::pipeline::contract::Problem>,
+}
+
+/// The article as finally written: Markdown whose citations are links to source URLs.
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    pub markdown: String,
+}
+
+pub struct FactCheckInput {
+    pub markdown: String,
+    pub sources: Arc<Vec<SourceDoc>>,
+}
+
+/// The finished article the distribution agents work from.
+pub struct FinalArticle {
+    pub title: String,
+    pub markdown: String,
+    pub seo: api::SeoMetadata,
+    pub key_themes: Vec<String>,
+}
+
+/// One implementation chosen per agent.
+#[derive(Clone)]
+pub struct Agents {
+    pub kb_researcher: Arc<dyn Agent<JobRequest, KbResearch>>,
+    pub web_researcher: Arc<dyn Agent<JobRequest, WebResearch>>,
+    /// `research_synthesizer` in the research phase: the outline from the topic.
+    pub outline_planner: Arc<dyn Agent<JobRequest, OutlinePlan>>,
+    pub research_synthesizer: Arc<dyn Agent<SynthesisInput, Synthesis>>,
+    pub content_writer: Arc<dyn Agent<WritingBrief, Draft>>,
+    pub metrics_analyzer: Arc<dyn Agent<Draft, api::ContentMetrics>>,
+    pub seo_specialist: Arc<dyn Agent<Draft, api::SeoMetadata>>,
+    pub fact_checker: Arc<dyn Agent<FactCheckInput, api::FactCheckReport>>,
+    pub social_promoter: Arc<dyn Agent<FinalArticle, api::SocialContent>>,
+    pub summary_writer: Arc<dyn Agent<FinalArticle, api::Summary>>,
+}
+
+impl Agents {
+    /// The embedded default: deterministic, extractive agents working from the knowledge base.
+    pub fn offline(kb: Arc<KnowledgeBase>) -> Self {
+        offline::agents(kb)
+    }
+}

@@ -1,0 +1,772 @@
+//! The offline agents: deterministic, extractive implementations that build every artifact
+//! from the retrieved sources. The embedded default when no LLM is configured.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
+};
+
+use super::{
+    Agent, AgentContext, AgentError, AgentFuture, AgentOutput, Agents, Draft, FactCheckInput,
+    FinalArticle, KbResearch, OutlinePlan, OutlineSection, SourceDoc, Synthesis, SynthesisInput,
+    WebResearch, WritingBrief, fact_check,
+};
+use crate::api;
+use crate::server::{
+    kb::KnowledgeBase,
+    pipeline::{
+        JobRequest,
+        contract::{self, CONCLUSION, KEY_INSIGHTS, KEY_TAKEAWAYS, Problem},
+    },
+    text,
+};
+
+const PROVIDER: &str = "offline";
+const MODEL: &str = "extractive";
+/// Sources kept after synthesis (SPEC §4).
+const MAX_SOURCES: usize = 10;
+/// Hits asked of the knowledge base per query.
+const HITS_PER_QUERY: usize = 8;
+/// Sentences that lean on a previous one read badly when lifted out; skip them.
+const DANGLING_STARTS: &[&str] = &[
+    "this ", "it ", "these ", "they ", "such ", "however", "also", "that ", "those ", "he ", "she ",
+];
+
+pub fn agents(kb: Arc<KnowledgeBase>) -> Agents {
+    Agents {
+        kb_researcher: Arc::new(KbResearcher { kb }),
+        web_researcher: Arc::new(UnconfiguredWebResearcher),
+        outline_planner: Arc::new(ExtractiveAgent),
+        research_synthesizer: Arc::new(ExtractiveAgent),
+        content_writer: Arc::new(ExtractiveAgent),
+        metrics_analyzer: Arc::new(super::metrics_analyzer::MetricsAnalyzer),
+        seo_specialist: Arc::new(ExtractiveAgent),
+        fact_checker: Arc::new(ExtractiveAgent),
+        social_promoter: Arc::new(ExtractiveAgent),
+        summary_writer: Arc::new(ExtractiveAgent),
+    }
+}
+
+/// Runs synchronous work as an agent future.
+fn ready<'a, T: Send + 'a>(result: Result<AgentOutput<T>, AgentError>) -> AgentFuture<'a, T> {
+    Box::pin(std::future::ready(result))
+}
+
+/// The search queries for a topic: the topic itself and three angles on it.
+pub fn kb_queries(topic: &str) -> Vec<String> {
+    vec![
+        topic.to_string(),
+        format!("{topic} risks"),
+        format!("{topic} portfolio allocation strategy"),
+        format!("{topic} outlook"),
+    ]
+}
+
+struct KbResearcher {
+    kb: Arc<KnowledgeBase>,
+}
+
+impl Agent<JobRequest, KbResearch> for KbResearcher {
+    fn provider(&self) -> &str {
+        PROVIDER
+    }
+    fn model(&self) -> &str {
+        "tantivy-bm25"
+    }
+    fn run<'a>(
+        &'a self,
+        cx: &'a AgentContext,
+        request: &'a JobRequest,
+    ) -> AgentFuture<'a, KbResearch> {
+        let result = (|| {
+            let queries = kb_queries(&request.topic);
+            let batch = self.kb.search_batch(&queries, HITS_PER_QUERY);
+            cx.upstream.record("kb", batch.is_ok());
+            let batch = batch?;
+            let hit_count: usize = batch.iter().map(Vec::len).sum();
+            // Chunk scores summed over queries: a chunk that answers several angles ranks first.
+            let mut chunk_scores: BTreeMap<usize, f32> = BTreeMap::new();
+            for hit in batch.iter().flatten() {
+                *chunk_scores.entry(hit.chunk).or_default() += hit.score;
+            }
+            let mut ranked: Vec<(usize, f32)> = chunk_scores.into_iter().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let top = ranked.first().map(|r| r.1).unwrap_or(1.0).max(f32::EPSILON);
+
+            // One source per document; its text is every retrieved chunk of it, best first.
+            let mut sources: Vec<SourceDoc> = Vec::new();
+            for (chunk_index, score) in &ranked {
+                let Some(chunk) = self.kb.chunk(*chunk_index) else {
+                    continue;
+                };
+                let passage = format!("{}\n\n", chunk.text);
+                match sources.iter_mut().find(|s| s.source.url == chunk.url) {
+                    Some(existing) => existing.text.push_str(&passage),
+                    None => sources.push(SourceDoc {
+                        source: api::Source {
+                            title: chunk.title.clone(),
+                            url: chunk.url.clone(),
+                            snippet: text::truncate_words(&chunk.text.replace('\n', " "), 240),
+                            kind: api::SourceKind::KnowledgeBase as i32,
+                            domain: domain_of(&chunk.url),
+                            // Curated in-house research: the middle tier of SPEC §4.
+                            authority_tier: 2,
+                            published: chunk.date.clone().unwrap_or_default(),
+                            relevance: f64::from(score / top),
+                            ..Default::default()
+                        },
+                        section: chunk.section.clone(),
+                        text: passage,
+                    }),
+                }
+            }
+            let insights = sources
+                .iter()
+                .take(5)
+                .filter_map(|s| best_sentences(&s.text, &request.topic, 1, &HashSet::new()).pop())
+                .collect();
+            let related = sources
+                .iter()
+                .take(5)
+                .map(|s| api::RelatedArticle {
+                    title: s.source.title.clone(),
+                    url: s.source.url.clone(),
+                    relevance: round2(s.source.relevance),
+                })
+                .collect();
+            let summary = format!(
+                "{hit_count} hits for {} queries from {} documents",
+                queries.len(),
+                sources.len()
+            );
+            Ok(AgentOutput::local(
+                KbResearch {
+                    queries,
+                    sources,
+                    insights,
+                    related,
+                },
+                summary,
+            ))
+        })();
+        ready(result)
+    }
+}
+
+/// The web researcher when no web search is configured: research goes on without it.
+struct UnconfiguredWebResearcher;
+
+impl Agent<JobRequest, WebResearch> for UnconfiguredWebResearcher {
+    fn provider(&self) -> &str {
+        PROVIDER
+    }
+    fn model(&self) -> &str {
+        "none"
+    }
+    fn run<'a>(
+        &'a self,
+        _cx: &'a AgentContext,
+        _request: &'a JobRequest,
+    ) -> AgentFuture<'a, WebResearch> {
+        let mut output =
+            AgentOutput::local(WebResearch::default(), "skipped: web search not configured");
+        output.warnings.push((
+            "WEB_SEARCH_UNAVAILABLE",
+            "web search is not configured (no SERPER_API_KEY); the article draws on the knowledge base only"
+                .to_string(),
+        ));
+        ready(Ok(output))
+    }
+}
+
+/// Every other offline agent: pure functions of their input.
+struct ExtractiveAgent;
+
+macro_rules! extractive {
+    ($input:ty => $output:ty, |$cx:ident, $arg:ident| $body:expr) => {
+        impl Agent<$input, $output> for ExtractiveAgent {
+            fn provider(&self) -> &str {
+                PROVIDER
+            }
+            fn model(&self) -> &str {
+                MODEL
+            }
+            fn run<'a>(
+                &'a self,
+                $cx: &'a AgentContext,
+                $arg: &'a $input,
+            ) -> AgentFuture<'a, $output> {
+                ready($body)
+            }
+        }
+    };
+}
+
+extractive!(JobRequest => OutlinePlan, |_cx, request| {
+    let topic = text::title_case(&request.topic);
+    Ok(AgentOutput::local(
+        OutlinePlan {
+            sections: vec![
+                format!("Why {topic} Matters Now"),
+                format!("How {topic} Works in Practice"),
+                "Risks and Trade-offs".to_string(),
+                "Putting It into Practice".to_string(),
+            ],
+        },
+        "4 planned sections",
+    ))
+});
+
+extractive!(SynthesisInput => Synthesis, |cx, input| synthesize(&cx.request, input));
+
+extractive!(WritingBrief => Draft, |cx, brief| {
+    let mut excluded: HashSet<String> = HashSet::new();
+    let mut scale = 1.0;
+    if let Some(revision) = &brief.revision {
+        for problem in &revision.problems {
+            match problem {
+                Problem::UnsupportedClaim(sentence) => {
+                    excluded.insert(sentence.clone());
+                }
+                Problem::WordCount { actual, target } if *actual > 0 => {
+                    scale = (*target as f64 / *actual as f64).clamp(0.5, 2.0);
+                }
+                _ => {}
+            }
+        }
+    }
+    let markdown = write_article(&cx.request, &brief.synthesis, &excluded, scale);
+    for paragraph in markdown.split_inclusive("\n\n") {
+        (cx.deltas)(paragraph);
+    }
+    let words = prose_words(&markdown);
+    Ok(AgentOutput::local(Draft { markdown }, format!("{words} words")))
+});
+
+extractive!(Draft => api::SeoMetadata, |cx, draft| {
+    let seo = seo(&cx.request, &draft.markdown);
+    let summary = format!("title of {} chars, {} keywords", seo.title.chars().count(), seo.keywords.len());
+    Ok(AgentOutput::local(seo, summary))
+});
+
+extractive!(FactCheckInput => api::FactCheckReport, |_cx, input| {
+    let report = fact_check::check_article(&input.markdown, &input.sources);
+    let summary = format!(
+        "{} claims: {} supported, {} unsupported, {} unverifiable",
+        report.claims.len(),
+        report.supported,
+        report.unsupported,
+        report.unverifiable
+    );
+    Ok(AgentOutput::local(report, summary))
+});
+
+extractive!(FinalArticle => api::SocialContent, |cx, article| {
+    let social = social(&cx.request, article);
+    Ok(AgentOutput::local(social, "3 LinkedIn posts, a 10-post thread, email, Instagram, Facebook"))
+});
+
+extractive!(FinalArticle => api::Summary, |_cx, article| {
+    let summary = summary(article);
+    let line = format!("{} takeaways", summary.takeaways.len());
+    Ok(AgentOutput::local(summary, line))
+});
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+pub fn domain_of(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("www.")
+        .to_string()
+}
+
+/// Sentences worth lifting: complete, not leaning on a previous sentence.
+fn usable_sentences(text: &str) -> Vec<String> {
+    text::sentences(text)
+        .into_iter()
+        .filter(|s| {
+            let lower = s.to_lowercase();
+            text::count_words(s) >= 6
+                && s.ends_with(['.', '!', '?'])
+                && !s.starts_with(['-', '#', '|'])
+                && !DANGLING_STARTS.iter().any(|d| lower.starts_with(d))
+        })
+        .collect()
+}
+
+/// The `n` sentences of `text` sharing most terms with `query`, not in `used`, best first.
+fn best_sentences(text: &str, query: &str, n: usize, used: &HashSet<String>) -> Vec<String> {
+    let query_terms: BTreeSet<String> = text::terms(query).collect();
+    let mut scored: Vec<(usize, usize, String)> = usable_sentences(text)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, s)| !used.contains(s))
+        .map(|(i, s)| {
+            let overlap = text::terms(&s).filter(|t| query_terms.contains(t)).count();
+            (overlap, i, s)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().take(n).map(|(_, _, s)| s).collect()
+}
+
+/// Merges research: dedupe by URL, rank by relevance, authority and freshness, keep the best
+/// ten (ids S1..), and outline the article from the best distinct passages.
+fn synthesize(
+    request: &JobRequest,
+    input: &SynthesisInput,
+) -> Result<AgentOutput<Synthesis>, AgentError> {
+    let mut merged: Vec<SourceDoc> = Vec::new();
+    for doc in input.kb.sources.iter().chain(&input.web.sources) {
+        if !merged.iter().any(|m| m.source.url == doc.source.url) {
+            merged.push(doc.clone());
+        }
+    }
+    if merged.is_empty() {
+        return Err(AgentError::NoSources(format!(
+            "research found no sources for \"{}\": add documents to the knowledge base (--kb-dir) or configure web search",
+            request.topic
+        )));
+    }
+    let newest = merged
+        .iter()
+        .map(|d| d.source.published.clone())
+        .max()
+        .unwrap_or_default();
+    let rank = |d: &SourceDoc| {
+        let authority = 1.0 + 0.1 * f64::from(d.source.authority_tier);
+        let fresh = if !newest.is_empty() && d.source.published.get(..4) == newest.get(..4) {
+            1.05
+        } else {
+            1.0
+        };
+        d.source.relevance * authority * fresh
+    };
+    merged.sort_by(|a, b| {
+        rank(b)
+            .total_cmp(&rank(a))
+            .then(a.source.url.cmp(&b.source.url))
+    });
+    merged.truncate(MAX_SOURCES);
+    for (i, doc) in merged.iter_mut().enumerate() {
+        doc.source.id = format!("S{}", i + 1);
+    }
+
+    // Main sections: the sections of the best sources, one per source while they last.
+    let mut outline: Vec<OutlineSection> = Vec::new();
+    for doc in &merged {
+        if outline.len() == 4 {
+            break;
+        }
+        let heading = if doc.section == doc.source.title {
+            doc.source.title.clone()
+        } else {
+            doc.section.clone()
+        };
+        if is_fixed_heading(&heading)
+            || outline
+                .iter()
+                .any(|s| s.heading.eq_ignore_ascii_case(&heading))
+        {
+            continue;
+        }
+        outline.push(OutlineSection {
+            heading,
+            source_ids: vec![doc.source.id.clone()],
+        });
+    }
+    // Fewer than three sources: the planned sections, drawing on every source.
+    for planned in &input.plan.sections {
+        if outline.len() >= 3 {
+            break;
+        }
+        outline.push(OutlineSection {
+            heading: planned.clone(),
+            source_ids: merged.iter().map(|d| d.source.id.clone()).collect(),
+        });
+    }
+    let key_themes = outline.iter().map(|s| s.heading.clone()).take(4).collect();
+    let summary = format!("{} sources, {} sections", merged.len(), outline.len());
+    Ok(AgentOutput::local(
+        Synthesis {
+            sources: merged,
+            outline,
+            key_themes,
+        },
+        summary,
+    ))
+}
+
+fn is_fixed_heading(heading: &str) -> bool {
+    let lower = heading.to_lowercase();
+    [
+        KEY_INSIGHTS,
+        KEY_TAKEAWAYS,
+        CONCLUSION,
+        "introduction",
+        "executive summary",
+    ]
+    .iter()
+    .any(|h| lower.starts_with(&h.to_lowercase()))
+}
+
+/// Text of the audience up to its first "and", for headings: "Institutional Investors".
+fn audience_head(audience: &str) -> String {
+    text::title_case(audience.split(" and ").next().unwrap_or(audience).trim())
+}
+
+/// Builds the article: title, lead, key insights, the outlined sections filled with source
+/// sentences up to the word budget, key takeaways and conclusion. Cites with `[S<n>]`.
+fn write_article(
+    request: &JobRequest,
+    synthesis: &Synthesis,
+    excluded: &HashSet<String>,
+    scale: f64,
+) -> String {
+    let target = (request.word_count as f64 * scale).round() as usize;
+    let topic = &request.topic;
+    let mut used: HashSet<String> = excluded.clone();
+    let source = |id: &str| synthesis.sources.iter().find(|s| s.source.id == id);
+    let sections: Vec<(&OutlineSection, &SourceDoc)> = synthesis
+        .outline
+        .iter()
+        .filter_map(|s| {
+            s.source_ids
+                .first()
+                .and_then(|id| source(id))
+                .map(|d| (s, d))
+        })
+        .collect();
+
+    let title = format!(
+        "{}: A Briefing for {}",
+        text::title_case(topic),
+        audience_head(&request.audience)
+    );
+    let mut lead = vec![format!(
+        "For {}, {} deserves a clear, sourced view of what is known and what remains open.",
+        request.audience,
+        topic.to_lowercase()
+    )];
+    if let Some(first) = synthesis.sources.first() {
+        let picked = best_sentences(&first.text, topic, 2, &used);
+        used.extend(picked.iter().cloned());
+        lead.push(cite_run(&picked, &first.source.id));
+    }
+
+    let insights: Vec<String> = sections
+        .iter()
+        .filter_map(|(section, doc)| {
+            let pick = best_sentences(&doc.text, &format!("{topic} {}", section.heading), 1, &used)
+                .pop()?;
+            used.insert(pick.clone());
+            Some(format!("- {}", cite_run(&[pick], &doc.source.id)))
+        })
+        .collect();
+
+    // Takeaways: sentences that advise, one from each section's source.
+    let takeaways: Vec<String> = sections
+        .iter()
+        .filter_map(|(_, doc)| {
+            let pick = best_sentences(
+                &doc.text,
+                &format!("{topic} should must can consider need"),
+                1,
+                &used,
+            )
+            .pop()?;
+            used.insert(pick.clone());
+            Some(format!("- {}", cite_run(&[pick], &doc.source.id)))
+        })
+        .collect();
+
+    let mut conclusion = Vec::new();
+    if let Some(last) = synthesis.sources.get(1).or(synthesis.sources.first()) {
+        let picked = best_sentences(&last.text, topic, 1, &used);
+        used.extend(picked.iter().cloned());
+        conclusion.push(cite_run(&picked, &last.source.id));
+    }
+    conclusion.push(format!(
+        "Taken together, the evidence points {} toward disciplined governance, patient implementation and regular review of {}.",
+        audience_head(&request.audience).to_lowercase(),
+        topic.to_lowercase()
+    ));
+
+    let fixed = format!(
+        "{title} {KEY_INSIGHTS} {KEY_TAKEAWAYS} {CONCLUSION}\n{}\n{}\n{}\n{}",
+        lead.join(" "),
+        insights.join("\n"),
+        takeaways.join("\n"),
+        conclusion.join(" ")
+    );
+    let fixed_words = prose_words(&fixed)
+        + sections
+            .iter()
+            .map(|(s, _)| text::count_words(&s.heading))
+            .sum::<usize>();
+    let budget = target.saturating_sub(fixed_words);
+
+    // Fill the sections round-robin, one sentence at a time: first each section's own
+    // source in its original order, then the rest of the sources by relevance.
+    let mut bodies: Vec<Vec<(String, String)>> = vec![Vec::new(); sections.len()];
+    let mut pools: Vec<Vec<(String, String)>> = sections
+        .iter()
+        .map(|(section, doc)| {
+            let mut pool: Vec<(String, String)> = usable_sentences(&doc.text)
+                .into_iter()
+                .map(|s| (s, doc.source.id.clone()))
+                .collect();
+            for other in synthesis
+                .sources
+                .iter()
+                .filter(|o| o.source.id != doc.source.id)
+            {
+                let query = format!("{topic} {}", section.heading);
+                for s in best_sentences(&other.text, &query, usize::MAX, &HashSet::new()) {
+                    pool.push((s, other.source.id.clone()));
+                }
+            }
+            pool.reverse(); // pop() takes from the front
+            pool
+        })
+        .collect();
+    let mut words = 0;
+    'fill: while words < budget {
+        let mut progressed = false;
+        for (body, pool) in bodies.iter_mut().zip(pools.iter_mut()) {
+            while let Some((sentence, id)) = pool.pop() {
+                if used.insert(sentence.clone()) {
+                    let n = text::count_words(&sentence);
+                    // Stop before overshooting by more than half a sentence.
+                    if words + n / 2 > budget {
+                        break 'fill;
+                    }
+                    words += n;
+                    body.push((sentence, id));
+                    progressed = true;
+                    break;
+                }
+            }
+            if words >= budget {
+                break 'fill;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+
+    let mut md = format!(
+        "# {title}\n\n{}\n\n## {KEY_INSIGHTS}\n\n{}\n\n",
+        lead.join(" "),
+        insights.join("\n")
+    );
+    for ((section, _), body) in sections.iter().zip(&bodies) {
+        md.push_str(&format!("## {}\n\n", section.heading));
+        for paragraph in paragraphs(body) {
+            md.push_str(&paragraph);
+            md.push_str("\n\n");
+        }
+    }
+    md.push_str(&format!(
+        "## {KEY_TAKEAWAYS}\n\n{}\n\n## {CONCLUSION}\n\n{}\n",
+        takeaways.join("\n"),
+        conclusion.join(" ")
+    ));
+    md
+}
+
+/// Words of writer output as the reader will count them: `[S1]` markers become citations,
+/// which are not prose.
+fn prose_words(markdown: &str) -> usize {
+    text::markdown_to_prose(markdown)
+        .split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphanumeric) && !w.starts_with("[S"))
+        .count()
+}
+
+/// Sentences of one source with the citation before the last full stop: `... text [S1].`
+fn cite_run(sentences: &[String], id: &str) -> String {
+    let mut text = sentences.join(" ");
+    if text.is_empty() {
+        return text;
+    }
+    match text.pop() {
+        Some(end @ ('.' | '!' | '?')) => format!("{text} [{id}]{end}"),
+        Some(other) => format!("{text}{other} [{id}]."),
+        None => text,
+    }
+}
+
+/// Groups (sentence, source id) pairs into paragraphs of up to four sentences of one source.
+fn paragraphs(body: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut run: Vec<String> = Vec::new();
+    let mut run_id = "";
+    for (sentence, id) in body {
+        if (id != run_id || run.len() == 4) && !run.is_empty() {
+            out.push(cite_run(&run, run_id));
+            run.clear();
+        }
+        run_id = id;
+        run.push(sentence.clone());
+    }
+    if !run.is_empty() {
+        out.push(cite_run(&run, run_id));
+    }
+    out
+}
+
+/// Bullet items of a `##` section, citations removed.
+fn section_bullets(markdown: &str, heading: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut bullets = Vec::new();
+    for line in markdown.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            inside = h.trim() == heading;
+        } else if inside && let Some(item) = line.strip_prefix("- ") {
+            bullets.push(text::strip_links(item).0);
+        }
+    }
+    bullets
+}
+
+/// The lead paragraph (between the title and the first section), citations removed.
+fn lead_sentences(markdown: &str) -> Vec<String> {
+    let lead = markdown
+        .split("\n\n")
+        .map(str::trim)
+        .find(|p| !p.is_empty() && !p.starts_with('#'))
+        .unwrap_or_default();
+    text::sentences(&text::strip_links(lead).0)
+}
+
+fn seo(request: &JobRequest, markdown: &str) -> api::SeoMetadata {
+    let title = contract::title(markdown).unwrap_or(&request.topic);
+    let title = if title.chars().count() <= 60 {
+        title.to_string()
+    } else {
+        text::truncate_words(&text::title_case(&request.topic), 60)
+    };
+    let insight = section_bullets(markdown, KEY_INSIGHTS)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let meta_description = text::truncate_words(
+        &format!(
+            "{} {insight}",
+            lead_sentences(markdown)
+                .first()
+                .cloned()
+                .unwrap_or_default()
+        ),
+        155,
+    );
+
+    // Keywords: the topic, then the article's most frequent substantive terms.
+    let mut keywords = Vec::new();
+    let topic_lower = request.topic.to_lowercase();
+    if text::count_words(&topic_lower) <= 5 {
+        keywords.push(topic_lower);
+    }
+    let mut frequency: BTreeMap<String, usize> = BTreeMap::new();
+    for term in text::terms(&text::markdown_to_prose(markdown))
+        .filter(|t| t.len() > 4 && !t.chars().all(|c| c.is_ascii_digit()))
+    {
+        *frequency.entry(term).or_default() += 1;
+    }
+    let mut ranked: Vec<(String, usize)> = frequency.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    for (term, _) in ranked {
+        if keywords.len() == 6 {
+            break;
+        }
+        if !keywords.iter().any(|k| k == &term) {
+            keywords.push(term);
+        }
+    }
+    api::SeoMetadata {
+        title,
+        meta_description,
+        keywords,
+    }
+}
+
+fn hashtags(keywords: &[String]) -> String {
+    keywords
+        .iter()
+        .take(3)
+        .map(|k| format!("#{}", text::title_case(k).replace(' ', "")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn social(request: &JobRequest, article: &FinalArticle) -> api::SocialContent {
+    let insights = section_bullets(&article.markdown, KEY_INSIGHTS);
+    let takeaways = section_bullets(&article.markdown, KEY_TAKEAWAYS);
+    let tags = hashtags(&article.seo.keywords);
+    let linkedin_posts = insights
+        .iter()
+        .chain(&takeaways)
+        .take(3)
+        .map(|point| {
+            format!(
+                "{point}\n\nOur new briefing, \"{}\", sets out what this means for {}.\n\n{tags}",
+                article.title, request.audience
+            )
+        })
+        .collect();
+    let mut points: Vec<String> = vec![article.title.clone()];
+    points.extend(insights.iter().cloned());
+    points.extend(takeaways.iter().cloned());
+    points.extend(article.key_themes.iter().map(|t| format!("Theme: {t}")));
+    points.truncate(9);
+    points.push(format!(
+        "Read the full briefing for the sources behind each point. {tags}"
+    ));
+    let total = points.len();
+    let thread = points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| text::truncate_words(&format!("{}/{total} {p}", i + 1), 280))
+        .collect();
+    let first = insights.first().cloned().unwrap_or_default();
+    api::SocialContent {
+        linkedin_posts,
+        thread,
+        email_snippet: format!("{}\n\n{}", article.seo.meta_description, first),
+        instagram_post: text::truncate_words(&format!("{} {first}\n\n{tags}", article.title), 2200),
+        facebook_post: format!(
+            "{} {}",
+            article.seo.meta_description,
+            takeaways.first().cloned().unwrap_or_default()
+        ),
+    }
+}
+
+fn summary(article: &FinalArticle) -> api::Summary {
+    let insights = section_bullets(&article.markdown, KEY_INSIGHTS);
+    let lead = lead_sentences(&article.markdown);
+    let mut overview: Vec<String> = lead.into_iter().take(2).collect();
+    if let Some(insight) = insights.first() {
+        overview.push(insight.clone());
+    }
+    overview.truncate(3);
+    api::Summary {
+        key_value: insights
+            .first()
+            .cloned()
+            .unwrap_or_else(|| article.seo.meta_description.clone()),
+        overview: overview.join(" "),
+        takeaways: section_bullets(&article.markdown, KEY_TAKEAWAYS)
+            .into_iter()
+            .take(4)
+            .collect(),
+    }
+}

@@ -1,0 +1,217 @@
+//! Assembles the server: gRPC API, health, reflection; start-up and the shutdown sequence.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock, atomic::Ordering},
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::api::{self, content_service_server::ContentServiceServer};
+use crate::server::{
+    agents::Agents,
+    config::Config,
+    jobs::{JobLimits, JobRegistry},
+    kb::KnowledgeBase,
+    pipeline::PipelineSettings,
+    service::{AppState, ContentApi, Ready},
+};
+
+/// How long open streams (health watches, followers) may hold the server after the drain.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Largest request or response message.
+const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("start-up failed: {0}")]
+    Startup(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A running server: its address, and the handle that stops it.
+pub struct Server {
+    pub grpc_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Server {
+    /// Binds the gRPC port and serves at once, NOT_SERVING until the knowledge base is
+    /// indexed; then SERVING.
+    pub async fn start(config: Config) -> Result<Self, ServerError> {
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let grpc_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::NotServing).await;
+        // v1 and v1alpha: grpcurl 1.8 and Python's grpcio-reflection speak only v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let shutdown = CancellationToken::new();
+        let state = Arc::new(AppState {
+            jobs: JobRegistry::new(
+                JobLimits {
+                    max_jobs: config.max_jobs,
+                    job_ttl: config.job_ttl,
+                    detach_grace: config.detach_grace,
+                },
+                CancellationToken::new(),
+            ),
+            ready: OnceLock::new(),
+            draining: Default::default(),
+            tasks: TaskTracker::new(),
+            settings: PipelineSettings {
+                max_iterations: config.max_iterations,
+            },
+            output_dir: config.output_dir.clone(),
+        });
+        let content = ContentServiceServer::new(ContentApi::new(state.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+        let stop_serving = CancellationToken::new();
+        let serve = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(content)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stop_serving.clone().cancelled_owned(),
+            );
+        tracing::info!(%grpc_addr, "gRPC listening (NOT_SERVING until ready)");
+
+        let task = tokio::spawn(lifecycle(
+            config,
+            state,
+            health,
+            shutdown.clone(),
+            stop_serving,
+            serve,
+        ));
+        Ok(Self {
+            grpc_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Begins the shutdown sequence (as SIGTERM does).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A handle that begins the shutdown sequence when cancelled.
+    pub fn shutdown_handle(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for the server to stop: after [`Server::shutdown`], or a fatal start-up error.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .map_err(|e| ServerError::Startup(e.to_string()))?
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(api::SERVICE_NAME, status).await;
+}
+
+/// Start-up, serving, and the shutdown sequence: NOT_SERVING, refuse new jobs, let running
+/// jobs finish within the grace period, cancel the rest, close the port.
+async fn lifecycle(
+    config: Config,
+    state: Arc<AppState>,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+    stop_serving: CancellationToken,
+    serve: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+) -> Result<(), ServerError> {
+    let mut serving = tokio::spawn(serve);
+    let kb_dir = config.kb_dir.clone();
+    let loaded = tokio::select! {
+        loaded = tokio::task::spawn_blocking(move || KnowledgeBase::load(&kb_dir)) => Some(loaded),
+        () = shutdown.cancelled() => None,
+    };
+    let startup_error = match loaded {
+        Some(Ok(Ok(kb))) => {
+            tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %config.kb_dir.display(), "knowledge base indexed");
+            let kb = Arc::new(kb);
+            let agents = Agents::offline(kb.clone());
+            let _ = state.ready.set(Ready { kb, agents });
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!("SERVING");
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                result = &mut serving => return flatten(result),
+            }
+            None
+        }
+        Some(Ok(Err(error))) => Some(ServerError::Startup(error.to_string())),
+        Some(Err(error)) => Some(ServerError::Startup(error.to_string())),
+        None => None,
+    };
+
+    tracing::info!("draining: NOT_SERVING, no new jobs");
+    set_health(&health, ServingStatus::NotServing).await;
+    state.draining.store(true, Ordering::SeqCst);
+    state.tasks.close();
+    if tokio::time::timeout(config.shutdown_grace, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(running = state.jobs.running(), grace = ?config.shutdown_grace, "grace period over; cancelling running jobs");
+        state.jobs.cancel_all();
+        let _ = tokio::time::timeout(CLOSE_GRACE, state.tasks.wait()).await;
+    }
+    stop_serving.cancel();
+    let result = match tokio::time::timeout(CLOSE_GRACE, &mut serving).await {
+        Ok(result) => flatten(result),
+        Err(_) => {
+            serving.abort();
+            Ok(())
+        }
+    };
+    tracing::info!("stopped");
+    match startup_error {
+        Some(error) => Err(error),
+        None => result,
+    }
+}
+
+fn flatten(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServerError> {
+    match result {
+        Ok(inner) => Ok(inner?),
+        Err(error) => Err(ServerError::Startup(error.to_string())),
+    }
+}

@@ -1,0 +1,298 @@
+//! The local knowledge base: Markdown/text files indexed with tantivy BM25, chunked by heading.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use tantivy::{
+    Index, IndexReader, IndexWriter, TantivyDocument,
+    collector::TopDocs,
+    query::QueryParser,
+    schema::{
+        Field, INDEXED, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions, Value,
+    },
+    tokenizer::{
+        Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter,
+        TextAnalyzer,
+    },
+};
+
+use crate::server::text;
+
+const TOKENIZER: &str = "en_stem";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KbError {
+    #[error("knowledge base folder {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("knowledge base index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+}
+
+/// One heading-delimited piece of a document: the unit that is indexed, found and cited.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// File stem of the document, unique in the knowledge base.
+    pub document: String,
+    pub title: String,
+    pub url: String,
+    pub date: Option<String>,
+    /// The heading the chunk sits under (the title for text before the first `##`).
+    pub section: String,
+    pub text: String,
+}
+
+/// A search hit: the chunk (an index into [`KnowledgeBase::chunk`]) and its BM25 score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub chunk: usize,
+    pub score: f32,
+}
+
+pub struct KnowledgeBase {
+    reader: IndexReader,
+    parser: QueryParser,
+    chunk_field: Field,
+    chunks: Vec<Chunk>,
+    documents: usize,
+}
+
+impl KnowledgeBase {
+    /// Reads every `.md`, `.markdown` and `.txt` file in `dir` and indexes it in memory.
+    /// Blocking: run it off the async executor.
+    pub fn load(dir: &Path) -> Result<Self, KbError> {
+        let io_error = |source| KbError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(io_error)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("md" | "markdown" | "txt")
+                    )
+            })
+            .collect();
+        paths.sort();
+        let mut chunks = Vec::new();
+        for path in &paths {
+            let raw = fs::read_to_string(path).map_err(|source| KbError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("document");
+            chunks.extend(parse_document(stem, &raw));
+        }
+        Self::from_chunks(chunks, paths.len())
+    }
+
+    fn from_chunks(chunks: Vec<Chunk>, documents: usize) -> Result<Self, KbError> {
+        let mut schema = Schema::builder();
+        let text_options = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        );
+        let title = schema.add_text_field("title", text_options.clone());
+        let section = schema.add_text_field("section", text_options.clone());
+        let body = schema.add_text_field("body", text_options);
+        let chunk_field = schema.add_u64_field("chunk", STORED | INDEXED);
+        let index = Index::create_in_ram(schema.build());
+        index.tokenizers().register(
+            TOKENIZER,
+            TextAnalyzer::builder(SimpleTokenizer::default())
+                .filter(RemoveLongFilter::limit(40))
+                .filter(LowerCaser)
+                .filter(StopWordFilter::new(Language::English).ok_or_else(|| {
+                    tantivy::TantivyError::InvalidArgument("no English stop words".into())
+                })?)
+                .filter(Stemmer::new(Language::English))
+                .build(),
+        );
+        let mut writer: IndexWriter<TantivyDocument> =
+            index.writer_with_num_threads(1, 32_000_000)?;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut doc = TantivyDocument::default();
+            doc.add_text(title, &chunk.title);
+            doc.add_text(section, &chunk.section);
+            doc.add_text(body, &chunk.text);
+            doc.add_u64(chunk_field, i as u64);
+            writer.add_document(doc)?;
+        }
+        writer.commit()?;
+        let reader = index.reader()?;
+        let mut parser = QueryParser::for_index(&index, vec![title, section, body]);
+        parser.set_field_boost(title, 2.0);
+        parser.set_field_boost(section, 1.5);
+        Ok(Self {
+            reader,
+            parser,
+            chunk_field,
+            chunks,
+            documents,
+        })
+    }
+
+    /// BM25 search over title, section and text; any query text is accepted (operators are
+    /// not interpreted, so user input cannot produce a syntax error).
+    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<Hit>, KbError> {
+        let cleaned: String = query
+            .chars()
+            .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+            .collect();
+        if cleaned.trim().is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (query, _errors) = self.parser.parse_query_lenient(&cleaned);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            if let Some(chunk) = doc.get_first(self.chunk_field).and_then(|v| v.as_u64()) {
+                hits.push(Hit {
+                    chunk: chunk as usize,
+                    score,
+                });
+            }
+        }
+        Ok(hits)
+    }
+
+    /// Several queries in one call, one result list per query, in order.
+    pub fn search_batch(&self, queries: &[String], limit: usize) -> Result<Vec<Vec<Hit>>, KbError> {
+        queries.iter().map(|q| self.search(q, limit)).collect()
+    }
+
+    pub fn chunk(&self, index: usize) -> Option<&Chunk> {
+        self.chunks.get(index)
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn document_count(&self) -> usize {
+        self.documents
+    }
+}
+
+/// Splits one file into chunks by heading; front matter gives title, url and date.
+fn parse_document(stem: &str, raw: &str) -> Vec<Chunk> {
+    let (front, body) = split_front_matter(raw);
+    let field = |key: &str| front.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let title = field("title")
+        .or_else(|| {
+            body.lines()
+                .find_map(|l| l.strip_prefix("# ").map(|t| t.trim().to_string()))
+        })
+        .unwrap_or_else(|| text::title_case(&stem.replace(['-', '_'], " ")));
+    let url = field("url").unwrap_or_else(|| format!("kb://{stem}"));
+    let date = field("date");
+
+    let mut chunks = Vec::new();
+    let mut section = title.clone();
+    let mut current = String::new();
+    let mut flush = |section: &str, current: &mut String| {
+        let text = current.trim().to_string();
+        if text.chars().any(char::is_alphanumeric) {
+            chunks.push(Chunk {
+                document: stem.to_string(),
+                title: title.clone(),
+                url: url.clone(),
+                date: date.clone(),
+                section: section.to_string(),
+                text,
+            });
+        }
+        current.clear();
+    };
+    for line in body.lines() {
+        if let Some(heading) = line.strip_prefix('#') {
+            flush(&section, &mut current);
+            let heading = heading.trim_start_matches('#').trim();
+            if !heading.is_empty() {
+                section = heading.to_string();
+            }
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    flush(&section, &mut current);
+    chunks
+}
+
+/// `---`-delimited `key: value` lines at the top of a file, and the rest.
+fn split_front_matter(raw: &str) -> (Vec<(String, String)>, &str) {
+    let raw = raw.strip_prefix('\u{feff}').unwrap_or(raw);
+    let Some(rest) = raw
+        .strip_prefix("---\n")
+        .or_else(|| raw.strip_prefix("---\r\n"))
+    else {
+        return (Vec::new(), raw);
+    };
+    let Some(end) = rest.find("\n---") else {
+        return (Vec::new(), raw);
+    };
+    let fields = rest[..end]
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            let value = value.trim().trim_matches(['"', '\'']).to_string();
+            Some((key.trim().to_lowercase(), value))
+        })
+        .collect();
+    let body = rest[end + 4..].trim_start_matches(['-', '\r', '\n']);
+    (fields, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "---\ntitle: Private Credit Basics\nurl: https://kb.example/pc\ndate: 2026-01-05\n---\n# Private Credit Basics\n\nDirect lenders finance mid-market companies.\n\n## Liquidity Risk\nLoans cannot be sold quickly in a downturn.\n\n## Fees\nManagers charge 1.5% on invested capital.\n";
+
+    #[test]
+    fn documents_are_chunked_by_heading_with_front_matter() {
+        let chunks = parse_document("pc", DOC);
+        let sections: Vec<&str> = chunks.iter().map(|c| c.section.as_str()).collect();
+        assert_eq!(
+            sections,
+            ["Private Credit Basics", "Liquidity Risk", "Fees"]
+        );
+        assert!(chunks.iter().all(|c| c.url == "https://kb.example/pc"));
+        assert_eq!(chunks[2].date.as_deref(), Some("2026-01-05"));
+        assert_eq!(
+            chunks[1].text,
+            "Loans cannot be sold quickly in a downturn."
+        );
+    }
+
+    #[test]
+    fn search_ranks_matching_chunks_and_tolerates_syntax() -> Result<(), KbError> {
+        let kb = KnowledgeBase::from_chunks(parse_document("pc", DOC), 1)?;
+        let hits = kb.search("liquidity: (downturn", 5)?;
+        let first = hits
+            .first()
+            .and_then(|h| kb.chunk(h.chunk))
+            .map(|c| c.section.clone());
+        assert_eq!(first.as_deref(), Some("Liquidity Risk"));
+        // Stemming: "lender" finds "lenders"; nonsense finds nothing.
+        assert!(!kb.search("lender", 5)?.is_empty());
+        assert!(kb.search("zzzz qqqq", 5)?.is_empty());
+        assert!(kb.search("  ", 5)?.is_empty());
+        let batch = kb.search_batch(&["fees".into(), "liquidity".into()], 1)?;
+        assert_eq!(batch.len(), 2);
+        Ok(())
+    }
+}

@@ -1,0 +1,53 @@
+//! `dakota-server`: configuration, logging, serve until SIGTERM/SIGINT, drain, exit.
+use std::process::ExitCode;
+
+use clap::Parser;
+use dakota::server::{app::Server, config::Config, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    telemetry::init_logging(config.log_format);
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "could not start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = server.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        stop.cancel();
+    });
+    match server.wait().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,20 @@
+//! The service behind `dakota-server`.
+//!
+//! - [`app`]: assembles gRPC, health and reflection; start-up and shutdown.
+//! - [`service`]: the `ContentService` RPCs; [`validation`] and [`error`] at its edge.
+//! - [`jobs`]: event logs, followers, idempotent re-attach, cancellation.
+//! - [`pipeline`]: phases, the revision loop, the article contract.
+//! - [`agents`]: the agents of SPEC §4 behind one trait; offline implementations.
+//! - [`kb`]: the local knowledge base (tantivy BM25).
+
+pub mod agents;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod jobs;
+pub mod kb;
+pub mod pipeline;
+pub mod service;
+pub mod telemetry;
+pub mod text;
+pub mod validation;

@@ -1,0 +1,724 @@
+//! The pipeline engine: phases of SPEC §4 in dependency order, parallel agents within a
+//! phase, events for every step, the revision loop, and the finished `Article`.
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use tonic::Code;
+
+use crate::api::{self, generate_event::Event};
+use crate::server::{
+    agents::{
+        Agent, AgentContext, AgentError, AgentName, Agents, Draft, FactCheckInput, FinalArticle,
+        Revision, SourceDoc, Synthesis, SynthesisInput, UpstreamCounters, WebResearch,
+        WritingBrief, metrics_analyzer,
+    },
+    jobs::Job,
+};
+
+pub mod contract;
+
+/// A validated `GenerateRequest`, with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    pub topic: String,
+    pub slug: String,
+    pub word_count: usize,
+    pub audience: String,
+    pub tone: String,
+    pub custom_instructions: String,
+    pub include_social: bool,
+    pub include_summary: bool,
+    pub skip_web_search: bool,
+    pub idempotency_key: Option<String>,
+    pub max_total_tokens: Option<u64>,
+}
+
+/// Phases in the order they run; names as in events, spans and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Setup,
+    Research,
+    Synthesis,
+    Writing,
+    Analysis,
+    Revision,
+    Distribution,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Setup => "setup",
+            Self::Research => "research",
+            Self::Synthesis => "synthesis",
+            Self::Writing => "writing",
+            Self::Analysis => "analysis",
+            Self::Revision => "revision",
+            Self::Distribution => "distribution",
+        }
+    }
+
+    /// The share of overall progress (0-100) the phase covers.
+    fn progress_range(self) -> (u32, u32) {
+        match self {
+            Self::Setup => (0, 2),
+            Self::Research => (2, 30),
+            Self::Synthesis => (30, 40),
+            Self::Writing => (40, 70),
+            Self::Analysis => (70, 82),
+            Self::Revision => (82, 88),
+            Self::Distribution => (88, 99),
+        }
+    }
+
+    fn depends_on(self) -> &'static [Phase] {
+        match self {
+            Self::Setup => &[],
+            Self::Research => &[Self::Setup],
+            Self::Synthesis => &[Self::Research],
+            Self::Writing => &[Self::Synthesis],
+            Self::Analysis => &[Self::Writing],
+            Self::Revision => &[Self::Analysis],
+            Self::Distribution => &[Self::Analysis],
+        }
+    }
+}
+
+/// The phases and agents a request will run (the `job_started` plan).
+pub fn plan(request: &JobRequest) -> Vec<(Phase, Vec<AgentName>)> {
+    use AgentName::*;
+    let mut research = vec![KbResearcher];
+    if !request.skip_web_search {
+        research.push(WebResearcher);
+    }
+    research.push(ResearchSynthesizer);
+    let mut distribution = Vec::new();
+    if request.include_social {
+        distribution.push(SocialPromoter);
+    }
+    if request.include_summary {
+        distribution.push(SummaryWriter);
+    }
+    let mut phases = vec![
+        (Phase::Setup, vec![]),
+        (Phase::Research, research),
+        (Phase::Synthesis, vec![ResearchSynthesizer]),
+        (Phase::Writing, vec![ContentWriter]),
+        (
+            Phase::Analysis,
+            vec![MetricsAnalyzer, SeoSpecialist, FactChecker],
+        ),
+        (
+            Phase::Revision,
+            vec![ContentWriter, MetricsAnalyzer, FactChecker],
+        ),
+    ];
+    if !distribution.is_empty() {
+        phases.push((Phase::Distribution, distribution));
+    }
+    phases
+}
+
+/// Settings of the engine that come from configuration.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub max_iterations: u32,
+}
+
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+enum PipelineError {
+    #[error("{agent}: {source}")]
+    Agent {
+        agent: &'static str,
+        source: AgentError,
+    },
+    #[error("token budget of {budget} exceeded: {used} tokens used")]
+    Budget { budget: u64, used: u64 },
+}
+
+impl PipelineError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Agent { source, .. } => match source {
+                AgentError::NoSources(_) => Code::FailedPrecondition,
+                AgentError::Kb(_) => Code::Internal,
+                AgentError::Unavailable { .. } => Code::Unavailable,
+            },
+            Self::Budget { .. } => Code::ResourceExhausted,
+        }
+    }
+}
+
+/// Runs a job to its end: `completed`, or `failed` with the status of what went wrong,
+/// of a cancellation, or of the passed deadline. Dropping the pipeline future on
+/// cancellation drops every in-flight agent call with it.
+pub async fn run(
+    job: Arc<Job>,
+    agents: Agents,
+    settings: PipelineSettings,
+    deadline: Option<Duration>,
+) -> Option<api::Article> {
+    let run = Arc::new(JobRun::new(job.clone(), agents));
+    let work = run.clone().execute(settings);
+    let outcome = tokio::select! {
+        result = async {
+            match deadline {
+                Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| ()),
+                None => Ok(work.await),
+            }
+        } => result,
+        () = job.cancel.cancelled() => {
+            job.fail(Code::Cancelled, "job cancelled", run.current_phase());
+            return None;
+        }
+    };
+    match outcome {
+        Ok(Ok(article)) => {
+            job.emit(
+                Event::Completed(api::Completed {
+                    article: Some(article.clone()),
+                }),
+                100,
+            );
+            Some(article)
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(job_id = %job.id, %error, "job failed");
+            job.fail(error.code(), error.to_string(), run.current_phase());
+            None
+        }
+        Err(()) => {
+            job.fail(
+                Code::DeadlineExceeded,
+                "the request deadline passed before the article was finished",
+                run.current_phase(),
+            );
+            None
+        }
+    }
+}
+
+/// State of one running job.
+struct JobRun {
+    job: Arc<Job>,
+    agents: Agents,
+    cx: AgentContext,
+    started: Instant,
+    phase: Mutex<Phase>,
+    /// Agents finished in the current phase, for progress.
+    done_in_phase: AtomicU32,
+    metrics: Mutex<api::RunMetrics>,
+    /// The writer pass whose text `content_delta` events carry (1, then revisions).
+    writer_iteration: Arc<AtomicU32>,
+}
+
+impl JobRun {
+    fn new(job: Arc<Job>, agents: Agents) -> Self {
+        let delta_job = job.clone();
+        let writer_iteration = Arc::new(AtomicU32::new(1));
+        let delta_iteration = writer_iteration.clone();
+        let cx = AgentContext {
+            request: job.request.clone(),
+            cancel: job.cancel.clone(),
+            deltas: Arc::new(move |text: &str| {
+                let progress = Phase::Writing.progress_range().0;
+                delta_job.emit(
+                    Event::ContentDelta(api::ContentDelta {
+                        text: text.to_string(),
+                        iteration: delta_iteration.load(Ordering::Relaxed),
+                    }),
+                    progress,
+                );
+            }),
+            upstream: Arc::new(UpstreamCounters::default()),
+        };
+        Self {
+            job,
+            agents,
+            cx,
+            started: Instant::now(),
+            phase: Mutex::new(Phase::Setup),
+            done_in_phase: AtomicU32::new(0),
+            metrics: Mutex::new(api::RunMetrics::default()),
+            writer_iteration,
+        }
+    }
+
+    fn current_phase(&self) -> &'static str {
+        self.phase.lock().map(|p| p.as_str()).unwrap_or("")
+    }
+
+    fn request(&self) -> &JobRequest {
+        &self.job.request
+    }
+
+    fn progress(&self, phase: Phase, total_agents: u32) -> u32 {
+        let (start, end) = phase.progress_range();
+        let done = self
+            .done_in_phase
+            .load(Ordering::Relaxed)
+            .min(total_agents.max(1));
+        start + (end - start) * done / total_agents.max(1)
+    }
+
+    fn emit(&self, event: Event, progress: u32) {
+        self.job.emit(event, progress);
+    }
+
+    fn warn(&self, phase: Phase, agent: Option<AgentName>, code: &str, message: String) {
+        let progress = self.progress(phase, 1);
+        self.emit(
+            Event::Warning(api::Warning {
+                code: code.to_string(),
+                message,
+                phase: phase.as_str().to_string(),
+                agent: agent.map(|a| a.as_str().to_string()).unwrap_or_default(),
+            }),
+            progress.min(phase.progress_range().0),
+        );
+    }
+
+    /// Runs one phase: `phase_started`, the work, `phase_completed` with its duration.
+    async fn phase<T, F: Future<Output = Result<T, PipelineError>>>(
+        &self,
+        phase: Phase,
+        iteration: u32,
+        work: F,
+    ) -> Result<T, PipelineError> {
+        if let Ok(mut current) = self.phase.lock() {
+            *current = phase;
+        }
+        self.done_in_phase.store(0, Ordering::Relaxed);
+        let (start, end) = phase.progress_range();
+        self.emit(
+            Event::PhaseStarted(api::PhaseStarted {
+                phase: phase.as_str().into(),
+                iteration,
+            }),
+            start,
+        );
+        let began = Instant::now();
+        let value = work.await?;
+        let elapsed = began.elapsed();
+        self.emit(
+            Event::PhaseCompleted(api::PhaseCompleted {
+                phase: phase.as_str().into(),
+                duration: proto_duration(elapsed),
+                iteration,
+            }),
+            end,
+        );
+        if let Ok(mut metrics) = self.metrics.lock() {
+            match metrics
+                .phases
+                .iter_mut()
+                .find(|p| p.phase == phase.as_str())
+            {
+                Some(existing) => {
+                    let total = existing
+                        .duration
+                        .and_then(|d| Duration::try_from(d).ok())
+                        .unwrap_or_default()
+                        + elapsed;
+                    existing.duration = proto_duration(total);
+                    existing.runs += 1;
+                }
+                None => metrics.phases.push(api::PhaseMetrics {
+                    phase: phase.as_str().into(),
+                    duration: proto_duration(elapsed),
+                    runs: 1,
+                }),
+            }
+        }
+        Ok(value)
+    }
+
+    /// Runs one agent with its events and accounting.
+    async fn agent<I: ?Sized + Sync, O>(
+        &self,
+        phase: Phase,
+        phase_agents: u32,
+        name: AgentName,
+        agent: &dyn Agent<I, O>,
+        input: &I,
+    ) -> Result<O, PipelineError> {
+        let (provider, model) = (agent.provider().to_string(), agent.model().to_string());
+        self.emit(
+            Event::AgentStarted(api::AgentStarted {
+                agent: name.as_str().into(),
+                phase: phase.as_str().into(),
+                provider: provider.clone(),
+                model: model.clone(),
+            }),
+            self.progress(phase, phase_agents),
+        );
+        let began = Instant::now();
+        let output = agent
+            .run(&self.cx, input)
+            .await
+            .map_err(|source| PipelineError::Agent {
+                agent: name.as_str(),
+                source,
+            })?;
+        let elapsed = began.elapsed();
+        for (code, message) in &output.warnings {
+            self.warn(phase, Some(name), code, message.clone());
+        }
+        let used = {
+            let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+            metrics.total_input_tokens += output.usage.input_tokens;
+            metrics.total_output_tokens += output.usage.output_tokens;
+            metrics.cache_hits += u32::from(output.cache_hit);
+            metrics.agents.push(api::AgentMetrics {
+                agent: name.as_str().into(),
+                phase: phase.as_str().into(),
+                duration: proto_duration(elapsed),
+                usage: Some(output.usage),
+                provider: provider.clone(),
+                model: model.clone(),
+                cache_hit: output.cache_hit,
+                attempts: output.attempts,
+                estimated_cost_usd: 0.0,
+            });
+            metrics.total_input_tokens + metrics.total_output_tokens
+        };
+        self.done_in_phase.fetch_add(1, Ordering::Relaxed);
+        self.emit(
+            Event::AgentCompleted(api::AgentCompleted {
+                agent: name.as_str().into(),
+                phase: phase.as_str().into(),
+                duration: proto_duration(elapsed),
+                usage: Some(output.usage),
+                cache_hit: output.cache_hit,
+                attempts: output.attempts,
+                provider,
+                model,
+                summary: output.summary,
+            }),
+            self.progress(phase, phase_agents),
+        );
+        if let Some(budget) = self.request().max_total_tokens
+            && used > budget
+        {
+            return Err(PipelineError::Budget { budget, used });
+        }
+        Ok(output.value)
+    }
+
+    async fn execute(
+        self: Arc<Self>,
+        settings: PipelineSettings,
+    ) -> Result<api::Article, PipelineError> {
+        let request = self.request().clone();
+        let plan = plan(&request);
+        self.emit(
+            Event::JobStarted(api::JobStarted {
+                topic: request.topic.clone(),
+                slug: request.slug.clone(),
+                word_count: request.word_count as u32,
+                idempotency_key: request.idempotency_key.clone().unwrap_or_default(),
+                phases: plan
+                    .iter()
+                    .map(|(phase, agents)| api::PlannedPhase {
+                        phase: phase.as_str().into(),
+                        agents: agents.iter().map(|a| a.as_str().into()).collect(),
+                        depends_on: phase
+                            .depends_on()
+                            .iter()
+                            .map(|p| p.as_str().into())
+                            .collect(),
+                        conditional: *phase == Phase::Revision,
+                    })
+                    .collect(),
+            }),
+            0,
+        );
+        // Validation, slug and job id happened before the job existed; the phase records them.
+        self.phase(Phase::Setup, 1, async { Ok(()) }).await?;
+
+        let agents = self.agents.clone();
+        let research_agents = if request.skip_web_search { 2 } else { 3 };
+        let (kb, web, outline_plan) = self
+            .phase(Phase::Research, 1, async {
+                let web = async {
+                    if request.skip_web_search {
+                        return Ok(WebResearch::default());
+                    }
+                    // Web research degrades the job, it never fails it.
+                    match self.agent(Phase::Research, research_agents, AgentName::WebResearcher, &*agents.web_researcher, &request).await {
+                        Err(PipelineError::Agent { source, .. }) => {
+                            self.warn(Phase::Research, Some(AgentName::WebResearcher), "WEB_SEARCH_FAILED", format!("web research failed, continuing with the knowledge base: {source}"));
+                            Ok(WebResearch::default())
+                        }
+                        other => other,
+                    }
+                };
+                tokio::try_join!(
+                    self.agent(Phase::Research, research_agents, AgentName::KbResearcher, &*agents.kb_researcher, &request),
+                    web,
+                    self.agent(Phase::Research, research_agents, AgentName::ResearchSynthesizer, &*agents.outline_planner, &request),
+                )
+            })
+            .await?;
+        let related = kb.related.clone();
+
+        let synthesis_input = SynthesisInput {
+            plan: outline_plan,
+            kb,
+            web,
+        };
+        let synthesis: Arc<Synthesis> = Arc::new(
+            self.phase(
+                Phase::Synthesis,
+                1,
+                self.agent(
+                    Phase::Synthesis,
+                    1,
+                    AgentName::ResearchSynthesizer,
+                    &*agents.research_synthesizer,
+                    &synthesis_input,
+                ),
+            )
+            .await?,
+        );
+        let sources = Arc::new(synthesis.sources.clone());
+
+        let brief = WritingBrief {
+            synthesis: synthesis.clone(),
+            revision: None,
+        };
+        let mut draft = self
+            .phase(
+                Phase::Writing,
+                1,
+                self.write(Phase::Writing, 1, &brief, &sources),
+            )
+            .await?;
+
+        let (mut content, seo, mut fact_check) = self
+            .phase(Phase::Analysis, 1, async {
+                tokio::try_join!(
+                    self.agent(
+                        Phase::Analysis,
+                        3,
+                        AgentName::MetricsAnalyzer,
+                        &*agents.metrics_analyzer,
+                        &draft
+                    ),
+                    self.agent(
+                        Phase::Analysis,
+                        3,
+                        AgentName::SeoSpecialist,
+                        &*agents.seo_specialist,
+                        &draft
+                    ),
+                    self.fact_check(Phase::Analysis, 3, &draft, &sources),
+                )
+            })
+            .await?;
+
+        let mut problems = problems(&draft, &sources, request.word_count, &fact_check);
+        let mut revisions = 0;
+        while !problems.is_empty() && revisions < settings.max_iterations {
+            revisions += 1;
+            let brief = WritingBrief {
+                synthesis: synthesis.clone(),
+                revision: Some(Revision {
+                    iteration: revisions + 1,
+                    previous: draft.markdown.clone(),
+                    problems: problems.clone(),
+                }),
+            };
+            (draft, content, fact_check) = self
+                .phase(Phase::Revision, revisions, async {
+                    let revised = self
+                        .write(Phase::Revision, revisions + 1, &brief, &sources)
+                        .await?;
+                    let (content, fact_check) = tokio::try_join!(
+                        self.agent(
+                            Phase::Revision,
+                            3,
+                            AgentName::MetricsAnalyzer,
+                            &*agents.metrics_analyzer,
+                            &revised
+                        ),
+                        self.fact_check(Phase::Revision, 3, &revised, &sources),
+                    )?;
+                    Ok((revised, content, fact_check))
+                })
+                .await?;
+            problems = self::problems(&draft, &sources, request.word_count, &fact_check);
+        }
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            self.warn(
+                Phase::Revision,
+                Some(AgentName::ContentWriter),
+                "CONTRACT_NOT_MET",
+                format!(
+                    "after {revisions} revision(s) the article still has problems: {}",
+                    list.join("; ")
+                ),
+            );
+        }
+
+        let title = contract::title(&draft.markdown)
+            .unwrap_or(&request.topic)
+            .to_string();
+        let final_article = FinalArticle {
+            title: title.clone(),
+            markdown: draft.markdown.clone(),
+            seo: seo.clone(),
+            key_themes: synthesis.key_themes.clone(),
+        };
+        let distribution_agents =
+            u32::from(request.include_social) + u32::from(request.include_summary);
+        let (social, summary) = if distribution_agents > 0 {
+            self.phase(Phase::Distribution, 1, async {
+                let social = async {
+                    match request.include_social {
+                        true => self
+                            .agent(
+                                Phase::Distribution,
+                                distribution_agents,
+                                AgentName::SocialPromoter,
+                                &*agents.social_promoter,
+                                &final_article,
+                            )
+                            .await
+                            .map(Some),
+                        false => Ok(None),
+                    }
+                };
+                let summary = async {
+                    match request.include_summary {
+                        true => self
+                            .agent(
+                                Phase::Distribution,
+                                distribution_agents,
+                                AgentName::SummaryWriter,
+                                &*agents.summary_writer,
+                                &final_article,
+                            )
+                            .await
+                            .map(Some),
+                        false => Ok(None),
+                    }
+                };
+                tokio::try_join!(social, summary)
+            })
+            .await?
+        } else {
+            (None, None)
+        };
+
+        let quality = metrics_analyzer::quality(&content, &problems, &fact_check, revisions);
+        let mut metrics = self.metrics.lock().map(|m| m.clone()).unwrap_or_default();
+        metrics.total_duration = proto_duration(self.started.elapsed());
+        metrics.upstream_calls = self.cx.upstream.snapshot();
+        metrics.revision_iterations = revisions;
+        Ok(api::Article {
+            job_id: self.job.id.clone(),
+            topic: request.topic.clone(),
+            slug: request.slug.clone(),
+            title,
+            markdown: draft.markdown,
+            metadata: Some(api::ArticleMetadata {
+                seo: Some(seo),
+                content: Some(content),
+                quality: Some(quality),
+                key_themes: synthesis.key_themes.clone(),
+                outline: synthesis
+                    .outline
+                    .iter()
+                    .map(|s| s.heading.clone())
+                    .collect(),
+                related_articles: related,
+                audience: request.audience.clone(),
+                tone: request.tone.clone(),
+                target_word_count: request.word_count as u32,
+                custom_instructions: request.custom_instructions.clone(),
+            }),
+            social,
+            summary,
+            fact_check: Some(fact_check),
+            sources: synthesis.sources.iter().map(|s| s.source.clone()).collect(),
+            metrics: Some(metrics),
+            created_at: Some(SystemTime::now().into()),
+        })
+    }
+
+    /// The writer's draft with its `[S<n>]` markers rendered as links to the sources.
+    async fn write(
+        &self,
+        phase: Phase,
+        iteration: u32,
+        brief: &WritingBrief,
+        sources: &[SourceDoc],
+    ) -> Result<Draft, PipelineError> {
+        let total = if phase == Phase::Writing { 1 } else { 3 };
+        self.writer_iteration.store(iteration, Ordering::Relaxed);
+        let draft = self
+            .agent(
+                phase,
+                total,
+                AgentName::ContentWriter,
+                &*self.agents.content_writer,
+                brief,
+            )
+            .await?;
+        Ok(Draft {
+            markdown: contract::render_citations(&draft.markdown, sources),
+        })
+    }
+
+    async fn fact_check(
+        &self,
+        phase: Phase,
+        total: u32,
+        draft: &Draft,
+        sources: &Arc<Vec<SourceDoc>>,
+    ) -> Result<api::FactCheckReport, PipelineError> {
+        let input = FactCheckInput {
+            markdown: draft.markdown.clone(),
+            sources: sources.clone(),
+        };
+        self.agent(
+            phase,
+            total,
+            AgentName::FactChecker,
+            &*self.agents.fact_checker,
+            &input,
+        )
+        .await
+    }
+}
+
+/// Contract violations plus the claims the fact check found unsupported.
+fn problems(
+    draft: &Draft,
+    sources: &[SourceDoc],
+    target: usize,
+    fact_check: &api::FactCheckReport,
+) -> Vec<contract::Problem> {
+    let mut problems = contract::check(&draft.markdown, sources, target);
+    problems.extend(
+        fact_check
+            .claims
+            .iter()
+            .filter(|c| c.verdict() == api::Verdict::Unsupported)
+            .map(|c| contract::Problem::UnsupportedClaim(c.text.clone())),
+    );
+    problems
+}
+
+pub fn proto_duration(duration: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(duration).ok()
+}

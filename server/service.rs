@@ -1,0 +1,239 @@
+//! `dakota.content.v1.ContentService`: the gRPC face of jobs, the pipeline and the knowledge base.
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+use crate::api::{self, content_service_server::ContentService};
+use crate::server::{
+    agents::Agents,
+    error::ApiError,
+    jobs::JobRegistry,
+    kb::KnowledgeBase,
+    pipeline::{self, PipelineSettings},
+    validation,
+};
+
+/// Time kept back from a caller's deadline so the job's `failed` event still reaches it.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+
+/// What exists only once start-up has finished.
+pub struct Ready {
+    pub kb: Arc<KnowledgeBase>,
+    pub agents: Agents,
+}
+
+/// State shared by the API and the server's lifecycle.
+pub struct AppState {
+    pub jobs: Arc<JobRegistry>,
+    pub ready: OnceLock<Ready>,
+    pub draining: AtomicBool,
+    /// Every running pipeline, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    pub settings: PipelineSettings,
+    pub output_dir: Option<PathBuf>,
+}
+
+impl AppState {
+    fn ready(&self) -> Result<&Ready, ApiError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(ApiError::Unavailable("shutting down"));
+        }
+        self.ready.get().ok_or(ApiError::Unavailable("starting"))
+    }
+}
+
+pub struct ContentApi {
+    state: Arc<AppState>,
+}
+
+impl ContentApi {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+type EventStream = ReceiverStream<Result<api::GenerateEvent, Status>>;
+
+#[tonic::async_trait]
+impl ContentService for ContentApi {
+    type GenerateStream = EventStream;
+    type WatchJobStream = EventStream;
+
+    async fn generate(
+        &self,
+        request: Request<api::GenerateRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let deadline = grpc_timeout(request.metadata()).map(|d| d.saturating_sub(DEADLINE_MARGIN));
+        let job_request = validation::generate_request(request.into_inner())?;
+        let ready = self.state.ready()?;
+        let (job, created) = self
+            .state
+            .jobs
+            .create_or_attach(job_request)
+            .map_err(ApiError::from)?;
+        let events = self.state.jobs.follow(job.clone(), 0);
+        if created {
+            tracing::info!(job_id = %job.id, topic = %job.request.topic, "job started");
+            let agents = ready.agents.clone();
+            let settings = self.state.settings.clone();
+            let output_dir = self.state.output_dir.clone();
+            self.state.tasks.spawn(async move {
+                let article = pipeline::run(job.clone(), agents, settings, deadline).await;
+                tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
+                if let (Some(dir), Some(article)) = (output_dir, article) {
+                    let written = tokio::task::spawn_blocking(move || crate::client::output::write_article(&dir, &article)).await;
+                    match written {
+                        Ok(Ok(folder)) => tracing::info!(job_id = %job.id, folder = %folder.display(), "article written"),
+                        Ok(Err(error)) => tracing::warn!(job_id = %job.id, %error, "could not write the article folder"),
+                        Err(error) => tracing::warn!(job_id = %job.id, %error, "article writer task failed"),
+                    }
+                }
+            });
+        } else {
+            tracing::info!(job_id = %job.id, "re-attached by idempotency key");
+        }
+        Ok(Response::new(events))
+    }
+
+    async fn watch_job(
+        &self,
+        request: Request<api::WatchJobRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        let id = validation::job_id(&request.job_id)?;
+        let job = self.state.jobs.get(&id).ok_or(ApiError::JobNotFound(id))?;
+        Ok(Response::new(
+            self.state.jobs.follow(job, request.after_sequence),
+        ))
+    }
+
+    async fn get_article(
+        &self,
+        request: Request<api::GetArticleRequest>,
+    ) -> Result<Response<api::Article>, Status> {
+        let id = validation::job_id(&request.into_inner().job_id)?;
+        let job = self.state.jobs.get(&id).ok_or(ApiError::JobNotFound(id))?;
+        Ok(Response::new(job.article()?))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<api::CancelJobRequest>,
+    ) -> Result<Response<api::CancelJobResponse>, Status> {
+        let id = validation::job_id(&request.into_inner().job_id)?;
+        let job = self
+            .state
+            .jobs
+            .get(&id)
+            .ok_or(ApiError::JobNotFound(id.clone()))?;
+        if !job.is_finished() {
+            job.cancel.cancel();
+            // The pipeline records the cancellation as it unwinds; give it a moment so the
+            // answer says what the job ended as.
+            job.wait_finished(Duration::from_secs(2)).await;
+        }
+        let mut response = api::CancelJobResponse {
+            job_id: id,
+            ..Default::default()
+        };
+        response.set_state(job.state());
+        Ok(Response::new(response))
+    }
+
+    async fn search_knowledge_base(
+        &self,
+        request: Request<api::SearchKnowledgeBaseRequest>,
+    ) -> Result<Response<api::SearchKnowledgeBaseResponse>, Status> {
+        let request = request.into_inner();
+        let limit = validation::search_request(&request)?;
+        let kb = self.state.ready()?.kb.clone();
+        let queries: Vec<String> = request
+            .queries
+            .iter()
+            .map(|q| q.trim().to_string())
+            .collect();
+        let results = tokio::task::spawn_blocking(move || {
+            let batch = kb.search_batch(&queries, limit)?;
+            Ok::<_, crate::server::kb::KbError>(
+                queries
+                    .into_iter()
+                    .zip(batch)
+                    .map(|(query, hits)| api::QueryResult {
+                        query,
+                        hits: hits
+                            .into_iter()
+                            .filter_map(|hit| {
+                                let chunk = kb.chunk(hit.chunk)?;
+                                Some(api::SearchHit {
+                                    title: chunk.title.clone(),
+                                    url: chunk.url.clone(),
+                                    snippet: crate::server::text::truncate_words(
+                                        &chunk.text.replace('\n', " "),
+                                        300,
+                                    ),
+                                    score: hit.score,
+                                    section: chunk.section.clone(),
+                                })
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            )
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Response::new(api::SearchKnowledgeBaseResponse { results }))
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_is_parsed() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(grpc_timeout(&metadata), None);
+        metadata.insert(
+            "grpc-timeout",
+            "1500m".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_millis(1500)));
+        metadata.insert(
+            "grpc-timeout",
+            "2S".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(2)));
+        metadata.insert(
+            "grpc-timeout",
+            "xS".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(grpc_timeout(&metadata), None);
+    }
+}

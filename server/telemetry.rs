@@ -1,0 +1,15 @@
+//! Logging: human-readable on a terminal or JSON lines, level from `RUST_LOG`.
+use tracing_subscriber::EnvFilter;
+
+use crate::server::config::LogFormat;
+
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

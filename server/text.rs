@@ -1,0 +1,355 @@
+//! Plain-text and Markdown helpers shared by the agents and the contract checks.
+
+/// Words too common to say anything about a topic.
+const STOPWORDS: &[&str] = &[
+    "a", "about", "after", "all", "also", "an", "and", "any", "are", "as", "at", "be", "because",
+    "been", "before", "between", "both", "but", "by", "can", "could", "do", "does", "each", "for",
+    "from", "had", "has", "have", "how", "if", "in", "into", "is", "it", "its", "may", "more",
+    "most", "much", "must", "not", "of", "on", "one", "or", "other", "our", "over", "own", "per",
+    "rather", "same", "should", "so", "some", "such", "than", "that", "the", "their", "them",
+    "then", "there", "these", "they", "this", "those", "through", "to", "under", "up", "very",
+    "was", "we", "were", "what", "when", "where", "which", "while", "who", "why", "will", "with",
+    "within", "without", "would", "you", "your",
+];
+
+/// Abbreviations after which a full stop does not end a sentence.
+const ABBREVIATIONS: &[&str] = &[
+    "e.g", "i.e", "u.s", "u.k", "mr", "mrs", "ms", "dr", "vs", "etc", "inc", "ltd", "co", "corp",
+    "st", "no", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov",
+    "dec",
+];
+
+pub fn is_stopword(word: &str) -> bool {
+    STOPWORDS.binary_search(&word).is_ok()
+}
+
+/// The slug of SPEC §4: lower-case, non-word characters removed, spaces to `-`, at most 50 chars.
+pub fn slugify(text: &str) -> String {
+    let mut slug = String::new();
+    for c in text.to_lowercase().chars() {
+        if c.is_alphanumeric() || c == '_' {
+            slug.push(c);
+        } else if (c.is_whitespace() || c == '-') && !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let mut slug: String = slug.chars().take(50).collect();
+    while slug.ends_with('-') {
+        slug.pop();
+    }
+    if slug.is_empty() {
+        slug.push_str("article");
+    }
+    slug
+}
+
+/// Lower-case word tokens (letters, digits, inner apostrophes and hyphens dropped).
+pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// Tokens worth matching on: no stopwords, no single characters.
+pub fn terms(text: &str) -> impl Iterator<Item = String> + '_ {
+    tokens(text).filter(|t| t.chars().count() > 1 && !is_stopword(t))
+}
+
+/// Words as a reader counts them: whitespace-separated runs containing a letter or digit.
+pub fn count_words(text: &str) -> usize {
+    text.split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .count()
+}
+
+/// Markdown reduced to the prose a reader sees: headings' marks, list bullets, emphasis and
+/// links (citations) removed.
+pub fn markdown_to_prose(markdown: &str) -> String {
+    let mut prose = String::with_capacity(markdown.len());
+    for line in markdown.lines() {
+        let line = line.trim_start_matches('#').trim_start();
+        let line = line.strip_prefix("- ").unwrap_or(line);
+        prose.push_str(&strip_links(line).0);
+        prose.push('\n');
+    }
+    prose.replace("**", "").replace('*', "")
+}
+
+/// Removes inline links (citations) from text, returning the rest and the link URLs.
+pub fn strip_links(text: &str) -> (String, Vec<String>) {
+    let mut prose = String::new();
+    let mut urls = Vec::new();
+    let mut rest = text;
+    while let Some(link) = next_link(rest) {
+        prose.push_str(&rest[..link.start]);
+        urls.push(link.url.to_string());
+        rest = &rest[link.end..];
+    }
+    prose.push_str(rest);
+    let prose = prose
+        .replace("()", "")
+        .replace(" .", ".")
+        .replace(" ,", ",");
+    (prose.split_whitespace().collect::<Vec<_>>().join(" "), urls)
+}
+
+/// Word count of a Markdown article, as a reader would count it.
+pub fn markdown_word_count(markdown: &str) -> usize {
+    count_words(&markdown_to_prose(markdown))
+}
+
+/// A Markdown inline link `[text](url)` found in a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link<'a> {
+    pub text: &'a str,
+    pub url: &'a str,
+    /// Byte range of the whole link in the searched text.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The first inline link in `text`, if any.
+pub fn next_link(text: &str) -> Option<Link<'_>> {
+    let mut from = 0;
+    while let Some(open) = text[from..].find('[').map(|i| i + from) {
+        let Some(close) = text[open..].find("](").map(|i| i + open) else {
+            return None;
+        };
+        // A `[` inside the link text means this bracket was not a link opener.
+        if text[open + 1..close].contains('[') {
+            from = open + 1;
+            continue;
+        }
+        let url_start = close + 2;
+        let Some(url_end) = text[url_start..].find(')').map(|i| i + url_start) else {
+            return None;
+        };
+        let url = &text[url_start..url_end];
+        if url.contains(char::is_whitespace) || url.is_empty() {
+            from = open + 1;
+            continue;
+        }
+        return Some(Link {
+            text: &text[open + 1..close],
+            url,
+            start: open,
+            end: url_end + 1,
+        });
+    }
+    None
+}
+
+/// All inline links of a text.
+pub fn links(text: &str) -> Vec<Link<'_>> {
+    let mut found = Vec::new();
+    let mut offset = 0;
+    while let Some(link) = next_link(&text[offset..]) {
+        let (start, end) = (link.start + offset, link.end + offset);
+        found.push(Link { start, end, ..link });
+        offset = end;
+    }
+    found
+}
+
+/// Splits prose into sentences, keeping abbreviations (`e.g.`) and decimals (`2.5%`) whole.
+pub fn sentences(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c == '\n' && chars.get(i + 1) == Some(&'\n') {
+            push_sentence(&mut out, &mut current);
+            continue;
+        }
+        current.push(if c == '\n' { ' ' } else { c });
+        if !matches!(c, '.' | '!' | '?') {
+            continue;
+        }
+        let next = chars.get(i + 1);
+        let after = chars.get(i + 2);
+        let ends = match (next, after) {
+            (None, _) => true,
+            (Some(n), Some(a)) if n.is_whitespace() => {
+                a.is_uppercase() || a.is_ascii_digit() || *a == '"' || *a == '('
+            }
+            _ => false,
+        };
+        if ends && !(c == '.' && ends_with_abbreviation(&current)) {
+            push_sentence(&mut out, &mut current);
+        }
+    }
+    push_sentence(&mut out, &mut current);
+    out
+}
+
+fn ends_with_abbreviation(sentence: &str) -> bool {
+    let last = sentence
+        .trim_end_matches('.')
+        .rsplit(char::is_whitespace)
+        .next()
+        .unwrap_or("")
+        .to_lowercase();
+    ABBREVIATIONS.contains(&last.as_str())
+}
+
+fn push_sentence(out: &mut Vec<String>, current: &mut String) {
+    let sentence = current.split_whitespace().collect::<Vec<_>>().join(" ");
+    if sentence.chars().any(char::is_alphanumeric) {
+        out.push(sentence);
+    }
+    current.clear();
+}
+
+/// Title Case for headings: small words stay lower-case except at the start.
+pub fn title_case(text: &str) -> String {
+    const SMALL: &[&str] = &[
+        "a", "an", "and", "as", "at", "but", "by", "for", "in", "of", "on", "or", "the", "to",
+        "vs", "with",
+    ];
+    text.split_whitespace()
+        .enumerate()
+        .map(|(i, word)| {
+            let lower = word.to_lowercase();
+            if i > 0 && SMALL.contains(&lower.as_str()) {
+                lower
+            } else if word.chars().skip(1).any(char::is_uppercase) {
+                word.to_string() // keep acronyms and brand casing (ESG, iShares)
+            } else {
+                let mut chars = word.chars();
+                chars
+                    .next()
+                    .map(|first| first.to_uppercase().chain(chars).collect())
+                    .unwrap_or_default()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Cuts `text` to at most `max` characters at a word boundary, adding `…` when cut.
+pub fn truncate_words(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    for word in text.split_whitespace() {
+        if out.chars().count() + word.chars().count() + 2 > max {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    let trimmed = out.trim_end_matches([',', ';', ':', '.', '-']).to_string();
+    format!("{trimmed}…")
+}
+
+/// Estimated syllables of an English word (vowel groups, silent final `e`), at least 1.
+pub fn syllables(word: &str) -> usize {
+    let word: Vec<char> = word
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if word.is_empty() {
+        return 0;
+    }
+    let is_vowel = |c: char| matches!(c, 'a' | 'e' | 'i' | 'o' | 'u' | 'y');
+    let mut count = 0;
+    let mut previous_vowel = false;
+    for &c in &word {
+        let vowel = is_vowel(c);
+        if vowel && !previous_vowel {
+            count += 1;
+        }
+        previous_vowel = vowel;
+    }
+    let n = word.len();
+    if n > 2 && word[n - 1] == 'e' && word[n - 2] != 'l' && !is_vowel(word[n - 2]) && count > 1 {
+        count -= 1;
+    }
+    count.max(1)
+}
+
+/// Flesch reading ease of prose (higher is easier; 30-50 is typical of professional writing).
+pub fn flesch_reading_ease(prose: &str) -> f64 {
+    let sentence_count = sentences(prose).len().max(1) as f64;
+    let words: Vec<&str> = prose
+        .split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .collect();
+    if words.is_empty() {
+        return 0.0;
+    }
+    let syllable_count: usize = words.iter().map(|w| syllables(w)).sum();
+    let words_n = words.len() as f64;
+    206.835 - 1.015 * (words_n / sentence_count) - 84.6 * (syllable_count as f64 / words_n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopwords_are_sorted_for_binary_search() {
+        assert!(STOPWORDS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn slug_follows_the_spec() {
+        assert_eq!(
+            slugify("  Private Credit: Risks & Returns!  "),
+            "private-credit-risks-returns"
+        );
+        assert_eq!(slugify("ESG -- in 2026"), "esg-in-2026");
+        assert_eq!(slugify("!!!"), "article");
+        let long = slugify(&"word ".repeat(40));
+        assert!(long.chars().count() <= 50 && !long.ends_with('-'), "{long}");
+    }
+
+    #[test]
+    fn sentences_keep_abbreviations_and_decimals() {
+        let text = "Rates rose 2.5% in 2023. Funds, e.g. pensions, hedged. Is it over? Yes.";
+        assert_eq!(
+            sentences(text),
+            vec![
+                "Rates rose 2.5% in 2023.",
+                "Funds, e.g. pensions, hedged.",
+                "Is it over?",
+                "Yes."
+            ]
+        );
+    }
+
+    #[test]
+    fn links_are_found_and_prose_drops_their_targets() {
+        let md = "# Title\nText ([Source A](https://a.example/x)) and [B](https://b.example).";
+        let found = links(md);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].url, "https://a.example/x");
+        assert_eq!(found[1].text, "B");
+        assert_eq!(&md[found[1].start..found[1].end], "[B](https://b.example)");
+        assert_eq!(markdown_to_prose(md), "Title\nText and.\n");
+        assert_eq!(markdown_word_count(md), 3);
+    }
+
+    #[test]
+    fn title_case_and_truncation() {
+        assert_eq!(
+            title_case("the future of ESG investing"),
+            "The Future of ESG Investing"
+        );
+        let cut = truncate_words("one two three four five", 12);
+        assert!(cut.chars().count() <= 12 && cut.ends_with('…'), "{cut}");
+    }
+
+    #[test]
+    fn readability_is_higher_for_plain_text() {
+        let plain = "The cat sat. The dog ran. We ate.";
+        let dense =
+            "Institutional diversification necessitates sophisticated quantitative methodologies.";
+        assert!(flesch_reading_ease(plain) > flesch_reading_ease(dense));
+        assert_eq!(syllables("institutional"), 5);
+    }
+}
