@@ -1,1 +1,347 @@
-fn main() {}
+//! `dakota`: the command-line client of the Dakota Content Service.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use dakota::{
+    api::{self, generate_event::Event},
+    client::{
+        output,
+        session::{self, Client, JobFollower},
+    },
+    server::config::parse_duration,
+};
+use tonic::Status;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+mod progress;
+
+#[derive(Debug, Parser)]
+#[command(name = "dakota", version, about = "Generate sourced articles with the Dakota Content Service")]
+struct Cli {
+    /// The server's gRPC address.
+    #[arg(long, global = true, env = "DAKOTA_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Connection timeout.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an article, showing each phase's progress.
+    Generate {
+        /// What the article is about (3-500 characters).
+        topic: String,
+        /// Target length in words (100-10000).
+        #[arg(long, default_value_t = 1500)]
+        word_count: u32,
+        /// Who the article is for.
+        #[arg(long)]
+        audience: Option<String>,
+        /// Voice of the article.
+        #[arg(long)]
+        tone: Option<String>,
+        /// Extra instructions for every agent (at most 1000 characters).
+        #[arg(long)]
+        instructions: Option<String>,
+        /// Skip the social posts.
+        #[arg(long)]
+        no_social: bool,
+        /// Skip the summary.
+        #[arg(long)]
+        no_summary: bool,
+        /// Skip web research.
+        #[arg(long)]
+        skip_web_search: bool,
+        /// Upper bound on LLM tokens for the job.
+        #[arg(long)]
+        max_tokens: Option<u64>,
+        /// Write the article folder (YYYY-MM-DD-<slug>/) here instead of printing the article.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one JSON object per event instead of progress bars.
+        #[arg(long)]
+        json: bool,
+        /// Give up (and stop the job) after this long.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Re-attach to the job started with this key instead of starting another (random by default).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Follow a running or finished job, replaying its events after a sequence number.
+    Watch {
+        job_id: String,
+        /// Replay events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch the finished article of a job.
+    Get {
+        job_id: String,
+        /// Write the article folder here instead of printing the article.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the whole article as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a running job.
+    Cancel { job_id: String },
+    /// Search the knowledge base, one result list per query.
+    Search {
+        #[arg(required = true)]
+        queries: Vec<String>,
+        #[arg(long, default_value_t = 5)]
+        max_results: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the server's gRPC health (exit 0 only when SERVING).
+    Health {
+        /// The service to check; the whole server when empty.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A failed call, told the way a person can act on it.
+fn explain(status: Status) -> String {
+    use tonic_types::StatusExt;
+    let code = output::code_name(status.code());
+    let bad_request = status.get_details_bad_request();
+    let mut message = match &bad_request {
+        Some(_) => format!("invalid request ({code}):"),
+        None => format!("{} ({code})", status.message()),
+    };
+    if let Some(bad) = bad_request {
+        for v in bad.field_violations {
+            message.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+    }
+    if let Some(retry) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
+        message.push_str(&format!("\n  retry after {} s", retry.as_secs_f64()));
+    }
+    message
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let channel = session::connect(&cli.server, cli.connect_timeout).await.map_err(|e| e.to_string())?;
+    let client = Client::new(channel.clone());
+    match cli.command {
+        Command::Generate {
+            topic,
+            word_count,
+            audience,
+            tone,
+            instructions,
+            no_social,
+            no_summary,
+            skip_web_search,
+            max_tokens,
+            out,
+            json,
+            timeout,
+            idempotency_key,
+        } => {
+            let request = api::GenerateRequest {
+                topic,
+                word_count: Some(word_count),
+                audience: audience.unwrap_or_default(),
+                tone: tone.unwrap_or_default(),
+                custom_instructions: instructions.unwrap_or_default(),
+                include_social: Some(!no_social),
+                include_summary: Some(!no_summary),
+                skip_web_search,
+                // A key makes it safe to re-attach after a dropped connection.
+                idempotency_key: idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                max_total_tokens: max_tokens,
+            };
+            let mut grpc_request = tonic::Request::new(request.clone());
+            if let Some(limit) = timeout {
+                grpc_request.set_timeout(limit);
+            }
+            let follower = match timeout {
+                Some(_) => {
+                    let mut client = client.clone();
+                    let stream = client.generate(grpc_request).await.map_err(explain)?.into_inner();
+                    JobFollower::from_stream(client, request, stream)
+                }
+                None => JobFollower::generate(client.clone(), request).await.map_err(explain)?,
+            };
+            follow(client, follower, out, json).await
+        }
+        Command::Watch { job_id, after, out, json } => {
+            let follower = JobFollower::watch(client.clone(), job_id, after).await.map_err(explain)?;
+            follow(client, follower, out, json).await
+        }
+        Command::Get { job_id, out, json } => {
+            let mut client = client;
+            let article = client
+                .get_article(api::GetArticleRequest { job_id })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            deliver(&article, out.as_deref(), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { job_id } => {
+            let mut client = client;
+            let response = client
+                .cancel_job(api::CancelJobRequest { job_id })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("job {}: {}", response.job_id, response.state().as_str_name());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Search { queries, max_results, json } => {
+            let mut client = client;
+            let response = client
+                .search_knowledge_base(api::SearchKnowledgeBaseRequest { queries, max_results })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            for result in &response.results {
+                if json {
+                    let hits: Vec<_> = result
+                        .hits
+                        .iter()
+                        .map(|h| serde_json::json!({"title": h.title, "url": h.url, "section": h.section, "score": h.score, "snippet": h.snippet}))
+                        .collect();
+                    println!("{}", serde_json::json!({"query": result.query, "hits": hits}));
+                    continue;
+                }
+                println!("{} ({} hits)", result.query, result.hits.len());
+                for hit in &result.hits {
+                    println!("  {:>6.2}  {} / {}\n          {}", hit.score, hit.title, hit.section, hit.url);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { service } => {
+            let mut health = HealthClient::new(channel);
+            let response = health
+                .check(HealthCheckRequest { service: service.clone() })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let status = response.status();
+            let name = if service.is_empty() { "server" } else { service.as_str() };
+            println!("{name}: {}", status.as_str_name());
+            Ok(if status == ServingStatus::Serving { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// Shows a job's events to its end; Ctrl-C cancels the job.
+async fn follow(mut client: Client, mut follower: JobFollower, out: Option<PathBuf>, json: bool) -> Result<ExitCode, String> {
+    let mut display = progress::Display::new(json);
+    loop {
+        let event = tokio::select! {
+            event = follower.next() => event,
+            _ = tokio::signal::ctrl_c() => {
+                display.finish();
+                if let Some(job_id) = follower.job_id.clone() {
+                    eprintln!("interrupted: cancelling job {job_id}");
+                    let _ = client.cancel_job(api::CancelJobRequest { job_id }).await;
+                }
+                return Ok(ExitCode::from(130));
+            }
+        };
+        let event = match event {
+            Ok(Some(event)) => event,
+            Ok(None) => break,
+            Err(status) => {
+                display.finish();
+                let hint = follower
+                    .job_id
+                    .as_ref()
+                    .map(|id| format!("\n  resume with: dakota watch {id} --after {}", follower.last_sequence))
+                    .unwrap_or_default();
+                return Err(format!("{}{hint}", explain(status)));
+            }
+        };
+        display.show(&event);
+        match event.event {
+            Some(Event::Completed(completed)) => {
+                display.finish();
+                let article = completed.article.unwrap_or_default();
+                if follower.reattachments > 0 {
+                    display.note(&format!("(re-attached {} time(s) after dropped connections)", follower.reattachments));
+                }
+                if !json {
+                    deliver(&article, out.as_deref(), false)?;
+                    print_summary(&article);
+                } else if let Some(dir) = &out {
+                    output::write_article(dir, &article).map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(Event::Failed(failed)) => {
+                display.finish();
+                if !json {
+                    eprintln!(
+                        "error: job {} failed ({}): {}",
+                        event.job_id,
+                        output::code_name(tonic::Code::from_i32(failed.code)),
+                        failed.message
+                    );
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => {}
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the article folder, or prints the article (JSON or Markdown) to stdout.
+fn deliver(article: &api::Article, out: Option<&std::path::Path>, json: bool) -> Result<(), String> {
+    match (out, json) {
+        (Some(dir), _) => {
+            let folder = output::write_article(dir, article).map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
+            eprintln!("wrote {}", folder.display());
+        }
+        (None, true) => println!("{}", output::article_json(article)),
+        (None, false) => println!("{}", article.markdown),
+    }
+    Ok(())
+}
+
+fn print_summary(article: &api::Article) {
+    let metadata = article.metadata.clone().unwrap_or_default();
+    let content = metadata.content.unwrap_or_default();
+    let quality = metadata.quality.unwrap_or_default();
+    let fact_check = article.fact_check.clone().unwrap_or_default();
+    eprintln!(
+        "\"{}\": {} words, {} sections, {} citations to {} sources; fact check {} supported / {} unsupported; quality {:.1}/100{}",
+        article.title,
+        content.word_count,
+        content.section_count,
+        content.citation_count,
+        article.sources.len(),
+        fact_check.supported,
+        fact_check.unsupported,
+        quality.overall,
+        if quality.contract_satisfied { "" } else { " (contract NOT met)" }
+    );
+}

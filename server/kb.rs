@@ -177,6 +177,23 @@ impl KnowledgeBase {
         self.chunks.get(index)
     }
 
+    /// Every chunk of the document a chunk belongs to, in document order (chunks of one
+    /// document are stored contiguously).
+    pub fn document_chunks(&self, index: usize) -> &[Chunk] {
+        let Some(document) = self.chunks.get(index).map(|c| &c.document) else {
+            return &[];
+        };
+        let start = self.chunks[..index]
+            .iter()
+            .rposition(|c| &c.document != document)
+            .map_or(0, |i| i + 1);
+        let end = self.chunks[index..]
+            .iter()
+            .position(|c| &c.document != document)
+            .map_or(self.chunks.len(), |i| i + index);
+        &self.chunks[start..end]
+    }
+
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
     }
@@ -293,6 +310,8 @@ mod tests {
         assert!(kb.search("  ", 5)?.is_empty());
         let batch = kb.search_batch(&["fees".into(), "liquidity".into()], 1)?;
         assert_eq!(batch.len(), 2);
+        let whole: Vec<&str> = kb.document_chunks(1).iter().map(|c| c.section.as_str()).collect();
+        assert_eq!(whole, ["Private Credit Basics", "Liquidity Risk", "Fees"]);
         Ok(())
     }
 }

@@ -112,18 +112,14 @@ pub struct Link<'a> {
 pub fn next_link(text: &str) -> Option<Link<'_>> {
     let mut from = 0;
     while let Some(open) = text[from..].find('[').map(|i| i + from) {
-        let Some(close) = text[open..].find("](").map(|i| i + open) else {
-            return None;
-        };
+        let close = text[open..].find("](").map(|i| i + open)?;
         // A `[` inside the link text means this bracket was not a link opener.
         if text[open + 1..close].contains('[') {
             from = open + 1;
             continue;
         }
         let url_start = close + 2;
-        let Some(url_end) = text[url_start..].find(')').map(|i| i + url_start) else {
-            return None;
-        };
+        let url_end = text[url_start..].find(')').map(|i| i + url_start)?;
         let url = &text[url_start..url_end];
         if url.contains(char::is_whitespace) || url.is_empty() {
             from = open + 1;

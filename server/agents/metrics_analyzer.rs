@@ -77,6 +77,32 @@ fn round1(value: f64) -> f64 {
     (value * 10.0).round() / 10.0
 }
 
+/// `metrics_analyzer` as an agent, so its runs are reported like every other agent's.
+pub struct MetricsAnalyzer;
+
+impl super::Agent<super::Draft, api::ContentMetrics> for MetricsAnalyzer {
+    fn provider(&self) -> &str {
+        "offline"
+    }
+    fn model(&self) -> &str {
+        "deterministic"
+    }
+    fn run<'a>(
+        &'a self,
+        _cx: &'a super::AgentContext,
+        draft: &'a super::Draft,
+    ) -> super::AgentFuture<'a, api::ContentMetrics> {
+        let metrics = analyze(&draft.markdown);
+        let summary = format!(
+            "{} words, {} sections, {} citations",
+            metrics.word_count, metrics.section_count, metrics.citation_count
+        );
+        Box::pin(std::future::ready(Ok(super::AgentOutput::local(
+            metrics, summary,
+        ))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,31 +142,5 @@ mod tests {
         let worse = quality(&metrics, &[contract::Problem::NoCitations], &failing, 1);
         assert!(!worse.contract_satisfied);
         assert_eq!(worse.overall, 85.8); // 100 - 8 - 25 * 0.25, to one decimal
-    }
-}
-
-/// `metrics_analyzer` as an agent, so its runs are reported like every other agent's.
-pub struct MetricsAnalyzer;
-
-impl super::Agent<super::Draft, api::ContentMetrics> for MetricsAnalyzer {
-    fn provider(&self) -> &str {
-        "offline"
-    }
-    fn model(&self) -> &str {
-        "deterministic"
-    }
-    fn run<'a>(
-        &'a self,
-        _cx: &'a super::AgentContext,
-        draft: &'a super::Draft,
-    ) -> super::AgentFuture<'a, api::ContentMetrics> {
-        let metrics = analyze(&draft.markdown);
-        let summary = format!(
-            "{} words, {} sections, {} citations",
-            metrics.word_count, metrics.section_count, metrics.citation_count
-        );
-        Box::pin(std::future::ready(Ok(super::AgentOutput::local(
-            metrics, summary,
-        ))))
     }
 }

@@ -25,7 +25,11 @@ const MODEL: &str = "extractive";
 /// Sources kept after synthesis (SPEC §4).
 const MAX_SOURCES: usize = 10;
 /// Hits asked of the knowledge base per query.
-const HITS_PER_QUERY: usize = 8;
+const HITS_PER_QUERY: usize = 10;
+/// Weight of the angle queries ("<topic> risks", ...) against the topic query.
+const ANGLE_WEIGHT: f32 = 0.25;
+/// Sources below this share of the best one's relevance supply sentences, not sections.
+const MIN_SECTION_RELEVANCE: f64 = 0.2;
 /// Sentences that lean on a previous one read badly when lifted out; skip them.
 const DANGLING_STARTS: &[&str] = &[
     "this ", "it ", "these ", "they ", "such ", "however", "also", "that ", "those ", "he ", "she ",
@@ -56,7 +60,7 @@ pub fn kb_queries(topic: &str) -> Vec<String> {
     vec![
         topic.to_string(),
         format!("{topic} risks"),
-        format!("{topic} portfolio allocation strategy"),
+        format!("{topic} strategy"),
         format!("{topic} outlook"),
     ]
 }
@@ -83,41 +87,54 @@ impl Agent<JobRequest, KbResearch> for KbResearcher {
             cx.upstream.record("kb", batch.is_ok());
             let batch = batch?;
             let hit_count: usize = batch.iter().map(Vec::len).sum();
-            // Chunk scores summed over queries: a chunk that answers several angles ranks first.
+            // The topic query counts fully, the angles a quarter each: a chunk that answers
+            // the topic itself outranks one that only matches "risks" or "outlook".
+            // Angles alone ("<topic> risks" matching only "risks") do not make a source:
+            // with no hit for the topic itself there is nothing to write from.
+            let on_topic = batch.first().is_some_and(|hits| !hits.is_empty());
             let mut chunk_scores: BTreeMap<usize, f32> = BTreeMap::new();
-            for hit in batch.iter().flatten() {
-                *chunk_scores.entry(hit.chunk).or_default() += hit.score;
+            for (i, hits) in batch.iter().enumerate().filter(|_| on_topic) {
+                let weight = if i == 0 { 1.0 } else { ANGLE_WEIGHT };
+                for hit in hits {
+                    *chunk_scores.entry(hit.chunk).or_default() += hit.score * weight;
+                }
             }
             let mut ranked: Vec<(usize, f32)> = chunk_scores.into_iter().collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             let top = ranked.first().map(|r| r.1).unwrap_or(1.0).max(f32::EPSILON);
 
-            // One source per document; its text is every retrieved chunk of it, best first.
+            // One source per document, ranked by its best chunk: the text is the best chunk,
+            // then the rest of the document (the writer lifts sentences in that order; the
+            // fact checker reads it all).
             let mut sources: Vec<SourceDoc> = Vec::new();
             for (chunk_index, score) in &ranked {
-                let Some(chunk) = self.kb.chunk(*chunk_index) else {
+                let Some(chunk) = self.kb.chunk(*chunk_index) else { continue };
+                if sources.iter().any(|s| s.source.url == chunk.url) {
                     continue;
-                };
-                let passage = format!("{}\n\n", chunk.text);
-                match sources.iter_mut().find(|s| s.source.url == chunk.url) {
-                    Some(existing) => existing.text.push_str(&passage),
-                    None => sources.push(SourceDoc {
-                        source: api::Source {
-                            title: chunk.title.clone(),
-                            url: chunk.url.clone(),
-                            snippet: text::truncate_words(&chunk.text.replace('\n', " "), 240),
-                            kind: api::SourceKind::KnowledgeBase as i32,
-                            domain: domain_of(&chunk.url),
-                            // Curated in-house research: the middle tier of SPEC §4.
-                            authority_tier: 2,
-                            published: chunk.date.clone().unwrap_or_default(),
-                            relevance: f64::from(score / top),
-                            ..Default::default()
-                        },
-                        section: chunk.section.clone(),
-                        text: passage,
-                    }),
                 }
+                let mut text = format!("{}\n\n", chunk.text);
+                for other in self.kb.document_chunks(*chunk_index) {
+                    if other.section != chunk.section {
+                        text.push_str(&other.text);
+                        text.push_str("\n\n");
+                    }
+                }
+                sources.push(SourceDoc {
+                    source: api::Source {
+                        title: chunk.title.clone(),
+                        url: chunk.url.clone(),
+                        snippet: text::truncate_words(&chunk.text.replace('\n', " "), 240),
+                        kind: api::SourceKind::KnowledgeBase as i32,
+                        domain: domain_of(&chunk.url),
+                        // Curated in-house research: the middle tier of SPEC §4.
+                        authority_tier: 2,
+                        published: chunk.date.clone().unwrap_or_default(),
+                        relevance: f64::from(score / top),
+                        ..Default::default()
+                    },
+                    section: chunk.section.clone(),
+                    text,
+                });
             }
             let insights = sources
                 .iter()
@@ -360,7 +377,7 @@ fn synthesize(
 
     // Main sections: the sections of the best sources, one per source while they last.
     let mut outline: Vec<OutlineSection> = Vec::new();
-    for doc in &merged {
+    for doc in merged.iter().filter(|d| d.source.relevance >= MIN_SECTION_RELEVANCE) {
         if outline.len() == 4 {
             break;
         }

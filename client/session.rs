@@ -1,0 +1,149 @@
+//! Connecting to the server and following a job to its end across dropped connections.
+use std::time::Duration;
+
+use tonic::{Code, Status, Streaming, transport::Channel};
+
+use crate::api::{self, content_service_client::ContentServiceClient, generate_event::Event};
+
+/// Re-attach attempts after a dropped stream before giving up.
+const MAX_REATTACH: u32 = 5;
+
+pub type Client = ContentServiceClient<Channel>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("`{0}` is not a server address (expected e.g. http://127.0.0.1:50051)")]
+    BadAddress(String),
+    #[error(
+        "cannot reach the Dakota server at {server}: {reason}. Start it with `cargo run --bin dakota-server`, or point --server / DAKOTA_SERVER at a running one"
+    )]
+    Unreachable { server: String, reason: String },
+}
+
+/// Connects (eagerly, so a refused connection is reported here, with the fix).
+pub async fn connect(server: &str, timeout: Duration) -> Result<Channel, ConnectError> {
+    let endpoint = Channel::from_shared(server.to_string())
+        .map_err(|_| ConnectError::BadAddress(server.to_string()))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    endpoint.connect().await.map_err(|error| ConnectError::Unreachable {
+        server: server.to_string(),
+        reason: root_cause(&error),
+    })
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Statuses that mean "the connection went away", not "the server said no".
+fn is_dropped(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown)
+        || (status.code() == Code::Internal && status.message().contains("h2"))
+}
+
+/// The events of one job, in order and without duplicates; a dropped stream is resumed with
+/// `WatchJob` after the last sequence seen (or by repeating `Generate` with the same
+/// idempotency key, when the job id is not known yet).
+pub struct JobFollower {
+    client: Client,
+    request: Option<api::GenerateRequest>,
+    stream: Streaming<api::GenerateEvent>,
+    pub job_id: Option<String>,
+    pub last_sequence: u64,
+    pub reattachments: u32,
+    finished: bool,
+}
+
+impl JobFollower {
+    /// Starts a job. Give the request an idempotency key to make re-attaching safe.
+    pub async fn generate(mut client: Client, request: api::GenerateRequest) -> Result<Self, Status> {
+        let stream = client.generate(request.clone()).await?.into_inner();
+        Ok(Self::new(client, Some(request), stream, None, 0))
+    }
+
+    /// Follows a `Generate` stream the caller opened (e.g. with a deadline).
+    pub fn from_stream(client: Client, request: api::GenerateRequest, stream: Streaming<api::GenerateEvent>) -> Self {
+        Self::new(client, Some(request), stream, None, 0)
+    }
+
+    /// Follows an existing job from after `after_sequence`.
+    pub async fn watch(mut client: Client, job_id: String, after_sequence: u64) -> Result<Self, Status> {
+        let stream = client
+            .watch_job(api::WatchJobRequest { job_id: job_id.clone(), after_sequence })
+            .await?
+            .into_inner();
+        Ok(Self::new(client, None, stream, Some(job_id), after_sequence))
+    }
+
+    fn new(
+        client: Client,
+        request: Option<api::GenerateRequest>,
+        stream: Streaming<api::GenerateEvent>,
+        job_id: Option<String>,
+        last_sequence: u64,
+    ) -> Self {
+        Self { client, request, stream, job_id, last_sequence, reattachments: 0, finished: false }
+    }
+
+    /// The next event; `None` after the final `completed` or `failed`.
+    pub async fn next(&mut self) -> Result<Option<api::GenerateEvent>, Status> {
+        loop {
+            if self.finished {
+                return Ok(None);
+            }
+            match self.stream.message().await {
+                Ok(Some(event)) => {
+                    if event.sequence <= self.last_sequence {
+                        continue; // replayed after a re-attach
+                    }
+                    self.last_sequence = event.sequence;
+                    self.job_id.get_or_insert_with(|| event.job_id.clone());
+                    self.finished = matches!(event.event, Some(Event::Completed(_) | Event::Failed(_)));
+                    return Ok(Some(event));
+                }
+                Ok(None) => {
+                    let status = Status::unavailable("the server closed the stream before the job ended");
+                    self.reattach(status).await?;
+                }
+                Err(status) if is_dropped(&status) => self.reattach(status).await?,
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
+    async fn reattach(&mut self, cause: Status) -> Result<(), Status> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if self.reattachments >= MAX_REATTACH {
+                return Err(cause);
+            }
+            self.reattachments += 1;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(3));
+            let attempt = match (&self.job_id, &self.request) {
+                (Some(job_id), _) => {
+                    self.client
+                        .watch_job(api::WatchJobRequest { job_id: job_id.clone(), after_sequence: self.last_sequence })
+                        .await
+                }
+                (None, Some(request)) if !request.idempotency_key.is_empty() => {
+                    self.client.generate(request.clone()).await
+                }
+                _ => return Err(cause),
+            };
+            match attempt {
+                Ok(response) => {
+                    self.stream = response.into_inner();
+                    return Ok(());
+                }
+                Err(status) if is_dropped(&status) => continue,
+                Err(status) => return Err(status),
+            }
+        }
+    }
+}
