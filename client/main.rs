@@ -11,15 +11,26 @@ use dakota::{
     server::config::parse_duration,
 };
 use tonic::Status;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 mod progress;
 
 #[derive(Debug, Parser)]
-#[command(name = "dakota", version, about = "Generate sourced articles with the Dakota Content Service")]
+#[command(
+    name = "dakota",
+    version,
+    about = "Generate sourced articles with the Dakota Content Service"
+)]
 struct Cli {
     /// The server's gRPC address.
-    #[arg(long, global = true, env = "DAKOTA_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "DAKOTA_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     server: String,
     /// Connection timeout.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
@@ -144,7 +155,9 @@ fn explain(status: Status) -> String {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let channel = session::connect(&cli.server, cli.connect_timeout).await.map_err(|e| e.to_string())?;
+    let channel = session::connect(&cli.server, cli.connect_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     let client = Client::new(channel.clone());
     match cli.command {
         Command::Generate {
@@ -172,7 +185,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 include_summary: Some(!no_summary),
                 skip_web_search,
                 // A key makes it safe to re-attach after a dropped connection.
-                idempotency_key: idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                idempotency_key: idempotency_key
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                 max_total_tokens: max_tokens,
             };
             let mut grpc_request = tonic::Request::new(request.clone());
@@ -182,15 +196,28 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let follower = match timeout {
                 Some(_) => {
                     let mut client = client.clone();
-                    let stream = client.generate(grpc_request).await.map_err(explain)?.into_inner();
+                    let stream = client
+                        .generate(grpc_request)
+                        .await
+                        .map_err(explain)?
+                        .into_inner();
                     JobFollower::from_stream(client, request, stream)
                 }
-                None => JobFollower::generate(client.clone(), request).await.map_err(explain)?,
+                None => JobFollower::generate(client.clone(), request)
+                    .await
+                    .map_err(explain)?,
             };
             follow(client, follower, out, json).await
         }
-        Command::Watch { job_id, after, out, json } => {
-            let follower = JobFollower::watch(client.clone(), job_id, after).await.map_err(explain)?;
+        Command::Watch {
+            job_id,
+            after,
+            out,
+            json,
+        } => {
+            let follower = JobFollower::watch(client.clone(), job_id, after)
+                .await
+                .map_err(explain)?;
             follow(client, follower, out, json).await
         }
         Command::Get { job_id, out, json } => {
@@ -210,13 +237,24 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            println!("job {}: {}", response.job_id, response.state().as_str_name());
+            println!(
+                "job {}: {}",
+                response.job_id,
+                response.state().as_str_name()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Search { queries, max_results, json } => {
+        Command::Search {
+            queries,
+            max_results,
+            json,
+        } => {
             let mut client = client;
             let response = client
-                .search_knowledge_base(api::SearchKnowledgeBaseRequest { queries, max_results })
+                .search_knowledge_base(api::SearchKnowledgeBaseRequest {
+                    queries,
+                    max_results,
+                })
                 .await
                 .map_err(explain)?
                 .into_inner();
@@ -227,12 +265,18 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                         .iter()
                         .map(|h| serde_json::json!({"title": h.title, "url": h.url, "section": h.section, "score": h.score, "snippet": h.snippet}))
                         .collect();
-                    println!("{}", serde_json::json!({"query": result.query, "hits": hits}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"query": result.query, "hits": hits})
+                    );
                     continue;
                 }
                 println!("{} ({} hits)", result.query, result.hits.len());
                 for hit in &result.hits {
-                    println!("  {:>6.2}  {} / {}\n          {}", hit.score, hit.title, hit.section, hit.url);
+                    println!(
+                        "  {:>6.2}  {} / {}\n          {}",
+                        hit.score, hit.title, hit.section, hit.url
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -240,20 +284,35 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Health { service } => {
             let mut health = HealthClient::new(channel);
             let response = health
-                .check(HealthCheckRequest { service: service.clone() })
+                .check(HealthCheckRequest {
+                    service: service.clone(),
+                })
                 .await
                 .map_err(explain)?
                 .into_inner();
             let status = response.status();
-            let name = if service.is_empty() { "server" } else { service.as_str() };
+            let name = if service.is_empty() {
+                "server"
+            } else {
+                service.as_str()
+            };
             println!("{name}: {}", status.as_str_name());
-            Ok(if status == ServingStatus::Serving { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if status == ServingStatus::Serving {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
 
 /// Shows a job's events to its end; Ctrl-C cancels the job.
-async fn follow(mut client: Client, mut follower: JobFollower, out: Option<PathBuf>, json: bool) -> Result<ExitCode, String> {
+async fn follow(
+    mut client: Client,
+    mut follower: JobFollower,
+    out: Option<PathBuf>,
+    json: bool,
+) -> Result<ExitCode, String> {
     let mut display = progress::Display::new(json);
     loop {
         let event = tokio::select! {
@@ -275,7 +334,12 @@ async fn follow(mut client: Client, mut follower: JobFollower, out: Option<PathB
                 let hint = follower
                     .job_id
                     .as_ref()
-                    .map(|id| format!("\n  resume with: dakota watch {id} --after {}", follower.last_sequence))
+                    .map(|id| {
+                        format!(
+                            "\n  resume with: dakota watch {id} --after {}",
+                            follower.last_sequence
+                        )
+                    })
                     .unwrap_or_default();
                 return Err(format!("{}{hint}", explain(status)));
             }
@@ -286,13 +350,17 @@ async fn follow(mut client: Client, mut follower: JobFollower, out: Option<PathB
                 display.finish();
                 let article = completed.article.unwrap_or_default();
                 if follower.reattachments > 0 {
-                    display.note(&format!("(re-attached {} time(s) after dropped connections)", follower.reattachments));
+                    display.note(&format!(
+                        "(re-attached {} time(s) after dropped connections)",
+                        follower.reattachments
+                    ));
                 }
                 if !json {
                     deliver(&article, out.as_deref(), false)?;
                     print_summary(&article);
                 } else if let Some(dir) = &out {
-                    output::write_article(dir, &article).map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
+                    output::write_article(dir, &article)
+                        .map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -315,10 +383,15 @@ async fn follow(mut client: Client, mut follower: JobFollower, out: Option<PathB
 }
 
 /// Writes the article folder, or prints the article (JSON or Markdown) to stdout.
-fn deliver(article: &api::Article, out: Option<&std::path::Path>, json: bool) -> Result<(), String> {
+fn deliver(
+    article: &api::Article,
+    out: Option<&std::path::Path>,
+    json: bool,
+) -> Result<(), String> {
     match (out, json) {
         (Some(dir), _) => {
-            let folder = output::write_article(dir, article).map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
+            let folder = output::write_article(dir, article)
+                .map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
             eprintln!("wrote {}", folder.display());
         }
         (None, true) => println!("{}", output::article_json(article)),
@@ -342,6 +415,10 @@ fn print_summary(article: &api::Article) {
         fact_check.supported,
         fact_check.unsupported,
         quality.overall,
-        if quality.contract_satisfied { "" } else { " (contract NOT met)" }
+        if quality.contract_satisfied {
+            ""
+        } else {
+            " (contract NOT met)"
+        }
     );
 }

@@ -16,7 +16,10 @@ pub fn write_article(dir: &Path, article: &api::Article) -> std::io::Result<Path
     let folder = dir.join(format!("{date}-{}", article.slug));
     fs::create_dir_all(&folder)?;
     fs::write(folder.join("article.md"), article_markdown(article, &date))?;
-    fs::write(folder.join("metadata.json"), pretty(&metadata_json(article, &date)))?;
+    fs::write(
+        folder.join("metadata.json"),
+        pretty(&metadata_json(article, &date)),
+    )?;
     fs::write(folder.join("social.md"), social_markdown(article))?;
     fs::write(folder.join("summary.md"), summary_markdown(article))?;
     fs::write(
@@ -38,13 +41,18 @@ fn pretty(value: &Value) -> String {
 
 /// `YYYY-MM-DD` of a timestamp (UTC); today when absent.
 pub fn date_of(timestamp: Option<&prost_types::Timestamp>) -> String {
-    let seconds = timestamp.map(|t| t.seconds).unwrap_or_else(|| {
-        time::OffsetDateTime::now_utc().unix_timestamp()
-    });
+    let seconds = timestamp
+        .map(|t| t.seconds)
+        .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
     let date = time::OffsetDateTime::from_unix_timestamp(seconds)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .date();
-    format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day())
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
 }
 
 pub fn millis(duration: Option<&prost_types::Duration>) -> u64 {
@@ -67,13 +75,20 @@ fn article_markdown(article: &api::Article, date: &str) -> String {
     let title = article.title.replace('"', "\\\"");
     format!(
         "---\ntitle: \"{title}\"\ndate: {date}\nword_count: {}\nreading_time_minutes: {}\nslug: {}\njob_id: {}\n---\n\n{}",
-        content.word_count, content.reading_time_minutes, article.slug, article.job_id, article.markdown
+        content.word_count,
+        content.reading_time_minutes,
+        article.slug,
+        article.job_id,
+        article.markdown
     )
 }
 
 fn social_markdown(article: &api::Article) -> String {
     let Some(social) = &article.social else {
-        return format!("# Social content: {}\n\nNot requested for this article.\n", article.title);
+        return format!(
+            "# Social content: {}\n\nNot requested for this article.\n",
+            article.title
+        );
     };
     let mut md = format!("# Social content: {}\n\n## LinkedIn\n\n", article.title);
     for (i, post) in social.linkedin_posts.iter().enumerate() {
@@ -92,7 +107,10 @@ fn social_markdown(article: &api::Article) -> String {
 
 fn summary_markdown(article: &api::Article) -> String {
     let Some(summary) = &article.summary else {
-        return format!("# Summary: {}\n\nNot requested for this article.\n", article.title);
+        return format!(
+            "# Summary: {}\n\nNot requested for this article.\n",
+            article.title
+        );
     };
     let mut md = format!(
         "# Summary: {}\n\n**Key value:** {}\n\n{}\n\n## Takeaways\n\n",
@@ -199,14 +217,20 @@ fn metadata_json(article: &api::Article, date: &str) -> Value {
     let mut providers: BTreeMap<String, Value> = BTreeMap::new();
     for a in &metrics.agents {
         let usage = a.usage.unwrap_or_default();
-        let entry = tokens_by_agent
-            .entry(a.agent.clone())
-            .or_insert_with(|| json!({"input_tokens": 0, "output_tokens": 0, "estimated_cost_usd": 0.0, "runs": 0}));
-        entry["input_tokens"] = json!(entry["input_tokens"].as_u64().unwrap_or(0) + usage.input_tokens);
-        entry["output_tokens"] = json!(entry["output_tokens"].as_u64().unwrap_or(0) + usage.output_tokens);
-        entry["estimated_cost_usd"] = json!(entry["estimated_cost_usd"].as_f64().unwrap_or(0.0) + a.estimated_cost_usd);
+        let entry = tokens_by_agent.entry(a.agent.clone()).or_insert_with(
+            || json!({"input_tokens": 0, "output_tokens": 0, "estimated_cost_usd": 0.0, "runs": 0}),
+        );
+        entry["input_tokens"] =
+            json!(entry["input_tokens"].as_u64().unwrap_or(0) + usage.input_tokens);
+        entry["output_tokens"] =
+            json!(entry["output_tokens"].as_u64().unwrap_or(0) + usage.output_tokens);
+        entry["estimated_cost_usd"] =
+            json!(entry["estimated_cost_usd"].as_f64().unwrap_or(0.0) + a.estimated_cost_usd);
         entry["runs"] = json!(entry["runs"].as_u64().unwrap_or(0) + 1);
-        providers.insert(a.agent.clone(), json!({"provider": a.provider, "model": a.model}));
+        providers.insert(
+            a.agent.clone(),
+            json!({"provider": a.provider, "model": a.model}),
+        );
     }
     json!({
         "generation": {
@@ -292,40 +316,67 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 /// One event as a JSON object (`dakota generate --json` prints one per line).
 pub fn event_json(event: &api::GenerateEvent) -> Value {
     let (kind, body) = match &event.event {
-        Some(Event::JobStarted(e)) => ("job_started", json!({
-            "topic": e.topic, "slug": e.slug, "word_count": e.word_count,
-            "idempotency_key": e.idempotency_key,
-            "phases": e.phases.iter().map(|p| json!({
-                "phase": p.phase, "agents": p.agents, "depends_on": p.depends_on, "conditional": p.conditional,
-            })).collect::<Vec<_>>(),
-        })),
-        Some(Event::PhaseStarted(e)) => ("phase_started", json!({"phase": e.phase, "iteration": e.iteration})),
-        Some(Event::AgentStarted(e)) => ("agent_started", json!({
-            "agent": e.agent, "phase": e.phase, "provider": e.provider, "model": e.model,
-        })),
+        Some(Event::JobStarted(e)) => (
+            "job_started",
+            json!({
+                "topic": e.topic, "slug": e.slug, "word_count": e.word_count,
+                "idempotency_key": e.idempotency_key,
+                "phases": e.phases.iter().map(|p| json!({
+                    "phase": p.phase, "agents": p.agents, "depends_on": p.depends_on, "conditional": p.conditional,
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        Some(Event::PhaseStarted(e)) => (
+            "phase_started",
+            json!({"phase": e.phase, "iteration": e.iteration}),
+        ),
+        Some(Event::AgentStarted(e)) => (
+            "agent_started",
+            json!({
+                "agent": e.agent, "phase": e.phase, "provider": e.provider, "model": e.model,
+            }),
+        ),
         Some(Event::AgentCompleted(e)) => {
             let usage = e.usage.unwrap_or_default();
-            ("agent_completed", json!({
-                "agent": e.agent, "phase": e.phase, "duration_ms": millis(e.duration.as_ref()),
-                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-                "cache_hit": e.cache_hit, "attempts": e.attempts, "provider": e.provider,
-                "model": e.model, "summary": e.summary,
-            }))
+            (
+                "agent_completed",
+                json!({
+                    "agent": e.agent, "phase": e.phase, "duration_ms": millis(e.duration.as_ref()),
+                    "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                    "cache_hit": e.cache_hit, "attempts": e.attempts, "provider": e.provider,
+                    "model": e.model, "summary": e.summary,
+                }),
+            )
         }
-        Some(Event::ContentDelta(e)) => ("content_delta", json!({"text": e.text, "iteration": e.iteration})),
-        Some(Event::Warning(e)) => ("warning", json!({
-            "code": e.code, "message": e.message, "phase": e.phase, "agent": e.agent,
-        })),
-        Some(Event::PhaseCompleted(e)) => ("phase_completed", json!({
-            "phase": e.phase, "duration_ms": millis(e.duration.as_ref()), "iteration": e.iteration,
-        })),
-        Some(Event::Completed(e)) => ("completed", json!({
-            "article": e.article.as_ref().map(article_json),
-        })),
-        Some(Event::Failed(e)) => ("failed", json!({
-            "code": code_name(tonic::Code::from_i32(e.code)), "code_number": e.code,
-            "message": e.message, "phase": e.phase,
-        })),
+        Some(Event::ContentDelta(e)) => (
+            "content_delta",
+            json!({"text": e.text, "iteration": e.iteration}),
+        ),
+        Some(Event::Warning(e)) => (
+            "warning",
+            json!({
+                "code": e.code, "message": e.message, "phase": e.phase, "agent": e.agent,
+            }),
+        ),
+        Some(Event::PhaseCompleted(e)) => (
+            "phase_completed",
+            json!({
+                "phase": e.phase, "duration_ms": millis(e.duration.as_ref()), "iteration": e.iteration,
+            }),
+        ),
+        Some(Event::Completed(e)) => (
+            "completed",
+            json!({
+                "article": e.article.as_ref().map(article_json),
+            }),
+        ),
+        Some(Event::Failed(e)) => (
+            "failed",
+            json!({
+                "code": code_name(tonic::Code::from_i32(e.code)), "code_number": e.code,
+                "message": e.message, "phase": e.phase,
+            }),
+        ),
         None => ("unknown", json!({})),
     };
     json!({
@@ -350,8 +401,10 @@ pub fn article_json(article: &api::Article) -> Value {
         "linkedin_posts": s.linkedin_posts, "thread": s.thread, "email_snippet": s.email_snippet,
         "instagram_post": s.instagram_post, "facebook_post": s.facebook_post,
     }));
-    value["summary"] = article.summary.as_ref().map_or(json!(null), |s| json!({
-        "key_value": s.key_value, "overview": s.overview, "takeaways": s.takeaways,
-    }));
+    value["summary"] = article.summary.as_ref().map_or(json!(null), |s| {
+        json!({
+            "key_value": s.key_value, "overview": s.overview, "takeaways": s.takeaways,
+        })
+    });
     value
 }

@@ -61,7 +61,11 @@ fn describe(event: &api::GenerateEvent) -> Option<String> {
             event.job_id,
             e.topic,
             e.word_count,
-            e.phases.iter().map(|p| p.phase.as_str()).collect::<Vec<_>>().join(" -> ")
+            e.phases
+                .iter()
+                .map(|p| p.phase.as_str())
+                .collect::<Vec<_>>()
+                .join(" -> ")
         ),
         Event::PhaseStarted(e) => format!("phase {} started", e.phase),
         Event::AgentStarted(e) => format!("  {} started ({} / {})", e.agent, e.provider, e.model),
@@ -73,9 +77,17 @@ fn describe(event: &api::GenerateEvent) -> Option<String> {
         ),
         Event::ContentDelta(_) => return None,
         Event::Warning(e) => format!("warning {}: {}", e.code, e.message),
-        Event::PhaseCompleted(e) => format!("phase {} done in {} ms", e.phase, output::millis(e.duration.as_ref())),
+        Event::PhaseCompleted(e) => format!(
+            "phase {} done in {} ms",
+            e.phase,
+            output::millis(e.duration.as_ref())
+        ),
         Event::Completed(_) => "completed".to_string(),
-        Event::Failed(e) => format!("failed ({}): {}", output::code_name(tonic::Code::from_i32(e.code)), e.message),
+        Event::Failed(e) => format!(
+            "failed ({}): {}",
+            output::code_name(tonic::Code::from_i32(e.code)),
+            e.message
+        ),
     })
 }
 
@@ -97,7 +109,12 @@ impl Default for Bars {
         );
         overall.set_prefix("job");
         overall.enable_steady_tick(std::time::Duration::from_millis(120));
-        Self { multi, overall, phases: HashMap::new(), running: HashMap::new() }
+        Self {
+            multi,
+            overall,
+            phases: HashMap::new(),
+            running: HashMap::new(),
+        }
     }
 }
 
@@ -113,19 +130,30 @@ impl Bars {
         let Some(kind) = &event.event else { return };
         match kind {
             Event::JobStarted(e) => {
-                self.overall.set_message(format!("{} ({})", e.topic, event.job_id));
+                self.overall
+                    .set_message(format!("{} ({})", e.topic, event.job_id));
                 for phase in &e.phases {
-                    let bar = self.multi.add(ProgressBar::new(phase.agents.len().max(1) as u64));
+                    let bar = self
+                        .multi
+                        .add(ProgressBar::new(phase.agents.len().max(1) as u64));
                     bar.set_style(Self::phase_style());
                     bar.set_prefix(phase.phase.clone());
-                    bar.set_message(if phase.conditional { "only if needed" } else { "waiting" });
+                    bar.set_message(if phase.conditional {
+                        "only if needed"
+                    } else {
+                        "waiting"
+                    });
                     self.phases.insert(phase.phase.clone(), bar);
                 }
             }
             Event::PhaseStarted(e) => {
                 if let Some(bar) = self.phases.get(&e.phase) {
                     bar.reset();
-                    bar.set_message(if e.iteration > 1 { format!("pass {}", e.iteration) } else { "running".into() });
+                    bar.set_message(if e.iteration > 1 {
+                        format!("pass {}", e.iteration)
+                    } else {
+                        "running".into()
+                    });
                 }
             }
             Event::AgentStarted(e) => {
@@ -147,10 +175,15 @@ impl Bars {
                 if let Some(bar) = self.phases.get(&e.phase) {
                     let len = bar.length().unwrap_or(1);
                     bar.set_position(len);
-                    bar.finish_with_message(format!("done in {} ms", output::millis(e.duration.as_ref())));
+                    bar.finish_with_message(format!(
+                        "done in {} ms",
+                        output::millis(e.duration.as_ref())
+                    ));
                 }
             }
-            Event::Warning(e) => self.multi.suspend(|| eprintln!("warning {}: {}", e.code, e.message)),
+            Event::Warning(e) => self
+                .multi
+                .suspend(|| eprintln!("warning {}: {}", e.code, e.message)),
             Event::ContentDelta(_) => {}
             Event::Completed(_) | Event::Failed(_) => {
                 for bar in self.phases.values().filter(|b| !b.is_finished()) {

@@ -26,10 +26,13 @@ pub async fn connect(server: &str, timeout: Duration) -> Result<Channel, Connect
         .map_err(|_| ConnectError::BadAddress(server.to_string()))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
-    endpoint.connect().await.map_err(|error| ConnectError::Unreachable {
-        server: server.to_string(),
-        reason: root_cause(&error),
-    })
+    endpoint
+        .connect()
+        .await
+        .map_err(|error| ConnectError::Unreachable {
+            server: server.to_string(),
+            reason: root_cause(&error),
+        })
 }
 
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
@@ -61,23 +64,43 @@ pub struct JobFollower {
 
 impl JobFollower {
     /// Starts a job. Give the request an idempotency key to make re-attaching safe.
-    pub async fn generate(mut client: Client, request: api::GenerateRequest) -> Result<Self, Status> {
+    pub async fn generate(
+        mut client: Client,
+        request: api::GenerateRequest,
+    ) -> Result<Self, Status> {
         let stream = client.generate(request.clone()).await?.into_inner();
         Ok(Self::new(client, Some(request), stream, None, 0))
     }
 
     /// Follows a `Generate` stream the caller opened (e.g. with a deadline).
-    pub fn from_stream(client: Client, request: api::GenerateRequest, stream: Streaming<api::GenerateEvent>) -> Self {
+    pub fn from_stream(
+        client: Client,
+        request: api::GenerateRequest,
+        stream: Streaming<api::GenerateEvent>,
+    ) -> Self {
         Self::new(client, Some(request), stream, None, 0)
     }
 
     /// Follows an existing job from after `after_sequence`.
-    pub async fn watch(mut client: Client, job_id: String, after_sequence: u64) -> Result<Self, Status> {
+    pub async fn watch(
+        mut client: Client,
+        job_id: String,
+        after_sequence: u64,
+    ) -> Result<Self, Status> {
         let stream = client
-            .watch_job(api::WatchJobRequest { job_id: job_id.clone(), after_sequence })
+            .watch_job(api::WatchJobRequest {
+                job_id: job_id.clone(),
+                after_sequence,
+            })
             .await?
             .into_inner();
-        Ok(Self::new(client, None, stream, Some(job_id), after_sequence))
+        Ok(Self::new(
+            client,
+            None,
+            stream,
+            Some(job_id),
+            after_sequence,
+        ))
     }
 
     fn new(
@@ -87,7 +110,15 @@ impl JobFollower {
         job_id: Option<String>,
         last_sequence: u64,
     ) -> Self {
-        Self { client, request, stream, job_id, last_sequence, reattachments: 0, finished: false }
+        Self {
+            client,
+            request,
+            stream,
+            job_id,
+            last_sequence,
+            reattachments: 0,
+            finished: false,
+        }
     }
 
     /// The next event; `None` after the final `completed` or `failed`.
@@ -103,11 +134,13 @@ impl JobFollower {
                     }
                     self.last_sequence = event.sequence;
                     self.job_id.get_or_insert_with(|| event.job_id.clone());
-                    self.finished = matches!(event.event, Some(Event::Completed(_) | Event::Failed(_)));
+                    self.finished =
+                        matches!(event.event, Some(Event::Completed(_) | Event::Failed(_)));
                     return Ok(Some(event));
                 }
                 Ok(None) => {
-                    let status = Status::unavailable("the server closed the stream before the job ended");
+                    let status =
+                        Status::unavailable("the server closed the stream before the job ended");
                     self.reattach(status).await?;
                 }
                 Err(status) if is_dropped(&status) => self.reattach(status).await?,
@@ -128,7 +161,10 @@ impl JobFollower {
             let attempt = match (&self.job_id, &self.request) {
                 (Some(job_id), _) => {
                     self.client
-                        .watch_job(api::WatchJobRequest { job_id: job_id.clone(), after_sequence: self.last_sequence })
+                        .watch_job(api::WatchJobRequest {
+                            job_id: job_id.clone(),
+                            after_sequence: self.last_sequence,
+                        })
                         .await
                 }
                 (None, Some(request)) if !request.idempotency_key.is_empty() => {

@@ -12,7 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::api::{self, content_service_server::ContentServiceServer};
 use crate::server::{
-    agents::Agents,
+    agents::{Agents, AgentsFactory},
     config::Config,
     jobs::{JobLimits, JobRegistry},
     kb::KnowledgeBase,
@@ -51,6 +51,12 @@ impl Server {
     /// Binds the gRPC port and serves at once, NOT_SERVING until the knowledge base is
     /// indexed; then SERVING.
     pub async fn start(config: Config) -> Result<Self, ServerError> {
+        Self::start_with(config, Arc::new(Agents::offline)).await
+    }
+
+    /// [`Server::start`] with the agents chosen by `agents` (built once the knowledge base is
+    /// indexed, off the async executor).
+    pub async fn start_with(config: Config, agents: AgentsFactory) -> Result<Self, ServerError> {
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -109,6 +115,7 @@ impl Server {
 
         let task = tokio::spawn(lifecycle(
             config,
+            agents,
             state,
             health,
             shutdown.clone(),
@@ -149,6 +156,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 /// jobs finish within the grace period, cancel the rest, close the port.
 async fn lifecycle(
     config: Config,
+    agents: AgentsFactory,
     state: Arc<AppState>,
     health: HealthReporter,
     shutdown: CancellationToken,
@@ -157,16 +165,19 @@ async fn lifecycle(
 ) -> Result<(), ServerError> {
     let mut serving = tokio::spawn(serve);
     let kb_dir = config.kb_dir.clone();
+    let startup = tokio::task::spawn_blocking(move || {
+        let kb = Arc::new(KnowledgeBase::load(&kb_dir)?);
+        tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %kb_dir.display(), "knowledge base indexed");
+        let agents = agents(kb.clone());
+        Ok::<_, crate::server::kb::KbError>(Ready { kb, agents })
+    });
     let loaded = tokio::select! {
-        loaded = tokio::task::spawn_blocking(move || KnowledgeBase::load(&kb_dir)) => Some(loaded),
+        loaded = startup => Some(loaded),
         () = shutdown.cancelled() => None,
     };
     let startup_error = match loaded {
-        Some(Ok(Ok(kb))) => {
-            tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %config.kb_dir.display(), "knowledge base indexed");
-            let kb = Arc::new(kb);
-            let agents = Agents::offline(kb.clone());
-            let _ = state.ready.set(Ready { kb, agents });
+        Some(Ok(Ok(ready))) => {
+            let _ = state.ready.set(ready);
             set_health(&health, ServingStatus::Serving).await;
             tracing::info!("SERVING");
             tokio::select! {

@@ -310,7 +310,11 @@ mod tests {
         assert!(kb.search("  ", 5)?.is_empty());
         let batch = kb.search_batch(&["fees".into(), "liquidity".into()], 1)?;
         assert_eq!(batch.len(), 2);
-        let whole: Vec<&str> = kb.document_chunks(1).iter().map(|c| c.section.as_str()).collect();
+        let whole: Vec<&str> = kb
+            .document_chunks(1)
+            .iter()
+            .map(|c| c.section.as_str())
+            .collect();
         assert_eq!(whole, ["Private Credit Basics", "Liquidity Risk", "Fees"]);
         Ok(())
     }

@@ -227,6 +227,9 @@ pub struct FinalArticle {
     pub key_themes: Vec<String>,
 }
 
+/// Builds the agents once the knowledge base is ready.
+pub type AgentsFactory = Arc<dyn Fn(Arc<KnowledgeBase>) -> Agents + Send + Sync>;
+
 /// One implementation chosen per agent.
 #[derive(Clone)]
 pub struct Agents {

@@ -108,7 +108,9 @@ impl Agent<JobRequest, KbResearch> for KbResearcher {
             // fact checker reads it all).
             let mut sources: Vec<SourceDoc> = Vec::new();
             for (chunk_index, score) in &ranked {
-                let Some(chunk) = self.kb.chunk(*chunk_index) else { continue };
+                let Some(chunk) = self.kb.chunk(*chunk_index) else {
+                    continue;
+                };
                 if sources.iter().any(|s| s.source.url == chunk.url) {
                     continue;
                 }
@@ -377,7 +379,10 @@ fn synthesize(
 
     // Main sections: the sections of the best sources, one per source while they last.
     let mut outline: Vec<OutlineSection> = Vec::new();
-    for doc in merged.iter().filter(|d| d.source.relevance >= MIN_SECTION_RELEVANCE) {
+    for doc in merged
+        .iter()
+        .filter(|d| d.source.relevance >= MIN_SECTION_RELEVANCE)
+    {
         if outline.len() == 4 {
             break;
         }

@@ -1,0 +1,225 @@
+//! Shared fixtures: a real server on an ephemeral port, the typed client, and a gate that
+//! holds a job mid-pipeline so tests can act on a running job.
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use dakota::{
+    api::{
+        self, GenerateEvent, content_service_client::ContentServiceClient, generate_event::Event,
+    },
+    server::{
+        agents::{Agent, AgentContext, AgentFuture, Agents, AgentsFactory, WebResearch},
+        app::Server,
+        config::Config,
+        pipeline::JobRequest,
+    },
+};
+use tokio::sync::watch;
+use tonic::{Streaming, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+pub type Client = ContentServiceClient<Channel>;
+
+/// Upper bound on any single wait in a test, so a bug shows as a failure, not a hang.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn kb_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("knowledge")
+}
+
+pub fn config() -> Config {
+    Config::for_tests(kb_dir())
+}
+
+pub struct TestServer {
+    pub server: Server,
+    pub url: String,
+    pub client: Client,
+    pub channel: Channel,
+}
+
+/// Starts a server with the offline agents and waits until it is SERVING.
+pub async fn start(config: Config) -> TestServer {
+    start_with(config, Arc::new(Agents::offline)).await
+}
+
+pub async fn start_with(config: Config, agents: AgentsFactory) -> TestServer {
+    let server = Server::start_with(config, agents)
+        .await
+        .expect("server starts");
+    let url = format!("http://{}", server.grpc_addr);
+    let channel = Channel::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects");
+    wait_for_health(&channel, ServingStatus::Serving).await;
+    TestServer {
+        server,
+        url,
+        client: Client::new(channel.clone()),
+        channel,
+    }
+}
+
+pub async fn health(channel: &Channel, service: &str) -> ServingStatus {
+    let response = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .expect("health check answers");
+    response.into_inner().status()
+}
+
+pub async fn wait_for_health(channel: &Channel, wanted: ServingStatus) {
+    tokio::time::timeout(PATIENCE, async {
+        while health(channel, "").await != wanted {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("server reaches the wanted health status");
+}
+
+pub fn request(topic: &str) -> api::GenerateRequest {
+    api::GenerateRequest {
+        topic: topic.to_string(),
+        ..Default::default()
+    }
+}
+
+/// The next event of a stream, failing the test rather than hanging.
+pub async fn next(stream: &mut Streaming<GenerateEvent>) -> Option<GenerateEvent> {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("an event within the patience window")
+        .expect("the stream does not error")
+}
+
+/// Every remaining event of a stream, up to its end.
+pub async fn collect(stream: &mut Streaming<GenerateEvent>) -> Vec<GenerateEvent> {
+    let mut events = Vec::new();
+    while let Some(event) = next(stream).await {
+        events.push(event);
+    }
+    events
+}
+
+pub fn final_article(events: &[GenerateEvent]) -> api::Article {
+    match events.last().and_then(|e| e.event.clone()) {
+        Some(Event::Completed(c)) => c.article.expect("completed carries the article"),
+        other => panic!("expected completed, got {other:?}"),
+    }
+}
+
+pub fn failed(events: &[GenerateEvent]) -> api::Failed {
+    match events.last().and_then(|e| e.event.clone()) {
+        Some(Event::Failed(f)) => f,
+        other => panic!("expected failed, got {other:?}"),
+    }
+}
+
+/// Holds `web_researcher` until opened; records whether a held run was dropped (cancelled)
+/// before it finished.
+#[derive(Clone)]
+pub struct Gate {
+    open: Arc<watch::Sender<bool>>,
+    pub entered: Arc<AtomicUsize>,
+    pub dropped: Arc<AtomicBool>,
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self {
+            open: Arc::new(watch::channel(false).0),
+            entered: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Waits until `n` jobs are held at the gate.
+    pub async fn wait_entered(&self, n: usize) {
+        tokio::time::timeout(PATIENCE, async {
+            while self.entered.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("jobs reach the gate");
+    }
+
+    pub async fn wait_dropped(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !self.dropped.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Offline agents with `web_researcher` behind this gate.
+    pub fn agents(&self) -> AgentsFactory {
+        let gate = self.clone();
+        Arc::new(move |kb| {
+            let mut agents = Agents::offline(kb);
+            agents.web_researcher = Arc::new(GatedWeb {
+                inner: agents.web_researcher.clone(),
+                gate: gate.clone(),
+            });
+            agents
+        })
+    }
+}
+
+struct GatedWeb {
+    inner: Arc<dyn Agent<JobRequest, WebResearch>>,
+    gate: Gate,
+}
+
+/// Sets the flag when dropped while armed.
+struct DropFlag(Arc<AtomicBool>, bool);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Agent<JobRequest, WebResearch> for GatedWeb {
+    fn provider(&self) -> &str {
+        self.inner.provider()
+    }
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+    fn run<'a>(
+        &'a self,
+        cx: &'a AgentContext,
+        input: &'a JobRequest,
+    ) -> AgentFuture<'a, WebResearch> {
+        Box::pin(async move {
+            let mut flag = DropFlag(self.gate.dropped.clone(), true);
+            self.gate.entered.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.gate.open.subscribe();
+            let _ = open.wait_for(|open| *open).await;
+            flag.1 = false;
+            self.inner.run(cx, input).await
+        })
+    }
+}

@@ -1,0 +1,236 @@
+//! Start-up, health, reflection, drain and shutdown.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use dakota::{
+    api::{self, SERVICE_NAME, content_service_client::ContentServiceClient},
+    server::{agents::Agents, app::Server},
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::common::{self, Gate, PATIENCE, collect, final_article, next, request};
+
+#[tokio::test]
+async fn health_goes_not_serving_serving_not_serving_across_start_and_drain() {
+    // Agents that take a while to build make start-up observable.
+    let slow = Arc::new(|kb| {
+        std::thread::sleep(Duration::from_millis(1500));
+        Agents::offline(kb)
+    });
+    let server = Server::start_with(common::config(), slow).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        common::health(&channel, "").await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(
+        common::health(&channel, SERVICE_NAME).await,
+        ServingStatus::NotServing
+    );
+    let status = ContentServiceClient::new(channel.clone())
+        .generate(request("Factor investing"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unavailable,
+        "no jobs before the server is ready"
+    );
+
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: SERVICE_NAME.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.last() != Some(&ServingStatus::Serving) {
+        let update = tokio::time::timeout(PATIENCE, watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(update.status());
+    }
+    assert_eq!(seen.first(), Some(&ServingStatus::NotServing));
+    assert_eq!(common::health(&channel, "").await, ServingStatus::Serving);
+
+    server.shutdown();
+    let update = tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        update.status(),
+        ServingStatus::NotServing,
+        "drain announces NOT_SERVING first"
+    );
+    drop(watch);
+    server.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn reflection_lists_the_service_through_v1_and_v1alpha() {
+    let server = common::start(common::config()).await;
+    use tonic_reflection::pb::{v1, v1alpha};
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut responses =
+        v1::server_reflection_client::ServerReflectionClient::new(server.channel.clone())
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1 answers with a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&SERVICE_NAME.to_string()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                SERVICE_NAME.into(),
+            ),
+        ),
+    };
+    let mut responses =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel.clone())
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha answers with the file descriptor")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test]
+async fn drain_refuses_new_jobs_and_lets_running_ones_finish() {
+    let gate = Gate::new();
+    let mut server = common::start_with(common::config(), gate.agents()).await;
+    let mut stream = server
+        .client
+        .generate(request("Infrastructure investing"))
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut stream).await.unwrap();
+    gate.wait_entered(1).await;
+
+    server.server.shutdown();
+    common::wait_for_health(&server.channel, ServingStatus::NotServing).await;
+    let status = server
+        .client
+        .generate(request("Risk parity"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    gate.open();
+    let events = collect(&mut stream).await;
+    final_article(&events);
+    server.server.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn jobs_still_running_after_the_grace_period_are_cancelled() {
+    let gate = Gate::new();
+    let mut config = common::config();
+    config.shutdown_grace = Duration::from_millis(300);
+    let mut server = common::start_with(config, gate.agents()).await;
+    let mut stream = server
+        .client
+        .generate(request("Infrastructure investing"))
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut stream).await.unwrap();
+    gate.wait_entered(1).await;
+    server.server.shutdown();
+    let events = collect(&mut stream).await;
+    assert_eq!(common::failed(&events).code, Code::Cancelled as i32);
+    assert!(gate.wait_dropped().await);
+    server.server.wait().await.unwrap();
+}
+
+#[test]
+fn the_server_binary_serves_and_exits_zero_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dakota-server"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--kb-dir")
+        .arg(common::kb_dir())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let value: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("log lines are JSON: {line}"));
+        if let Some(a) = value["grpc_addr"].as_str() {
+            addr = Some(a.to_string());
+        }
+        if value["message"] == "SERVING" {
+            break;
+        }
+    }
+    let addr = addr.expect("the server logs its address");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(common::health(&channel, "").await, ServingStatus::Serving);
+        let response = ContentServiceClient::new(channel)
+            .search_knowledge_base(api::SearchKnowledgeBaseRequest {
+                queries: vec!["pension".into()],
+                max_results: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(response.into_inner().results.len(), 1);
+    });
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let drained: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        drained.iter().any(|l| l.contains("draining")),
+        "{drained:?}"
+    );
+}
