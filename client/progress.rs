@@ -45,10 +45,13 @@ impl Display {
         }
     }
 
+    /// Stops the bars, leaving them on screen as a record of the run.
     pub fn finish(&mut self) {
         if let Display::Bars(bars) = self {
-            bars.overall.finish_and_clear();
-            let _ = bars.multi.clear();
+            bars.overall.finish();
+            for bar in bars.phases.values().filter(|b| !b.is_finished()) {
+                bar.abandon();
+            }
         }
     }
 }
@@ -185,11 +188,13 @@ impl Bars {
                 .multi
                 .suspend(|| eprintln!("warning {}: {}", e.code, e.message)),
             Event::ContentDelta(_) => {}
-            Event::Completed(_) | Event::Failed(_) => {
+            Event::Completed(_) => {
                 for bar in self.phases.values().filter(|b| !b.is_finished()) {
-                    bar.finish_with_message("skipped");
+                    bar.set_position(0);
+                    bar.finish_with_message("not needed");
                 }
             }
+            Event::Failed(_) => {}
         }
     }
 }

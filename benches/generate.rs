@@ -1,0 +1,145 @@
+//! Start-up and offline `Generate` timings of the release binaries, and their sizes.
+//!
+//!     cargo bench --bench generate
+//!
+//! Spawns the optimised `dakota-server` (release settings) on 127.0.0.1, measures spawn ->
+//! SERVING, then times sequential and concurrent offline 1500-word jobs through the typed
+//! client. Prints a Markdown report for BENCHMARKS.md.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use dakota::api::{self, content_service_client::ContentServiceClient, generate_event::Event};
+use tonic::transport::Channel;
+
+const STARTS: usize = 5;
+const SEQUENTIAL_JOBS: usize = 20;
+const CONCURRENT_JOBS: usize = 16;
+const TOPICS: [&str; 4] = [
+    "Private credit and liquidity for pension funds",
+    "Currency hedging for international portfolios",
+    "Infrastructure investing for institutions",
+    "Stress testing and scenario analysis",
+];
+
+fn kb_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("knowledge")
+}
+
+/// Spawns the server; returns it, its address, and the time from spawn to the SERVING log line.
+fn spawn_server() -> (Child, String, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dakota-server"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--kb-dir")
+        .arg(kb_dir())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut addr = None;
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let value: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if let Some(a) = value["grpc_addr"].as_str() {
+            addr = Some(a.to_string());
+        }
+        if value["message"] == "SERVING" {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr.unwrap(), elapsed)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("sh").args(["-c", &format!("kill -TERM {}", child.id())]).status();
+    let _ = child.wait();
+}
+
+async fn generate(mut client: ContentServiceClient<Channel>, topic: &str) -> (Duration, u32) {
+    let started = Instant::now();
+    let mut stream = client
+        .generate(api::GenerateRequest { topic: topic.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut words = 0;
+    while let Some(event) = stream.message().await.unwrap() {
+        if let Some(Event::Completed(done)) = event.event {
+            words = done.article.unwrap().metadata.unwrap().content.unwrap().word_count;
+        }
+    }
+    assert!(words > 0, "the job completed");
+    (started.elapsed(), words)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn quantiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration, Duration) {
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (samples[0], pick(0.5), pick(0.95), samples[samples.len() - 1])
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is accepted.
+    let mut start_times = Vec::new();
+    for _ in 0..STARTS {
+        let (child, _, elapsed) = spawn_server();
+        start_times.push(elapsed);
+        stop(child);
+    }
+    let (child, addr, _) = spawn_server();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (sequential, concurrent_wall, concurrent, words) = runtime.block_on(async {
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let client = ContentServiceClient::new(channel);
+        generate(client.clone(), TOPICS[0]).await; // warm-up
+        let mut sequential = Vec::new();
+        let mut words = Vec::new();
+        for i in 0..SEQUENTIAL_JOBS {
+            let (elapsed, w) = generate(client.clone(), TOPICS[i % TOPICS.len()]).await;
+            sequential.push(elapsed);
+            words.push(w);
+        }
+        let wall = Instant::now();
+        let handles: Vec<_> = (0..CONCURRENT_JOBS)
+            .map(|i| tokio::spawn(generate(client.clone(), TOPICS[i % TOPICS.len()])))
+            .collect();
+        let mut concurrent = Vec::new();
+        for handle in handles {
+            concurrent.push(handle.await.unwrap().0);
+        }
+        (sequential, wall.elapsed(), concurrent, words)
+    });
+    stop(child);
+
+    let size = |name: &str| std::fs::metadata(name).map(|m| m.len() as f64 / 1_048_576.0).unwrap_or(0.0);
+    let (s_min, s_med, s_p95, s_max) = quantiles(start_times);
+    let (g_min, g_med, g_p95, g_max) = quantiles(sequential);
+    let (c_min, c_med, c_p95, c_max) = quantiles(concurrent);
+    println!("| measure | n | min ms | median ms | p95 ms | max ms |");
+    println!("|---|---|---|---|---|---|");
+    println!("| spawn -> SERVING (18-document knowledge base) | {STARTS} | {} | {} | {} | {} |", ms(s_min), ms(s_med), ms(s_p95), ms(s_max));
+    println!("| offline 1500-word Generate, one at a time | {SEQUENTIAL_JOBS} | {} | {} | {} | {} |", ms(g_min), ms(g_med), ms(g_p95), ms(g_max));
+    println!("| offline 1500-word Generate, {CONCURRENT_JOBS} at once | {CONCURRENT_JOBS} | {} | {} | {} | {} |", ms(c_min), ms(c_med), ms(c_p95), ms(c_max));
+    println!();
+    println!("{CONCURRENT_JOBS} concurrent jobs finished in {} ms of wall time ({:.1} jobs/s).", ms(concurrent_wall), CONCURRENT_JOBS as f64 / concurrent_wall.as_secs_f64());
+    println!("Article lengths (words, target 1500): min {}, max {}.", words.iter().min().unwrap(), words.iter().max().unwrap());
+    println!();
+    println!("| binary (release settings, stripped) | size MiB |");
+    println!("|---|---|");
+    println!("| dakota-server | {:.1} |", size(env!("CARGO_BIN_EXE_dakota-server")));
+    println!("| dakota | {:.1} |", size(env!("CARGO_BIN_EXE_dakota")));
+}
