@@ -61,21 +61,33 @@ fn spawn_server() -> (Child, String, Duration) {
 }
 
 fn stop(mut child: Child) {
-    let _ = Command::new("sh").args(["-c", &format!("kill -TERM {}", child.id())]).status();
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status();
     let _ = child.wait();
 }
 
 async fn generate(mut client: ContentServiceClient<Channel>, topic: &str) -> (Duration, u32) {
     let started = Instant::now();
     let mut stream = client
-        .generate(api::GenerateRequest { topic: topic.into(), ..Default::default() })
+        .generate(api::GenerateRequest {
+            topic: topic.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     let mut words = 0;
     while let Some(event) = stream.message().await.unwrap() {
         if let Some(Event::Completed(done)) = event.event {
-            words = done.article.unwrap().metadata.unwrap().content.unwrap().word_count;
+            words = done
+                .article
+                .unwrap()
+                .metadata
+                .unwrap()
+                .content
+                .unwrap()
+                .word_count;
         }
     }
     assert!(words > 0, "the job completed");
@@ -89,7 +101,12 @@ fn ms(d: Duration) -> String {
 fn quantiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration, Duration) {
     samples.sort();
     let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (samples[0], pick(0.5), pick(0.95), samples[samples.len() - 1])
+    (
+        samples[0],
+        pick(0.5),
+        pick(0.95),
+        samples[samples.len() - 1],
+    )
 }
 
 fn main() {
@@ -103,7 +120,11 @@ fn main() {
     let (child, addr, _) = spawn_server();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (sequential, concurrent_wall, concurrent, words) = runtime.block_on(async {
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         let client = ContentServiceClient::new(channel);
         generate(client.clone(), TOPICS[0]).await; // warm-up
         let mut sequential = Vec::new();
@@ -125,21 +146,54 @@ fn main() {
     });
     stop(child);
 
-    let size = |name: &str| std::fs::metadata(name).map(|m| m.len() as f64 / 1_048_576.0).unwrap_or(0.0);
+    let size = |name: &str| {
+        std::fs::metadata(name)
+            .map(|m| m.len() as f64 / 1_048_576.0)
+            .unwrap_or(0.0)
+    };
     let (s_min, s_med, s_p95, s_max) = quantiles(start_times);
     let (g_min, g_med, g_p95, g_max) = quantiles(sequential);
     let (c_min, c_med, c_p95, c_max) = quantiles(concurrent);
     println!("| measure | n | min ms | median ms | p95 ms | max ms |");
     println!("|---|---|---|---|---|---|");
-    println!("| spawn -> SERVING (18-document knowledge base) | {STARTS} | {} | {} | {} | {} |", ms(s_min), ms(s_med), ms(s_p95), ms(s_max));
-    println!("| offline 1500-word Generate, one at a time | {SEQUENTIAL_JOBS} | {} | {} | {} | {} |", ms(g_min), ms(g_med), ms(g_p95), ms(g_max));
-    println!("| offline 1500-word Generate, {CONCURRENT_JOBS} at once | {CONCURRENT_JOBS} | {} | {} | {} | {} |", ms(c_min), ms(c_med), ms(c_p95), ms(c_max));
+    println!(
+        "| spawn -> SERVING (18-document knowledge base) | {STARTS} | {} | {} | {} | {} |",
+        ms(s_min),
+        ms(s_med),
+        ms(s_p95),
+        ms(s_max)
+    );
+    println!(
+        "| offline 1500-word Generate, one at a time | {SEQUENTIAL_JOBS} | {} | {} | {} | {} |",
+        ms(g_min),
+        ms(g_med),
+        ms(g_p95),
+        ms(g_max)
+    );
+    println!(
+        "| offline 1500-word Generate, {CONCURRENT_JOBS} at once | {CONCURRENT_JOBS} | {} | {} | {} | {} |",
+        ms(c_min),
+        ms(c_med),
+        ms(c_p95),
+        ms(c_max)
+    );
     println!();
-    println!("{CONCURRENT_JOBS} concurrent jobs finished in {} ms of wall time ({:.1} jobs/s).", ms(concurrent_wall), CONCURRENT_JOBS as f64 / concurrent_wall.as_secs_f64());
-    println!("Article lengths (words, target 1500): min {}, max {}.", words.iter().min().unwrap(), words.iter().max().unwrap());
+    println!(
+        "{CONCURRENT_JOBS} concurrent jobs finished in {} ms of wall time ({:.1} jobs/s).",
+        ms(concurrent_wall),
+        CONCURRENT_JOBS as f64 / concurrent_wall.as_secs_f64()
+    );
+    println!(
+        "Article lengths (words, target 1500): min {}, max {}.",
+        words.iter().min().unwrap(),
+        words.iter().max().unwrap()
+    );
     println!();
     println!("| binary (release settings, stripped) | size MiB |");
     println!("|---|---|");
-    println!("| dakota-server | {:.1} |", size(env!("CARGO_BIN_EXE_dakota-server")));
+    println!(
+        "| dakota-server | {:.1} |",
+        size(env!("CARGO_BIN_EXE_dakota-server"))
+    );
     println!("| dakota | {:.1} |", size(env!("CARGO_BIN_EXE_dakota")));
 }

@@ -1,7 +1,7 @@
 //! Assembles the server: gRPC API, health, reflection; start-up and the shutdown sequence.
 use std::{
     net::SocketAddr,
-    sync::{Arc, OnceLock, atomic::Ordering},
+    sync::{Arc, OnceLock, RwLock},
     time::Duration,
 };
 
@@ -90,7 +90,7 @@ impl Server {
                 CancellationToken::new(),
             ),
             ready: OnceLock::new(),
-            draining: Default::default(),
+            draining: RwLock::new(false),
             tasks: TaskTracker::new(),
             settings: PipelineSettings {
                 max_iterations: config.max_iterations,
@@ -193,7 +193,7 @@ async fn lifecycle(
 
     tracing::info!("draining: NOT_SERVING, no new jobs");
     set_health(&health, ServingStatus::NotServing).await;
-    state.draining.store(true, Ordering::SeqCst);
+    state.start_draining();
     state.tasks.close();
     if tokio::time::timeout(config.shutdown_grace, state.tasks.wait())
         .await

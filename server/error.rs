@@ -66,6 +66,7 @@ impl From<AttachError> for ApiError {
                 "idempotency_key",
                 error.to_string(),
             )]),
+            AttachError::Draining => ApiError::Unavailable("shutting down"),
             AttachError::Full(_) => ApiError::Overloaded {
                 message: error.to_string(),
                 retry_after: Duration::from_secs(5),

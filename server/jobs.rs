@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use crate::api::{self, GenerateEvent, JobState, generate_event::Event};
-use crate::server::pipeline::JobRequest;
+use crate::server::{lock, pipeline::JobRequest};
 
 /// Events buffered per follower before the follower's stream applies back-pressure.
 const FOLLOWER_BUFFER: usize = 64;
@@ -29,6 +29,8 @@ pub struct Job {
     log: Mutex<JobLog>,
     last_sequence: watch::Sender<u64>,
     watchers: AtomicUsize,
+    /// Counts attachments, so a detach timer knows whether anyone came back meanwhile.
+    attachments: AtomicU64,
 }
 
 #[derive(Default)]
@@ -59,13 +61,12 @@ impl Job {
             log: Mutex::new(JobLog::default()),
             last_sequence: watch::channel(0).0,
             watchers: AtomicUsize::new(0),
+            attachments: AtomicU64::new(0),
         }
     }
 
     fn log(&self) -> MutexGuard<'_, JobLog> {
-        // A panic while holding the lock cannot leave the log half-written (every update is
-        // one push), so a poisoned lock is still safe to use.
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.log)
     }
 
     /// Appends an event with the next sequence number and a progress that never decreases.
@@ -177,6 +178,9 @@ pub enum AttachError {
     KeyReused(String),
     #[error("{0} jobs are running, the most this server keeps")]
     Full(usize),
+    /// Draining: existing jobs can be re-attached, no new ones start.
+    #[error("shutting down")]
+    Draining,
 }
 
 /// All jobs of this process.
@@ -205,12 +209,16 @@ impl JobRegistry {
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     /// The job of this request's idempotency key if there is one (`false`), else a new
-    /// job (`true`) that the caller must start.
-    pub fn create_or_attach(&self, request: JobRequest) -> Result<(Arc<Job>, bool), AttachError> {
+    /// job (`true`) that the caller must start, when `accept_new`.
+    pub fn create_or_attach(
+        &self,
+        request: JobRequest,
+        accept_new: bool,
+    ) -> Result<(Arc<Job>, bool), AttachError> {
         let mut registry = self.registry();
         if let Some(key) = &request.idempotency_key
             && let Some(job) = registry
@@ -222,6 +230,9 @@ impl JobRegistry {
                 return Err(AttachError::KeyReused(job.id.clone()));
             }
             return Ok((job.clone(), false));
+        }
+        if !accept_new {
+            return Err(AttachError::Draining);
         }
         self.evict(&mut registry);
         if registry.jobs.len() >= self.limits.max_jobs {
@@ -294,6 +305,7 @@ impl JobRegistry {
     ) -> ReceiverStream<Result<GenerateEvent, Status>> {
         let (tx, rx) = mpsc::channel(FOLLOWER_BUFFER);
         job.watchers.fetch_add(1, Ordering::SeqCst);
+        job.attachments.fetch_add(1, Ordering::SeqCst);
         let registry = self.clone();
         tokio::spawn(async move {
             let mut changes = job.last_sequence.subscribe();
@@ -334,12 +346,18 @@ impl JobRegistry {
             return;
         }
         let job = job.clone();
+        let attachments = job.attachments.load(Ordering::SeqCst);
         tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(grace) => {}
                 () = job.cancel.cancelled() => return,
             }
-            if job.watchers.load(Ordering::SeqCst) == 0 && !job.is_finished() {
+            // Only the timer of the latest detach acts: anyone who re-attached (and perhaps
+            // left again, starting a newer timer) resets the clock.
+            if job.attachments.load(Ordering::SeqCst) == attachments
+                && job.watchers.load(Ordering::SeqCst) == 0
+                && !job.is_finished()
+            {
                 tracing::info!(job_id = %job.id, ?grace, "nobody re-attached; cancelling job");
                 job.cancel.cancel();
             }

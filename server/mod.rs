@@ -18,3 +18,9 @@ pub mod service;
 pub mod telemetry;
 pub mod text;
 pub mod validation;
+
+/// Locks a mutex whose every update is a single assignment or push, so a panic elsewhere
+/// cannot leave it half-written and a poisoned lock is still safe to use.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

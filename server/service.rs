@@ -1,10 +1,7 @@
 //! `dakota.content.v1.ContentService`: the gRPC face of jobs, the pipeline and the knowledge base.
 use std::{
     path::PathBuf,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, OnceLock, RwLock},
     time::Duration,
 };
 
@@ -16,14 +13,19 @@ use crate::api::{self, content_service_server::ContentService};
 use crate::server::{
     agents::Agents,
     error::ApiError,
-    jobs::JobRegistry,
+    jobs::{Job, JobRegistry},
     kb::KnowledgeBase,
     pipeline::{self, PipelineSettings},
     validation,
 };
 
-/// Time kept back from a caller's deadline so the job's `failed` event still reaches it.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+/// Time kept back from a caller's deadline so the job's `failed` event still reaches it
+/// (a tenth of the deadline, at most this).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
+fn job_budget(deadline: Duration) -> Duration {
+    deadline.saturating_sub(DEADLINE_MARGIN.min(deadline / 10))
+}
 
 /// What exists only once start-up has finished.
 pub struct Ready {
@@ -35,7 +37,9 @@ pub struct Ready {
 pub struct AppState {
     pub jobs: Arc<JobRegistry>,
     pub ready: OnceLock<Ready>,
-    pub draining: AtomicBool,
+    /// True once draining. `Generate` admits and spawns a job under the read lock, so when
+    /// shutdown has taken the write lock no job can start behind the drain's back.
+    pub draining: RwLock<bool>,
     /// Every running pipeline, so shutdown can wait for them.
     pub tasks: TaskTracker,
     pub settings: PipelineSettings,
@@ -44,10 +48,44 @@ pub struct AppState {
 
 impl AppState {
     fn ready(&self) -> Result<&Ready, ApiError> {
-        if self.draining.load(Ordering::SeqCst) {
+        if self.is_draining() {
             return Err(ApiError::Unavailable("shutting down"));
         }
         self.ready.get().ok_or(ApiError::Unavailable("starting"))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops admitting new jobs; returns once no `Generate` is between admission and spawn.
+    pub fn start_draining(&self) {
+        *self.draining.write().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
+    /// Runs a created job's pipeline, tracked for shutdown; writes its folder when configured.
+    fn spawn_job(&self, job: Arc<Job>, agents: Agents, deadline: Option<Duration>) {
+        let settings = self.settings.clone();
+        let output_dir = self.output_dir.clone();
+        self.tasks.spawn(async move {
+            let article = pipeline::run(job.clone(), agents, settings, deadline).await;
+            tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
+            if let (Some(dir), Some(article)) = (output_dir, article) {
+                let written = tokio::task::spawn_blocking(move || {
+                    crate::client::output::write_article(&dir, &article)
+                })
+                .await;
+                match written {
+                    Ok(Ok(folder)) => {
+                        tracing::info!(job_id = %job.id, folder = %folder.display(), "article written")
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(job_id = %job.id, %error, "could not write the article folder")
+                    }
+                    Err(error) => tracing::warn!(job_id = %job.id, %error, "article writer failed"),
+                }
+            }
+        });
     }
 }
 
@@ -72,35 +110,32 @@ impl ContentService for ContentApi {
         &self,
         request: Request<api::GenerateRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let deadline = grpc_timeout(request.metadata()).map(|d| d.saturating_sub(DEADLINE_MARGIN));
+        let deadline = grpc_timeout(request.metadata()).map(job_budget);
         let job_request = validation::generate_request(request.into_inner())?;
-        let ready = self.state.ready()?;
+        let draining = self
+            .state
+            .draining
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let ready = self
+            .state
+            .ready
+            .get()
+            .ok_or(ApiError::Unavailable("starting"))?;
+        // While draining, a retry may still re-attach to its job; nothing new starts.
         let (job, created) = self
             .state
             .jobs
-            .create_or_attach(job_request)
+            .create_or_attach(job_request, !*draining)
             .map_err(ApiError::from)?;
         let events = self.state.jobs.follow(job.clone(), 0);
         if created {
             tracing::info!(job_id = %job.id, topic = %job.request.topic, "job started");
-            let agents = ready.agents.clone();
-            let settings = self.state.settings.clone();
-            let output_dir = self.state.output_dir.clone();
-            self.state.tasks.spawn(async move {
-                let article = pipeline::run(job.clone(), agents, settings, deadline).await;
-                tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
-                if let (Some(dir), Some(article)) = (output_dir, article) {
-                    let written = tokio::task::spawn_blocking(move || crate::client::output::write_article(&dir, &article)).await;
-                    match written {
-                        Ok(Ok(folder)) => tracing::info!(job_id = %job.id, folder = %folder.display(), "article written"),
-                        Ok(Err(error)) => tracing::warn!(job_id = %job.id, %error, "could not write the article folder"),
-                        Err(error) => tracing::warn!(job_id = %job.id, %error, "article writer task failed"),
-                    }
-                }
-            });
+            self.state.spawn_job(job, ready.agents.clone(), deadline);
         } else {
             tracing::info!(job_id = %job.id, "re-attached by idempotency key");
         }
+        drop(draining);
         Ok(Response::new(events))
     }
 

@@ -43,7 +43,9 @@ impl Violations {
 
 pub fn generate_request(request: api::GenerateRequest) -> Result<JobRequest, ApiError> {
     let mut v = Violations::default();
-    let topic = request.topic.trim().to_string();
+    // Single-line fields: runs of whitespace (newlines included) become one space, so no
+    // input can add a line, let alone a heading, to the article.
+    let topic = one_line(&request.topic);
     if topic.is_empty() {
         v.add("topic", "is required (3-500 characters)");
     } else {
@@ -56,9 +58,9 @@ pub fn generate_request(request: api::GenerateRequest) -> Result<JobRequest, Api
             format!("must be between 100 and 10000 (got {word_count})"),
         );
     }
-    let audience = non_empty_or(request.audience.trim(), DEFAULT_AUDIENCE);
+    let audience = non_empty_or(&one_line(&request.audience), DEFAULT_AUDIENCE);
     v.length("audience", &audience, 1, 200);
-    let tone = non_empty_or(request.tone.trim(), DEFAULT_TONE);
+    let tone = non_empty_or(&one_line(&request.tone), DEFAULT_TONE);
     v.length("tone", &tone, 1, 100);
     let custom_instructions = request.custom_instructions.trim().to_string();
     v.length("custom_instructions", &custom_instructions, 0, 1000);
@@ -80,6 +82,10 @@ pub fn generate_request(request: api::GenerateRequest) -> Result<JobRequest, Api
         idempotency_key: (!key.is_empty()).then_some(key),
         max_total_tokens: request.max_total_tokens,
     })
+}
+
+fn one_line(value: &str) -> String {
+    value.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn non_empty_or(value: &str, default: &str) -> String {
@@ -156,6 +162,11 @@ mod tests {
         assert_eq!(request.audience, DEFAULT_AUDIENCE);
         assert!(request.include_social && request.include_summary);
         assert_eq!(request.idempotency_key, None);
+        let request = generate_request(api::GenerateRequest {
+            topic: "ESG\n\n## Introduction".into(),
+            ..Default::default()
+        })?;
+        assert_eq!(request.topic, "ESG ## Introduction");
         Ok(())
     }
 

@@ -22,17 +22,22 @@ pub struct ClaimCandidate {
 pub fn extract_claims(markdown: &str) -> Vec<ClaimCandidate> {
     let mut claims = Vec::new();
     for paragraph in markdown.split("\n\n") {
-        let paragraph = paragraph.trim();
-        if paragraph.is_empty() || paragraph.starts_with('#') {
-            continue;
-        }
-        // List items are claims of their own.
-        for block in paragraph
+        // Headings are not claims; list items are claims of their own; the other lines of
+        // the block are one paragraph of prose.
+        let mut prose = Vec::new();
+        let mut blocks = Vec::new();
+        for line in paragraph
             .lines()
-            .filter(|l| l.starts_with("- "))
-            .map(|l| &l[2..])
-            .chain(Some(paragraph).filter(|p| !p.lines().any(|l| l.starts_with("- "))))
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
         {
+            match line.strip_prefix("- ").or_else(|| line.strip_prefix("* ")) {
+                Some(item) => blocks.push(item.to_string()),
+                None => prose.push(line),
+            }
+        }
+        blocks.push(prose.join(" "));
+        for block in blocks.iter().filter(|b| !b.trim().is_empty()) {
             let paragraph_urls: Vec<String> = text::links(block)
                 .iter()
                 .map(|l| l.url.to_string())
@@ -147,6 +152,8 @@ pub fn check_claim(claim: &ClaimCandidate, sources: &[SourceDoc]) -> api::Claim 
             result.source_url = source.source.url.clone();
             result.evidence = sentence;
         }
+        // Cited, but to nothing research returned: the citation itself is wrong.
+        _ if candidates.is_empty() && !cited.is_empty() => result.set_verdict(Verdict::Unsupported),
         _ if candidates.iter().all(|s| s.text.trim().is_empty()) => {
             result.set_verdict(Verdict::Unverifiable);
         }
@@ -233,10 +240,19 @@ mod tests {
     }
 
     #[test]
+    fn headings_are_skipped_and_list_items_and_prose_of_one_block_are_both_checked() {
+        let md = "## Heading with 2026\nProse line from 1974 ([A](https://kb.example/a)).\n- Item from 1999 ([A](https://kb.example/a)).";
+        let claims = extract_claims(md);
+        let texts: Vec<&str> = claims.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["Item from 1999.", "Prose line from 1974."]);
+    }
+
+    #[test]
     fn citations_to_unknown_urls_fail_the_report() {
         let sources = [source("https://kb.example/a", "Text.")];
         let report = check_article("Claim ([X](https://invented.example/x)).", &sources);
         assert_eq!(report.invalid_citations, ["https://invented.example/x"]);
+        assert_eq!(report.claims[0].verdict(), Verdict::Unsupported);
         assert!(!report.passed);
     }
 }

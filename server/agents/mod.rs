@@ -61,6 +61,8 @@ pub enum AgentError {
         upstream: &'static str,
         message: String,
     },
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// What every agent run returns besides its value: the accounting shown in
@@ -175,6 +177,7 @@ pub struct OutlinePlan {
     pub sections: Vec<String>,
 }
 
+#[derive(Clone)]
 pub struct SynthesisInput {
     pub plan: OutlinePlan,
     pub kb: KbResearch,
@@ -197,11 +200,13 @@ pub struct Synthesis {
 }
 
 /// What the writer is asked for: a first draft, or a repair of the failing parts of one.
+#[derive(Clone)]
 pub struct WritingBrief {
     pub synthesis: Arc<Synthesis>,
     pub revision: Option<Revision>,
 }
 
+#[derive(Clone)]
 pub struct Revision {
     pub iteration: u32,
     pub previous: String,
@@ -214,12 +219,14 @@ pub struct Draft {
     pub markdown: String,
 }
 
+#[derive(Clone)]
 pub struct FactCheckInput {
     pub markdown: String,
     pub sources: Arc<Vec<SourceDoc>>,
 }
 
 /// The finished article the distribution agents work from.
+#[derive(Clone)]
 pub struct FinalArticle {
     pub title: String,
     pub markdown: String,

@@ -50,9 +50,21 @@ pub fn agents(kb: Arc<KnowledgeBase>) -> Agents {
     }
 }
 
-/// Runs synchronous work as an agent future.
+/// A result that is already there, as an agent future.
 fn ready<'a, T: Send + 'a>(result: Result<AgentOutput<T>, AgentError>) -> AgentFuture<'a, T> {
     Box::pin(std::future::ready(result))
+}
+
+/// Runs CPU-bound agent work on the blocking pool, so agents of one phase really run in
+/// parallel and never stall the async executor.
+fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<AgentOutput<T>, AgentError> + Send + 'static,
+) -> AgentFuture<'static, T> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?
+    })
 }
 
 /// The search queries for a topic: the topic itself and three angles on it.
@@ -81,9 +93,10 @@ impl Agent<JobRequest, KbResearch> for KbResearcher {
         cx: &'a AgentContext,
         request: &'a JobRequest,
     ) -> AgentFuture<'a, KbResearch> {
-        let result = (|| {
+        let (kb, cx, request) = (self.kb.clone(), cx.clone(), request.clone());
+        blocking(move || {
             let queries = kb_queries(&request.topic);
-            let batch = self.kb.search_batch(&queries, HITS_PER_QUERY);
+            let batch = kb.search_batch(&queries, HITS_PER_QUERY);
             cx.upstream.record("kb", batch.is_ok());
             let batch = batch?;
             let hit_count: usize = batch.iter().map(Vec::len).sum();
@@ -108,14 +121,14 @@ impl Agent<JobRequest, KbResearch> for KbResearcher {
             // fact checker reads it all).
             let mut sources: Vec<SourceDoc> = Vec::new();
             for (chunk_index, score) in &ranked {
-                let Some(chunk) = self.kb.chunk(*chunk_index) else {
+                let Some(chunk) = kb.chunk(*chunk_index) else {
                     continue;
                 };
                 if sources.iter().any(|s| s.source.url == chunk.url) {
                     continue;
                 }
                 let mut text = format!("{}\n\n", chunk.text);
-                for other in self.kb.document_chunks(*chunk_index) {
+                for other in kb.document_chunks(*chunk_index) {
                     if other.section != chunk.section {
                         text.push_str(&other.text);
                         text.push_str("\n\n");
@@ -166,8 +179,7 @@ impl Agent<JobRequest, KbResearch> for KbResearcher {
                 },
                 summary,
             ))
-        })();
-        ready(result)
+        })
     }
 }
 
@@ -211,10 +223,14 @@ macro_rules! extractive {
             }
             fn run<'a>(
                 &'a self,
-                $cx: &'a AgentContext,
-                $arg: &'a $input,
+                cx: &'a AgentContext,
+                input: &'a $input,
             ) -> AgentFuture<'a, $output> {
-                ready($body)
+                let (cx, input) = (cx.clone(), input.clone());
+                blocking(move || {
+                    let ($cx, $arg) = (&cx, &input);
+                    $body
+                })
             }
         }
     };
@@ -471,11 +487,10 @@ fn write_article(
         text::title_case(topic),
         audience_head(&request.audience)
     );
-    let mut lead = vec![format!(
-        "For {}, {} deserves a clear, sourced view of what is known and what remains open.",
-        request.audience,
-        topic.to_lowercase()
-    )];
+    // The writer's own sentences carry no user text: a figure in a topic ("... in 2026")
+    // would otherwise become a claim no source can support.
+    let mut lead =
+        vec!["What follows sets out the evidence, with a source for every statement.".to_string()];
     if let Some(first) = synthesis.sources.first() {
         let picked = best_sentences(&first.text, topic, 2, &used);
         used.extend(picked.iter().cloned());
@@ -514,11 +529,10 @@ fn write_article(
         used.extend(picked.iter().cloned());
         conclusion.push(cite_run(&picked, &last.source.id));
     }
-    conclusion.push(format!(
-        "Taken together, the evidence points {} toward disciplined governance, patient implementation and regular review of {}.",
-        audience_head(&request.audience).to_lowercase(),
-        topic.to_lowercase()
-    ));
+    conclusion.push(
+        "Taken together, the evidence points toward disciplined governance, patient implementation and regular review."
+            .to_string(),
+    );
 
     let fixed = format!(
         "{title} {KEY_INSIGHTS} {KEY_TAKEAWAYS} {CONCLUSION}\n{}\n{}\n{}\n{}",

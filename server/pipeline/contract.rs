@@ -6,7 +6,15 @@ use crate::server::{agents::SourceDoc, text};
 pub const KEY_INSIGHTS: &str = "Key Insights at a Glance";
 pub const KEY_TAKEAWAYS: &str = "Key Takeaways";
 pub const CONCLUSION: &str = "Conclusion";
+/// Sections every article has, besides its 3-4 main sections.
+pub const FIXED_SECTIONS: [&str; 3] = [KEY_INSIGHTS, KEY_TAKEAWAYS, CONCLUSION];
 const FORBIDDEN_HEADINGS: [&str; 2] = ["introduction", "executive summary"];
+
+/// "Introduction ..." and "Executive Summary ..." are not section headings of this contract.
+pub fn is_forbidden_heading(heading: &str) -> bool {
+    let lower = heading.trim().to_lowercase();
+    FORBIDDEN_HEADINGS.iter().any(|f| lower.starts_with(f))
+}
 /// Allowed deviation from the target word count.
 pub const WORD_COUNT_TOLERANCE: f64 = 0.15;
 
@@ -81,7 +89,7 @@ pub fn title(markdown: &str) -> Option<&str> {
 pub fn main_sections(markdown: &str) -> Vec<&str> {
     sections(markdown)
         .into_iter()
-        .filter(|s| ![KEY_INSIGHTS, KEY_TAKEAWAYS, CONCLUSION].contains(s))
+        .filter(|s| !FIXED_SECTIONS.contains(s))
         .collect()
 }
 
@@ -92,15 +100,15 @@ pub fn check(markdown: &str, sources: &[SourceDoc], target_words: usize) -> Vec<
         problems.push(Problem::MissingTitle);
     }
     let headings = sections(markdown);
-    for required in [KEY_INSIGHTS, KEY_TAKEAWAYS, CONCLUSION] {
+    for required in FIXED_SECTIONS {
         if !headings.contains(&required) {
             problems.push(Problem::MissingSection(required));
         }
     }
-    for line in markdown.lines().filter(|l| l.starts_with('#')) {
+    // The `# Title` may say anything (a topic can be "Introduction to ..."); sections may not.
+    for line in markdown.lines().filter(|l| l.starts_with("##")) {
         let heading = line.trim_start_matches('#').trim();
-        let lower = heading.to_lowercase();
-        if FORBIDDEN_HEADINGS.iter().any(|f| lower.starts_with(f)) {
+        if is_forbidden_heading(heading) {
             problems.push(Problem::ForbiddenHeading(heading.to_string()));
         }
     }

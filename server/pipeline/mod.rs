@@ -19,6 +19,7 @@ use crate::server::{
         WritingBrief, metrics_analyzer,
     },
     jobs::Job,
+    lock,
 };
 
 pub mod contract;
@@ -85,7 +86,8 @@ impl Phase {
             Self::Writing => &[Self::Synthesis],
             Self::Analysis => &[Self::Writing],
             Self::Revision => &[Self::Analysis],
-            Self::Distribution => &[Self::Analysis],
+            // The final article: after analysis, and after revision when it runs.
+            Self::Distribution => &[Self::Analysis, Self::Revision],
         }
     }
 }
@@ -116,13 +118,35 @@ pub fn plan(request: &JobRequest) -> Vec<(Phase, Vec<AgentName>)> {
         ),
         (
             Phase::Revision,
-            vec![ContentWriter, MetricsAnalyzer, FactChecker],
+            vec![ContentWriter, MetricsAnalyzer, SeoSpecialist, FactChecker],
         ),
     ];
     if !distribution.is_empty() {
         phases.push((Phase::Distribution, distribution));
     }
     phases
+}
+
+fn job_started(request: &JobRequest) -> api::JobStarted {
+    api::JobStarted {
+        topic: request.topic.clone(),
+        slug: request.slug.clone(),
+        word_count: request.word_count as u32,
+        idempotency_key: request.idempotency_key.clone().unwrap_or_default(),
+        phases: plan(request)
+            .iter()
+            .map(|(phase, agents)| api::PlannedPhase {
+                phase: phase.as_str().into(),
+                agents: agents.iter().map(|a| a.as_str().into()).collect(),
+                depends_on: phase
+                    .depends_on()
+                    .iter()
+                    .map(|p| p.as_str().into())
+                    .collect(),
+                conditional: *phase == Phase::Revision,
+            })
+            .collect(),
+    }
 }
 
 /// Settings of the engine that come from configuration.
@@ -148,7 +172,7 @@ impl PipelineError {
         match self {
             Self::Agent { source, .. } => match source {
                 AgentError::NoSources(_) => Code::FailedPrecondition,
-                AgentError::Kb(_) => Code::Internal,
+                AgentError::Kb(_) | AgentError::Internal(_) => Code::Internal,
                 AgentError::Unavailable { .. } => Code::Unavailable,
             },
             Self::Budget { .. } => Code::ResourceExhausted,
@@ -166,6 +190,8 @@ pub async fn run(
     deadline: Option<Duration>,
 ) -> Option<api::Article> {
     let run = Arc::new(JobRun::new(job.clone(), agents));
+    // The plan goes out first, whatever happens next, so every stream starts with it.
+    job.emit(Event::JobStarted(job_started(&job.request)), 0);
     let work = run.clone().execute(settings);
     let outcome = tokio::select! {
         result = async {
@@ -252,7 +278,7 @@ impl JobRun {
     }
 
     fn current_phase(&self) -> &'static str {
-        self.phase.lock().map(|p| p.as_str()).unwrap_or("")
+        lock(&self.phase).as_str()
     }
 
     fn request(&self) -> &JobRequest {
@@ -292,9 +318,7 @@ impl JobRun {
         iteration: u32,
         work: F,
     ) -> Result<T, PipelineError> {
-        if let Ok(mut current) = self.phase.lock() {
-            *current = phase;
-        }
+        *lock(&self.phase) = phase;
         self.done_in_phase.store(0, Ordering::Relaxed);
         let (start, end) = phase.progress_range();
         self.emit(
@@ -372,7 +396,7 @@ impl JobRun {
             self.warn(phase, Some(name), code, message.clone());
         }
         let used = {
-            let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+            let mut metrics = lock(&self.metrics);
             metrics.total_input_tokens += output.usage.input_tokens;
             metrics.total_output_tokens += output.usage.output_tokens;
             metrics.cache_hits += u32::from(output.cache_hit);
@@ -417,29 +441,6 @@ impl JobRun {
         settings: PipelineSettings,
     ) -> Result<api::Article, PipelineError> {
         let request = self.request().clone();
-        let plan = plan(&request);
-        self.emit(
-            Event::JobStarted(api::JobStarted {
-                topic: request.topic.clone(),
-                slug: request.slug.clone(),
-                word_count: request.word_count as u32,
-                idempotency_key: request.idempotency_key.clone().unwrap_or_default(),
-                phases: plan
-                    .iter()
-                    .map(|(phase, agents)| api::PlannedPhase {
-                        phase: phase.as_str().into(),
-                        agents: agents.iter().map(|a| a.as_str().into()).collect(),
-                        depends_on: phase
-                            .depends_on()
-                            .iter()
-                            .map(|p| p.as_str().into())
-                            .collect(),
-                        conditional: *phase == Phase::Revision,
-                    })
-                    .collect(),
-            }),
-            0,
-        );
         // Validation, slug and job id happened before the job existed; the phase records them.
         self.phase(Phase::Setup, 1, async { Ok(()) }).await?;
 
@@ -502,7 +503,7 @@ impl JobRun {
             )
             .await?;
 
-        let (mut content, seo, mut fact_check) = self
+        let (mut content, mut seo, mut fact_check) = self
             .phase(Phase::Analysis, 1, async {
                 tokio::try_join!(
                     self.agent(
@@ -536,22 +537,30 @@ impl JobRun {
                     problems: problems.clone(),
                 }),
             };
-            (draft, content, fact_check) = self
+            // Repair, then check again: metrics, SEO of the new text, the fact check.
+            (draft, content, seo, fact_check) = self
                 .phase(Phase::Revision, revisions, async {
                     let revised = self
                         .write(Phase::Revision, revisions + 1, &brief, &sources)
                         .await?;
-                    let (content, fact_check) = tokio::try_join!(
+                    let (content, seo, fact_check) = tokio::try_join!(
                         self.agent(
                             Phase::Revision,
-                            3,
+                            4,
                             AgentName::MetricsAnalyzer,
                             &*agents.metrics_analyzer,
                             &revised
                         ),
-                        self.fact_check(Phase::Revision, 3, &revised, &sources),
+                        self.agent(
+                            Phase::Revision,
+                            4,
+                            AgentName::SeoSpecialist,
+                            &*agents.seo_specialist,
+                            &revised
+                        ),
+                        self.fact_check(Phase::Revision, 4, &revised, &sources),
                     )?;
-                    Ok((revised, content, fact_check))
+                    Ok((revised, content, seo, fact_check))
                 })
                 .await?;
             problems = self::problems(&draft, &sources, request.word_count, &fact_check);
@@ -620,7 +629,7 @@ impl JobRun {
         };
 
         let quality = metrics_analyzer::quality(&content, &problems, &fact_check, revisions);
-        let mut metrics = self.metrics.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut metrics = lock(&self.metrics).clone();
         metrics.total_duration = proto_duration(self.started.elapsed());
         metrics.upstream_calls = self.cx.upstream.snapshot();
         metrics.revision_iterations = revisions;
@@ -663,7 +672,7 @@ impl JobRun {
         brief: &WritingBrief,
         sources: &[SourceDoc],
     ) -> Result<Draft, PipelineError> {
-        let total = if phase == Phase::Writing { 1 } else { 3 };
+        let total = if phase == Phase::Writing { 1 } else { 4 };
         self.writer_iteration.store(iteration, Ordering::Relaxed);
         let draft = self
             .agent(

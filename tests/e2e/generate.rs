@@ -348,6 +348,41 @@ async fn requested_options_shape_the_plan() {
 }
 
 #[tokio::test]
+async fn topics_with_figures_or_contract_words_still_get_a_clean_article() {
+    let mut server = common::start(common::config()).await;
+    for topic in [
+        "Introduction to ESG integration in 2026",
+        "The 60/40 portfolio after 2022 — risk parity?",
+    ] {
+        let events = collect(
+            &mut server
+                .client
+                .generate(request(topic))
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+        .await;
+        assert_well_formed(&events);
+        let article = final_article(&events);
+        assert_eq!(
+            contract::check(&article.markdown, &as_sources(&article), 1500),
+            vec![],
+            "{topic}"
+        );
+        let fact_check = article.fact_check.unwrap();
+        assert!(
+            fact_check.passed && fact_check.unsupported == 0,
+            "{topic}: {fact_check:?}"
+        );
+        assert!(
+            !phases_started(&events).contains(&"revision".to_string()),
+            "{topic} needed no revision"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_topic_the_knowledge_base_does_not_cover_fails_clearly() {
     let mut server = common::start(common::config()).await;
     let events = collect(

@@ -221,14 +221,131 @@ async fn a_passed_deadline_fails_the_job_with_deadline_exceeded() {
     let gate = Gate::new();
     let mut server = common::start_with(common::config(), gate.agents()).await;
     let mut req = tonic::Request::new(request(TOPIC));
-    req.set_timeout(Duration::from_millis(1500));
+    req.set_timeout(Duration::from_secs(3));
     let mut stream = server.client.generate(req).await.unwrap().into_inner();
-    let mut events = Vec::new();
-    while let Ok(Some(event)) = stream.message().await {
-        events.push(event);
+    let job_id = next(&mut stream).await.unwrap().job_id;
+    while let Ok(Some(_)) = stream.message().await {}
+    assert!(
+        gate.wait_dropped().await,
+        "the held agent call was dropped at the deadline"
+    );
+    // However the caller's stream ended, the job's own record says why it stopped.
+    let events = collect(
+        &mut server
+            .client
+            .watch_job(api::WatchJobRequest {
+                job_id,
+                after_sequence: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let failed = common::failed(&events);
+    assert_eq!(
+        failed.code,
+        Code::DeadlineExceeded as i32,
+        "{}",
+        failed.message
+    );
+}
+
+#[tokio::test]
+async fn agents_of_one_phase_run_concurrently() {
+    let gate = Gate::new();
+    let mut server = common::start_with(common::config(), gate.agents()).await;
+    let mut stream = server
+        .client
+        .generate(request(TOPIC))
+        .await
+        .unwrap()
+        .into_inner();
+    gate.wait_entered(1).await;
+    // web_researcher is held; kb_researcher and the outline planner finish beside it.
+    let mut finished = Vec::new();
+    while finished.len() < 2 {
+        if let Some(Event::AgentCompleted(done)) = next(&mut stream).await.unwrap().event {
+            finished.push(done.agent);
+        }
     }
-    assert!(gate.wait_dropped().await);
-    assert_eq!(common::failed(&events).code, Code::DeadlineExceeded as i32);
+    finished.sort();
+    assert_eq!(finished, ["kb_researcher", "research_synthesizer"]);
+    gate.open();
+    final_article(&collect(&mut stream).await);
+}
+
+#[tokio::test]
+async fn a_full_job_table_answers_resource_exhausted_with_retry_info() {
+    let gate = Gate::new();
+    let mut config = common::config();
+    config.max_jobs = 1;
+    let mut server = common::start_with(config, gate.agents()).await;
+    let mut running = server
+        .client
+        .generate(request(TOPIC))
+        .await
+        .unwrap()
+        .into_inner();
+    gate.wait_entered(1).await;
+    let status = server
+        .client
+        .generate(request("Factor investing"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status
+            .get_details_retry_info()
+            .and_then(|r| r.retry_delay)
+            .is_some()
+    );
+    gate.open();
+    final_article(&collect(&mut running).await);
+    // A finished job makes room.
+    let events = collect(
+        &mut server
+            .client
+            .generate(request("Factor investing"))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    final_article(&events);
+}
+
+#[tokio::test]
+async fn a_detached_job_with_a_key_is_cancelled_when_nobody_returns_within_the_grace() {
+    let gate = Gate::new();
+    let mut config = common::config();
+    config.detach_grace = Duration::from_millis(400);
+    let mut server = common::start_with(config, gate.agents()).await;
+    let mut req = request(TOPIC);
+    req.idempotency_key = "gone-for-good".into();
+    let mut stream = server.client.generate(req).await.unwrap().into_inner();
+    let job_id = next(&mut stream).await.unwrap().job_id;
+    gate.wait_entered(1).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !gate.dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "still running inside the grace"
+    );
+    assert!(gate.wait_dropped().await, "cancelled once the grace passed");
+    let events = collect(
+        &mut server
+            .client
+            .watch_job(api::WatchJobRequest {
+                job_id,
+                after_sequence: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(common::failed(&events).code, Code::Cancelled as i32);
 }
 
 #[tokio::test]

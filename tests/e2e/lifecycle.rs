@@ -2,7 +2,7 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -20,9 +20,11 @@ use crate::common::{self, Gate, PATIENCE, collect, final_article, next, request}
 
 #[tokio::test]
 async fn health_goes_not_serving_serving_not_serving_across_start_and_drain() {
-    // Agents that take a while to build make start-up observable.
-    let slow = Arc::new(|kb| {
-        std::thread::sleep(Duration::from_millis(1500));
+    // Start-up waits for the test's word before it finishes, so it is observable.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let slow = Arc::new(move |kb| {
+        let _ = held.lock().unwrap().recv();
         Agents::offline(kb)
     });
     let server = Server::start_with(common::config(), slow).await.unwrap();
@@ -56,7 +58,13 @@ async fn health_goes_not_serving_serving_not_serving_across_start_and_drain() {
         .await
         .unwrap()
         .into_inner();
-    let mut seen = Vec::new();
+    let first = tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut seen = vec![first.status()];
+    release.send(()).unwrap();
     while seen.last() != Some(&ServingStatus::Serving) {
         let update = tokio::time::timeout(PATIENCE, watch.next())
             .await
@@ -190,6 +198,14 @@ fn the_server_binary_serves_and_exits_zero_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A watchdog, so a server that never comes up fails the test instead of hanging it.
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -KILL {pid} 2>/dev/null")])
+            .status();
+    });
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut addr = None;
     for line in lines.by_ref() {
