@@ -108,7 +108,7 @@ impl Server {
             .add_service(reflection_v1alpha)
             .add_service(content)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                incoming(listener),
                 stop_serving.clone().cancelled_owned(),
             );
         tracing::info!(%grpc_addr, "gRPC listening (NOT_SERVING until ready)");
@@ -145,6 +145,19 @@ impl Server {
             .await
             .map_err(|e| ServerError::Startup(e.to_string()))?
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: events are small writes, and Nagle plus
+/// delayed ACKs would hold each one back by tens of milliseconds.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
