@@ -12,10 +12,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::api::{self, content_service_server::ContentServiceServer};
 use crate::server::{
-    agents::{Agents, AgentsFactory},
+    agents::{Agents, AgentsFactory, select::Upstreams},
     config::Config,
     jobs::{JobLimits, JobRegistry},
-    kb::KnowledgeBase,
+    kb::{KnowledgeBase, KnowledgeSource},
     pipeline::PipelineSettings,
     service::{AppState, ContentApi, Ready},
 };
@@ -51,12 +51,15 @@ impl Server {
     /// Binds the gRPC port and serves at once, NOT_SERVING until the knowledge base is
     /// indexed; then SERVING.
     pub async fn start(config: Config) -> Result<Self, ServerError> {
-        Self::start_with(config, Arc::new(Agents::offline)).await
+        Self::start_with(config, Arc::new(Agents::build)).await
     }
 
     /// [`Server::start`] with the agents chosen by `agents` (built once the knowledge base is
     /// indexed, off the async executor).
     pub async fn start_with(config: Config, agents: AgentsFactory) -> Result<Self, ServerError> {
+        // Bad upstream configuration fails here, before the port is taken.
+        let upstreams =
+            Arc::new(Upstreams::from_config(&config.upstreams).map_err(ServerError::Startup)?);
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -94,6 +97,8 @@ impl Server {
             tasks: TaskTracker::new(),
             settings: PipelineSettings {
                 max_iterations: config.max_iterations,
+                prices: upstreams.prices.clone(),
+                fetcher: Some(upstreams.fetcher.clone()),
             },
             output_dir: config.output_dir.clone(),
         });
@@ -115,7 +120,7 @@ impl Server {
 
         let task = tokio::spawn(lifecycle(
             config,
-            agents,
+            Startup { upstreams, agents },
             state,
             health,
             shutdown.clone(),
@@ -167,9 +172,15 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Start-up, serving, and the shutdown sequence: NOT_SERVING, refuse new jobs, let running
 /// jobs finish within the grace period, cancel the rest, close the port.
+/// What start-up builds the agents from.
+struct Startup {
+    upstreams: Arc<Upstreams>,
+    agents: AgentsFactory,
+}
+
 async fn lifecycle(
     config: Config,
-    agents: AgentsFactory,
+    Startup { upstreams, agents }: Startup,
     state: Arc<AppState>,
     health: HealthReporter,
     shutdown: CancellationToken,
@@ -179,9 +190,25 @@ async fn lifecycle(
     let mut serving = tokio::spawn(serve);
     let kb_dir = config.kb_dir.clone();
     let startup = tokio::task::spawn_blocking(move || {
-        let kb = Arc::new(KnowledgeBase::load(&kb_dir)?);
-        tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %kb_dir.display(), "knowledge base indexed");
-        let agents = agents(kb.clone());
+        let kb = match &upstreams.vector_store {
+            Some(store) => KnowledgeSource::VectorStore(store.clone()),
+            None => {
+                let kb = KnowledgeBase::load(&kb_dir)?;
+                tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %kb_dir.display(), "knowledge base indexed");
+                KnowledgeSource::Local(Arc::new(kb))
+            }
+        };
+        let agents = agents(kb.clone(), &upstreams);
+        tracing::info!(
+            knowledge_base = kb.name(),
+            llm = upstreams.llm.as_ref().map_or("offline", |l| l.provider),
+            web_search = if upstreams.serper.is_some() {
+                "serper"
+            } else {
+                "none"
+            },
+            "agents selected"
+        );
         Ok::<_, crate::server::kb::KbError>(Ready { kb, agents })
     });
     let loaded = tokio::select! {

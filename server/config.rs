@@ -43,6 +43,130 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[arg(long, env = "DAKOTA_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub upstreams: UpstreamConfig,
+}
+
+/// The upstream services and how they are called. With no LLM endpoint configured, the
+/// offline agents run; with no Serper key, web research is skipped with a warning.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpstreamConfig {
+    /// OpenAI-compatible Chat Completions base URL (OpenAI, vLLM, llama.cpp, Ollama, gateways).
+    /// Setting it, or an API key, selects the LLM agents.
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+
+    /// Bearer token for the LLM endpoint and the vector store.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<Secret>,
+
+    /// Search this OpenAI vector store instead of the local knowledge base.
+    #[arg(long, env = "OPENAI_VECTOR_STORE_ID")]
+    pub openai_vector_store_id: Option<String>,
+
+    /// Serper API key; without one, web research is skipped.
+    #[arg(long, env = "SERPER_API_KEY", hide_env_values = true)]
+    pub serper_api_key: Option<Secret>,
+
+    #[arg(
+        long,
+        env = "SERPER_BASE_URL",
+        default_value = "https://google.serper.dev"
+    )]
+    pub serper_base_url: String,
+
+    /// Model of the `nano` tier (kb_researcher, seo_specialist, social_promoter).
+    #[arg(long, env = "DAKOTA_MODEL_NANO", default_value = "gpt-4.1-nano")]
+    pub model_nano: String,
+
+    /// Model of the `mini` tier (web_researcher, fact_checker, summary_writer).
+    #[arg(long, env = "DAKOTA_MODEL_MINI", default_value = "gpt-4.1-mini")]
+    pub model_mini: String,
+
+    /// Model of the `full` tier (research_synthesizer, content_writer).
+    #[arg(long, env = "DAKOTA_MODEL_FULL", default_value = "gpt-4.1")]
+    pub model_full: String,
+
+    /// Per-agent model overrides: `agent=model`, comma-separated.
+    #[arg(long, env = "DAKOTA_AGENT_MODELS", value_delimiter = ',', value_parser = parse_pair)]
+    pub agent_models: Vec<(String, String)>,
+
+    /// Prices in USD per million tokens, `model=input/output`, comma-separated; added to the
+    /// built-in table of the default models.
+    #[arg(long, env = "DAKOTA_PRICES", value_delimiter = ',', value_parser = parse_pair)]
+    pub prices: Vec<(String, String)>,
+
+    /// Folder of prompt files (`<agent>.md`) overriding the built-in ones.
+    #[arg(long, env = "DAKOTA_PROMPTS_DIR")]
+    pub prompts_dir: Option<PathBuf>,
+
+    /// Whole-call timeout of one LLM request.
+    #[arg(long, env = "DAKOTA_LLM_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub llm_timeout: Duration,
+
+    /// A streamed LLM answer that sends nothing for this long is cut.
+    #[arg(long, env = "DAKOTA_LLM_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub llm_idle_timeout: Duration,
+
+    /// Attempts per upstream call (retryable failures only: connect errors, 5xx, 429, malformed answers).
+    #[arg(long, env = "DAKOTA_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// Timeout of one knowledge-base search (vector store).
+    #[arg(long, env = "DAKOTA_KB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub kb_timeout: Duration,
+
+    /// Timeout of one web search.
+    #[arg(long, env = "DAKOTA_WEB_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub web_timeout: Duration,
+
+    /// Timeout of one source fetch.
+    #[arg(long, env = "DAKOTA_FETCH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub fetch_timeout: Duration,
+
+    /// Largest source page read, in bytes.
+    #[arg(long, env = "DAKOTA_FETCH_MAX_BYTES", default_value_t = 2_000_000)]
+    pub fetch_max_bytes: usize,
+
+    /// Allow fetching private, loopback and link-local addresses (tests only; never in production).
+    #[arg(long, env = "DAKOTA_FETCH_ALLOW_PRIVATE", default_value_t = false)]
+    pub fetch_allow_private: bool,
+}
+
+/// A secret from the command line or environment: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// `key=value`.
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected key=value"))?;
+    Ok((key.trim().to_string(), value.trim().to_string()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +181,12 @@ impl Config {
         let mut config = Config::parse_from(["dakota-server"]);
         config.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.kb_dir = kb_dir.into();
+        // Offline whatever the environment holds: tests opt in to upstreams explicitly.
+        let upstreams = &mut config.upstreams;
+        upstreams.openai_base_url = None;
+        upstreams.openai_api_key = None;
+        upstreams.openai_vector_store_id = None;
+        upstreams.serper_api_key = None;
         config
     }
 }
@@ -88,6 +218,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let config = Config::parse_from(["dakota-server", "--openai-api-key", "sk-very-secret"]);
+        assert!(!format!("{config:?}").contains("sk-very-secret"));
+        assert_eq!(
+            config
+                .upstreams
+                .openai_api_key
+                .map(|k| k.expose().to_string())
+                .as_deref(),
+            Some("sk-very-secret")
+        );
+    }
 
     #[test]
     fn durations_parse_with_units_and_reject_nonsense() {

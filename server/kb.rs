@@ -2,6 +2,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use tantivy::{
@@ -17,7 +18,10 @@ use tantivy::{
     },
 };
 
-use crate::server::text;
+use crate::server::{
+    text,
+    upstream::vector_store::{VectorHit, VectorStoreClient},
+};
 
 const TOKENIZER: &str = "en_stem";
 
@@ -30,6 +34,92 @@ pub enum KbError {
     },
     #[error("knowledge base index: {0}")]
     Index(#[from] tantivy::TantivyError),
+    #[error("{0}")]
+    Upstream(#[from] crate::server::upstream::UpstreamError),
+    #[error("knowledge base search task failed: {0}")]
+    Task(String),
+}
+
+/// A search hit as researchers and `SearchKnowledgeBase` see it, whichever knowledge base
+/// answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KbHit {
+    pub title: String,
+    pub url: String,
+    pub section: String,
+    /// The matching chunk.
+    pub text: String,
+    pub score: f32,
+    pub date: Option<String>,
+    /// The whole document when the knowledge base has it (the chunk first), else the chunk.
+    pub document_text: String,
+}
+
+/// The knowledge base in use: the local index (default) or an OpenAI vector store.
+#[derive(Clone)]
+pub enum KnowledgeSource {
+    Local(Arc<KnowledgeBase>),
+    VectorStore(Arc<VectorStoreClient>),
+}
+
+impl KnowledgeSource {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Local(_) => "local",
+            Self::VectorStore(_) => "openai-vector-store",
+        }
+    }
+
+    /// Several queries at once, one hit list per query in order, and the upstream attempts
+    /// it took (1 for the local index).
+    pub async fn search_batch(
+        &self,
+        queries: &[String],
+        limit: usize,
+    ) -> (Result<Vec<Vec<KbHit>>, KbError>, u32) {
+        match self {
+            Self::Local(kb) => {
+                let (kb, queries) = (kb.clone(), queries.to_vec());
+                let result = tokio::task::spawn_blocking(move || kb.hits_batch(&queries, limit))
+                    .await
+                    .map_err(|e| KbError::Task(e.to_string()))
+                    .and_then(|r| r);
+                (result, 1)
+            }
+            Self::VectorStore(store) => {
+                let searches = queries.iter().map(|q| store.search(q, limit));
+                let answers = futures_util::future::join_all(searches).await;
+                let attempts = answers.iter().map(|(_, a)| *a).max().unwrap_or(1);
+                let result = answers
+                    .into_iter()
+                    .map(|(hits, _)| {
+                        Ok(hits?
+                            .into_iter()
+                            .map(|h| vector_hit(&store.store_id, h))
+                            .collect())
+                    })
+                    .collect();
+                (result, attempts)
+            }
+        }
+    }
+}
+
+fn vector_hit(store_id: &str, hit: VectorHit) -> KbHit {
+    let text = hit.text();
+    KbHit {
+        title: hit
+            .attribute("title")
+            .unwrap_or_else(|| hit.filename.clone()),
+        url: hit
+            .attribute("url")
+            .unwrap_or_else(|| format!("openai-vector-store://{store_id}/{}", hit.file_id)),
+        section: hit.attribute("section").unwrap_or_default(),
+        document_text: text.clone(),
+        text,
+        score: hit.score,
+        date: hit.attribute("date"),
+    }
 }
 
 /// One heading-delimited piece of a document: the unit that is indexed, found and cited.
@@ -166,6 +256,35 @@ impl KnowledgeBase {
             }
         }
         Ok(hits)
+    }
+
+    /// [`KnowledgeBase::search_batch`] as [`KbHit`]s, each carrying its whole document.
+    pub fn hits_batch(&self, queries: &[String], limit: usize) -> Result<Vec<Vec<KbHit>>, KbError> {
+        Ok(self
+            .search_batch(queries, limit)?
+            .into_iter()
+            .map(|hits| hits.into_iter().filter_map(|h| self.hit(h)).collect())
+            .collect())
+    }
+
+    fn hit(&self, hit: Hit) -> Option<KbHit> {
+        let chunk = self.chunk(hit.chunk)?;
+        let mut document_text = format!("{}\n\n", chunk.text);
+        for other in self.document_chunks(hit.chunk) {
+            if other.section != chunk.section {
+                document_text.push_str(&other.text);
+                document_text.push_str("\n\n");
+            }
+        }
+        Some(KbHit {
+            title: chunk.title.clone(),
+            url: chunk.url.clone(),
+            section: chunk.section.clone(),
+            text: chunk.text.clone(),
+            score: hit.score,
+            date: chunk.date.clone(),
+            document_text,
+        })
     }
 
     /// Several queries in one call, one result list per query, in order.

@@ -5,7 +5,8 @@
 //! - [`jobs`]: event logs, followers, idempotent re-attach, cancellation.
 //! - [`pipeline`]: phases, the revision loop, the article contract.
 //! - [`agents`]: the agents of SPEC §4 behind one trait; offline implementations.
-//! - [`kb`]: the local knowledge base (tantivy BM25).
+//! - [`kb`]: the knowledge base: local (tantivy BM25) or an OpenAI vector store.
+//! - [`upstream`]: HTTP clients of the LLM, vector store, web search and source fetch.
 
 pub mod agents;
 pub mod app;
@@ -17,6 +18,7 @@ pub mod pipeline;
 pub mod service;
 pub mod telemetry;
 pub mod text;
+pub mod upstream;
 pub mod validation;
 
 /// Locks a mutex whose every update is a single assignment or push, so a panic elsewhere

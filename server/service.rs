@@ -14,7 +14,7 @@ use crate::server::{
     agents::Agents,
     error::ApiError,
     jobs::{Job, JobRegistry},
-    kb::KnowledgeBase,
+    kb::KnowledgeSource,
     pipeline::{self, PipelineSettings},
     validation,
 };
@@ -29,7 +29,7 @@ fn job_budget(deadline: Duration) -> Duration {
 
 /// What exists only once start-up has finished.
 pub struct Ready {
-    pub kb: Arc<KnowledgeBase>,
+    pub kb: KnowledgeSource,
     pub agents: Agents,
 }
 
@@ -196,37 +196,33 @@ impl ContentService for ContentApi {
             .iter()
             .map(|q| q.trim().to_string())
             .collect();
-        let results = tokio::task::spawn_blocking(move || {
-            let batch = kb.search_batch(&queries, limit)?;
-            Ok::<_, crate::server::kb::KbError>(
-                queries
+        let (batch, _) = kb.search_batch(&queries, limit).await;
+        let batch = batch.map_err(|e| match e {
+            crate::server::kb::KbError::Upstream(upstream) => {
+                Status::unavailable(upstream.to_string())
+            }
+            other => ApiError::Internal(other.to_string()).into(),
+        })?;
+        let results = queries
+            .into_iter()
+            .zip(batch)
+            .map(|(query, hits)| api::QueryResult {
+                query,
+                hits: hits
                     .into_iter()
-                    .zip(batch)
-                    .map(|(query, hits)| api::QueryResult {
-                        query,
-                        hits: hits
-                            .into_iter()
-                            .filter_map(|hit| {
-                                let chunk = kb.chunk(hit.chunk)?;
-                                Some(api::SearchHit {
-                                    title: chunk.title.clone(),
-                                    url: chunk.url.clone(),
-                                    snippet: crate::server::text::truncate_words(
-                                        &chunk.text.replace('\n', " "),
-                                        300,
-                                    ),
-                                    score: hit.score,
-                                    section: chunk.section.clone(),
-                                })
-                            })
-                            .collect(),
+                    .map(|hit| api::SearchHit {
+                        snippet: crate::server::text::truncate_words(
+                            &hit.text.replace('\n', " "),
+                            300,
+                        ),
+                        title: hit.title,
+                        url: hit.url,
+                        score: hit.score,
+                        section: hit.section,
                     })
                     .collect(),
-            )
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+            })
+            .collect();
         Ok(Response::new(api::SearchKnowledgeBaseResponse { results }))
     }
 }

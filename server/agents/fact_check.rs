@@ -113,14 +113,7 @@ pub fn check_claim(claim: &ClaimCandidate, sources: &[SourceDoc]) -> api::Claim 
     } else {
         &claim.cited_urls
     };
-    let candidates: Vec<&SourceDoc> = if cited.is_empty() {
-        sources.iter().collect()
-    } else {
-        sources
-            .iter()
-            .filter(|s| cited.contains(&s.source.url))
-            .collect()
-    };
+    let candidates = candidate_sources(claim, sources);
     let claim_terms: BTreeSet<String> = text::terms(&claim.text).collect();
     let claim_figures = figures(&claim.text);
     let mut best: Option<(f64, &SourceDoc, String)> = None;
@@ -168,13 +161,42 @@ pub fn check_claim(claim: &ClaimCandidate, sources: &[SourceDoc]) -> api::Claim 
     result
 }
 
+/// The sources a claim is checked against: those it cites, else those its paragraph cites,
+/// else all of them.
+pub fn candidate_sources<'a>(
+    claim: &ClaimCandidate,
+    sources: &'a [SourceDoc],
+) -> Vec<&'a SourceDoc> {
+    let cited = if claim.cited_urls.is_empty() {
+        &claim.paragraph_urls
+    } else {
+        &claim.cited_urls
+    };
+    if cited.is_empty() {
+        sources.iter().collect()
+    } else {
+        sources
+            .iter()
+            .filter(|s| cited.contains(&s.source.url))
+            .collect()
+    }
+}
+
+/// Recomputes the counts and the verdict of a report after its claims changed.
+pub fn recount(report: &mut api::FactCheckReport) {
+    let count = |v: Verdict| report.claims.iter().filter(|c| c.verdict() == v).count() as u32;
+    report.supported = count(Verdict::Supported);
+    report.unsupported = count(Verdict::Unsupported);
+    report.unverifiable = count(Verdict::Unverifiable);
+    report.passed = report.unsupported == 0 && report.invalid_citations.is_empty();
+}
+
 /// The full report: every claim checked, citations that name no source listed.
 pub fn check_article(markdown: &str, sources: &[SourceDoc]) -> api::FactCheckReport {
     let claims: Vec<api::Claim> = extract_claims(markdown)
         .iter()
         .map(|c| check_claim(c, sources))
         .collect();
-    let count = |v: Verdict| claims.iter().filter(|c| c.verdict() == v).count() as u32;
     let invalid_citations: Vec<String> = text::links(markdown)
         .iter()
         .filter(|l| !sources.iter().any(|s| s.source.url == l.url))
@@ -182,15 +204,13 @@ pub fn check_article(markdown: &str, sources: &[SourceDoc]) -> api::FactCheckRep
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let unsupported = count(Verdict::Unsupported);
-    api::FactCheckReport {
-        supported: count(Verdict::Supported),
-        unsupported,
-        unverifiable: count(Verdict::Unverifiable),
-        passed: unsupported == 0 && invalid_citations.is_empty(),
-        invalid_citations,
+    let mut report = api::FactCheckReport {
         claims,
-    }
+        invalid_citations,
+        ..Default::default()
+    };
+    recount(&mut report);
+    report
 }
 
 #[cfg(test)]

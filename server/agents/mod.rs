@@ -12,11 +12,16 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::server::{kb::KnowledgeBase, pipeline::JobRequest};
+use crate::server::{kb::KnowledgeSource, pipeline::JobRequest};
 
 pub mod fact_check;
+pub mod llm;
 pub mod metrics_analyzer;
 mod offline;
+pub mod pricing;
+pub mod prompts;
+pub mod select;
+pub mod web;
 
 /// Agent names as they appear in events, spans and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -234,8 +239,8 @@ pub struct FinalArticle {
     pub key_themes: Vec<String>,
 }
 
-/// Builds the agents once the knowledge base is ready.
-pub type AgentsFactory = Arc<dyn Fn(Arc<KnowledgeBase>) -> Agents + Send + Sync>;
+/// Builds the agents once the knowledge base is ready ([`Agents::build`] in production).
+pub type AgentsFactory = Arc<dyn Fn(KnowledgeSource, &select::Upstreams) -> Agents + Send + Sync>;
 
 /// One implementation chosen per agent.
 #[derive(Clone)]
@@ -255,7 +260,7 @@ pub struct Agents {
 
 impl Agents {
     /// The embedded default: deterministic, extractive agents working from the knowledge base.
-    pub fn offline(kb: Arc<KnowledgeBase>) -> Self {
+    pub fn offline(kb: KnowledgeSource) -> Self {
         offline::agents(kb)
     }
 }

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::api;
 use crate::server::{
-    kb::KnowledgeBase,
+    kb::{KbHit, KnowledgeSource},
     pipeline::{
         JobRequest,
         contract::{self, CONCLUSION, KEY_INSIGHTS, KEY_TAKEAWAYS, Problem},
@@ -35,7 +35,7 @@ const DANGLING_STARTS: &[&str] = &[
     "this ", "it ", "these ", "they ", "such ", "however", "also", "that ", "those ", "he ", "she ",
 ];
 
-pub fn agents(kb: Arc<KnowledgeBase>) -> Agents {
+pub fn agents(kb: KnowledgeSource) -> Agents {
     Agents {
         kb_researcher: Arc::new(KbResearcher { kb }),
         web_researcher: Arc::new(UnconfiguredWebResearcher),
@@ -78,7 +78,7 @@ pub fn kb_queries(topic: &str) -> Vec<String> {
 }
 
 struct KbResearcher {
-    kb: Arc<KnowledgeBase>,
+    kb: KnowledgeSource,
 }
 
 impl Agent<JobRequest, KbResearch> for KbResearcher {
@@ -86,100 +86,115 @@ impl Agent<JobRequest, KbResearch> for KbResearcher {
         PROVIDER
     }
     fn model(&self) -> &str {
-        "tantivy-bm25"
+        self.kb.name()
     }
     fn run<'a>(
         &'a self,
         cx: &'a AgentContext,
         request: &'a JobRequest,
     ) -> AgentFuture<'a, KbResearch> {
-        let (kb, cx, request) = (self.kb.clone(), cx.clone(), request.clone());
-        blocking(move || {
+        Box::pin(async move {
             let queries = kb_queries(&request.topic);
-            let batch = kb.search_batch(&queries, HITS_PER_QUERY);
-            cx.upstream.record("kb", batch.is_ok());
-            let batch = batch?;
-            let hit_count: usize = batch.iter().map(Vec::len).sum();
-            // The topic query counts fully, the angles a quarter each: a chunk that answers
-            // the topic itself outranks one that only matches "risks" or "outlook".
-            // Angles alone ("<topic> risks" matching only "risks") do not make a source:
-            // with no hit for the topic itself there is nothing to write from.
-            let on_topic = batch.first().is_some_and(|hits| !hits.is_empty());
-            let mut chunk_scores: BTreeMap<usize, f32> = BTreeMap::new();
-            for (i, hits) in batch.iter().enumerate().filter(|_| on_topic) {
-                let weight = if i == 0 { 1.0 } else { ANGLE_WEIGHT };
-                for hit in hits {
-                    *chunk_scores.entry(hit.chunk).or_default() += hit.score * weight;
-                }
-            }
-            let mut ranked: Vec<(usize, f32)> = chunk_scores.into_iter().collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let top = ranked.first().map(|r| r.1).unwrap_or(1.0).max(f32::EPSILON);
-
-            // One source per document, ranked by its best chunk: the text is the best chunk,
-            // then the rest of the document (the writer lifts sentences in that order; the
-            // fact checker reads it all).
-            let mut sources: Vec<SourceDoc> = Vec::new();
-            for (chunk_index, score) in &ranked {
-                let Some(chunk) = kb.chunk(*chunk_index) else {
-                    continue;
-                };
-                if sources.iter().any(|s| s.source.url == chunk.url) {
-                    continue;
-                }
-                let mut text = format!("{}\n\n", chunk.text);
-                for other in kb.document_chunks(*chunk_index) {
-                    if other.section != chunk.section {
-                        text.push_str(&other.text);
-                        text.push_str("\n\n");
-                    }
-                }
-                sources.push(SourceDoc {
-                    source: api::Source {
-                        title: chunk.title.clone(),
-                        url: chunk.url.clone(),
-                        snippet: text::truncate_words(&chunk.text.replace('\n', " "), 240),
-                        kind: api::SourceKind::KnowledgeBase as i32,
-                        domain: domain_of(&chunk.url),
-                        // Curated in-house research: the middle tier of SPEC §4.
-                        authority_tier: 2,
-                        published: chunk.date.clone().unwrap_or_default(),
-                        relevance: f64::from(score / top),
-                        ..Default::default()
-                    },
-                    section: chunk.section.clone(),
-                    text,
-                });
-            }
-            let insights = sources
-                .iter()
-                .take(5)
-                .filter_map(|s| best_sentences(&s.text, &request.topic, 1, &HashSet::new()).pop())
-                .collect();
-            let related = sources
-                .iter()
-                .take(5)
-                .map(|s| api::RelatedArticle {
-                    title: s.source.title.clone(),
-                    url: s.source.url.clone(),
-                    relevance: round2(s.source.relevance),
-                })
-                .collect();
-            let summary = format!(
-                "{hit_count} hits for {} queries from {} documents",
-                queries.len(),
-                sources.len()
-            );
-            Ok(AgentOutput::local(
-                KbResearch {
-                    queries,
-                    sources,
-                    insights,
-                    related,
-                },
-                summary,
-            ))
+            let mut output = search_kb(cx, &self.kb, queries).await?;
+            output.attempts = output.attempts.max(1);
+            Ok(output)
         })
+    }
+}
+
+/// One batch search of the knowledge base for `queries` (the first one is the topic
+/// itself), turned into research: sources, insights, related articles.
+pub(super) async fn search_kb(
+    cx: &AgentContext,
+    kb: &KnowledgeSource,
+    queries: Vec<String>,
+) -> Result<AgentOutput<KbResearch>, AgentError> {
+    let (batch, attempts) = kb.search_batch(&queries, HITS_PER_QUERY).await;
+    cx.upstream.record("kb", batch.is_ok());
+    let batch = batch?;
+    let hit_count: usize = batch.iter().map(Vec::len).sum();
+    let research = research_from_hits(&queries, batch);
+    let summary = format!(
+        "{hit_count} hits for {} queries from {} documents",
+        queries.len(),
+        research.sources.len()
+    );
+    let mut output = AgentOutput::local(research, summary);
+    output.attempts = attempts;
+    Ok(output)
+}
+
+/// Ranks hits into sources: the topic query (the first) counts fully, the angles a quarter
+/// each, so a chunk that answers the topic itself outranks one that only matches "risks".
+/// Angles alone do not make a source: with no hit for the topic itself there is nothing
+/// to write from. One source per document, its text the best chunk and then the rest.
+fn research_from_hits(queries: &[String], batch: Vec<Vec<KbHit>>) -> KbResearch {
+    let on_topic = batch.first().is_some_and(|hits| !hits.is_empty());
+    let mut scored: Vec<(KbHit, f32)> = Vec::new();
+    for (i, hits) in batch.into_iter().enumerate().filter(|_| on_topic) {
+        let weight = if i == 0 { 1.0 } else { ANGLE_WEIGHT };
+        for hit in hits {
+            match scored
+                .iter_mut()
+                .find(|(h, _)| h.url == hit.url && h.section == hit.section)
+            {
+                Some((_, score)) => *score += hit.score * weight,
+                None => {
+                    let score = hit.score * weight;
+                    scored.push((hit, score));
+                }
+            }
+        }
+    }
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.url.cmp(&b.0.url)));
+    let top = scored.first().map(|r| r.1).unwrap_or(1.0).max(f32::EPSILON);
+
+    let mut sources: Vec<SourceDoc> = Vec::new();
+    for (hit, score) in scored {
+        if sources.iter().any(|s| s.source.url == hit.url) {
+            continue;
+        }
+        sources.push(SourceDoc {
+            source: api::Source {
+                title: hit.title.clone(),
+                url: hit.url.clone(),
+                snippet: text::truncate_words(&hit.text.replace('\n', " "), 240),
+                kind: api::SourceKind::KnowledgeBase as i32,
+                domain: domain_of(&hit.url),
+                // Curated in-house research: the middle tier of SPEC §4.
+                authority_tier: 2,
+                published: hit.date.clone().unwrap_or_default(),
+                relevance: f64::from(score / top),
+                ..Default::default()
+            },
+            section: if hit.section.is_empty() {
+                hit.title.clone()
+            } else {
+                hit.section.clone()
+            },
+            text: hit.document_text,
+        });
+    }
+    let topic = queries.first().map(String::as_str).unwrap_or_default();
+    let insights = sources
+        .iter()
+        .take(5)
+        .filter_map(|s| best_sentences(&s.text, topic, 1, &HashSet::new()).pop())
+        .collect();
+    let related = sources
+        .iter()
+        .take(5)
+        .map(|s| api::RelatedArticle {
+            title: s.source.title.clone(),
+            url: s.source.url.clone(),
+            relevance: round2(s.source.relevance),
+        })
+        .collect();
+    KbResearch {
+        queries: queries.to_vec(),
+        sources,
+        insights,
+        related,
     }
 }
 
@@ -352,11 +367,11 @@ fn best_sentences(text: &str, query: &str, n: usize, used: &HashSet<String>) -> 
 }
 
 /// Merges research: dedupe by URL, rank by relevance, authority and freshness, keep the best
-/// ten (ids S1..), and outline the article from the best distinct passages.
-fn synthesize(
+/// ten (ids S1..). Shared by every `research_synthesizer`.
+pub(super) fn merge_sources(
     request: &JobRequest,
     input: &SynthesisInput,
-) -> Result<AgentOutput<Synthesis>, AgentError> {
+) -> Result<Vec<SourceDoc>, AgentError> {
     let mut merged: Vec<SourceDoc> = Vec::new();
     for doc in input.kb.sources.iter().chain(&input.web.sources) {
         if !merged.iter().any(|m| m.source.url == doc.source.url) {
@@ -393,6 +408,15 @@ fn synthesize(
         doc.source.id = format!("S{}", i + 1);
     }
 
+    Ok(merged)
+}
+
+/// Merges the sources, then outlines the article from the best distinct passages.
+fn synthesize(
+    request: &JobRequest,
+    input: &SynthesisInput,
+) -> Result<AgentOutput<Synthesis>, AgentError> {
+    let merged = merge_sources(request, input)?;
     // Main sections: the sections of the best sources, one per source while they last.
     let mut outline: Vec<OutlineSection> = Vec::new();
     for doc in merged

@@ -13,13 +13,15 @@ use tonic::Code;
 
 use crate::api::{self, generate_event::Event};
 use crate::server::{
+    agents::pricing::PriceTable,
     agents::{
         Agent, AgentContext, AgentError, AgentName, Agents, Draft, FactCheckInput, FinalArticle,
         Revision, SourceDoc, Synthesis, SynthesisInput, UpstreamCounters, WebResearch,
         WritingBrief, metrics_analyzer,
     },
     jobs::Job,
-    lock,
+    lock, text,
+    upstream::fetch::Fetcher,
 };
 
 pub mod contract;
@@ -153,6 +155,9 @@ fn job_started(request: &JobRequest) -> api::JobStarted {
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub max_iterations: u32,
+    pub prices: Arc<PriceTable>,
+    /// Reads the pages of cited web sources for the fact check; `None` leaves their snippets.
+    pub fetcher: Option<Arc<Fetcher>>,
 }
 
 /// Why a job failed.
@@ -189,7 +194,7 @@ pub async fn run(
     settings: PipelineSettings,
     deadline: Option<Duration>,
 ) -> Option<api::Article> {
-    let run = Arc::new(JobRun::new(job.clone(), agents));
+    let run = Arc::new(JobRun::new(job.clone(), agents, settings.clone()));
     // The plan goes out first, whatever happens next, so every stream starts with it.
     job.emit(Event::JobStarted(job_started(&job.request)), 0);
     let work = run.clone().execute(settings);
@@ -243,10 +248,14 @@ struct JobRun {
     metrics: Mutex<api::RunMetrics>,
     /// The writer pass whose text `content_delta` events carry (1, then revisions).
     writer_iteration: Arc<AtomicU32>,
+    settings: PipelineSettings,
+    /// Pages of cited web sources fetched for the fact check, by URL (empty when the fetch
+    /// failed): each is read once per job.
+    fetched: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl JobRun {
-    fn new(job: Arc<Job>, agents: Agents) -> Self {
+    fn new(job: Arc<Job>, agents: Agents, settings: PipelineSettings) -> Self {
         let delta_job = job.clone();
         let writer_iteration = Arc::new(AtomicU32::new(1));
         let delta_iteration = writer_iteration.clone();
@@ -274,6 +283,8 @@ impl JobRun {
             done_in_phase: AtomicU32::new(0),
             metrics: Mutex::new(api::RunMetrics::default()),
             writer_iteration,
+            settings,
+            fetched: Default::default(),
         }
     }
 
@@ -395,8 +406,14 @@ impl JobRun {
         for (code, message) in &output.warnings {
             self.warn(phase, Some(name), code, message.clone());
         }
+        let cost = self.settings.prices.cost(
+            &model,
+            output.usage.input_tokens,
+            output.usage.output_tokens,
+        );
         let used = {
             let mut metrics = lock(&self.metrics);
+            metrics.estimated_cost_usd += cost;
             metrics.total_input_tokens += output.usage.input_tokens;
             metrics.total_output_tokens += output.usage.output_tokens;
             metrics.cache_hits += u32::from(output.cache_hit);
@@ -409,7 +426,7 @@ impl JobRun {
                 model: model.clone(),
                 cache_hit: output.cache_hit,
                 attempts: output.attempts,
-                estimated_cost_usd: 0.0,
+                estimated_cost_usd: cost,
             });
             metrics.total_input_tokens + metrics.total_output_tokens
         };
@@ -425,6 +442,7 @@ impl JobRun {
                 provider,
                 model,
                 summary: output.summary,
+                estimated_cost_usd: cost,
             }),
             self.progress(phase, phase_agents),
         );
@@ -697,7 +715,7 @@ impl JobRun {
     ) -> Result<api::FactCheckReport, PipelineError> {
         let input = FactCheckInput {
             markdown: draft.markdown.clone(),
-            sources: sources.clone(),
+            sources: self.with_fetched_pages(phase, draft, sources).await,
         };
         self.agent(
             phase,
@@ -707,6 +725,66 @@ impl JobRun {
             &input,
         )
         .await
+    }
+}
+
+impl JobRun {
+    /// The sources with the pages of the web sources the draft cites read in place of their
+    /// snippets. A page that cannot be read leaves no text, so its claims are unverifiable,
+    /// and the job goes on with a warning.
+    async fn with_fetched_pages(
+        &self,
+        phase: Phase,
+        draft: &Draft,
+        sources: &Arc<Vec<SourceDoc>>,
+    ) -> Arc<Vec<SourceDoc>> {
+        let Some(fetcher) = &self.settings.fetcher else {
+            return sources.clone();
+        };
+        let cited: Vec<String> = text::links(&draft.markdown)
+            .iter()
+            .map(|l| l.url.to_string())
+            .collect();
+        let web: Vec<&SourceDoc> = sources
+            .iter()
+            .filter(|s| s.source.kind() == api::SourceKind::Web && cited.contains(&s.source.url))
+            .collect();
+        if web.is_empty() {
+            return sources.clone();
+        }
+        let mut fetched = self.fetched.lock().await;
+        let missing: Vec<&str> = web
+            .iter()
+            .map(|s| s.source.url.as_str())
+            .filter(|u| !fetched.contains_key(*u))
+            .collect();
+        let pages =
+            futures_util::future::join_all(missing.iter().map(|url| fetcher.fetch_text(url))).await;
+        for (url, page) in missing.into_iter().zip(pages) {
+            self.cx.upstream.record("fetch", page.is_ok());
+            let text = page.unwrap_or_else(|error| {
+                self.warn(
+                    phase,
+                    Some(AgentName::FactChecker),
+                    "SOURCE_FETCH_FAILED",
+                    format!("{url}: {error}; its claims are unverifiable"),
+                );
+                String::new()
+            });
+            fetched.insert(url.to_string(), text);
+        }
+        Arc::new(
+            sources
+                .iter()
+                .map(|s| match fetched.get(&s.source.url) {
+                    Some(page) => SourceDoc {
+                        text: page.clone(),
+                        ..s.clone()
+                    },
+                    None => s.clone(),
+                })
+                .collect(),
+        )
     }
 }
 

@@ -14,7 +14,9 @@ use dakota::{
         self, GenerateEvent, content_service_client::ContentServiceClient, generate_event::Event,
     },
     server::{
-        agents::{Agent, AgentContext, AgentFuture, Agents, AgentsFactory, WebResearch},
+        agents::{
+            Agent, AgentContext, AgentFuture, Agents, AgentsFactory, WebResearch, select::Upstreams,
+        },
         app::Server,
         config::Config,
         pipeline::JobRequest,
@@ -48,7 +50,7 @@ pub struct TestServer {
 
 /// Starts a server with the offline agents and waits until it is SERVING.
 pub async fn start(config: Config) -> TestServer {
-    start_with(config, Arc::new(Agents::offline)).await
+    start_with(config, Arc::new(Agents::build)).await
 }
 
 pub async fn start_with(config: Config, agents: AgentsFactory) -> TestServer {
@@ -174,8 +176,8 @@ impl Gate {
     /// Offline agents with `web_researcher` behind this gate.
     pub fn agents(&self) -> AgentsFactory {
         let gate = self.clone();
-        Arc::new(move |kb| {
-            let mut agents = Agents::offline(kb);
+        Arc::new(move |kb, upstreams: &Upstreams| {
+            let mut agents = Agents::build(kb, upstreams);
             agents.web_researcher = Arc::new(GatedWeb {
                 inner: agents.web_researcher.clone(),
                 gate: gate.clone(),

@@ -4,7 +4,10 @@ use std::{collections::BTreeSet, sync::Arc};
 use dakota::{
     api::{self, GenerateEvent, Verdict, generate_event::Event},
     server::{
-        agents::{Agent, AgentContext, AgentFuture, Agents, Draft, SourceDoc, WritingBrief},
+        agents::{
+            Agent, AgentContext, AgentFuture, Agents, Draft, SourceDoc, WritingBrief,
+            select::Upstreams,
+        },
         pipeline::contract,
         text,
     },
@@ -431,8 +434,8 @@ impl Agent<WritingBrief, Draft> for CarelessWriter {
 
 #[tokio::test]
 async fn a_failing_draft_is_revised_until_it_passes() {
-    let agents = Arc::new(|kb| {
-        let mut agents = Agents::offline(kb);
+    let agents = Arc::new(|kb, upstreams: &Upstreams| {
+        let mut agents = Agents::build(kb, upstreams);
         agents.content_writer = Arc::new(CarelessWriter {
             inner: agents.content_writer.clone(),
         });

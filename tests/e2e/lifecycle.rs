@@ -8,7 +8,10 @@ use std::{
 
 use dakota::{
     api::{self, SERVICE_NAME, content_service_client::ContentServiceClient},
-    server::{agents::Agents, app::Server},
+    server::{
+        agents::{Agents, select::Upstreams},
+        app::Server,
+    },
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
@@ -23,9 +26,9 @@ async fn health_goes_not_serving_serving_not_serving_across_start_and_drain() {
     // Start-up waits for the test's word before it finishes, so it is observable.
     let (release, held) = std::sync::mpsc::channel::<()>();
     let held = Mutex::new(held);
-    let slow = Arc::new(move |kb| {
+    let slow = Arc::new(move |kb, upstreams: &Upstreams| {
         let _ = held.lock().unwrap().recv();
-        Agents::offline(kb)
+        Agents::build(kb, upstreams)
     });
     let server = Server::start_with(common::config(), slow).await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))

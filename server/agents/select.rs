@@ -1,0 +1,199 @@
+//! Which implementation each agent gets: LLM-backed when an LLM endpoint is configured,
+//! Serper-backed web research when a key is, the offline agents otherwise.
+use std::sync::Arc;
+
+use super::{
+    AgentName, Agents,
+    llm::{
+        LlmAgent, LlmFactChecker, LlmKbResearcher, LlmOutlinePlanner, LlmSeo, LlmSocial,
+        LlmSummary, LlmSynthesizer, LlmWriter,
+    },
+    pricing::PriceTable,
+    prompts::Prompts,
+    web::SerperWebResearcher,
+};
+use crate::server::{
+    config::UpstreamConfig,
+    kb::KnowledgeSource,
+    upstream::{
+        api_client, fetch::Fetcher, llm::LlmClient, retry::RetryPolicy, serper::SerperClient,
+        vector_store::VectorStoreClient,
+    },
+};
+
+const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// The upstream clients and per-agent settings built from configuration, once.
+pub struct Upstreams {
+    pub llm: Option<Arc<LlmClient>>,
+    pub serper: Option<Arc<SerperClient>>,
+    pub vector_store: Option<Arc<VectorStoreClient>>,
+    pub fetcher: Arc<Fetcher>,
+    pub prompts: Arc<Prompts>,
+    pub prices: Arc<PriceTable>,
+    models: Models,
+}
+
+/// Model per agent: its tier's model unless overridden.
+#[derive(Debug, Clone)]
+struct Models {
+    nano: String,
+    mini: String,
+    full: String,
+    overrides: Vec<(String, String)>,
+}
+
+const AGENTS_WITH_MODELS: [AgentName; 8] = [
+    AgentName::KbResearcher,
+    AgentName::WebResearcher,
+    AgentName::ResearchSynthesizer,
+    AgentName::ContentWriter,
+    AgentName::SeoSpecialist,
+    AgentName::FactChecker,
+    AgentName::SocialPromoter,
+    AgentName::SummaryWriter,
+];
+
+impl Models {
+    fn for_agent(&self, agent: AgentName) -> String {
+        if let Some((_, model)) = self.overrides.iter().find(|(a, _)| a == agent.as_str()) {
+            return model.clone();
+        }
+        match agent {
+            AgentName::KbResearcher | AgentName::SeoSpecialist | AgentName::SocialPromoter => {
+                self.nano.clone()
+            }
+            AgentName::WebResearcher | AgentName::FactChecker | AgentName::SummaryWriter => {
+                self.mini.clone()
+            }
+            _ => self.full.clone(),
+        }
+    }
+}
+
+impl Upstreams {
+    pub fn from_config(config: &UpstreamConfig) -> Result<Self, String> {
+        if let Some((agent, _)) = config
+            .agent_models
+            .iter()
+            .find(|(agent, _)| !AGENTS_WITH_MODELS.iter().any(|a| a.as_str() == agent))
+        {
+            return Err(format!(
+                "--agent-model names `{agent}`, which is not an LLM agent"
+            ));
+        }
+        let http = api_client().map_err(|e| format!("HTTP client: {e}"))?;
+        let retry = RetryPolicy::new(config.max_attempts);
+        let llm_configured = config.openai_api_key.is_some() || config.openai_base_url.is_some();
+        let base_url = config
+            .openai_base_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_OPENAI_BASE_URL.to_string());
+        let llm = llm_configured.then(|| {
+            Arc::new(LlmClient::new(
+                http.clone(),
+                &base_url,
+                config.openai_api_key.clone(),
+                config.llm_timeout,
+                config.llm_idle_timeout,
+                retry,
+            ))
+        });
+        let vector_store = config.openai_vector_store_id.clone().map(|id| {
+            Arc::new(VectorStoreClient::new(
+                http.clone(),
+                &base_url,
+                config.openai_api_key.clone(),
+                id,
+                config.kb_timeout,
+                retry,
+            ))
+        });
+        let serper = config.serper_api_key.clone().map(|key| {
+            Arc::new(SerperClient::new(
+                http.clone(),
+                &config.serper_base_url,
+                key,
+                config.web_timeout,
+                retry,
+            ))
+        });
+        let fetcher = Fetcher::new(
+            config.fetch_timeout,
+            config.fetch_max_bytes,
+            config.fetch_allow_private,
+        )
+        .map_err(|e| format!("fetch client: {e}"))?;
+        Ok(Self {
+            llm,
+            serper,
+            vector_store,
+            fetcher: Arc::new(fetcher),
+            prompts: Arc::new(
+                Prompts::load(config.prompts_dir.as_deref()).map_err(|e| e.to_string())?,
+            ),
+            prices: Arc::new(PriceTable::new(&config.prices)?),
+            models: Models {
+                nano: config.model_nano.clone(),
+                mini: config.model_mini.clone(),
+                full: config.model_full.clone(),
+                overrides: config.agent_models.clone(),
+            },
+        })
+    }
+
+    fn llm_agent(&self, client: &Arc<LlmClient>, agent: AgentName) -> LlmAgent {
+        LlmAgent {
+            client: client.clone(),
+            prompts: self.prompts.clone(),
+            model: self.models.for_agent(agent),
+            name: agent,
+        }
+    }
+}
+
+impl Agents {
+    /// The agents this configuration selects, over knowledge base `kb`.
+    pub fn build(kb: KnowledgeSource, upstreams: &Upstreams) -> Agents {
+        let mut agents = Agents::offline(kb.clone());
+        let llm = upstreams
+            .llm
+            .as_ref()
+            .map(|client| (client, |agent| upstreams.llm_agent(client, agent)));
+        if let Some(serper) = &upstreams.serper {
+            agents.web_researcher = Arc::new(SerperWebResearcher {
+                serper: serper.clone(),
+                llm: llm.as_ref().map(|(_, make)| make(AgentName::WebResearcher)),
+            });
+        }
+        if let Some((_, make)) = llm {
+            use AgentName::*;
+            agents.kb_researcher = Arc::new(LlmKbResearcher {
+                llm: make(KbResearcher),
+                kb,
+            });
+            agents.outline_planner = Arc::new(LlmOutlinePlanner {
+                llm: make(ResearchSynthesizer),
+            });
+            agents.research_synthesizer = Arc::new(LlmSynthesizer {
+                llm: make(ResearchSynthesizer),
+            });
+            agents.content_writer = Arc::new(LlmWriter {
+                llm: make(ContentWriter),
+            });
+            agents.seo_specialist = Arc::new(LlmSeo {
+                llm: make(SeoSpecialist),
+            });
+            agents.fact_checker = Arc::new(LlmFactChecker {
+                llm: make(FactChecker),
+            });
+            agents.social_promoter = Arc::new(LlmSocial {
+                llm: make(SocialPromoter),
+            });
+            agents.summary_writer = Arc::new(LlmSummary {
+                llm: make(SummaryWriter),
+            });
+        }
+        agents
+    }
+}

@@ -1,0 +1,343 @@
+//! Source fetching for the fact checker: GET with size and time limits, http/https only,
+//! redirects followed by hand and re-checked, and private, loopback and link-local
+//! addresses refused (SSRF protection) unless explicitly allowed.
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use tokio_stream::StreamExt;
+
+use super::{UpstreamError, check_status};
+
+const UPSTREAM: &str = "fetch";
+const MAX_REDIRECTS: usize = 5;
+
+fn refused(message: impl Into<String>) -> UpstreamError {
+    UpstreamError::Refused {
+        upstream: UPSTREAM,
+        message: message.into(),
+    }
+}
+
+/// Addresses a fetch may reach: public unicast only, unless private ones are allowed.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+                || (a == 198 && (b == 18 || b == 19))) // benchmarking
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80) // link-local
+        }
+    }
+}
+
+/// The resolver's refusal, recognised again in the reqwest error that wraps it.
+#[derive(Debug)]
+struct PrivateAddress(String);
+
+impl std::fmt::Display for PrivateAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} resolves only to private or reserved addresses",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PrivateAddress {}
+
+/// A send error, with the resolver's refusal told apart from network trouble.
+fn send_error(timeout: Duration, error: reqwest::Error) -> UpstreamError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = cause {
+        if let Some(private) = current.downcast_ref::<PrivateAddress>() {
+            return refused(private.to_string());
+        }
+        cause = current.source();
+    }
+    UpstreamError::from_reqwest(UPSTREAM, timeout, error)
+}
+
+/// Resolves names, then drops every address a fetch may not reach: the check happens on
+/// the addresses actually connected to, so DNS rebinding cannot slip past it.
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| allow_private || is_public(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(
+                    Box::new(PrivateAddress(host)) as Box<dyn std::error::Error + Send + Sync>
+                );
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Fetcher {
+    http: reqwest::Client,
+    timeout: Duration,
+    max_bytes: usize,
+    allow_private: bool,
+}
+
+impl Fetcher {
+    pub fn new(
+        timeout: Duration,
+        max_bytes: usize,
+        allow_private: bool,
+    ) -> Result<Self, reqwest::Error> {
+        super::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!(
+                "dakota-content-service/",
+                env!("CARGO_PKG_VERSION"),
+                " (fact checking)"
+            ))
+            .build()?;
+        Ok(Self {
+            http,
+            timeout,
+            max_bytes,
+            allow_private,
+        })
+    }
+
+    /// Refuses URLs that are not http(s) or name a forbidden IP literal (names are checked
+    /// by the resolver).
+    fn check_url(&self, url: &reqwest::Url) -> Result<(), UpstreamError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(refused(format!(
+                "scheme `{}` (only http and https)",
+                url.scheme()
+            )));
+        }
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+            None => return Err(refused("URL without a host")),
+        };
+        if let Some(ip) = literal
+            && !self.allow_private
+            && !is_public(ip)
+        {
+            return Err(refused(format!("{ip} is a private or reserved address")));
+        }
+        Ok(())
+    }
+
+    /// The readable text of a page (HTML reduced to its text), at most `max_bytes` read.
+    pub async fn fetch_text(&self, url: &str) -> Result<String, UpstreamError> {
+        let mut url =
+            reqwest::Url::parse(url).map_err(|e| refused(format!("`{url}` is not a URL ({e})")))?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        for _ in 0..=MAX_REDIRECTS {
+            self.check_url(&url)?;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let response = self
+                .http
+                .get(url.clone())
+                .timeout(remaining)
+                .send()
+                .await
+                .map_err(|e| send_error(self.timeout, e))?;
+            if response.status().is_redirection() {
+                let location = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .ok_or_else(|| refused("redirect without a Location"))?;
+                url = url
+                    .join(location)
+                    .map_err(|e| refused(format!("bad redirect target ({e})")))?;
+                continue;
+            }
+            let response = check_status(UPSTREAM, response).await?;
+            let is_html = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|c| c.to_str().ok())
+                .is_some_and(|c| c.contains("html"));
+            let mut body = Vec::new();
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = tokio::time::timeout(remaining, stream.next())
+                .await
+                .map_err(|_| UpstreamError::Timeout {
+                    upstream: UPSTREAM,
+                    after: self.timeout,
+                })?
+            {
+                let chunk =
+                    chunk.map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.timeout, e))?;
+                let room = self.max_bytes.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= self.max_bytes {
+                    break; // the rest of a huge page is not read
+                }
+            }
+            let text = String::from_utf8_lossy(&body);
+            return Ok(if is_html {
+                html_to_text(&text)
+            } else {
+                text.into_owned()
+            });
+        }
+        Err(refused(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+}
+
+/// The visible text of an HTML page: tags dropped, script and style skipped, block
+/// elements ending sentences, common entities decoded.
+pub fn html_to_text(html: &str) -> String {
+    let mut text = String::with_capacity(html.len() / 2);
+    let mut rest = html;
+    let mut skipping: Option<&str> = None;
+    while let Some(open) = rest.find('<') {
+        if skipping.is_none() {
+            text.push_str(&rest[..open]);
+        }
+        let Some(close) = rest[open..].find('>').map(|i| i + open) else {
+            rest = "";
+            break;
+        };
+        let tag = rest[open + 1..close].trim().to_ascii_lowercase();
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        match skipping {
+            Some(skipped) if tag.starts_with('/') && name == skipped => skipping = None,
+            Some(_) => {}
+            None if matches!(name.as_str(), "script" | "style" | "noscript" | "template")
+                && !tag.starts_with('/') =>
+            {
+                skipping = ["script", "style", "noscript", "template"]
+                    .into_iter()
+                    .find(|s| *s == name);
+            }
+            None if matches!(
+                name.as_str(),
+                "p" | "div"
+                    | "br"
+                    | "li"
+                    | "h1"
+                    | "h2"
+                    | "h3"
+                    | "h4"
+                    | "tr"
+                    | "section"
+                    | "article"
+            ) =>
+            {
+                text.push_str("\n\n");
+            }
+            None => text.push(' '),
+        }
+        rest = &rest[close + 1..];
+    }
+    if skipping.is_none() {
+        text.push_str(rest);
+    }
+    let decoded = text
+        .replace("&nbsp;", " ")
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&rsquo;", "'");
+    decoded
+        .split("\n\n")
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_and_reserved_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "151.101.1.69", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn html_is_reduced_to_its_text() {
+        let html = "<html><head><style>p{}</style><script>var x = '<p>';</script></head><body><h1>Title</h1><p>Rates rose 2.5% in 2023 &amp; fell.</p><p>Next</p></body></html>";
+        assert_eq!(
+            html_to_text(html),
+            "Title\n\nRates rose 2.5% in 2023 & fell.\n\nNext"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_before_any_request() {
+        let fetcher = Fetcher::new(Duration::from_secs(1), 1000, false).unwrap();
+        for url in [
+            "file:///etc/passwd",
+            "http://127.0.0.1:1/",
+            "http://[::1]/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://localhost:1/",
+        ] {
+            let error = fetcher.fetch_text(url).await.unwrap_err();
+            assert!(!error.retryable(), "{url}: {error}");
+        }
+    }
+}

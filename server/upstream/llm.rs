@@ -1,0 +1,364 @@
+//! An OpenAI-compatible Chat Completions client: structured answers through
+//! `response_format: json_schema` (strict), and streamed text (SSE) for the writer.
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+
+use super::{UpstreamError, check_status, retry::RetryPolicy};
+use crate::server::config::Secret;
+
+const UPSTREAM: &str = "llm";
+
+/// Tokens a call used, as the endpoint reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    fn add(&mut self, other: Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+    }
+}
+
+/// A finished call: its value, tokens over every attempt, attempts made.
+#[derive(Debug, Clone)]
+pub struct Completion<T> {
+    pub value: T,
+    pub usage: Usage,
+    pub attempts: u32,
+}
+
+/// What to ask: the agent's system and user messages.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub system: String,
+    pub user: String,
+}
+
+pub struct LlmClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Option<Secret>,
+    timeout: Duration,
+    idle_timeout: Duration,
+    retry: RetryPolicy,
+    /// "openai" for api.openai.com, else "openai-compatible": recorded per agent.
+    pub provider: &'static str,
+}
+
+#[derive(Deserialize)]
+struct ChatResponse {
+    choices: Vec<Choice>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Option<Message>,
+    delta: Option<Message>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    content: Option<String>,
+    refusal: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Self {
+        Self {
+            input_tokens: u.prompt_tokens,
+            output_tokens: u.completion_tokens,
+        }
+    }
+}
+
+fn malformed(message: impl Into<String>) -> UpstreamError {
+    UpstreamError::Malformed {
+        upstream: UPSTREAM,
+        message: message.into(),
+    }
+}
+
+impl LlmClient {
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        api_key: Option<Secret>,
+        timeout: Duration,
+        idle_timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_string();
+        let provider = if base_url.contains("api.openai.com") {
+            "openai"
+        } else {
+            "openai-compatible"
+        };
+        Self {
+            http,
+            base_url,
+            api_key,
+            timeout,
+            idle_timeout,
+            retry,
+            provider,
+        }
+    }
+
+    fn request(&self, body: &Value) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .post(format!("{}/chat/completions", self.base_url))
+            .json(body);
+        match &self.api_key {
+            Some(key) => request.bearer_auth(key.expose()),
+            None => request,
+        }
+    }
+
+    fn messages(prompt: &Prompt) -> Value {
+        json!([
+            {"role": "system", "content": prompt.system},
+            {"role": "user", "content": prompt.user},
+        ])
+    }
+
+    /// A structured answer: the model must return JSON matching `schema` (strict), which
+    /// `parse` turns into `T`. A malformed or invalid answer is retried like a 5xx.
+    pub async fn structured<T>(
+        &self,
+        model: &str,
+        prompt: &Prompt,
+        schema_name: &str,
+        schema: &Value,
+        parse: impl Fn(Value) -> Result<T, String>,
+    ) -> Result<Completion<T>, UpstreamError> {
+        let body = json!({
+            "model": model,
+            "messages": Self::messages(prompt),
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "strict": true, "schema": schema},
+            },
+        });
+        let usage = std::sync::Mutex::new(Usage::default());
+        let (result, attempts) = self
+            .retry
+            .run(|_| self.structured_once(&body, &usage, &parse))
+            .await;
+        let usage = *crate::server::lock(&usage);
+        result.map(|value| Completion {
+            value,
+            usage,
+            attempts,
+        })
+    }
+
+    async fn structured_once<T>(
+        &self,
+        body: &Value,
+        usage: &std::sync::Mutex<Usage>,
+        parse: &impl Fn(Value) -> Result<T, String>,
+    ) -> Result<T, UpstreamError> {
+        let response = self
+            .request(body)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.timeout, e))?;
+        let response = check_status(UPSTREAM, response).await?;
+        let answer: ChatResponse = response
+            .json()
+            .await
+            .map_err(|e| malformed(format!("not a chat completion: {e}")))?;
+        if let Some(u) = answer.usage {
+            crate::server::lock(usage).add(u.into());
+        }
+        let message = answer
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message)
+            .ok_or_else(|| malformed("no choices"))?;
+        if let Some(refusal) = message.refusal {
+            return Err(malformed(format!("the model refused: {refusal}")));
+        }
+        let content = message.content.ok_or_else(|| malformed("empty message"))?;
+        let value: Value = serde_json::from_str(&content)
+            .map_err(|e| malformed(format!("answer is not JSON ({e})")))?;
+        parse(value).map_err(|e| malformed(format!("answer does not fit the schema: {e}")))
+    }
+
+    /// Streamed text: every delta goes to `on_delta` as it arrives. A stream that sends
+    /// nothing for the idle timeout is cut. Retried only while nothing has been streamed,
+    /// so the caller never sees text twice.
+    pub async fn stream(
+        &self,
+        model: &str,
+        prompt: &Prompt,
+        on_delta: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<Completion<String>, UpstreamError> {
+        let body = json!({
+            "model": model,
+            "messages": Self::messages(prompt),
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut text = String::new();
+            let mut usage = Usage::default();
+            match self
+                .stream_once(&body, &mut text, &mut usage, on_delta)
+                .await
+            {
+                Ok(()) => {
+                    return Ok(Completion {
+                        value: text,
+                        usage,
+                        attempts,
+                    });
+                }
+                Err(error)
+                    if error.retryable()
+                        && text.is_empty()
+                        && attempts < self.retry.max_attempts =>
+                {
+                    let delay = self.retry.delay(attempts, &error);
+                    tracing::warn!(upstream = UPSTREAM, attempt = attempts, ?delay, %error, "retrying stream");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn stream_once(
+        &self,
+        body: &Value,
+        text: &mut String,
+        usage: &mut Usage,
+        on_delta: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), UpstreamError> {
+        let started = tokio::time::Instant::now();
+        let response = tokio::time::timeout(self.idle_timeout, self.request(body).send())
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                upstream: UPSTREAM,
+                after: self.idle_timeout,
+            })?
+            .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.idle_timeout, e))?;
+        let response = check_status(UPSTREAM, response).await?;
+        let mut bytes = response.bytes_stream();
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut finished = false;
+        while !finished {
+            if started.elapsed() > self.timeout {
+                return Err(UpstreamError::Timeout {
+                    upstream: UPSTREAM,
+                    after: self.timeout,
+                });
+            }
+            let chunk = match tokio::time::timeout(self.idle_timeout, bytes.next()).await {
+                Err(_) => {
+                    return Err(UpstreamError::Stalled {
+                        upstream: UPSTREAM,
+                        after: self.idle_timeout,
+                    });
+                }
+                Ok(None) => break,
+                Ok(Some(chunk)) => {
+                    chunk.map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.timeout, e))?
+                }
+            };
+            buffer.extend_from_slice(&chunk);
+            // Server-sent events end with a blank line; a chunk may hold several or half of one.
+            while let Some(end) = find_event_end(&buffer) {
+                let event: Vec<u8> = buffer.drain(..end.0).collect();
+                buffer.drain(..end.1);
+                let event = String::from_utf8_lossy(&event);
+                for line in event.lines() {
+                    let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                        continue;
+                    };
+                    if data == "[DONE]" {
+                        finished = true;
+                        break;
+                    }
+                    let chunk: ChatResponse = serde_json::from_str(data)
+                        .map_err(|e| malformed(format!("bad stream chunk ({e})")))?;
+                    if let Some(u) = chunk.usage {
+                        *usage = u.into();
+                    }
+                    for choice in chunk.choices {
+                        if let Some(delta) = choice
+                            .delta
+                            .and_then(|d| d.content)
+                            .filter(|d| !d.is_empty())
+                        {
+                            on_delta(&delta);
+                            text.push_str(&delta);
+                        }
+                        if choice.finish_reason.as_deref() == Some("length") {
+                            tracing::warn!(
+                                upstream = UPSTREAM,
+                                "the answer hit the model's length limit"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if text.is_empty() {
+            return Err(malformed("the stream carried no text"));
+        }
+        if !finished {
+            return Err(UpstreamError::Connect {
+                upstream: UPSTREAM,
+                message: "the stream ended without [DONE]".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Position of the end of the first event in `buffer` and the length of its separator.
+fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_on_blank_lines_of_either_kind() {
+        assert_eq!(find_event_end(b"data: 1\n\ndata: 2"), Some((7, 2)));
+        assert_eq!(find_event_end(b"data: 1\r\n\r\n"), Some((7, 4)));
+        assert_eq!(find_event_end(b"data: partial"), None);
+    }
+}

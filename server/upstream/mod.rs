@@ -1,0 +1,153 @@
+//! Clients of the upstream services — LLM, vector store, web search, source fetch — over
+//! pooled HTTP clients, with timeouts and retries.
+use std::time::Duration;
+
+pub mod fetch;
+pub mod llm;
+pub mod retry;
+pub mod serper;
+pub mod vector_store;
+
+/// Why an upstream call failed; [`UpstreamError::retryable`] decides whether to try again.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{upstream}: cannot connect: {message}")]
+    Connect {
+        upstream: &'static str,
+        message: String,
+    },
+    #[error("{upstream}: no answer within {after:?}")]
+    Timeout {
+        upstream: &'static str,
+        after: Duration,
+    },
+    #[error("{upstream}: HTTP {status}: {body}")]
+    Status {
+        upstream: &'static str,
+        status: u16,
+        retry_after: Option<Duration>,
+        body: String,
+    },
+    #[error("{upstream}: malformed answer: {message}")]
+    Malformed {
+        upstream: &'static str,
+        message: String,
+    },
+    #[error("{upstream}: the streamed answer stalled for {after:?}")]
+    Stalled {
+        upstream: &'static str,
+        after: Duration,
+    },
+    /// Refused before sending: a bad scheme, a private address, too many redirects.
+    #[error("{upstream}: refused: {message}")]
+    Refused {
+        upstream: &'static str,
+        message: String,
+    },
+}
+
+impl UpstreamError {
+    /// Connect errors, timeouts, 5xx, 429 and malformed answers are worth another attempt.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Connect { .. }
+            | Self::Timeout { .. }
+            | Self::Malformed { .. }
+            | Self::Stalled { .. } => true,
+            Self::Status { status, .. } => *status == 429 || *status >= 500,
+            Self::Refused { .. } => false,
+        }
+    }
+
+    /// The delay the upstream asked for (`Retry-After` on 429/503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn upstream(&self) -> &'static str {
+        match self {
+            Self::Connect { upstream, .. }
+            | Self::Timeout { upstream, .. }
+            | Self::Status { upstream, .. }
+            | Self::Malformed { upstream, .. }
+            | Self::Stalled { upstream, .. }
+            | Self::Refused { upstream, .. } => upstream,
+        }
+    }
+
+    /// Classifies a reqwest error of a call to `upstream` that was given `timeout`.
+    pub fn from_reqwest(upstream: &'static str, timeout: Duration, error: reqwest::Error) -> Self {
+        if error.is_timeout() {
+            Self::Timeout {
+                upstream,
+                after: timeout,
+            }
+        } else if error.is_decode() {
+            Self::Malformed {
+                upstream,
+                message: error.to_string(),
+            }
+        } else {
+            Self::Connect {
+                upstream,
+                message: root_cause(&error),
+            }
+        }
+    }
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Turns a non-2xx response into an error, keeping `Retry-After` and the start of the body.
+pub async fn check_status(
+    upstream: &'static str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, UpstreamError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok());
+    let body = response.text().await.unwrap_or_default();
+    Err(UpstreamError::Status {
+        upstream,
+        status: status.as_u16(),
+        retry_after,
+        body: crate::server::text::truncate_words(&body, 300),
+    })
+}
+
+/// One pooled HTTP client for the API upstreams (LLM, vector store, Serper). TLS through
+/// rustls with the ring provider.
+pub fn api_client() -> Result<reqwest::Client, reqwest::Error> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(32)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!(
+            "dakota-content-service/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+}
+
+/// rustls needs one process-wide crypto provider; installing it twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,84 @@
+//! Serper web search: `POST {base}/search` with `X-API-KEY`, body `{"q", "num"}`.
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{UpstreamError, check_status, retry::RetryPolicy};
+use crate::server::config::Secret;
+
+const UPSTREAM: &str = "web";
+
+/// One organic result.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Organic {
+    pub title: String,
+    pub link: String,
+    #[serde(default)]
+    pub snippet: String,
+    #[serde(default)]
+    pub date: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SearchResponse {
+    #[serde(default)]
+    organic: Vec<Organic>,
+}
+
+pub struct SerperClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Secret,
+    timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl SerperClient {
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        api_key: Secret,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            timeout,
+            retry,
+        }
+    }
+
+    /// Organic results of one query, and the attempts it took.
+    pub async fn search(
+        &self,
+        query: &str,
+        num: u32,
+    ) -> (Result<Vec<Organic>, UpstreamError>, u32) {
+        self.retry
+            .run(|_| async {
+                let response = self
+                    .http
+                    .post(format!("{}/search", self.base_url))
+                    .header("X-API-KEY", self.api_key.expose())
+                    .json(&json!({"q": query, "num": num}))
+                    .timeout(self.timeout)
+                    .send()
+                    .await
+                    .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.timeout, e))?;
+                let response = check_status(UPSTREAM, response).await?;
+                let answer: SearchResponse =
+                    response
+                        .json()
+                        .await
+                        .map_err(|e| UpstreamError::Malformed {
+                            upstream: UPSTREAM,
+                            message: e.to_string(),
+                        })?;
+                Ok(answer.organic)
+            })
+            .await
+    }
+}

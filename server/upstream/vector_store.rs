@@ -1,0 +1,117 @@
+//! OpenAI vector-store search: `POST {base}/vector_stores/{id}/search`.
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{UpstreamError, check_status, retry::RetryPolicy};
+use crate::server::config::Secret;
+
+const UPSTREAM: &str = "kb";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VectorHit {
+    pub file_id: String,
+    #[serde(default)]
+    pub filename: String,
+    #[serde(default)]
+    pub score: f32,
+    #[serde(default)]
+    pub attributes: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub content: Vec<ContentPart>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(default)]
+    pub text: String,
+}
+
+#[derive(Deserialize)]
+struct SearchPage {
+    data: Vec<VectorHit>,
+}
+
+impl VectorHit {
+    pub fn text(&self) -> String {
+        self.content
+            .iter()
+            .map(|c| c.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    pub fn attribute(&self, key: &str) -> Option<String> {
+        self.attributes
+            .as_ref()?
+            .get(key)?
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+pub struct VectorStoreClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Option<Secret>,
+    pub store_id: String,
+    timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl VectorStoreClient {
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        api_key: Option<Secret>,
+        store_id: String,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            store_id,
+            timeout,
+            retry,
+        }
+    }
+
+    pub async fn search(
+        &self,
+        query: &str,
+        max_results: usize,
+    ) -> (Result<Vec<VectorHit>, UpstreamError>, u32) {
+        self.retry
+            .run(|_| async {
+                let mut request = self
+                    .http
+                    .post(format!(
+                        "{}/vector_stores/{}/search",
+                        self.base_url, self.store_id
+                    ))
+                    .json(&json!({"query": query, "max_num_results": max_results.clamp(1, 50)}))
+                    .timeout(self.timeout);
+                if let Some(key) = &self.api_key {
+                    request = request.bearer_auth(key.expose());
+                }
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.timeout, e))?;
+                let response = check_status(UPSTREAM, response).await?;
+                let page: SearchPage =
+                    response
+                        .json()
+                        .await
+                        .map_err(|e| UpstreamError::Malformed {
+                            upstream: UPSTREAM,
+                            message: e.to_string(),
+                        })?;
+                Ok(page.data)
+            })
+            .await
+    }
+}
