@@ -177,6 +177,7 @@ impl PipelineError {
         match self {
             Self::Agent { source, .. } => match source {
                 AgentError::NoSources(_) => Code::FailedPrecondition,
+                AgentError::Kb(crate::server::kb::KbError::Upstream(_)) => Code::Unavailable,
                 AgentError::Kb(_) | AgentError::Internal(_) => Code::Internal,
                 AgentError::Unavailable { .. } => Code::Unavailable,
             },

@@ -6,3 +6,5 @@ mod common;
 mod generate;
 mod jobs;
 mod lifecycle;
+mod standin;
+mod upstreams;

@@ -1,0 +1,604 @@
+//! The upstream stand-in: a real HTTP server on 127.0.0.1 speaking OpenAI-compatible chat
+//! completions (JSON-schema answers and SSE streams), vector-store search, Serper search, and
+//! pages to fetch. It records every request and can be told to misbehave.
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// How the next request of a route is answered instead of normally.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status and a short error body.
+    Status(u16),
+    /// 429 with `Retry-After: secs`.
+    TooMany { retry_after_secs: u64 },
+    /// 200 with a body that is not what the API returns.
+    Malformed,
+    /// A well-formed completion whose content does not fit the requested schema.
+    SchemaViolation,
+    /// Wait this long before answering normally.
+    Delay(Duration),
+    /// Never answer (or, for a stream, stop after `chunks` chunks and keep the line open).
+    Stall { chunks: usize },
+    /// Send part of the answer, then break the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Llm,
+    /// Streamed chat requests only (the writer); recorded under `Llm`.
+    LlmStream,
+    VectorStore,
+    Serper,
+    Page,
+}
+
+/// One request as the stand-in received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub at: std::time::Instant,
+    pub route: Route,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The schema name of a structured chat request; "stream" for a streamed one.
+    pub fn llm_kind(&self) -> String {
+        if self.body["stream"] == true {
+            return "stream".into();
+        }
+        let schema = &self.body["response_format"]["json_schema"];
+        let name = schema["name"].as_str().unwrap_or_default();
+        if name == "research_synthesizer"
+            && schema["schema"]["properties"].get("sections").is_some()
+        {
+            return "research_synthesizer.plan".into();
+        }
+        name.to_string()
+    }
+
+    /// All message contents of a chat request, joined.
+    pub fn prompt_text(&self) -> String {
+        self.body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| m["content"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    requests: Mutex<Vec<Recorded>>,
+    faults: Mutex<Vec<(Route, VecDeque<Fault>)>>,
+    in_flight: AtomicUsize,
+    base: Mutex<String>,
+}
+
+#[derive(Clone)]
+pub struct StandIn {
+    pub url: String,
+    shared: Arc<Shared>,
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl StandIn {
+    pub async fn start() -> Self {
+        let shared = Arc::new(Shared::default());
+        let router = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/vector_stores/{id}/search", post(vector_search))
+            .route("/search", post(serper))
+            .route("/pages/{name}", get(page))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        *shared.base.lock().unwrap() = url.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { url, shared }
+    }
+
+    /// Base URL of the OpenAI-compatible API (`.../v1`).
+    pub fn openai_url(&self) -> String {
+        format!("{}/v1", self.url)
+    }
+
+    /// The next requests of `route` meet these faults, in order.
+    pub fn fault(&self, route: Route, faults: impl IntoIterator<Item = Fault>) {
+        let mut all = self.shared.faults.lock().unwrap();
+        match all.iter_mut().find(|(r, _)| *r == route) {
+            Some((_, queue)) => queue.extend(faults),
+            None => all.push((route, faults.into_iter().collect())),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    pub fn requests_of(&self, route: Route) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.route == route)
+            .collect()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+fn record(
+    shared: &Shared,
+    route: Route,
+    path: String,
+    headers: HeaderMap,
+    body: Value,
+) -> Option<Fault> {
+    let fault_route = if route == Route::Llm && body["stream"] == true {
+        Route::LlmStream
+    } else {
+        route
+    };
+    shared.requests.lock().unwrap().push(Recorded {
+        at: std::time::Instant::now(),
+        route,
+        path,
+        headers,
+        body,
+    });
+    let mut faults = shared.faults.lock().unwrap();
+    faults
+        .iter_mut()
+        .find(|(r, _)| *r == fault_route)
+        .and_then(|(_, q)| q.pop_front())
+}
+
+/// Applies a fault that does not depend on the answer; returns the response it stands for.
+async fn generic_fault(fault: &Fault) -> Option<Response> {
+    match fault {
+        Fault::Status(code) => Some(
+            (
+                StatusCode::from_u16(*code).unwrap(),
+                Json(json!({"error": {"message": "injected failure"}})),
+            )
+                .into_response(),
+        ),
+        Fault::TooMany { retry_after_secs } => Some(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", retry_after_secs.to_string())],
+                Json(json!({"error": {"message": "slow down"}})),
+            )
+                .into_response(),
+        ),
+        Fault::Malformed => Some((StatusCode::OK, "{\"choices\": [oops").into_response()),
+        Fault::Delay(delay) => {
+            tokio::time::sleep(*delay).await;
+            None
+        }
+        Fault::Stall { .. } => {
+            std::future::pending::<()>().await;
+            None
+        }
+        Fault::Close => {
+            let broken = tokio_stream::iter(vec![
+                Ok::<_, std::io::Error>(Bytes::from_static(b"{\"choices\"")),
+                Err(std::io::Error::other("connection closed by the stand-in")),
+            ]);
+            Some(Response::new(Body::from_stream(broken)))
+        }
+        Fault::SchemaViolation => None,
+    }
+}
+
+async fn chat(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let _in_flight = InFlight::new(&shared);
+    let fault = record(
+        &shared,
+        Route::Llm,
+        "/v1/chat/completions".into(),
+        headers,
+        body.clone(),
+    );
+    let user = body["messages"][1]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let system = body["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if body["stream"] == true {
+        let stall_after = match &fault {
+            Some(Fault::Stall { chunks }) => Some(*chunks),
+            Some(
+                other @ (Fault::Status(_)
+                | Fault::TooMany { .. }
+                | Fault::Malformed
+                | Fault::Close
+                | Fault::Delay(_)),
+            ) => {
+                if let Some(response) = generic_fault(other).await {
+                    return response;
+                }
+                None
+            }
+            _ => None,
+        };
+        return stream_article(&system, &user, stall_after, _in_flight);
+    }
+    if let Some(fault) = &fault
+        && let Some(response) = generic_fault(fault).await
+    {
+        return response;
+    }
+    let schema = &body["response_format"]["json_schema"];
+    let name = schema["name"].as_str().unwrap_or_default();
+    let content = if matches!(fault, Some(Fault::SchemaViolation)) {
+        json!({"unexpected": "shape"})
+    } else {
+        match structured_answer(name, &schema["schema"], &user) {
+            Some(answer) => answer,
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": {"message": format!("unknown schema {name}")}})),
+                )
+                    .into_response();
+            }
+        }
+    };
+    Json(json!({
+        "id": "chatcmpl-standin",
+        "object": "chat.completion",
+        "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content.to_string()}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": (system.len() + user.len()) / 4, "completion_tokens": content.to_string().len() / 4},
+    }))
+    .into_response()
+}
+
+fn line_after<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_default()
+        .trim()
+}
+
+/// Sources listed in a prompt as `[S1] Title (...)` followed by an excerpt line.
+fn prompt_sources(user: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = user.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let id = l.strip_prefix('[')?.split(']').next()?.to_string();
+            id.starts_with('S').then(|| {
+                (
+                    id,
+                    lines
+                        .get(i + 1)
+                        .map(|e| e.trim().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+        })
+        .collect()
+}
+
+fn sentences(text: &str) -> Vec<String> {
+    text.split(". ")
+        .map(|s| s.trim().trim_end_matches('.').to_string())
+        .filter(|s| s.split_whitespace().count() >= 6)
+        .map(|s| format!("{s}."))
+        .collect()
+}
+
+fn structured_answer(name: &str, schema: &Value, user: &str) -> Option<Value> {
+    let topic = line_after(user, "Topic:");
+    Some(match name {
+        "kb_researcher" | "web_researcher" => {
+            json!({"queries": [topic, format!("{topic} risks"), format!("{topic} outlook")]})
+        }
+        "research_synthesizer" if schema["properties"].get("sections").is_some() => {
+            json!({"sections": [
+            format!("Why {topic} Matters for Portfolios"), "How Allocators Implement the Strategy", "Risks Worth Pricing Before Committing"]})
+        }
+        "research_synthesizer" => {
+            let ids: Vec<String> = prompt_sources(user).into_iter().map(|(id, _)| id).collect();
+            let pick = |i: usize| vec![ids.get(i % ids.len().max(1)).cloned().unwrap_or_default()];
+            json!({
+                "outline": [
+                    {"heading": format!("Why {topic} Matters for Portfolios"), "source_ids": pick(0)},
+                    {"heading": "How Allocators Implement the Strategy", "source_ids": pick(1)},
+                    {"heading": "Risks Worth Pricing Before Committing", "source_ids": pick(2)},
+                ],
+                "key_themes": ["liquidity", "governance", "pricing of risk"],
+            })
+        }
+        "seo_specialist" => json!({
+            "title": format!("{topic}: A Briefing").chars().take(60).collect::<String>(),
+            "meta_description": "What institutional investors need to know, with sources.",
+            "keywords": ["private credit", "liquidity", "pensions", "direct lending", "risk"],
+        }),
+        "fact_checker" => {
+            // Claims are numbered lines; each is followed by excerpt lines `  [Sx] text`.
+            let mut verdicts = Vec::new();
+            let mut current: Option<(usize, String)> = None;
+            let mut supported = false;
+            let flush = |current: &mut Option<(usize, String)>,
+                         supported: &mut bool,
+                         verdicts: &mut Vec<Value>| {
+                if let Some((n, claim)) = current.take() {
+                    verdicts.push(json!({"claim": n, "verdict": if *supported { "supported" } else { "unsupported" }, "evidence": if *supported { claim } else { String::new() }}));
+                }
+                *supported = false;
+            };
+            for line in user.lines() {
+                let trimmed = line.trim();
+                if let Some((n, claim)) = trimmed
+                    .split_once(". ")
+                    .and_then(|(n, c)| Some((n.parse::<usize>().ok()?, c)))
+                {
+                    flush(&mut current, &mut supported, &mut verdicts);
+                    current = Some((n, claim.to_string()));
+                } else if let Some((_, claim)) = &current
+                    && trimmed.contains(claim.trim_end_matches('.'))
+                {
+                    supported = true;
+                }
+            }
+            flush(&mut current, &mut supported, &mut verdicts);
+            json!({"verdicts": verdicts})
+        }
+        "social_promoter" => json!({
+            "linkedin_posts": ["Post one #Investing", "Post two #Credit", "Post three #Pensions"],
+            "thread": (1..=10).map(|i| format!("{i}/10 A point about {topic}.")).collect::<Vec<_>>(),
+            "email_snippet": "This week: a sourced briefing.",
+            "instagram_post": "A briefing #investing",
+            "facebook_post": "Read our sourced briefing.",
+        }),
+        "summary_writer" => json!({
+            "key_value": "A sourced view for allocators.",
+            "overview": "The article reviews the evidence. It sets out the risks.",
+            "takeaways": ["Plan liquidity", "Price the risk"],
+        }),
+        _ => return None,
+    })
+}
+
+/// An article that follows the contract, built from the sources in the prompt, each cited.
+fn article(system: &str, user: &str) -> String {
+    let target: usize = system
+        .split("of about ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(600);
+    let topic = line_after(user, "Topic:");
+    let sources = prompt_sources(user);
+    // Round-robin over the sources, so that every source gets cited.
+    let per_source: Vec<Vec<String>> = sources.iter().map(|(_, e)| sentences(e)).collect();
+    let mut pool: Vec<(String, String)> = Vec::new();
+    for round in 0..per_source.iter().map(Vec::len).max().unwrap_or(0) {
+        for ((id, _), list) in sources.iter().zip(&per_source) {
+            if let Some(sentence) = list.get(round) {
+                pool.push((id.clone(), sentence.clone()));
+            }
+        }
+    }
+    let mut next = 0;
+    let mut take = |n: usize| -> String {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            if pool.is_empty() {
+                break;
+            }
+            let (id, sentence) = &pool[next % pool.len()];
+            next += 1;
+            out.push(format!("{} [{id}].", sentence.trim_end_matches('.')));
+        }
+        out.join(" ")
+    };
+    let per_section = (target / 4 / 25).max(1);
+    format!(
+        "# {topic}: What Allocators Should Know\n\n{}\n\n## Key Insights at a Glance\n\n- {}\n- {}\n- {}\n\n## Why {topic} Matters for Portfolios\n\n{}\n\n## How Allocators Implement the Strategy\n\n{}\n\n## Risks Worth Pricing Before Committing\n\n{}\n\n## Key Takeaways\n\n- {}\n- {}\n- {}\n\n## Conclusion\n\n{}\n",
+        take(2),
+        take(1),
+        take(1),
+        take(1),
+        take(per_section),
+        take(per_section),
+        take(per_section),
+        take(1),
+        take(1),
+        take(1),
+        take(2)
+    )
+}
+
+fn stream_article(
+    system: &str,
+    user: &str,
+    stall_after: Option<usize>,
+    in_flight: InFlight,
+) -> Response {
+    let text = article(system, user);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let chars: Vec<char> = text.chars().collect();
+        for (i, piece) in chars.chunks(40).enumerate() {
+            if stall_after == Some(i) {
+                // Keep the connection open and silent until the client gives up.
+                tx.closed().await;
+                return;
+            }
+            let chunk = json!({"choices": [{"index": 0, "delta": {"content": piece.iter().collect::<String>()}}]});
+            if tx
+                .send(Ok(Bytes::from(format!("data: {chunk}\n\n"))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let usage = json!({"choices": [], "usage": {"prompt_tokens": 1200, "completion_tokens": chars.len() / 4}});
+        let _ = tx
+            .send(Ok(Bytes::from(format!(
+                "data: {usage}\n\ndata: [DONE]\n\n"
+            ))))
+            .await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(ReceiverStream::new(rx)))
+        .unwrap()
+}
+
+/// The vector store answers from the project's knowledge folder, with its own URLs.
+async fn vector_search(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let _in_flight = InFlight::new(&shared);
+    if let Some(fault) = record(
+        &shared,
+        Route::VectorStore,
+        format!("/v1/vector_stores/{id}/search"),
+        headers,
+        body.clone(),
+    ) && let Some(response) = generic_fault(&fault).await
+    {
+        return response;
+    }
+    let query = body["query"].as_str().unwrap_or_default().to_lowercase();
+    let limit = body["max_num_results"].as_u64().unwrap_or(5) as usize;
+    let mut hits: Vec<(usize, Value)> = Vec::new();
+    for entry in std::fs::read_dir(crate::common::kb_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        for section in text.split("\n## ").skip(1) {
+            let score = query
+                .split_whitespace()
+                .filter(|w| w.len() > 3 && section.to_lowercase().contains(*w))
+                .count();
+            if score > 0 {
+                hits.push((score, json!({
+                    "file_id": format!("file-{stem}"),
+                    "filename": format!("{stem}.md"),
+                    "score": score as f64 / 10.0,
+                    "attributes": {"url": format!("https://vs.example/{stem}"), "title": stem.replace('-', " ")},
+                    "content": [{"type": "text", "text": section}],
+                })));
+            }
+        }
+    }
+    hits.sort_by_key(|h| std::cmp::Reverse(h.0));
+    let data: Vec<Value> = hits.into_iter().take(limit).map(|(_, h)| h).collect();
+    Json(json!({"object": "vector_store.search_results.page", "data": data, "has_more": false}))
+        .into_response()
+}
+
+async fn serper(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let _in_flight = InFlight::new(&shared);
+    if let Some(fault) = record(
+        &shared,
+        Route::Serper,
+        "/search".into(),
+        headers,
+        body.clone(),
+    ) && let Some(response) = generic_fault(&fault).await
+    {
+        return response;
+    }
+    let base = shared.base.lock().unwrap().clone();
+    let query = body["q"].as_str().unwrap_or_default();
+    let organic: Vec<Value> = (1..=5)
+        .map(|i| {
+            json!({
+                "title": format!("{query} — report {i}"),
+                "link": format!("{base}/pages/report-{i}"),
+                "snippet": format!("Report {i} on {query}."),
+                "date": "2026-10-01",
+            })
+        })
+        .collect();
+    Json(json!({"organic": organic})).into_response()
+}
+
+async fn page(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let _in_flight = InFlight::new(&shared);
+    if let Some(fault) = record(
+        &shared,
+        Route::Page,
+        format!("/pages/{name}"),
+        headers,
+        Value::Null,
+    ) && let Some(response) = generic_fault(&fault).await
+    {
+        return response;
+    }
+    let html = format!(
+        "<html><head><title>{name}</title><script>var hidden = 1;</script></head><body><h1>{name}</h1><p>Institutional investors allocate to private credit for floating-rate income and contractual cash flows. Liquidity planning is essential because drawdown funds call capital over several years.</p></body></html>"
+    );
+    ([("content-type", "text/html; charset=utf-8")], html).into_response()
+}
