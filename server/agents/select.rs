@@ -79,7 +79,7 @@ impl Upstreams {
             .find(|(agent, _)| !AGENTS_WITH_MODELS.iter().any(|a| a.as_str() == agent))
         {
             return Err(format!(
-                "--agent-model names `{agent}`, which is not an LLM agent"
+                "--agent-models names `{agent}`, which is not an LLM agent"
             ));
         }
         let http = api_client().map_err(|e| format!("HTTP client: {e}"))?;
@@ -195,5 +195,43 @@ impl Agents {
             });
         }
         agents
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::server::config::Config;
+
+    #[test]
+    fn each_agent_gets_its_tier_model_unless_overridden() {
+        let config = Config::parse_from([
+            "dakota-server",
+            "--model-nano",
+            "n",
+            "--model-mini",
+            "m",
+            "--model-full",
+            "f",
+            "--agent-models",
+            "seo_specialist=special,content_writer=writer-model",
+        ]);
+        let upstreams = Upstreams::from_config(&config.upstreams).unwrap();
+        let model = |a| upstreams.models.for_agent(a);
+        assert_eq!(model(AgentName::KbResearcher), "n");
+        assert_eq!(model(AgentName::SocialPromoter), "n");
+        assert_eq!(model(AgentName::WebResearcher), "m");
+        assert_eq!(model(AgentName::FactChecker), "m");
+        assert_eq!(model(AgentName::SummaryWriter), "m");
+        assert_eq!(model(AgentName::ResearchSynthesizer), "f");
+        assert_eq!(model(AgentName::SeoSpecialist), "special");
+        assert_eq!(model(AgentName::ContentWriter), "writer-model");
+
+        let typo = Config::parse_from(["dakota-server", "--agent-models", "seo=x"]);
+        assert!(Upstreams::from_config(&typo.upstreams).is_err());
+        let bad_price = Config::parse_from(["dakota-server", "--prices", "gpt-4.1=free"]);
+        assert!(Upstreams::from_config(&bad_price.upstreams).is_err());
     }
 }

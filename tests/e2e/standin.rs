@@ -132,6 +132,15 @@ impl StandIn {
             .route("/v1/vector_stores/{id}/search", post(vector_search))
             .route("/search", post(serper))
             .route("/pages/{name}", get(page))
+            .route("/hop/{n}", get(hop))
+            .route(
+                "/escape",
+                get(|| async { (StatusCode::FOUND, [("location", "file:///etc/passwd")]) }),
+            )
+            .route(
+                "/big",
+                get(|| async { "All work and no play. ".repeat(50_000) }),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -601,4 +610,16 @@ async fn page(
         "<html><head><title>{name}</title><script>var hidden = 1;</script></head><body><h1>{name}</h1><p>Institutional investors allocate to private credit for floating-rate income and contractual cash flows. Liquidity planning is essential because drawdown funds call capital over several years.</p></body></html>"
     );
     ([("content-type", "text/html; charset=utf-8")], html).into_response()
+}
+
+/// `/hop/n` redirects to `/hop/n-1`; `/hop/0` is a page.
+async fn hop(Path(n): Path<u32>) -> Response {
+    if n == 0 {
+        return (
+            [("content-type", "text/plain")],
+            "Arrived after the redirects.",
+        )
+            .into_response();
+    }
+    (StatusCode::FOUND, [("location", format!("/hop/{}", n - 1))]).into_response()
 }

@@ -750,3 +750,51 @@ async fn search_rpc_uses_the_vector_store_when_configured() {
         "one search per query"
     );
 }
+
+#[tokio::test]
+async fn fetches_follow_few_redirects_only_to_http_and_read_a_bounded_body() {
+    use dakota::server::upstream::fetch::Fetcher;
+    let standin = StandIn::start().await;
+    let fetcher = Fetcher::new(Duration::from_secs(5), 1000, true).unwrap();
+    let arrived = fetcher
+        .fetch_text(&format!("{}/hop/3", standin.url))
+        .await
+        .unwrap();
+    assert_eq!(arrived, "Arrived after the redirects.");
+    let too_many = fetcher
+        .fetch_text(&format!("{}/hop/6", standin.url))
+        .await
+        .unwrap_err();
+    assert!(
+        too_many.to_string().contains("more than 5 redirects"),
+        "{too_many}"
+    );
+    let escape = fetcher
+        .fetch_text(&format!("{}/escape", standin.url))
+        .await
+        .unwrap_err();
+    assert!(escape.to_string().contains("scheme `file`"), "{escape}");
+    let big = fetcher
+        .fetch_text(&format!("{}/big", standin.url))
+        .await
+        .unwrap();
+    assert_eq!(big.len(), 1000, "the rest of a large page is not read");
+    // The same server, with private addresses refused as in production.
+    let guarded = Fetcher::new(Duration::from_secs(5), 1000, false).unwrap();
+    let refused = guarded
+        .fetch_text(&format!("{}/hop/0", standin.url))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("private or reserved"),
+        "{refused}"
+    );
+    let by_name = guarded
+        .fetch_text(&standin.url.replace("127.0.0.1", "localhost"))
+        .await
+        .unwrap_err();
+    assert!(
+        by_name.to_string().contains("private or reserved"),
+        "{by_name}"
+    );
+}
