@@ -131,6 +131,24 @@ pub async fn check_status(
     })
 }
 
+/// Sends `request` with `timeout` and reads the JSON answer as `T`.
+pub async fn send_json<T: serde::de::DeserializeOwned>(
+    upstream: &'static str,
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<T, UpstreamError> {
+    let response = request
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| UpstreamError::from_reqwest(upstream, timeout, e))?;
+    let response = check_status(upstream, response).await?;
+    response.json().await.map_err(|e| UpstreamError::Malformed {
+        upstream,
+        message: e.to_string(),
+    })
+}
+
 /// One pooled HTTP client for the API upstreams (LLM, vector store, Serper). TLS through
 /// rustls with the ring provider.
 pub fn api_client() -> Result<reqwest::Client, reqwest::Error> {

@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{UpstreamError, check_status, retry::RetryPolicy};
+use super::{UpstreamError, retry::RetryPolicy, send_json};
 use crate::server::config::Secret;
 
 const UPSTREAM: &str = "web";
@@ -59,24 +59,12 @@ impl SerperClient {
     ) -> (Result<Vec<Organic>, UpstreamError>, u32) {
         self.retry
             .run(|_| async {
-                let response = self
+                let request = self
                     .http
                     .post(format!("{}/search", self.base_url))
                     .header("X-API-KEY", self.api_key.expose())
-                    .json(&json!({"q": query, "num": num}))
-                    .timeout(self.timeout)
-                    .send()
-                    .await
-                    .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.timeout, e))?;
-                let response = check_status(UPSTREAM, response).await?;
-                let answer: SearchResponse =
-                    response
-                        .json()
-                        .await
-                        .map_err(|e| UpstreamError::Malformed {
-                            upstream: UPSTREAM,
-                            message: e.to_string(),
-                        })?;
+                    .json(&json!({"q": query, "num": num}));
+                let answer: SearchResponse = send_json(UPSTREAM, request, self.timeout).await?;
                 Ok(answer.organic)
             })
             .await

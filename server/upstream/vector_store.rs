@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{UpstreamError, check_status, retry::RetryPolicy};
+use super::{UpstreamError, retry::RetryPolicy, send_json};
 use crate::server::config::Secret;
 
 const UPSTREAM: &str = "kb";
@@ -92,24 +92,11 @@ impl VectorStoreClient {
                         "{}/vector_stores/{}/search",
                         self.base_url, self.store_id
                     ))
-                    .json(&json!({"query": query, "max_num_results": max_results.clamp(1, 50)}))
-                    .timeout(self.timeout);
+                    .json(&json!({"query": query, "max_num_results": max_results.clamp(1, 50)}));
                 if let Some(key) = &self.api_key {
                     request = request.bearer_auth(key.expose());
                 }
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.timeout, e))?;
-                let response = check_status(UPSTREAM, response).await?;
-                let page: SearchPage =
-                    response
-                        .json()
-                        .await
-                        .map_err(|e| UpstreamError::Malformed {
-                            upstream: UPSTREAM,
-                            message: e.to_string(),
-                        })?;
+                let page: SearchPage = send_json(UPSTREAM, request, self.timeout).await?;
                 Ok(page.data)
             })
             .await

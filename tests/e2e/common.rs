@@ -72,6 +72,50 @@ pub async fn start_with(config: Config, agents: AgentsFactory) -> TestServer {
     }
 }
 
+impl TestServer {
+    /// Runs a job to its end and returns all its events.
+    pub async fn generate(&mut self, request: api::GenerateRequest) -> Vec<GenerateEvent> {
+        collect(&mut self.client.generate(request).await.unwrap().into_inner()).await
+    }
+
+    /// Every event of a job, replayed with `WatchJob` from the start.
+    pub async fn replay(&mut self, job_id: String) -> Vec<GenerateEvent> {
+        let request = api::WatchJobRequest {
+            job_id,
+            after_sequence: 0,
+        };
+        collect(&mut self.client.watch_job(request).await.unwrap().into_inner()).await
+    }
+}
+
+/// The writer's text as streamed in its last pass.
+pub fn streamed_text(events: &[GenerateEvent]) -> String {
+    let deltas = || {
+        events.iter().filter_map(|e| match &e.event {
+            Some(Event::ContentDelta(d)) => Some(d),
+            _ => None,
+        })
+    };
+    let last_pass = deltas().map(|d| d.iteration).max().unwrap_or(1);
+    deltas()
+        .filter(|d| d.iteration == last_pass)
+        .map(|d| d.text.as_str())
+        .collect()
+}
+
+/// An article's sources as the contract checks take them (without text).
+pub fn as_sources(article: &api::Article) -> Vec<dakota::server::agents::SourceDoc> {
+    article
+        .sources
+        .iter()
+        .map(|s| dakota::server::agents::SourceDoc {
+            source: s.clone(),
+            section: String::new(),
+            text: String::new(),
+        })
+        .collect()
+}
+
 pub async fn health(channel: &Channel, service: &str) -> ServingStatus {
     let response = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {

@@ -2,11 +2,10 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use dakota::{
-    api::{self, GenerateEvent, Verdict, generate_event::Event},
+    api::{GenerateEvent, Verdict, generate_event::Event},
     server::{
         agents::{
-            Agent, AgentContext, AgentFuture, Agents, Draft, SourceDoc, WritingBrief,
-            select::Upstreams,
+            Agent, AgentContext, AgentFuture, Agents, Draft, WritingBrief, select::Upstreams,
         },
         pipeline::contract,
         text,
@@ -39,18 +38,6 @@ fn phases_started(events: &[GenerateEvent]) -> Vec<String> {
         .filter_map(|e| match &e.event {
             Some(Event::PhaseStarted(p)) => Some(p.phase.clone()),
             _ => None,
-        })
-        .collect()
-}
-
-fn as_sources(article: &api::Article) -> Vec<SourceDoc> {
-    article
-        .sources
-        .iter()
-        .map(|s| SourceDoc {
-            source: s.clone(),
-            section: String::new(),
-            text: String::new(),
         })
         .collect()
 }
@@ -175,7 +162,7 @@ async fn offline_generate_streams_every_phase_and_delivers_a_contract_article() 
     );
     assert!(article.markdown.starts_with("# "));
     // The contract, checked by the same code the pipeline uses, and by hand for the headings.
-    let sources = as_sources(&article);
+    let sources = common::as_sources(&article);
     assert_eq!(contract::check(&article.markdown, &sources, 1500), vec![]);
     let headings = contract::sections(&article.markdown);
     assert_eq!(headings.first(), Some(&contract::KEY_INSIGHTS));
@@ -219,21 +206,7 @@ async fn offline_generate_streams_every_phase_and_delivers_a_contract_article() 
     }
 
     // The streamed text is the article: deltas of the last writer pass, citations rendered.
-    let last_pass = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::ContentDelta(d)) => Some(d.iteration),
-            _ => None,
-        })
-        .max()
-        .unwrap();
-    let streamed: String = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::ContentDelta(d)) if d.iteration == last_pass => Some(d.text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let streamed = common::streamed_text(&events);
     assert_eq!(
         contract::render_citations(&streamed, &sources),
         article.markdown
@@ -325,7 +298,7 @@ async fn requested_options_shape_the_plan() {
     req.include_summary = Some(false);
     req.skip_web_search = true;
     req.word_count = Some(600);
-    let events = collect(&mut server.client.generate(req).await.unwrap().into_inner()).await;
+    let events = server.generate(req).await;
     assert_well_formed(&events);
     let Some(Event::JobStarted(plan)) = &events[0].event else {
         unreachable!()
@@ -357,19 +330,11 @@ async fn topics_with_figures_or_contract_words_still_get_a_clean_article() {
         "Introduction to ESG integration in 2026",
         "The 60/40 portfolio after 2022 — risk parity?",
     ] {
-        let events = collect(
-            &mut server
-                .client
-                .generate(request(topic))
-                .await
-                .unwrap()
-                .into_inner(),
-        )
-        .await;
+        let events = server.generate(request(topic)).await;
         assert_well_formed(&events);
         let article = final_article(&events);
         assert_eq!(
-            contract::check(&article.markdown, &as_sources(&article), 1500),
+            contract::check(&article.markdown, &common::as_sources(&article), 1500),
             vec![],
             "{topic}"
         );
@@ -388,15 +353,9 @@ async fn topics_with_figures_or_contract_words_still_get_a_clean_article() {
 #[tokio::test]
 async fn a_topic_the_knowledge_base_does_not_cover_fails_clearly() {
     let mut server = common::start(common::config()).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(request("Sourdough baking with rye flour"))
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server
+        .generate(request("Sourdough baking with rye flour"))
+        .await;
     assert_well_formed(&events);
     let failed = common::failed(&events);
     assert_eq!(failed.code, Code::FailedPrecondition as i32);
@@ -442,15 +401,7 @@ async fn a_failing_draft_is_revised_until_it_passes() {
         agents
     });
     let mut server = common::start_with(common::config(), agents).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(request(TOPIC))
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(request(TOPIC)).await;
     assert_well_formed(&events);
     assert_eq!(
         phases_started(&events),

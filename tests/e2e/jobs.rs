@@ -50,18 +50,7 @@ async fn watch_job_replays_after_a_dropped_stream_and_follows_live() {
     );
 
     // A finished job replays every event, identical to the live ones.
-    let replay = collect(
-        &mut server
-            .client
-            .watch_job(api::WatchJobRequest {
-                job_id: job_id.clone(),
-                after_sequence: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let replay = server.replay(job_id.clone()).await;
     assert_eq!(replay, seen);
     let fetched = server
         .client
@@ -201,18 +190,7 @@ async fn a_client_that_goes_away_stops_its_job() {
         gate.wait_dropped().await,
         "the abandoned job's agent call was dropped"
     );
-    let events = collect(
-        &mut server
-            .client
-            .watch_job(api::WatchJobRequest {
-                job_id,
-                after_sequence: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.replay(job_id).await;
     assert_eq!(common::failed(&events).code, Code::Cancelled as i32);
 }
 
@@ -230,18 +208,7 @@ async fn a_passed_deadline_fails_the_job_with_deadline_exceeded() {
         "the held agent call was dropped at the deadline"
     );
     // However the caller's stream ended, the job's own record says why it stopped.
-    let events = collect(
-        &mut server
-            .client
-            .watch_job(api::WatchJobRequest {
-                job_id,
-                after_sequence: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.replay(job_id).await;
     let failed = common::failed(&events);
     assert_eq!(
         failed.code,
@@ -303,15 +270,7 @@ async fn a_full_job_table_answers_resource_exhausted_with_retry_info() {
     gate.open();
     final_article(&collect(&mut running).await);
     // A finished job makes room.
-    let events = collect(
-        &mut server
-            .client
-            .generate(request("Factor investing"))
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(request("Factor investing")).await;
     final_article(&events);
 }
 
@@ -333,18 +292,7 @@ async fn a_detached_job_with_a_key_is_cancelled_when_nobody_returns_within_the_g
         "still running inside the grace"
     );
     assert!(gate.wait_dropped().await, "cancelled once the grace passed");
-    let events = collect(
-        &mut server
-            .client
-            .watch_job(api::WatchJobRequest {
-                job_id,
-                after_sequence: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.replay(job_id).await;
     assert_eq!(common::failed(&events).code, Code::Cancelled as i32);
 }
 
@@ -478,7 +426,7 @@ async fn events_of_an_idempotent_job_carry_its_key() {
     let mut server = common::start(common::config()).await;
     let mut req = request(TOPIC);
     req.idempotency_key = "key-in-plan".into();
-    let events = collect(&mut server.client.generate(req).await.unwrap().into_inner()).await;
+    let events = server.generate(req).await;
     let Some(Event::JobStarted(started)) = &events[0].event else {
         unreachable!()
     };

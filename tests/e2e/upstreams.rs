@@ -8,7 +8,6 @@ use std::{
 use dakota::{
     api::{self, generate_event::Event},
     server::{
-        agents::SourceDoc,
         config::{Config, Secret},
         pipeline::contract,
         text,
@@ -76,15 +75,7 @@ fn expected_model(kind: &str) -> &'static str {
 async fn llm_vector_store_and_serper_produce_the_article() {
     let standin = StandIn::start().await;
     let mut server = common::start(config(&standin)).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     let article = final_article(&events);
 
     // What the LLM endpoint received: the key, each agent's tier model, strict schemas for the
@@ -214,30 +205,8 @@ async fn llm_vector_store_and_serper_produce_the_article() {
     );
 
     // The article is the writer's streamed text (last pass), its citations rendered.
-    let last_pass = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::ContentDelta(d)) => Some(d.iteration),
-            _ => None,
-        })
-        .max()
-        .unwrap();
-    let streamed: String = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::ContentDelta(d)) if d.iteration == last_pass => Some(d.text.as_str()),
-            _ => None,
-        })
-        .collect();
-    let sources: Vec<SourceDoc> = article
-        .sources
-        .iter()
-        .map(|s| SourceDoc {
-            source: s.clone(),
-            section: String::new(),
-            text: String::new(),
-        })
-        .collect();
+    let streamed = common::streamed_text(&events);
+    let sources = common::as_sources(&article);
     assert_eq!(
         contract::render_citations(streamed.trim(), &sources),
         article.markdown
@@ -299,15 +268,7 @@ async fn malformed_and_schema_violating_answers_are_retried() {
     let standin = StandIn::start().await;
     standin.fault(Route::Llm, [Fault::Malformed, Fault::SchemaViolation]);
     let mut server = common::start(config(&standin)).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     final_article(&events);
     let retried = events
         .iter()
@@ -322,15 +283,7 @@ async fn an_llm_that_only_answers_garbage_fails_the_job_clearly() {
     let mut config = config(&standin);
     config.upstreams.max_attempts = 2;
     let mut server = common::start(config).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     let failed = common::failed(&events);
     assert_eq!(failed.code, Code::Unavailable as i32);
     assert!(failed.message.contains("malformed"), "{}", failed.message);
@@ -343,15 +296,7 @@ async fn without_a_serper_key_web_research_is_skipped_with_a_warning() {
     let mut config = config(&standin);
     config.upstreams.serper_api_key = None;
     let mut server = common::start(config).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     let article = final_article(&events);
     assert!(warnings(&events).contains(&"WEB_SEARCH_UNAVAILABLE".to_string()));
     assert!(standin.requests_of(Route::Serper).is_empty());
@@ -368,15 +313,7 @@ async fn serper_failing_degrades_the_job_instead_of_failing_it() {
     let standin = StandIn::start().await;
     standin.fault(Route::Serper, std::iter::repeat_n(Fault::Status(500), 50));
     let mut server = common::start(config(&standin)).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     let article = final_article(&events);
     assert!(
         warnings(&events).contains(&"WEB_SEARCH_FAILED".to_string()),
@@ -397,15 +334,7 @@ async fn private_addresses_are_not_fetched_unless_allowed() {
     let mut config = config(&standin);
     config.upstreams.fetch_allow_private = false;
     let mut server = common::start(config).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     let article = final_article(&events);
     assert!(
         standin.requests_of(Route::Page).is_empty(),
@@ -520,15 +449,7 @@ async fn retry_after_on_429_is_honoured() {
         ],
     );
     let mut server = common::start(config(&standin)).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     final_article(&events);
     let llm = standin.requests_of(Route::Llm);
     // Each throttled request's next try of the same agent came at least a second later.
@@ -551,15 +472,7 @@ async fn a_broken_connection_is_retried() {
     let standin = StandIn::start().await;
     standin.fault(Route::Llm, [Fault::Close]);
     let mut server = common::start(config(&standin)).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     final_article(&events);
     assert!(
         events
@@ -580,15 +493,7 @@ async fn an_llm_that_never_answers_fails_the_job_within_its_timeouts() {
     config.upstreams.max_attempts = 2;
     let mut server = common::start(config).await;
     let started = std::time::Instant::now();
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     let failed = common::failed(&events);
     assert_eq!(failed.code, Code::Unavailable as i32);
     assert!(
@@ -612,15 +517,7 @@ async fn a_stream_that_stalls_midway_is_cut_by_the_idle_timeout() {
     // Only the writer streams: its answer stops after three chunks.
     standin.fault(Route::LlmStream, [Fault::Stall { chunks: 3 }]);
     let mut server = common::start(config).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     let failed = common::failed(&events);
     assert_eq!(failed.code, Code::Unavailable as i32);
     assert!(failed.message.contains("stalled"), "{}", failed.message);
@@ -695,15 +592,7 @@ async fn a_slow_vector_store_hits_the_knowledge_base_timeout() {
     config.upstreams.kb_timeout = Duration::from_millis(300);
     config.upstreams.max_attempts = 2;
     let mut server = common::start(config).await;
-    let events = collect(
-        &mut server
-            .client
-            .generate(llm_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = server.generate(llm_request()).await;
     let failed = common::failed(&events);
     assert_eq!(failed.code, Code::Unavailable as i32, "{}", failed.message);
     assert!(
