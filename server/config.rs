@@ -28,6 +28,15 @@ pub struct Config {
     #[arg(long, env = "DAKOTA_JOB_TTL", default_value = "1h", value_parser = parse_duration)]
     pub job_ttl: Duration,
 
+    /// Jobs running at once; more wait in the queue.
+    #[arg(long, env = "DAKOTA_MAX_RUNNING_JOBS", default_value_t = 8)]
+    pub max_running_jobs: usize,
+
+    /// Jobs waiting for a free slot at most; beyond, `Generate` answers RESOURCE_EXHAUSTED
+    /// with RetryInfo at once.
+    #[arg(long, env = "DAKOTA_MAX_QUEUED_JOBS", default_value_t = 32)]
+    pub max_queued_jobs: usize,
+
     /// Jobs kept in memory at most (finished ones are evicted first, oldest first).
     #[arg(long, env = "DAKOTA_MAX_JOBS", default_value_t = 1000)]
     pub max_jobs: usize,
@@ -132,6 +141,35 @@ pub struct UpstreamConfig {
     /// Allow fetching private, loopback and link-local addresses (tests only; never in production).
     #[arg(long, env = "DAKOTA_FETCH_ALLOW_PRIVATE", default_value_t = false)]
     pub fetch_allow_private: bool,
+
+    /// Upstream calls in flight at once, over all upstreams.
+    #[arg(long, env = "DAKOTA_MAX_CONCURRENT_UPSTREAM", default_value_t = 10)]
+    pub max_concurrent_upstream: usize,
+
+    /// Upstream calls in flight for research searches (kb_researcher, web_researcher).
+    #[arg(long, env = "DAKOTA_POOL_SEARCH", default_value_t = 6)]
+    pub pool_search: usize,
+
+    /// Upstream calls in flight for synthesis and writing.
+    #[arg(long, env = "DAKOTA_POOL_CONTENT", default_value_t = 4)]
+    pub pool_content: usize,
+
+    /// Upstream calls in flight for analysis and distribution (SEO, fact check, fetches, social, summary).
+    #[arg(long, env = "DAKOTA_POOL_ANALYSIS", default_value_t = 6)]
+    pub pool_analysis: usize,
+
+    /// Consecutive failures (connect errors, timeouts, 5xx) that open an upstream's breaker.
+    #[arg(long, env = "DAKOTA_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub breaker_threshold: u32,
+
+    /// How long an open breaker fails fast before one trial call.
+    #[arg(long, env = "DAKOTA_BREAKER_COOL_DOWN", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_cool_down: Duration,
+
+    /// Requests per minute per upstream (`llm`, `kb`, `web`, `fetch`); 0 is no limit.
+    #[arg(long, env = "DAKOTA_RATE_LIMITS", value_delimiter = ',', value_parser = parse_pair,
+          default_value = "llm=600,kb=1200,web=300,fetch=600")]
+    pub rate_limits: Vec<(String, String)>,
 }
 
 /// A secret from the command line or environment: never printed, never logged.

@@ -19,6 +19,7 @@ use tantivy::{
 };
 
 use crate::server::{
+    resilience::CallScope,
     text,
     upstream::vector_store::{VectorHit, VectorStoreClient},
 };
@@ -74,6 +75,7 @@ impl KnowledgeSource {
     /// it took (1 for the local index).
     pub async fn search_batch(
         &self,
+        scope: &CallScope,
         queries: &[String],
         limit: usize,
     ) -> (Result<Vec<Vec<KbHit>>, KbError>, u32) {
@@ -87,7 +89,7 @@ impl KnowledgeSource {
                 (result, 1)
             }
             Self::VectorStore(store) => {
-                let searches = queries.iter().map(|q| store.search(q, limit));
+                let searches = queries.iter().map(|q| store.search(scope, q, limit));
                 let answers = futures_util::future::join_all(searches).await;
                 let attempts = answers.iter().map(|(_, a)| *a).max().unwrap_or(1);
                 let result = answers

@@ -15,6 +15,7 @@ pub mod error;
 pub mod jobs;
 pub mod kb;
 pub mod pipeline;
+pub mod resilience;
 pub mod service;
 pub mod telemetry;
 pub mod text;

@@ -16,6 +16,7 @@ use crate::server::{
     jobs::{Job, JobRegistry},
     kb::KnowledgeSource,
     pipeline::{self, PipelineSettings},
+    resilience::{CallScope, Pool},
     validation,
 };
 
@@ -196,7 +197,8 @@ impl ContentService for ContentApi {
             .iter()
             .map(|q| q.trim().to_string())
             .collect();
-        let (batch, _) = kb.search_batch(&queries, limit).await;
+        let scope = CallScope::new(Pool::Search);
+        let (batch, _) = kb.search_batch(&scope, &queries, limit).await;
         let batch = batch.map_err(|e| match e {
             crate::server::kb::KbError::Upstream(upstream) => {
                 Status::unavailable(upstream.to_string())

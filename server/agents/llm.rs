@@ -104,7 +104,14 @@ impl LlmAgent {
         let prompt = self.prompts.render(prompt, &vars);
         let result = self
             .client
-            .structured(&self.model, &prompt, self.name.as_str(), &schema, check)
+            .structured(
+                &cx.scope,
+                &self.model,
+                &prompt,
+                self.name.as_str(),
+                &schema,
+                check,
+            )
             .await;
         cx.upstream.record("llm", result.is_ok());
         result.map_err(unavailable)
@@ -414,7 +421,9 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
             let result = self
                 .llm
                 .client
-                .stream(&self.llm.model, &prompt, &move |delta: &str| deltas(delta))
+                .stream(&cx.scope, &self.llm.model, &prompt, &move |delta: &str| {
+                    deltas(delta)
+                })
                 .await;
             cx.upstream.record("llm", result.is_ok());
             let completion = result.map_err(unavailable)?;

@@ -111,6 +111,8 @@ pub struct AgentContext {
     pub cancel: CancellationToken,
     pub deltas: DeltaSink,
     pub upstream: Arc<UpstreamCounters>,
+    /// The pool this agent's upstream calls count against, and the job's deadline.
+    pub scope: crate::server::resilience::CallScope,
 }
 
 /// Upstream calls made by a job, by upstream (`kb`, `web`, `llm`, `fetch`).

@@ -109,7 +109,7 @@ pub(super) async fn search_kb(
     kb: &KnowledgeSource,
     queries: Vec<String>,
 ) -> Result<AgentOutput<KbResearch>, AgentError> {
-    let (batch, attempts) = kb.search_batch(&queries, HITS_PER_QUERY).await;
+    let (batch, attempts) = kb.search_batch(&cx.scope, &queries, HITS_PER_QUERY).await;
     cx.upstream.record("kb", batch.is_ok());
     let batch = batch?;
     let hit_count: usize = batch.iter().map(Vec::len).sum();

@@ -15,6 +15,7 @@ use super::{
 use crate::server::{
     config::UpstreamConfig,
     kb::KnowledgeSource,
+    resilience::{Guard, Limits, breaker::CircuitBreaker},
     upstream::{
         api_client, fetch::Fetcher, llm::LlmClient, retry::RetryPolicy, serper::SerperClient,
         vector_store::VectorStoreClient,
@@ -23,8 +24,48 @@ use crate::server::{
 
 const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 
+/// The resilience stack of each upstream (`llm`, `kb`, `web`, `fetch`), sharing one set of
+/// concurrency limits: everything a call goes through, built in one place.
+fn guards(config: &UpstreamConfig) -> Result<Vec<Arc<Guard>>, String> {
+    let limits = Arc::new(Limits::new(
+        config.max_concurrent_upstream,
+        config.pool_search,
+        config.pool_content,
+        config.pool_analysis,
+    ));
+    let mut rpm = std::collections::HashMap::new();
+    for (upstream, value) in &config.rate_limits {
+        if !UPSTREAMS.contains(&upstream.as_str()) {
+            return Err(format!(
+                "--rate-limits names `{upstream}`; upstreams are {}",
+                UPSTREAMS.join(", ")
+            ));
+        }
+        let value: u32 = value.parse().map_err(|_| {
+            format!("--rate-limits {upstream}={value}: not a number of requests per minute")
+        })?;
+        rpm.insert(upstream.clone(), value);
+    }
+    Ok(UPSTREAMS
+        .iter()
+        .map(|upstream| {
+            Arc::new(Guard::new(
+                upstream,
+                CircuitBreaker::new(config.breaker_threshold, config.breaker_cool_down),
+                rpm.get(*upstream).copied().unwrap_or(0),
+                RetryPolicy::new(config.max_attempts),
+                limits.clone(),
+            ))
+        })
+        .collect())
+}
+
+const UPSTREAMS: [&str; 4] = ["llm", "kb", "web", "fetch"];
+
 /// The upstream clients and per-agent settings built from configuration, once.
 pub struct Upstreams {
+    /// The resilience stacks, for health and metrics.
+    pub guards: Vec<Arc<Guard>>,
     pub llm: Option<Arc<LlmClient>>,
     pub serper: Option<Arc<SerperClient>>,
     pub vector_store: Option<Arc<VectorStoreClient>>,
@@ -83,7 +124,14 @@ impl Upstreams {
             ));
         }
         let http = api_client().map_err(|e| format!("HTTP client: {e}"))?;
-        let retry = RetryPolicy::new(config.max_attempts);
+        let guards = guards(config)?;
+        let guard = |name: &str| {
+            guards
+                .iter()
+                .find(|g| g.upstream == name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Guard::unlimited("unknown")))
+        };
         let llm_configured = config.openai_api_key.is_some() || config.openai_base_url.is_some();
         let base_url = config
             .openai_base_url
@@ -96,7 +144,7 @@ impl Upstreams {
                 config.openai_api_key.clone(),
                 config.llm_timeout,
                 config.llm_idle_timeout,
-                retry,
+                guard("llm"),
             ))
         });
         let vector_store = config.openai_vector_store_id.clone().map(|id| {
@@ -106,7 +154,7 @@ impl Upstreams {
                 config.openai_api_key.clone(),
                 id,
                 config.kb_timeout,
-                retry,
+                guard("kb"),
             ))
         });
         let serper = config.serper_api_key.clone().map(|key| {
@@ -115,16 +163,18 @@ impl Upstreams {
                 &config.serper_base_url,
                 key,
                 config.web_timeout,
-                retry,
+                guard("web"),
             ))
         });
         let fetcher = Fetcher::new(
             config.fetch_timeout,
             config.fetch_max_bytes,
             config.fetch_allow_private,
+            guard("fetch"),
         )
         .map_err(|e| format!("fetch client: {e}"))?;
         Ok(Self {
+            guards,
             llm,
             serper,
             vector_store,

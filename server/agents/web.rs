@@ -152,7 +152,7 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
             };
             let searches = queries
                 .iter()
-                .map(|q| self.serper.search(q, RESULTS_PER_QUERY));
+                .map(|q| self.serper.search(&cx.scope, q, RESULTS_PER_QUERY));
             let answers = futures_util::future::join_all(searches).await;
             let mut results = Vec::new();
             let mut failures = Vec::new();

@@ -20,7 +20,9 @@ use crate::server::{
         WritingBrief, metrics_analyzer,
     },
     jobs::Job,
-    lock, text,
+    lock,
+    resilience::{CallScope, Pool},
+    text,
     upstream::fetch::Fetcher,
 };
 
@@ -195,7 +197,7 @@ pub async fn run(
     settings: PipelineSettings,
     deadline: Option<Duration>,
 ) -> Option<api::Article> {
-    let run = Arc::new(JobRun::new(job.clone(), agents, settings.clone()));
+    let run = Arc::new(JobRun::new(job.clone(), agents, settings.clone(), deadline));
     // The plan goes out first, whatever happens next, so every stream starts with it.
     job.emit(Event::JobStarted(job_started(&job.request)), 0);
     let work = run.clone().execute(settings);
@@ -256,7 +258,12 @@ struct JobRun {
 }
 
 impl JobRun {
-    fn new(job: Arc<Job>, agents: Agents, settings: PipelineSettings) -> Self {
+    fn new(
+        job: Arc<Job>,
+        agents: Agents,
+        settings: PipelineSettings,
+        deadline: Option<Duration>,
+    ) -> Self {
         let delta_job = job.clone();
         let writer_iteration = Arc::new(AtomicU32::new(1));
         let delta_iteration = writer_iteration.clone();
@@ -274,6 +281,11 @@ impl JobRun {
                 );
             }),
             upstream: Arc::new(UpstreamCounters::default()),
+            // Retries never reach past the caller's deadline.
+            scope: CallScope {
+                pool: Pool::Search,
+                deadline: deadline.map(|d| tokio::time::Instant::now() + d),
+            },
         };
         Self {
             job,
@@ -396,8 +408,16 @@ impl JobRun {
             self.progress(phase, phase_agents),
         );
         let began = Instant::now();
+        // Each agent's upstream calls count against the pool of its kind of work.
+        let cx = AgentContext {
+            scope: CallScope {
+                pool: Pool::for_agent(name),
+                ..self.cx.scope
+            },
+            ..self.cx.clone()
+        };
         let output = agent
-            .run(&self.cx, input)
+            .run(&cx, input)
             .await
             .map_err(|source| PipelineError::Agent {
                 agent: name.as_str(),
@@ -759,8 +779,14 @@ impl JobRun {
             .map(|s| s.source.url.as_str())
             .filter(|u| !fetched.contains_key(*u))
             .collect();
-        let pages =
-            futures_util::future::join_all(missing.iter().map(|url| fetcher.fetch_text(url))).await;
+        let scope = CallScope {
+            pool: Pool::Analysis,
+            ..self.cx.scope
+        };
+        let pages = futures_util::future::join_all(
+            missing.iter().map(|url| fetcher.fetch_text(&scope, url)),
+        )
+        .await;
         for (url, page) in missing.into_iter().zip(pages) {
             self.cx.upstream.record("fetch", page.is_ok());
             let text = page.unwrap_or_else(|error| {

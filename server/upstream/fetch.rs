@@ -11,6 +11,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio_stream::StreamExt;
 
 use super::{UpstreamError, check_status};
+use crate::server::resilience::{CallScope, Guard};
 
 const UPSTREAM: &str = "fetch";
 const MAX_REDIRECTS: usize = 5;
@@ -111,6 +112,7 @@ pub struct Fetcher {
     timeout: Duration,
     max_bytes: usize,
     allow_private: bool,
+    guard: Arc<Guard>,
 }
 
 impl Fetcher {
@@ -118,6 +120,7 @@ impl Fetcher {
         timeout: Duration,
         max_bytes: usize,
         allow_private: bool,
+        guard: Arc<Guard>,
     ) -> Result<Self, reqwest::Error> {
         super::install_crypto_provider();
         let http = reqwest::Client::builder()
@@ -135,6 +138,7 @@ impl Fetcher {
             timeout,
             max_bytes,
             allow_private,
+            guard,
         })
     }
 
@@ -162,8 +166,13 @@ impl Fetcher {
         Ok(())
     }
 
-    /// The readable text of a page (HTML reduced to its text), at most `max_bytes` read.
-    pub async fn fetch_text(&self, url: &str) -> Result<String, UpstreamError> {
+    /// The readable text of a page (HTML reduced to its text), at most `max_bytes` read,
+    /// through the fetch upstream's resilience stack.
+    pub async fn fetch_text(&self, scope: &CallScope, url: &str) -> Result<String, UpstreamError> {
+        self.guard.call(scope, |_| self.fetch_once(url)).await.0
+    }
+
+    async fn fetch_once(&self, url: &str) -> Result<String, UpstreamError> {
         let mut url =
             reqwest::Url::parse(url).map_err(|e| refused(format!("`{url}` is not a URL ({e})")))?;
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -328,7 +337,14 @@ mod tests {
 
     #[tokio::test]
     async fn refused_before_any_request() {
-        let fetcher = Fetcher::new(Duration::from_secs(1), 1000, false).unwrap();
+        let fetcher = Fetcher::new(
+            Duration::from_secs(1),
+            1000,
+            false,
+            Arc::new(Guard::unlimited("fetch")),
+        )
+        .unwrap();
+        let scope = CallScope::new(crate::server::resilience::Pool::Analysis);
         for url in [
             "file:///etc/passwd",
             "http://127.0.0.1:1/",
@@ -336,7 +352,7 @@ mod tests {
             "http://169.254.169.254/latest/meta-data",
             "http://localhost:1/",
         ] {
-            let error = fetcher.fetch_text(url).await.unwrap_err();
+            let error = fetcher.fetch_text(&scope, url).await.unwrap_err();
             assert!(!error.retryable(), "{url}: {error}");
         }
     }

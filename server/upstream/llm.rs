@@ -6,8 +6,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
-use super::{UpstreamError, check_status, retry::RetryPolicy};
+use super::{UpstreamError, check_status};
 use crate::server::config::Secret;
+use crate::server::resilience::{CallScope, Guard};
 
 const UPSTREAM: &str = "llm";
 
@@ -46,7 +47,7 @@ pub struct LlmClient {
     api_key: Option<Secret>,
     timeout: Duration,
     idle_timeout: Duration,
-    retry: RetryPolicy,
+    guard: std::sync::Arc<Guard>,
     /// "openai" for api.openai.com, else "openai-compatible": recorded per agent.
     pub provider: &'static str,
 }
@@ -101,7 +102,7 @@ impl LlmClient {
         api_key: Option<Secret>,
         timeout: Duration,
         idle_timeout: Duration,
-        retry: RetryPolicy,
+        guard: std::sync::Arc<Guard>,
     ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_string();
         let provider = if base_url.contains("api.openai.com") {
@@ -115,7 +116,7 @@ impl LlmClient {
             api_key,
             timeout,
             idle_timeout,
-            retry,
+            guard,
             provider,
         }
     }
@@ -142,6 +143,7 @@ impl LlmClient {
     /// `parse` turns into `T`. A malformed or invalid answer is retried like a 5xx.
     pub async fn structured<T>(
         &self,
+        scope: &CallScope,
         model: &str,
         prompt: &Prompt,
         schema_name: &str,
@@ -158,8 +160,8 @@ impl LlmClient {
         });
         let usage = std::sync::Mutex::new(Usage::default());
         let (result, attempts) = self
-            .retry
-            .run(|_| self.structured_once(&body, &usage, &parse))
+            .guard
+            .call(scope, |_| self.structured_once(&body, &usage, &parse))
             .await;
         let usage = *crate::server::lock(&usage);
         result.map(|value| Completion {
@@ -209,6 +211,7 @@ impl LlmClient {
     /// so the caller never sees text twice.
     pub async fn stream(
         &self,
+        scope: &CallScope,
         model: &str,
         prompt: &Prompt,
         on_delta: &(dyn Fn(&str) + Send + Sync),
@@ -224,10 +227,18 @@ impl LlmClient {
             attempts += 1;
             let mut text = String::new();
             let mut usage = Usage::default();
-            match self
-                .stream_once(&body, &mut text, &mut usage, on_delta)
-                .await
-            {
+            // The permit is held for the whole stream: a stream is one call.
+            let result = match self.guard.admit(scope).await {
+                Ok(permit) => {
+                    let result = self
+                        .stream_once(&body, &mut text, &mut usage, on_delta)
+                        .await;
+                    permit.finish(&result);
+                    result
+                }
+                Err(refused) => Err(refused),
+            };
+            let error = match result {
                 Ok(()) => {
                     return Ok(Completion {
                         value: text,
@@ -235,16 +246,18 @@ impl LlmClient {
                         attempts,
                     });
                 }
-                Err(error)
-                    if error.retryable()
-                        && text.is_empty()
-                        && attempts < self.retry.max_attempts =>
-                {
-                    let delay = self.retry.delay(attempts, &error);
+                Err(error) => error,
+            };
+            match self
+                .guard
+                .backoff(attempts, &error, scope)
+                .filter(|_| text.is_empty())
+            {
+                Some(delay) => {
                     tracing::warn!(upstream = UPSTREAM, attempt = attempts, ?delay, %error, "retrying stream");
                     tokio::time::sleep(delay).await;
                 }
-                Err(error) => return Err(error),
+                None => return Err(error),
             }
         }
     }

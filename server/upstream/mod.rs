@@ -44,6 +44,12 @@ pub enum UpstreamError {
         upstream: &'static str,
         message: String,
     },
+    /// The upstream's circuit breaker is open: failing fast instead of waiting on it.
+    #[error("{upstream}: circuit breaker open (retry in {retry_after:?})")]
+    BreakerOpen {
+        upstream: &'static str,
+        retry_after: Duration,
+    },
 }
 
 impl UpstreamError {
@@ -55,7 +61,7 @@ impl UpstreamError {
             | Self::Malformed { .. }
             | Self::Stalled { .. } => true,
             Self::Status { status, .. } => *status == 429 || *status >= 500,
-            Self::Refused { .. } => false,
+            Self::Refused { .. } | Self::BreakerOpen { .. } => false,
         }
     }
 
@@ -63,6 +69,7 @@ impl UpstreamError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Status { retry_after, .. } => *retry_after,
+            Self::BreakerOpen { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -74,7 +81,8 @@ impl UpstreamError {
             | Self::Status { upstream, .. }
             | Self::Malformed { upstream, .. }
             | Self::Stalled { upstream, .. }
-            | Self::Refused { upstream, .. } => upstream,
+            | Self::Refused { upstream, .. }
+            | Self::BreakerOpen { upstream, .. } => upstream,
         }
     }
 

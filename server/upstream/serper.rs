@@ -4,8 +4,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{UpstreamError, retry::RetryPolicy, send_json};
+use super::{UpstreamError, send_json};
 use crate::server::config::Secret;
+use crate::server::resilience::{CallScope, Guard};
 
 const UPSTREAM: &str = "web";
 
@@ -31,7 +32,7 @@ pub struct SerperClient {
     base_url: String,
     api_key: Secret,
     timeout: Duration,
-    retry: RetryPolicy,
+    guard: std::sync::Arc<Guard>,
 }
 
 impl SerperClient {
@@ -40,25 +41,26 @@ impl SerperClient {
         base_url: &str,
         api_key: Secret,
         timeout: Duration,
-        retry: RetryPolicy,
+        guard: std::sync::Arc<Guard>,
     ) -> Self {
         Self {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key,
             timeout,
-            retry,
+            guard,
         }
     }
 
     /// Organic results of one query, and the attempts it took.
     pub async fn search(
         &self,
+        scope: &CallScope,
         query: &str,
         num: u32,
     ) -> (Result<Vec<Organic>, UpstreamError>, u32) {
-        self.retry
-            .run(|_| async {
+        self.guard
+            .call(scope, |_| async {
                 let request = self
                     .http
                     .post(format!("{}/search", self.base_url))

@@ -4,8 +4,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{UpstreamError, retry::RetryPolicy, send_json};
+use super::{UpstreamError, send_json};
 use crate::server::config::Secret;
+use crate::server::resilience::{CallScope, Guard};
 
 const UPSTREAM: &str = "kb";
 
@@ -57,7 +58,7 @@ pub struct VectorStoreClient {
     api_key: Option<Secret>,
     pub store_id: String,
     timeout: Duration,
-    retry: RetryPolicy,
+    guard: std::sync::Arc<Guard>,
 }
 
 impl VectorStoreClient {
@@ -67,7 +68,7 @@ impl VectorStoreClient {
         api_key: Option<Secret>,
         store_id: String,
         timeout: Duration,
-        retry: RetryPolicy,
+        guard: std::sync::Arc<Guard>,
     ) -> Self {
         Self {
             http,
@@ -75,17 +76,18 @@ impl VectorStoreClient {
             api_key,
             store_id,
             timeout,
-            retry,
+            guard,
         }
     }
 
     pub async fn search(
         &self,
+        scope: &CallScope,
         query: &str,
         max_results: usize,
     ) -> (Result<Vec<VectorHit>, UpstreamError>, u32) {
-        self.retry
-            .run(|_| async {
+        self.guard
+            .call(scope, |_| async {
                 let mut request = self
                     .http
                     .post(format!(

@@ -642,16 +642,22 @@ async fn search_rpc_uses_the_vector_store_when_configured() {
 
 #[tokio::test]
 async fn fetches_follow_few_redirects_only_to_http_and_read_a_bounded_body() {
-    use dakota::server::upstream::fetch::Fetcher;
+    use dakota::server::{
+        resilience::{CallScope, Guard, Pool},
+        upstream::fetch::Fetcher,
+    };
+    use std::sync::Arc;
     let standin = StandIn::start().await;
-    let fetcher = Fetcher::new(Duration::from_secs(5), 1000, true).unwrap();
+    let scope = CallScope::new(Pool::Analysis);
+    let guard = || Arc::new(Guard::unlimited("fetch"));
+    let fetcher = Fetcher::new(Duration::from_secs(5), 1000, true, guard()).unwrap();
     let arrived = fetcher
-        .fetch_text(&format!("{}/hop/3", standin.url))
+        .fetch_text(&scope, &format!("{}/hop/3", standin.url))
         .await
         .unwrap();
     assert_eq!(arrived, "Arrived after the redirects.");
     let too_many = fetcher
-        .fetch_text(&format!("{}/hop/6", standin.url))
+        .fetch_text(&scope, &format!("{}/hop/6", standin.url))
         .await
         .unwrap_err();
     assert!(
@@ -659,19 +665,19 @@ async fn fetches_follow_few_redirects_only_to_http_and_read_a_bounded_body() {
         "{too_many}"
     );
     let escape = fetcher
-        .fetch_text(&format!("{}/escape", standin.url))
+        .fetch_text(&scope, &format!("{}/escape", standin.url))
         .await
         .unwrap_err();
     assert!(escape.to_string().contains("scheme `file`"), "{escape}");
     let big = fetcher
-        .fetch_text(&format!("{}/big", standin.url))
+        .fetch_text(&scope, &format!("{}/big", standin.url))
         .await
         .unwrap();
     assert_eq!(big.len(), 1000, "the rest of a large page is not read");
     // The same server, with private addresses refused as in production.
-    let guarded = Fetcher::new(Duration::from_secs(5), 1000, false).unwrap();
+    let guarded = Fetcher::new(Duration::from_secs(5), 1000, false, guard()).unwrap();
     let refused = guarded
-        .fetch_text(&format!("{}/hop/0", standin.url))
+        .fetch_text(&scope, &format!("{}/hop/0", standin.url))
         .await
         .unwrap_err();
     assert!(
@@ -679,7 +685,7 @@ async fn fetches_follow_few_redirects_only_to_http_and_read_a_bounded_body() {
         "{refused}"
     );
     let by_name = guarded
-        .fetch_text(&standin.url.replace("127.0.0.1", "localhost"))
+        .fetch_text(&scope, &standin.url.replace("127.0.0.1", "localhost"))
         .await
         .unwrap_err();
     assert!(

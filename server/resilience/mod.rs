@@ -1,0 +1,415 @@
+//! The resilience stack every upstream call goes through, assembled in [`Guard::call`]:
+//! circuit breaker -> rate limit -> pool of its kind of work -> global cap -> the call with
+//! its timeout -> outcome recorded -> retry with backoff, bounded by attempts and the job's
+//! deadline.
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+
+use crate::server::{
+    agents::AgentName,
+    upstream::{UpstreamError, retry::RetryPolicy},
+};
+
+pub mod breaker;
+
+use breaker::{Admission, CircuitBreaker};
+
+/// Kinds of work, each with its own concurrency pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    Search,
+    Content,
+    Analysis,
+}
+
+impl Pool {
+    pub const ALL: [Pool; 3] = [Pool::Search, Pool::Content, Pool::Analysis];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Search => "search",
+            Self::Content => "content",
+            Self::Analysis => "analysis",
+        }
+    }
+
+    /// Research searches; synthesis and writing; everything that reads the article.
+    pub fn for_agent(agent: AgentName) -> Self {
+        match agent {
+            AgentName::KbResearcher | AgentName::WebResearcher => Self::Search,
+            AgentName::ResearchSynthesizer | AgentName::ContentWriter => Self::Content,
+            _ => Self::Analysis,
+        }
+    }
+}
+
+/// Concurrency limits shared by every upstream: a pool per kind of work and a global cap.
+#[derive(Debug)]
+pub struct Limits {
+    global: Arc<Semaphore>,
+    pools: [Arc<Semaphore>; 3],
+    sizes: [usize; 4],
+}
+
+impl Limits {
+    pub fn new(global: usize, search: usize, content: usize, analysis: usize) -> Self {
+        let (global, search, content, analysis) = (
+            global.max(1),
+            search.max(1),
+            content.max(1),
+            analysis.max(1),
+        );
+        Self {
+            global: Arc::new(Semaphore::new(global)),
+            pools: [search, content, analysis].map(|n| Arc::new(Semaphore::new(n))),
+            sizes: [global, search, content, analysis],
+        }
+    }
+
+    fn pool(&self, pool: Pool) -> &Arc<Semaphore> {
+        &self.pools[pool as usize]
+    }
+
+    /// Calls in flight in a pool, and its size.
+    pub fn pool_in_use(&self, pool: Pool) -> (usize, usize) {
+        let size = self.sizes[pool as usize + 1];
+        (size - self.pool(pool).available_permits(), size)
+    }
+
+    /// Upstream calls in flight over all pools, and the cap.
+    pub fn global_in_use(&self) -> (usize, usize) {
+        (
+            self.sizes[0] - self.global.available_permits(),
+            self.sizes[0],
+        )
+    }
+}
+
+/// A requests-per-minute limit: calls are spaced evenly, waiting when they come too fast.
+#[derive(Debug)]
+pub struct RateLimiter {
+    interval: Duration,
+    next: tokio::sync::Mutex<Instant>,
+}
+
+impl RateLimiter {
+    /// `None` for 0 (no limit).
+    pub fn per_minute(rpm: u32) -> Option<Self> {
+        (rpm > 0).then(|| Self {
+            interval: Duration::from_secs(60) / rpm,
+            next: tokio::sync::Mutex::new(Instant::now()),
+        })
+    }
+
+    pub async fn acquire(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// Per call: the pool it counts against and the job's deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct CallScope {
+    pub pool: Pool,
+    pub deadline: Option<Instant>,
+}
+
+impl CallScope {
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            deadline: None,
+        }
+    }
+}
+
+/// Held for the length of one admitted call. Dropped without an outcome (the call was
+/// cancelled), it tells the breaker nothing was learned, so a half-open trial is not lost.
+pub struct Permit {
+    breaker: Option<Arc<CircuitBreaker>>,
+    _pool: OwnedSemaphorePermit,
+    _global: OwnedSemaphorePermit,
+}
+
+impl Permit {
+    /// Records the call's outcome with the breaker.
+    pub fn finish<T>(mut self, result: &Result<T, UpstreamError>) {
+        if let Some(breaker) = self.breaker.take() {
+            breaker.record(health(result));
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.breaker.take() {
+            breaker.record(None);
+        }
+    }
+}
+
+/// What an outcome says about the upstream's health: failures are connection trouble,
+/// timeouts and 5xx; a 4xx, a 429 or a malformed answer says nothing either way.
+fn health<T>(result: &Result<T, UpstreamError>) -> Option<bool> {
+    match result {
+        Ok(_) => Some(true),
+        Err(
+            UpstreamError::Connect { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Stalled { .. },
+        ) => Some(false),
+        Err(UpstreamError::Status { status, .. }) if *status >= 500 => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// The resilience stack of one upstream.
+#[derive(Debug)]
+pub struct Guard {
+    pub upstream: &'static str,
+    pub breaker: Arc<CircuitBreaker>,
+    rate: Option<RateLimiter>,
+    retry: RetryPolicy,
+    limits: Arc<Limits>,
+}
+
+impl Guard {
+    pub fn new(
+        upstream: &'static str,
+        breaker: CircuitBreaker,
+        rpm: u32,
+        retry: RetryPolicy,
+        limits: Arc<Limits>,
+    ) -> Self {
+        Self {
+            upstream,
+            breaker: Arc::new(breaker),
+            rate: RateLimiter::per_minute(rpm),
+            retry,
+            limits,
+        }
+    }
+
+    /// One attempt, no breaker that ever opens, no limits to speak of: for tools and tests.
+    pub fn unlimited(upstream: &'static str) -> Self {
+        Self::new(
+            upstream,
+            CircuitBreaker::new(u32::MAX, Duration::ZERO),
+            0,
+            RetryPolicy::new(1),
+            Arc::new(Limits::new(1024, 1024, 1024, 1024)),
+        )
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.retry.max_attempts
+    }
+
+    /// Breaker (fail fast while open), rate limit, pool, global cap — in that order.
+    pub async fn admit(&self, scope: &CallScope) -> Result<Permit, UpstreamError> {
+        if let Admission::Rejected(retry_after) = self.breaker.admit() {
+            return Err(UpstreamError::BreakerOpen {
+                upstream: self.upstream,
+                retry_after,
+            });
+        }
+        // Admitted: from here a dropped future must release a half-open trial.
+        let armed = ArmedBreaker(Some(self.breaker.clone()));
+        if let Some(rate) = &self.rate {
+            rate.acquire().await;
+        }
+        let closed = |_| UpstreamError::Refused {
+            upstream: self.upstream,
+            message: "limits closed".into(),
+        };
+        let pool = self
+            .limits
+            .pool(scope.pool)
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(closed)?;
+        let global = self
+            .limits
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(closed)?;
+        Ok(Permit {
+            breaker: armed.disarm(),
+            _pool: pool,
+            _global: global,
+        })
+    }
+
+    /// The wait before the next attempt, or `None` when the deadline leaves no room for it.
+    pub fn backoff(
+        &self,
+        attempt: u32,
+        error: &UpstreamError,
+        scope: &CallScope,
+    ) -> Option<Duration> {
+        if !error.retryable() || attempt >= self.retry.max_attempts {
+            return None;
+        }
+        let delay = self.retry.delay(attempt, error);
+        match scope.deadline {
+            Some(deadline) if Instant::now() + delay >= deadline => None,
+            _ => Some(delay),
+        }
+    }
+
+    /// The whole stack around `call`. Returns the outcome and the attempts made.
+    pub async fn call<T, F, Fut>(
+        &self,
+        scope: &CallScope,
+        mut call: F,
+    ) -> (Result<T, UpstreamError>, u32)
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let result = match self.admit(scope).await {
+                Ok(permit) => {
+                    let result = call(attempt).await;
+                    permit.finish(&result);
+                    result
+                }
+                Err(refused) => Err(refused),
+            };
+            match result {
+                Ok(value) => return (Ok(value), attempt),
+                Err(error) => match self.backoff(attempt, &error, scope) {
+                    Some(delay) => {
+                        tracing::warn!(upstream = self.upstream, attempt, ?delay, %error, "retrying");
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                    None => return (Err(error), attempt),
+                },
+            }
+        }
+    }
+}
+
+/// Releases a half-open trial if admission is abandoned before the permit exists.
+struct ArmedBreaker(Option<Arc<CircuitBreaker>>);
+
+impl ArmedBreaker {
+    fn disarm(mut self) -> Option<Arc<CircuitBreaker>> {
+        self.0.take()
+    }
+}
+
+impl Drop for ArmedBreaker {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0.take() {
+            breaker.record(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_rate_limit_spaces_calls_evenly() {
+        let limiter = RateLimiter::per_minute(1200).unwrap();
+        let started = Instant::now();
+        for _ in 0..5 {
+            limiter.acquire().await;
+        }
+        // 20 per second: the fifth call waits for four intervals of 50 ms.
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(RateLimiter::per_minute(0).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_fails_fast_without_calling() {
+        let guard = Guard::new(
+            "web",
+            CircuitBreaker::new(2, Duration::from_secs(30)),
+            0,
+            RetryPolicy::new(1),
+            Arc::new(Limits::new(2, 1, 1, 1)),
+        );
+        let scope = CallScope::new(Pool::Search);
+        let mut calls = 0;
+        for _ in 0..4 {
+            let (result, _) = guard
+                .call(&scope, |_| {
+                    calls += 1;
+                    async {
+                        Err::<(), _>(UpstreamError::Status {
+                            upstream: "web",
+                            status: 500,
+                            retry_after: None,
+                            body: String::new(),
+                        })
+                    }
+                })
+                .await;
+            assert!(result.is_err());
+        }
+        assert_eq!(calls, 2, "the breaker opened after two failures");
+        let (result, _) = guard.call(&scope, |_| async { Ok(()) }).await;
+        assert!(matches!(result, Err(UpstreamError::BreakerOpen { .. })));
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_the_deadline() {
+        let guard = Guard::new(
+            "llm",
+            CircuitBreaker::new(100, Duration::from_secs(1)),
+            0,
+            RetryPolicy::new(10),
+            Arc::new(Limits::new(2, 1, 1, 1)),
+        );
+        let scope = CallScope {
+            pool: Pool::Content,
+            deadline: Some(Instant::now() + Duration::from_millis(50)),
+        };
+        let (result, attempts) = guard
+            .call(&scope, |_| async {
+                Err::<(), _>(UpstreamError::Status {
+                    upstream: "llm",
+                    status: 429,
+                    retry_after: Some(Duration::from_secs(5)),
+                    body: String::new(),
+                })
+            })
+            .await;
+        assert!(result.is_err());
+        assert_eq!(
+            attempts, 1,
+            "a 5 s Retry-After does not fit in a 50 ms deadline"
+        );
+    }
+
+    #[test]
+    fn pools_are_sized_and_counted() {
+        let limits = Limits::new(10, 4, 3, 2);
+        assert_eq!(limits.pool_in_use(Pool::Content), (0, 3));
+        assert_eq!(limits.global_in_use(), (0, 10));
+        assert_eq!(Pool::for_agent(AgentName::WebResearcher), Pool::Search);
+        assert_eq!(Pool::for_agent(AgentName::ContentWriter), Pool::Content);
+        assert_eq!(Pool::for_agent(AgentName::FactChecker), Pool::Analysis);
+    }
+}
