@@ -10,6 +10,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+use crate::server::resilience::breaker::{BreakerState, CircuitBreaker};
+
 use crate::api::{self, content_service_server::ContentServiceServer};
 use crate::server::{
     agents::{Agents, AgentsFactory, select::Upstreams},
@@ -95,6 +97,10 @@ impl Server {
             ready: OnceLock::new(),
             draining: RwLock::new(false),
             tasks: TaskTracker::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_running_jobs.max(1))),
+            max_running: config.max_running_jobs.max(1),
+            admitted: Default::default(),
+            capacity: config.max_running_jobs.max(1) + config.max_queued_jobs,
             settings: PipelineSettings {
                 max_iterations: config.max_iterations,
                 prices: upstreams.prices.clone(),
@@ -189,6 +195,11 @@ async fn lifecycle(
 ) -> Result<(), ServerError> {
     let mut serving = tokio::spawn(serve);
     let kb_dir = config.kb_dir.clone();
+    let llm_breaker = upstreams
+        .llm
+        .as_ref()
+        .and_then(|_| upstreams.guards.iter().find(|g| g.upstream == "llm"))
+        .map(|g| g.breaker.clone());
     let startup = tokio::task::spawn_blocking(move || {
         let kb = match &upstreams.vector_store {
             Some(store) => KnowledgeSource::VectorStore(store.clone()),
@@ -220,6 +231,14 @@ async fn lifecycle(
             let _ = state.ready.set(ready);
             set_health(&health, ServingStatus::Serving).await;
             tracing::info!("SERVING");
+            if let Some(breaker) = llm_breaker {
+                tokio::spawn(follow_llm_breaker(
+                    breaker,
+                    health.clone(),
+                    state.clone(),
+                    shutdown.clone(),
+                ));
+            }
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 result = &mut serving => return flatten(result),
@@ -255,6 +274,44 @@ async fn lifecycle(
     match startup_error {
         Some(error) => Err(error),
         None => result,
+    }
+}
+
+/// `ContentService` is NOT_SERVING while the LLM's breaker is open (every job would fail),
+/// and SERVING again once its cool-down ends and a trial may go through. The server as a
+/// whole ("") stays SERVING: the process is fine.
+async fn follow_llm_breaker(
+    breaker: Arc<CircuitBreaker>,
+    health: HealthReporter,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) {
+    let mut changes = breaker.subscribe();
+    loop {
+        let (breaker_state, until) = *changes.borrow_and_update();
+        let cooling = match (breaker_state, until) {
+            (BreakerState::Open, Some(until)) if tokio::time::Instant::now() < until => Some(until),
+            _ => None,
+        };
+        if !state.is_draining() {
+            let status = if cooling.is_some() {
+                ServingStatus::NotServing
+            } else {
+                ServingStatus::Serving
+            };
+            health.set_service_status(api::SERVICE_NAME, status).await;
+        }
+        let cool_down_over = async {
+            match cooling {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = cool_down_over => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

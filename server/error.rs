@@ -67,6 +67,10 @@ impl From<AttachError> for ApiError {
                 error.to_string(),
             )]),
             AttachError::Draining => ApiError::Unavailable("shutting down"),
+            AttachError::QueueFull { .. } => ApiError::Overloaded {
+                message: error.to_string(),
+                retry_after: Duration::from_secs(2),
+            },
             AttachError::Full(_) => ApiError::Overloaded {
                 message: error.to_string(),
                 retry_after: Duration::from_secs(5),

@@ -181,6 +181,9 @@ pub enum AttachError {
     /// Draining: existing jobs can be re-attached, no new ones start.
     #[error("shutting down")]
     Draining,
+    /// Every job slot is taken and the queue is full.
+    #[error("{running} jobs running and {queued} waiting, the most this server takes")]
+    QueueFull { running: usize, queued: usize },
 }
 
 /// All jobs of this process.
@@ -214,10 +217,11 @@ impl JobRegistry {
 
     /// The job of this request's idempotency key if there is one (`false`), else a new
     /// job (`true`) that the caller must start, when `accept_new`.
+    /// `admit` runs only when a new job is needed, and may refuse it (draining, queue full).
     pub fn create_or_attach(
         &self,
         request: JobRequest,
-        accept_new: bool,
+        admit: impl FnOnce() -> Result<(), AttachError>,
     ) -> Result<(Arc<Job>, bool), AttachError> {
         let mut registry = self.registry();
         if let Some(key) = &request.idempotency_key
@@ -231,13 +235,11 @@ impl JobRegistry {
             }
             return Ok((job.clone(), false));
         }
-        if !accept_new {
-            return Err(AttachError::Draining);
-        }
         self.evict(&mut registry);
         if registry.jobs.len() >= self.limits.max_jobs {
             return Err(AttachError::Full(registry.jobs.len()));
         }
+        admit()?;
         let id = uuid::Uuid::new_v4().to_string();
         let key = request.idempotency_key.clone();
         let job = Arc::new(Job::new(

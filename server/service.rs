@@ -1,10 +1,14 @@
 //! `dakota.content.v1.ContentService`: the gRPC face of jobs, the pipeline and the knowledge base.
 use std::{
     path::PathBuf,
-    sync::{Arc, OnceLock, RwLock},
+    sync::{
+        Arc, OnceLock, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
+use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -13,7 +17,7 @@ use crate::api::{self, content_service_server::ContentService};
 use crate::server::{
     agents::Agents,
     error::ApiError,
-    jobs::{Job, JobRegistry},
+    jobs::{AttachError, Job, JobRegistry},
     kb::KnowledgeSource,
     pipeline::{self, PipelineSettings},
     resilience::{CallScope, Pool},
@@ -43,6 +47,12 @@ pub struct AppState {
     pub draining: RwLock<bool>,
     /// Every running pipeline, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Job slots (`--max-running-jobs`); jobs without one wait in the queue.
+    pub slots: Arc<Semaphore>,
+    pub max_running: usize,
+    /// Jobs running or queued, bounded by `capacity` (running + `--max-queued-jobs`).
+    pub admitted: Arc<AtomicUsize>,
+    pub capacity: usize,
     pub settings: PipelineSettings,
     pub output_dir: Option<PathBuf>,
 }
@@ -65,11 +75,40 @@ impl AppState {
     }
 
     /// Runs a created job's pipeline, tracked for shutdown; writes its folder when configured.
+    /// Takes a place for a new job, running or queued; refuses when both are full.
+    fn admit(&self) -> Result<(), AttachError> {
+        self.admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|admitted| {
+                let running = self.running_jobs();
+                AttachError::QueueFull {
+                    running,
+                    queued: admitted.saturating_sub(running),
+                }
+            })
+    }
+
+    pub fn running_jobs(&self) -> usize {
+        self.max_running
+            .saturating_sub(self.slots.available_permits())
+    }
+
+    pub fn queued_jobs(&self) -> usize {
+        self.admitted
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.running_jobs())
+    }
+
     fn spawn_job(&self, job: Arc<Job>, agents: Agents, deadline: Option<Duration>) {
         let settings = self.settings.clone();
         let output_dir = self.output_dir.clone();
+        let (slots, admitted) = (self.slots.clone(), self.admitted.clone());
         self.tasks.spawn(async move {
-            let article = pipeline::run(job.clone(), agents, settings, deadline).await;
+            let article = pipeline::run(job.clone(), agents, settings, deadline, slots).await;
+            admitted.fetch_sub(1, Ordering::SeqCst);
             tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
             if let (Some(dir), Some(article)) = (output_dir, article) {
                 let written = tokio::task::spawn_blocking(move || {
@@ -124,10 +163,17 @@ impl ContentService for ContentApi {
             .get()
             .ok_or(ApiError::Unavailable("starting"))?;
         // While draining, a retry may still re-attach to its job; nothing new starts.
+        let admit = || {
+            if *draining {
+                Err(AttachError::Draining)
+            } else {
+                self.state.admit()
+            }
+        };
         let (job, created) = self
             .state
             .jobs
-            .create_or_attach(job_request, !*draining)
+            .create_or_attach(job_request, admit)
             .map_err(ApiError::from)?;
         let events = self.state.jobs.follow(job.clone(), 0);
         if created {

@@ -196,11 +196,34 @@ pub async fn run(
     agents: Agents,
     settings: PipelineSettings,
     deadline: Option<Duration>,
+    slots: Arc<tokio::sync::Semaphore>,
 ) -> Option<api::Article> {
     let run = Arc::new(JobRun::new(job.clone(), agents, settings.clone(), deadline));
     // The plan goes out first, whatever happens next, so every stream starts with it.
     job.emit(Event::JobStarted(job_started(&job.request)), 0);
-    let work = run.clone().execute(settings);
+    let work = async {
+        // A job slot for the whole run; while none is free the job waits in the queue
+        // (cancellation and the deadline apply there too).
+        let _slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                run.warn(
+                    Phase::Setup,
+                    None,
+                    "QUEUED",
+                    "every job slot is taken; waiting in the queue".into(),
+                );
+                slots
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| PipelineError::Agent {
+                        agent: "scheduler",
+                        source: AgentError::Internal("job slots closed".into()),
+                    })?
+            }
+        };
+        run.clone().execute(settings).await
+    };
     let outcome = tokio::select! {
         result = async {
             match deadline {

@@ -66,6 +66,17 @@ impl CircuitBreaker {
         });
     }
 
+    /// Whether [`CircuitBreaker::admit`] would refuse now, without taking a half-open trial.
+    pub fn rejects(&self) -> Option<Duration> {
+        match *lock(&self.inner) {
+            Inner::Open { until } if Instant::now() < until => Some(until - Instant::now()),
+            Inner::HalfOpen {
+                trial_running: true,
+            } => Some(Duration::from_millis(100)),
+            _ => None,
+        }
+    }
+
     /// Whether a call may go out now. After the cool-down, exactly one trial is allowed.
     pub fn admit(&self) -> Admission {
         let mut inner = lock(&self.inner);

@@ -214,16 +214,16 @@ impl Guard {
         self.retry.max_attempts
     }
 
-    /// Breaker (fail fast while open), rate limit, pool, global cap — in that order.
+    /// Breaker (fail fast while open), rate limit, pool, global cap, and the breaker again
+    /// right before the call: it may have opened while this call waited.
     pub async fn admit(&self, scope: &CallScope) -> Result<Permit, UpstreamError> {
-        if let Admission::Rejected(retry_after) = self.breaker.admit() {
-            return Err(UpstreamError::BreakerOpen {
-                upstream: self.upstream,
-                retry_after,
-            });
+        let open = |retry_after| UpstreamError::BreakerOpen {
+            upstream: self.upstream,
+            retry_after,
+        };
+        if let Some(retry_after) = self.breaker.rejects() {
+            return Err(open(retry_after));
         }
-        // Admitted: from here a dropped future must release a half-open trial.
-        let armed = ArmedBreaker(Some(self.breaker.clone()));
         if let Some(rate) = &self.rate {
             rate.acquire().await;
         }
@@ -245,8 +245,11 @@ impl Guard {
             .acquire_owned()
             .await
             .map_err(closed)?;
+        if let Admission::Rejected(retry_after) = self.breaker.admit() {
+            return Err(open(retry_after));
+        }
         Ok(Permit {
-            breaker: armed.disarm(),
+            breaker: Some(self.breaker.clone()),
             _pool: pool,
             _global: global,
         })
@@ -300,23 +303,6 @@ impl Guard {
                     None => return (Err(error), attempt),
                 },
             }
-        }
-    }
-}
-
-/// Releases a half-open trial if admission is abandoned before the permit exists.
-struct ArmedBreaker(Option<Arc<CircuitBreaker>>);
-
-impl ArmedBreaker {
-    fn disarm(mut self) -> Option<Arc<CircuitBreaker>> {
-        self.0.take()
-    }
-}
-
-impl Drop for ArmedBreaker {
-    fn drop(&mut self) {
-        if let Some(breaker) = self.0.take() {
-            breaker.record(None);
         }
     }
 }

@@ -127,8 +127,12 @@ pub async fn health(channel: &Channel, service: &str) -> ServingStatus {
 }
 
 pub async fn wait_for_health(channel: &Channel, wanted: ServingStatus) {
+    wait_for_service(channel, "", wanted).await;
+}
+
+pub async fn wait_for_service(channel: &Channel, service: &str, wanted: ServingStatus) {
     tokio::time::timeout(PATIENCE, async {
-        while health(channel, "").await != wanted {
+        while health(channel, service).await != wanted {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

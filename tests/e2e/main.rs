@@ -6,5 +6,6 @@ mod common;
 mod generate;
 mod jobs;
 mod lifecycle;
+mod resilience;
 mod standin;
 mod upstreams;

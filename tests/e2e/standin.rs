@@ -99,6 +99,7 @@ struct Shared {
     requests: Mutex<Vec<Recorded>>,
     faults: Mutex<Vec<(Route, VecDeque<Fault>)>>,
     in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
     base: Mutex<String>,
 }
 
@@ -113,7 +114,8 @@ struct InFlight(Arc<Shared>);
 
 impl InFlight {
     fn new(shared: &Arc<Shared>) -> Self {
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
         Self(shared.clone())
     }
 }
@@ -176,6 +178,11 @@ impl StandIn {
 
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests it ever held open at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 }
 

@@ -24,7 +24,7 @@ const OPENAI_KEY: &str = "sk-test-openai-0123456789";
 const SERPER_KEY: &str = "serper-test-key-9876543210";
 const TOPIC: &str = "Private credit and liquidity for pension funds";
 
-fn config(standin: &StandIn) -> Config {
+pub fn config(standin: &StandIn) -> Config {
     let mut config = common::config();
     let upstreams = &mut config.upstreams;
     upstreams.openai_base_url = Some(standin.openai_url());
@@ -44,7 +44,7 @@ fn config(standin: &StandIn) -> Config {
     config
 }
 
-fn llm_request() -> api::GenerateRequest {
+pub fn llm_request() -> api::GenerateRequest {
     let mut req = request(TOPIC);
     req.word_count = Some(400);
     req.audience = "pension trustees".into();
