@@ -7,11 +7,12 @@ use dakota::server::{app::Server, config::Config, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init_logging(config.log_format);
+    let telemetry = telemetry::Telemetry::init(config.log_format);
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(error) => {
             tracing::error!(%error, "could not start");
+            telemetry.shutdown().await;
             return ExitCode::FAILURE;
         }
     };
@@ -21,7 +22,9 @@ async fn main() -> ExitCode {
         tracing::info!("shutdown signal received");
         stop.cancel();
     });
-    match server.wait().await {
+    let result = server.wait().await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "server failed");

@@ -12,6 +12,8 @@ use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::api::{self, content_service_server::ContentService};
 use crate::server::{
@@ -21,7 +23,7 @@ use crate::server::{
     kb::KnowledgeSource,
     pipeline::{self, PipelineSettings},
     resilience::{CallScope, Pool},
-    validation,
+    telemetry, validation,
 };
 
 /// Time kept back from a caller's deadline so the job's `failed` event still reaches it
@@ -102,11 +104,18 @@ impl AppState {
             .saturating_sub(self.running_jobs())
     }
 
-    fn spawn_job(&self, job: Arc<Job>, agents: Agents, deadline: Option<Duration>) {
+    /// The job runs inside `span` (the `Generate` server span), so its trace holds it whole.
+    fn spawn_job(
+        &self,
+        job: Arc<Job>,
+        agents: Agents,
+        deadline: Option<Duration>,
+        span: tracing::Span,
+    ) {
         let settings = self.settings.clone();
         let output_dir = self.output_dir.clone();
         let (slots, admitted) = (self.slots.clone(), self.admitted.clone());
-        self.tasks.spawn(async move {
+        let task = async move {
             let article = pipeline::run(job.clone(), agents, settings, deadline, slots).await;
             admitted.fetch_sub(1, Ordering::SeqCst);
             tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
@@ -125,7 +134,8 @@ impl AppState {
                     Err(error) => tracing::warn!(job_id = %job.id, %error, "article writer failed"),
                 }
             }
-        });
+        };
+        self.tasks.spawn(task.instrument(span));
     }
 }
 
@@ -151,6 +161,16 @@ impl ContentService for ContentApi {
         request: Request<api::GenerateRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let deadline = grpc_timeout(request.metadata()).map(job_budget);
+        // One trace per job: the caller's traceparent, if any, is its parent.
+        let span = tracing::info_span!(
+            "Generate",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = api::SERVICE_NAME,
+            rpc.method = "Generate",
+            job_id = tracing::field::Empty,
+        );
+        let _ = span.set_parent(telemetry::context_from_metadata(request.metadata()));
         let job_request = validation::generate_request(request.into_inner())?;
         let draining = self
             .state
@@ -178,7 +198,9 @@ impl ContentService for ContentApi {
         let events = self.state.jobs.follow(job.clone(), 0);
         if created {
             tracing::info!(job_id = %job.id, topic = %job.request.topic, "job started");
-            self.state.spawn_job(job, ready.agents.clone(), deadline);
+            span.record("job_id", job.id.as_str());
+            self.state
+                .spawn_job(job, ready.agents.clone(), deadline, span);
         } else {
             tracing::info!(job_id = %job.id, "re-attached by idempotency key");
         }

@@ -10,6 +10,7 @@ use std::{
 };
 
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::api::{self, generate_event::Event};
 use crate::server::{
@@ -376,7 +377,13 @@ impl JobRun {
             start,
         );
         let began = Instant::now();
-        let value = work.await?;
+        let span = tracing::info_span!(
+            "phase",
+            otel.name = phase.as_str(),
+            phase = phase.as_str(),
+            iteration
+        );
+        let value = work.instrument(span).await?;
         let elapsed = began.elapsed();
         self.emit(
             Event::PhaseCompleted(api::PhaseCompleted {
@@ -439,8 +446,17 @@ impl JobRun {
             },
             ..self.cx.clone()
         };
+        let span = tracing::info_span!(
+            "agent",
+            otel.name = name.as_str(),
+            agent = name.as_str(),
+            phase = phase.as_str(),
+            provider = provider.as_str(),
+            model = model.as_str(),
+        );
         let output = agent
             .run(&cx, input)
+            .instrument(span)
             .await
             .map_err(|source| PipelineError::Agent {
                 agent: name.as_str(),

@@ -9,6 +9,7 @@ use std::{
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio_stream::StreamExt;
+use tracing::Instrument;
 
 use super::{UpstreamError, check_status};
 use crate::server::resilience::{CallScope, Guard};
@@ -169,7 +170,21 @@ impl Fetcher {
     /// The readable text of a page (HTML reduced to its text), at most `max_bytes` read,
     /// through the fetch upstream's resilience stack.
     pub async fn fetch_text(&self, scope: &CallScope, url: &str) -> Result<String, UpstreamError> {
-        self.guard.call(scope, |_| self.fetch_once(url)).await.0
+        let span = || {
+            let span = super::client_span(UPSTREAM, "GET", "{source page}");
+            span.record(
+                "server.address",
+                reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_string))
+                    .unwrap_or_default(),
+            );
+            span
+        };
+        self.guard
+            .call(scope, |_| self.fetch_once(url).instrument(span()))
+            .await
+            .0
     }
 
     async fn fetch_once(&self, url: &str) -> Result<String, UpstreamError> {
@@ -179,13 +194,12 @@ impl Fetcher {
         for _ in 0..=MAX_REDIRECTS {
             self.check_url(&url)?;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let response = self
-                .http
-                .get(url.clone())
-                .timeout(remaining)
-                .send()
-                .await
-                .map_err(|e| send_error(self.timeout, e))?;
+            let response =
+                crate::server::telemetry::inject_trace_context(self.http.get(url.clone()))
+                    .timeout(remaining)
+                    .send()
+                    .await
+                    .map_err(|e| send_error(self.timeout, e))?;
             if response.status().is_redirection() {
                 let location = response
                     .headers()

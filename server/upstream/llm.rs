@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
+use tracing::Instrument;
 
 use super::{UpstreamError, check_status};
 use crate::server::config::Secret;
@@ -121,11 +122,36 @@ impl LlmClient {
         }
     }
 
+    /// The span of one chat call, with the GenAI semantic-convention attributes.
+    fn chat_span(&self, model: &str) -> tracing::Span {
+        tracing::info_span!(
+            "chat",
+            otel.name = format!("chat {model}"),
+            otel.kind = "client",
+            upstream = UPSTREAM,
+            gen_ai.system = "openai",
+            gen_ai.operation.name = "chat",
+            gen_ai.request.model = model,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            http.request.method = "POST",
+            url.template = "{base}/chat/completions",
+            http.response.status_code = tracing::field::Empty,
+        )
+    }
+
+    fn record_usage(usage: Usage) {
+        let span = tracing::Span::current();
+        span.record("gen_ai.usage.input_tokens", usage.input_tokens);
+        span.record("gen_ai.usage.output_tokens", usage.output_tokens);
+    }
+
     fn request(&self, body: &Value) -> reqwest::RequestBuilder {
-        let request = self
-            .http
-            .post(format!("{}/chat/completions", self.base_url))
-            .json(body);
+        let request = crate::server::telemetry::inject_trace_context(
+            self.http
+                .post(format!("{}/chat/completions", self.base_url)),
+        )
+        .json(body);
         match &self.api_key {
             Some(key) => request.bearer_auth(key.expose()),
             None => request,
@@ -161,7 +187,10 @@ impl LlmClient {
         let usage = std::sync::Mutex::new(Usage::default());
         let (result, attempts) = self
             .guard
-            .call(scope, |_| self.structured_once(&body, &usage, &parse))
+            .call(scope, |_| {
+                self.structured_once(&body, &usage, &parse)
+                    .instrument(self.chat_span(model))
+            })
             .await;
         let usage = *crate::server::lock(&usage);
         result.map(|value| Completion {
@@ -189,6 +218,7 @@ impl LlmClient {
             .await
             .map_err(|e| malformed(format!("not a chat completion: {e}")))?;
         if let Some(u) = answer.usage {
+            Self::record_usage(u.into());
             crate::server::lock(usage).add(u.into());
         }
         let message = answer
@@ -232,6 +262,7 @@ impl LlmClient {
                 Ok(permit) => {
                     let result = self
                         .stream_once(&body, &mut text, &mut usage, on_delta)
+                        .instrument(self.chat_span(model))
                         .await;
                     permit.finish(&result);
                     result
@@ -338,6 +369,7 @@ impl LlmClient {
                 }
             }
         }
+        Self::record_usage(*usage);
         if text.is_empty() {
             return Err(malformed("the stream carried no text"));
         }

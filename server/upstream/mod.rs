@@ -2,6 +2,10 @@
 //! pooled HTTP clients, with timeouts and retries.
 use std::time::Duration;
 
+use tracing::Instrument;
+
+use crate::server::telemetry::inject_trace_context;
+
 pub mod fetch;
 pub mod llm;
 pub mod retry;
@@ -116,11 +120,30 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Turns a non-2xx response into an error, keeping `Retry-After` and the start of the body.
+/// The client span of one HTTP call; `url.template` keeps ids and queries out of it.
+pub fn client_span(
+    upstream: &'static str,
+    method: &'static str,
+    url_template: &str,
+) -> tracing::Span {
+    tracing::info_span!(
+        "upstream",
+        otel.name = format!("{method} {upstream}"),
+        otel.kind = "client",
+        upstream,
+        http.request.method = method,
+        url.template = url_template,
+        server.address = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    )
+}
+
 pub async fn check_status(
     upstream: &'static str,
     response: reqwest::Response,
 ) -> Result<reqwest::Response, UpstreamError> {
     let status = response.status();
+    tracing::Span::current().record("http.response.status_code", status.as_u16());
     if status.is_success() {
         return Ok(response);
     }
@@ -142,19 +165,24 @@ pub async fn check_status(
 /// Sends `request` with `timeout` and reads the JSON answer as `T`.
 pub async fn send_json<T: serde::de::DeserializeOwned>(
     upstream: &'static str,
+    url_template: &str,
     request: reqwest::RequestBuilder,
     timeout: Duration,
 ) -> Result<T, UpstreamError> {
-    let response = request
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| UpstreamError::from_reqwest(upstream, timeout, e))?;
-    let response = check_status(upstream, response).await?;
-    response.json().await.map_err(|e| UpstreamError::Malformed {
-        upstream,
-        message: e.to_string(),
-    })
+    async {
+        let response = inject_trace_context(request)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| UpstreamError::from_reqwest(upstream, timeout, e))?;
+        let response = check_status(upstream, response).await?;
+        response.json().await.map_err(|e| UpstreamError::Malformed {
+            upstream,
+            message: e.to_string(),
+        })
+    }
+    .instrument(client_span(upstream, "POST", url_template))
+    .await
 }
 
 /// One pooled HTTP client for the API upstreams (LLM, vector store, Serper). TLS through

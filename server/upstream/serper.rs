@@ -66,7 +66,8 @@ impl SerperClient {
                     .post(format!("{}/search", self.base_url))
                     .header("X-API-KEY", self.api_key.expose())
                     .json(&json!({"q": query, "num": num}));
-                let answer: SearchResponse = send_json(UPSTREAM, request, self.timeout).await?;
+                let answer: SearchResponse =
+                    send_json(UPSTREAM, "{base}/search", request, self.timeout).await?;
                 Ok(answer.organic)
             })
             .await

@@ -98,7 +98,13 @@ impl VectorStoreClient {
                 if let Some(key) = &self.api_key {
                     request = request.bearer_auth(key.expose());
                 }
-                let page: SearchPage = send_json(UPSTREAM, request, self.timeout).await?;
+                let page: SearchPage = send_json(
+                    UPSTREAM,
+                    "{base}/vector_stores/{id}/search",
+                    request,
+                    self.timeout,
+                )
+                .await?;
                 Ok(page.data)
             })
             .await
