@@ -10,7 +10,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::server::resilience::breaker::{BreakerState, CircuitBreaker};
+use crate::server::{
+    metrics::Metrics,
+    resilience::breaker::{BreakerState, CircuitBreaker},
+};
 
 use crate::api::{self, content_service_server::ContentServiceServer};
 use crate::server::{
@@ -45,6 +48,7 @@ pub enum ServerError {
 /// A running server: its address, and the handle that stops it.
 pub struct Server {
     pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -59,9 +63,10 @@ impl Server {
     /// [`Server::start`] with the agents chosen by `agents` (built once the knowledge base is
     /// indexed, off the async executor).
     pub async fn start_with(config: Config, agents: AgentsFactory) -> Result<Self, ServerError> {
+        let metrics = Arc::new(Metrics::new());
         // Bad upstream configuration fails here, before the port is taken.
         let upstreams =
-            Arc::new(Upstreams::from_config(&config.upstreams).map_err(ServerError::Startup)?);
+            Arc::new(Upstreams::from_config(&config.upstreams, metrics.clone()).map_err(ServerError::Startup)?);
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -72,6 +77,13 @@ impl Server {
             addr: config.grpc_addr,
             source,
         })?;
+
+        let admin_listener = TcpListener::bind(config.admin_addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.admin_addr, source })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr: config.admin_addr, source })?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
@@ -97,6 +109,8 @@ impl Server {
             ready: OnceLock::new(),
             draining: RwLock::new(false),
             tasks: TaskTracker::new(),
+            metrics: metrics.clone(),
+            upstreams: upstreams.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_running_jobs.max(1))),
             max_running: config.max_running_jobs.max(1),
             admitted: Default::default(),
@@ -104,6 +118,7 @@ impl Server {
             settings: PipelineSettings {
                 max_iterations: config.max_iterations,
                 prices: upstreams.prices.clone(),
+                metrics: metrics.clone(),
                 fetcher: Some(upstreams.fetcher.clone()),
             },
             output_dir: config.output_dir.clone(),
@@ -122,11 +137,20 @@ impl Server {
                 incoming(listener),
                 stop_serving.clone().cancelled_owned(),
             );
-        tracing::info!(%grpc_addr, "gRPC listening (NOT_SERVING until ready)");
+        tracing::info!(%grpc_addr, %admin_addr, "gRPC and admin HTTP listening (NOT_SERVING until ready)");
+        // The admin port outlives the drain (so /ready can say 503) and stops with the server.
+        let admin_stop = CancellationToken::new();
+        let admin = axum::serve(admin_listener, crate::server::admin::router(state.clone()))
+            .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
+        tokio::spawn(async move {
+            if let Err(error) = admin.await {
+                tracing::error!(%error, "admin HTTP server failed");
+            }
+        });
 
         let task = tokio::spawn(lifecycle(
             config,
-            Startup { upstreams, agents },
+            Startup { upstreams, agents, admin_stop },
             state,
             health,
             shutdown.clone(),
@@ -135,6 +159,7 @@ impl Server {
         ));
         Ok(Self {
             grpc_addr,
+            admin_addr,
             shutdown,
             task,
         })
@@ -182,11 +207,16 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 struct Startup {
     upstreams: Arc<Upstreams>,
     agents: AgentsFactory,
+    admin_stop: CancellationToken,
 }
 
 async fn lifecycle(
     config: Config,
-    Startup { upstreams, agents }: Startup,
+    Startup {
+        upstreams,
+        agents,
+        admin_stop,
+    }: Startup,
     state: Arc<AppState>,
     health: HealthReporter,
     shutdown: CancellationToken,
@@ -270,6 +300,7 @@ async fn lifecycle(
             Ok(())
         }
     };
+    admin_stop.cancel();
     tracing::info!("stopped");
     match startup_error {
         Some(error) => Err(error),

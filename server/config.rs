@@ -11,6 +11,11 @@ pub struct Config {
     #[arg(long, env = "DAKOTA_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// Address of the admin HTTP port: /live, /ready, /health, /health/detailed, /metrics,
+    /// /performance/agents, /performance/kb-search.
+    #[arg(long, env = "DAKOTA_ADMIN_ADDR", default_value = "0.0.0.0:8000")]
+    pub admin_addr: SocketAddr,
+
     /// Folder of Markdown/text documents indexed as the local knowledge base.
     #[arg(long, env = "DAKOTA_KB_DIR", default_value = "knowledge")]
     pub kb_dir: PathBuf,
@@ -218,6 +223,7 @@ impl Config {
     pub fn for_tests(kb_dir: impl Into<PathBuf>) -> Self {
         let mut config = Config::parse_from(["dakota-server"]);
         config.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.kb_dir = kb_dir.into();
         // Offline whatever the environment holds: tests opt in to upstreams explicitly.
         let upstreams = &mut config.upstreams;

@@ -8,12 +8,14 @@
 //! - [`kb`]: the knowledge base: local (tantivy BM25) or an OpenAI vector store.
 //! - [`upstream`]: HTTP clients of the LLM, vector store, web search and source fetch.
 
+pub mod admin;
 pub mod agents;
 pub mod app;
 pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod kb;
+pub mod metrics;
 pub mod pipeline;
 pub mod resilience;
 pub mod service;

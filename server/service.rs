@@ -5,7 +5,7 @@ use std::{
         Arc, OnceLock, RwLock,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::Semaphore;
@@ -17,8 +17,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::api::{self, content_service_server::ContentService};
 use crate::server::{
-    agents::Agents,
+    agents::{Agents, select::Upstreams},
     error::ApiError,
+    metrics::Metrics,
     jobs::{AttachError, Job, JobRegistry},
     kb::KnowledgeSource,
     pipeline::{self, PipelineSettings},
@@ -49,6 +50,9 @@ pub struct AppState {
     pub draining: RwLock<bool>,
     /// Every running pipeline, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    pub metrics: Arc<Metrics>,
+    /// The upstream clients and their resilience stacks (for health).
+    pub upstreams: Arc<Upstreams>,
     /// Job slots (`--max-running-jobs`); jobs without one wait in the queue.
     pub slots: Arc<Semaphore>,
     pub max_running: usize,
@@ -115,9 +119,20 @@ impl AppState {
         let settings = self.settings.clone();
         let output_dir = self.output_dir.clone();
         let (slots, admitted) = (self.slots.clone(), self.admitted.clone());
+        let metrics = self.metrics.clone();
+        metrics.jobs_started.inc();
         let task = async move {
+            let started = Instant::now();
             let article = pipeline::run(job.clone(), agents, settings, deadline, slots).await;
             admitted.fetch_sub(1, Ordering::SeqCst);
+            metrics.job_duration.observe(started.elapsed().as_secs_f64());
+            match job.article() {
+                Ok(_) => metrics.jobs_completed.inc(),
+                Err(status) => metrics
+                    .jobs_failed
+                    .get_or_create(&crate::server::metrics::Code { code: crate::client::output::code_name(status.code()) })
+                    .inc(),
+            };
             tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
             if let (Some(dir), Some(article)) = (output_dir, article) {
                 let written = tokio::task::spawn_blocking(move || {
@@ -151,12 +166,9 @@ impl ContentApi {
 
 type EventStream = ReceiverStream<Result<api::GenerateEvent, Status>>;
 
-#[tonic::async_trait]
-impl ContentService for ContentApi {
-    type GenerateStream = EventStream;
-    type WatchJobStream = EventStream;
-
-    async fn generate(
+/// The RPCs; [`ContentService`] below wraps each with its metrics.
+impl ContentApi {
+    async fn generate_rpc(
         &self,
         request: Request<api::GenerateRequest>,
     ) -> Result<Response<EventStream>, Status> {
@@ -208,7 +220,7 @@ impl ContentService for ContentApi {
         Ok(Response::new(events))
     }
 
-    async fn watch_job(
+    async fn watch_job_rpc(
         &self,
         request: Request<api::WatchJobRequest>,
     ) -> Result<Response<EventStream>, Status> {
@@ -220,7 +232,7 @@ impl ContentService for ContentApi {
         ))
     }
 
-    async fn get_article(
+    async fn get_article_rpc(
         &self,
         request: Request<api::GetArticleRequest>,
     ) -> Result<Response<api::Article>, Status> {
@@ -229,7 +241,7 @@ impl ContentService for ContentApi {
         Ok(Response::new(job.article()?))
     }
 
-    async fn cancel_job(
+    async fn cancel_job_rpc(
         &self,
         request: Request<api::CancelJobRequest>,
     ) -> Result<Response<api::CancelJobResponse>, Status> {
@@ -253,7 +265,7 @@ impl ContentService for ContentApi {
         Ok(Response::new(response))
     }
 
-    async fn search_knowledge_base(
+    async fn search_knowledge_base_rpc(
         &self,
         request: Request<api::SearchKnowledgeBaseRequest>,
     ) -> Result<Response<api::SearchKnowledgeBaseResponse>, Status> {
@@ -266,7 +278,9 @@ impl ContentService for ContentApi {
             .map(|q| q.trim().to_string())
             .collect();
         let scope = CallScope::new(Pool::Search);
+        let started = Instant::now();
         let (batch, _) = kb.search_batch(&scope, &queries, limit).await;
+        self.state.metrics.observe_kb_search(started.elapsed());
         let batch = batch.map_err(|e| match e {
             crate::server::kb::KbError::Upstream(upstream) => {
                 Status::unavailable(upstream.to_string())
@@ -294,6 +308,49 @@ impl ContentService for ContentApi {
             })
             .collect();
         Ok(Response::new(api::SearchKnowledgeBaseResponse { results }))
+    }
+}
+
+/// Counts every RPC by method and status code, with its duration.
+#[tonic::async_trait]
+impl ContentService for ContentApi {
+    type GenerateStream = EventStream;
+    type WatchJobStream = EventStream;
+
+    async fn generate(&self, request: Request<api::GenerateRequest>) -> Result<Response<EventStream>, Status> {
+        let started = Instant::now();
+        self.observed("Generate", started, self.generate_rpc(request).await)
+    }
+
+    async fn watch_job(&self, request: Request<api::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+        let started = Instant::now();
+        self.observed("WatchJob", started, self.watch_job_rpc(request).await)
+    }
+
+    async fn get_article(&self, request: Request<api::GetArticleRequest>) -> Result<Response<api::Article>, Status> {
+        let started = Instant::now();
+        self.observed("GetArticle", started, self.get_article_rpc(request).await)
+    }
+
+    async fn cancel_job(&self, request: Request<api::CancelJobRequest>) -> Result<Response<api::CancelJobResponse>, Status> {
+        let started = Instant::now();
+        self.observed("CancelJob", started, self.cancel_job_rpc(request).await)
+    }
+
+    async fn search_knowledge_base(
+        &self,
+        request: Request<api::SearchKnowledgeBaseRequest>,
+    ) -> Result<Response<api::SearchKnowledgeBaseResponse>, Status> {
+        let started = Instant::now();
+        self.observed("SearchKnowledgeBase", started, self.search_knowledge_base_rpc(request).await)
+    }
+}
+
+impl ContentApi {
+    fn observed<T>(&self, method: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.state.metrics.observe_grpc(method, code, started.elapsed());
+        result
     }
 }
 

@@ -111,6 +111,7 @@ pub struct AgentContext {
     pub cancel: CancellationToken,
     pub deltas: DeltaSink,
     pub upstream: Arc<UpstreamCounters>,
+    pub metrics: Arc<crate::server::metrics::Metrics>,
     /// The pool this agent's upstream calls count against, and the job's deadline.
     pub scope: crate::server::resilience::CallScope,
 }

@@ -109,7 +109,9 @@ pub(super) async fn search_kb(
     kb: &KnowledgeSource,
     queries: Vec<String>,
 ) -> Result<AgentOutput<KbResearch>, AgentError> {
+    let started = std::time::Instant::now();
     let (batch, attempts) = kb.search_batch(&cx.scope, &queries, HITS_PER_QUERY).await;
+    cx.metrics.observe_kb_search(started.elapsed());
     cx.upstream.record("kb", batch.is_ok());
     let batch = batch?;
     let hit_count: usize = batch.iter().map(Vec::len).sum();

@@ -15,6 +15,7 @@ use super::{
 use crate::server::{
     config::UpstreamConfig,
     kb::KnowledgeSource,
+    metrics::Metrics,
     resilience::{Guard, Limits, breaker::CircuitBreaker},
     upstream::{
         api_client, fetch::Fetcher, llm::LlmClient, retry::RetryPolicy, serper::SerperClient,
@@ -26,7 +27,7 @@ const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 
 /// The resilience stack of each upstream (`llm`, `kb`, `web`, `fetch`), sharing one set of
 /// concurrency limits: everything a call goes through, built in one place.
-fn guards(config: &UpstreamConfig) -> Result<Vec<Arc<Guard>>, String> {
+fn guards(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Vec<Arc<Guard>>, String> {
     let limits = Arc::new(Limits::new(
         config.max_concurrent_upstream,
         config.pool_search,
@@ -55,6 +56,7 @@ fn guards(config: &UpstreamConfig) -> Result<Vec<Arc<Guard>>, String> {
                 rpm.get(*upstream).copied().unwrap_or(0),
                 RetryPolicy::new(config.max_attempts),
                 limits.clone(),
+                metrics.clone(),
             ))
         })
         .collect())
@@ -66,6 +68,7 @@ const UPSTREAMS: [&str; 4] = ["llm", "kb", "web", "fetch"];
 pub struct Upstreams {
     /// The resilience stacks, for health and metrics.
     pub guards: Vec<Arc<Guard>>,
+    pub metrics: Arc<Metrics>,
     pub llm: Option<Arc<LlmClient>>,
     pub serper: Option<Arc<SerperClient>>,
     pub vector_store: Option<Arc<VectorStoreClient>>,
@@ -113,7 +116,7 @@ impl Models {
 }
 
 impl Upstreams {
-    pub fn from_config(config: &UpstreamConfig) -> Result<Self, String> {
+    pub fn from_config(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         if let Some((agent, _)) = config
             .agent_models
             .iter()
@@ -124,7 +127,7 @@ impl Upstreams {
             ));
         }
         let http = api_client().map_err(|e| format!("HTTP client: {e}"))?;
-        let guards = guards(config)?;
+        let guards = guards(config, &metrics)?;
         let guard = |name: &str| {
             guards
                 .iter()
@@ -175,6 +178,7 @@ impl Upstreams {
         .map_err(|e| format!("fetch client: {e}"))?;
         Ok(Self {
             guards,
+            metrics,
             llm,
             serper,
             vector_store,
@@ -268,7 +272,7 @@ mod tests {
             "--agent-models",
             "seo_specialist=special,content_writer=writer-model",
         ]);
-        let upstreams = Upstreams::from_config(&config.upstreams).unwrap();
+        let upstreams = Upstreams::from_config(&config.upstreams, Default::default()).unwrap();
         let model = |a| upstreams.models.for_agent(a);
         assert_eq!(model(AgentName::KbResearcher), "n");
         assert_eq!(model(AgentName::SocialPromoter), "n");
@@ -280,8 +284,8 @@ mod tests {
         assert_eq!(model(AgentName::ContentWriter), "writer-model");
 
         let typo = Config::parse_from(["dakota-server", "--agent-models", "seo=x"]);
-        assert!(Upstreams::from_config(&typo.upstreams).is_err());
+        assert!(Upstreams::from_config(&typo.upstreams, Default::default()).is_err());
         let bad_price = Config::parse_from(["dakota-server", "--prices", "gpt-4.1=free"]);
-        assert!(Upstreams::from_config(&bad_price.upstreams).is_err());
+        assert!(Upstreams::from_config(&bad_price.upstreams, Default::default()).is_err());
     }
 }

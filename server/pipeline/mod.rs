@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::api::{self, generate_event::Event};
 use crate::server::{
     agents::pricing::PriceTable,
+    metrics::{self, Metrics},
     agents::{
         Agent, AgentContext, AgentError, AgentName, Agents, Draft, FactCheckInput, FinalArticle,
         Revision, SourceDoc, Synthesis, SynthesisInput, UpstreamCounters, WebResearch,
@@ -159,6 +160,7 @@ fn job_started(request: &JobRequest) -> api::JobStarted {
 pub struct PipelineSettings {
     pub max_iterations: u32,
     pub prices: Arc<PriceTable>,
+    pub metrics: Arc<Metrics>,
     /// Reads the pages of cited web sources for the fact check; `None` leaves their snippets.
     pub fetcher: Option<Arc<Fetcher>>,
 }
@@ -305,6 +307,7 @@ impl JobRun {
                 );
             }),
             upstream: Arc::new(UpstreamCounters::default()),
+            metrics: settings.metrics.clone(),
             // Retries never reach past the caller's deadline.
             scope: CallScope {
                 pool: Pool::Search,
@@ -385,6 +388,11 @@ impl JobRun {
         );
         let value = work.instrument(span).await?;
         let elapsed = began.elapsed();
+        self.settings
+            .metrics
+            .phase_duration
+            .get_or_create(&metrics::Phase { phase: phase.as_str() })
+            .observe(elapsed.as_secs_f64());
         self.emit(
             Event::PhaseCompleted(api::PhaseCompleted {
                 phase: phase.as_str().into(),
@@ -471,6 +479,7 @@ impl JobRun {
             output.usage.input_tokens,
             output.usage.output_tokens,
         );
+        self.record_agent_metrics(name, &provider, &model, output.usage, cost, elapsed);
         let used = {
             let mut metrics = lock(&self.metrics);
             metrics.estimated_cost_usd += cost;
@@ -789,6 +798,20 @@ impl JobRun {
 }
 
 impl JobRun {
+    fn record_agent_metrics(&self, agent: AgentName, provider: &str, model: &str, usage: api::TokenUsage, cost: f64, elapsed: Duration) {
+        let metrics = &self.settings.metrics;
+        metrics.observe_agent(agent.as_str(), provider, elapsed);
+        let agent = agent.as_str();
+        for (kind, tokens) in [("input", usage.input_tokens), ("output", usage.output_tokens)] {
+            if tokens > 0 {
+                metrics.llm_tokens.get_or_create(&metrics::TokenLabels { agent, model: model.to_string(), kind }).inc_by(tokens);
+            }
+        }
+        if cost > 0.0 {
+            metrics.llm_cost.get_or_create(&metrics::AgentModel { agent, model: model.to_string() }).inc_by(cost);
+        }
+    }
+
     /// The sources with the pages of the web sources the draft cites read in place of their
     /// snippets. A page that cannot be read leaves no text, so its claims are unverifiable,
     /// and the job goes on with a warning.

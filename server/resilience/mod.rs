@@ -2,7 +2,14 @@
 //! circuit breaker -> rate limit -> pool of its kind of work -> global cap -> the call with
 //! its timeout -> outcome recorded -> retry with backoff, bounded by attempts and the job's
 //! deadline.
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
 
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -11,6 +18,8 @@ use tokio::{
 
 use crate::server::{
     agents::AgentName,
+    lock,
+    metrics::{self, Metrics, UpstreamOutcome},
     upstream::{UpstreamError, retry::RetryPolicy},
 };
 
@@ -53,6 +62,8 @@ pub struct Limits {
     global: Arc<Semaphore>,
     pools: [Arc<Semaphore>; 3],
     sizes: [usize; 4],
+    /// Calls waiting for a permit: per pool, and for the global cap.
+    waiting: [AtomicUsize; 4],
 }
 
 impl Limits {
@@ -67,6 +78,7 @@ impl Limits {
             global: Arc::new(Semaphore::new(global)),
             pools: [search, content, analysis].map(|n| Arc::new(Semaphore::new(n))),
             sizes: [global, search, content, analysis],
+            waiting: Default::default(),
         }
     }
 
@@ -86,6 +98,27 @@ impl Limits {
             self.sizes[0] - self.global.available_permits(),
             self.sizes[0],
         )
+    }
+
+    /// Calls waiting for a permit of `pool`, or for the global cap (`None`).
+    pub fn waiting(&self, pool: Option<Pool>) -> usize {
+        self.waiting[pool.map_or(0, |p| p as usize + 1)].load(Ordering::Relaxed)
+    }
+
+    async fn acquire(&self, semaphore: &Arc<Semaphore>, slot: usize) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        // Counted while waiting, however the wait ends (a cancelled job drops it).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiting[slot].fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting[slot]);
+        semaphore.clone().acquire_owned().await
     }
 }
 
@@ -179,7 +212,10 @@ pub struct Guard {
     pub breaker: Arc<CircuitBreaker>,
     rate: Option<RateLimiter>,
     retry: RetryPolicy,
-    limits: Arc<Limits>,
+    pub limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
+    /// The latest failure, for detailed health.
+    last_error: std::sync::Mutex<Option<(String, SystemTime)>>,
 }
 
 impl Guard {
@@ -189,6 +225,7 @@ impl Guard {
         rpm: u32,
         retry: RetryPolicy,
         limits: Arc<Limits>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             upstream,
@@ -196,7 +233,35 @@ impl Guard {
             rate: RateLimiter::per_minute(rpm),
             retry,
             limits,
+            metrics,
+            last_error: Default::default(),
         }
+    }
+
+    /// Counts one attempt's outcome and duration; remembers the latest failure.
+    pub fn observe<T>(&self, result: &Result<T, UpstreamError>, elapsed: Duration) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(error) => {
+                *lock(&self.last_error) = Some((error.to_string(), SystemTime::now()));
+                error.outcome()
+            }
+        };
+        self.metrics
+            .upstream_requests
+            .get_or_create(&UpstreamOutcome { upstream: self.upstream, outcome })
+            .inc();
+        if !matches!(result, Err(UpstreamError::BreakerOpen { .. })) {
+            self.metrics
+                .upstream_duration
+                .get_or_create(&metrics::Upstream { upstream: self.upstream })
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// The latest failure and when it happened.
+    pub fn last_error(&self) -> Option<(String, SystemTime)> {
+        lock(&self.last_error).clone()
     }
 
     /// One attempt, no breaker that ever opens, no limits to speak of: for tools and tests.
@@ -207,6 +272,7 @@ impl Guard {
             0,
             RetryPolicy::new(1),
             Arc::new(Limits::new(1024, 1024, 1024, 1024)),
+            Arc::new(Metrics::new()),
         )
     }
 
@@ -233,18 +299,10 @@ impl Guard {
         };
         let pool = self
             .limits
-            .pool(scope.pool)
-            .clone()
-            .acquire_owned()
+            .acquire(self.limits.pool(scope.pool), scope.pool as usize + 1)
             .await
             .map_err(closed)?;
-        let global = self
-            .limits
-            .global
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(closed)?;
+        let global = self.limits.acquire(&self.limits.global, 0).await.map_err(closed)?;
         if let Admission::Rejected(retry_after) = self.breaker.admit() {
             return Err(open(retry_after));
         }
@@ -268,7 +326,10 @@ impl Guard {
         let delay = self.retry.delay(attempt, error);
         match scope.deadline {
             Some(deadline) if Instant::now() + delay >= deadline => None,
-            _ => Some(delay),
+            _ => {
+                self.metrics.upstream_retries.get_or_create(&metrics::Upstream { upstream: self.upstream }).inc();
+                Some(delay)
+            }
         }
     }
 
@@ -284,6 +345,7 @@ impl Guard {
     {
         let mut attempt = 1;
         loop {
+            let started = Instant::now();
             let result = match self.admit(scope).await {
                 Ok(permit) => {
                     let result = call(attempt).await;
@@ -292,6 +354,7 @@ impl Guard {
                 }
                 Err(refused) => Err(refused),
             };
+            self.observe(&result, started.elapsed());
             match result {
                 Ok(value) => return (Ok(value), attempt),
                 Err(error) => match self.backoff(attempt, &error, scope) {

@@ -258,6 +258,7 @@ impl LlmClient {
             let mut text = String::new();
             let mut usage = Usage::default();
             // The permit is held for the whole stream: a stream is one call.
+            let started = tokio::time::Instant::now();
             let result = match self.guard.admit(scope).await {
                 Ok(permit) => {
                     let result = self
@@ -269,6 +270,7 @@ impl LlmClient {
                 }
                 Err(refused) => Err(refused),
             };
+            self.guard.observe(&result, started.elapsed());
             let error = match result {
                 Ok(()) => {
                     return Ok(Completion {

@@ -78,6 +78,21 @@ impl UpstreamError {
         }
     }
 
+    /// Low-cardinality outcome label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect_error",
+            Self::Timeout { .. } => "timeout",
+            Self::Status { status: 429, .. } => "rate_limited",
+            Self::Status { status, .. } if *status >= 500 => "server_error",
+            Self::Status { .. } => "client_error",
+            Self::Malformed { .. } => "malformed",
+            Self::Stalled { .. } => "stalled",
+            Self::Refused { .. } => "refused",
+            Self::BreakerOpen { .. } => "breaker_open",
+        }
+    }
+
     pub fn upstream(&self) -> &'static str {
         match self {
             Self::Connect { upstream, .. }

@@ -1,0 +1,230 @@
+//! The admin HTTP port: liveness, readiness, health (summary and per component), Prometheus
+//! metrics and recent latency quantiles. Scrapes are not logged.
+use std::{sync::Arc, time::UNIX_EPOCH};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::{Value, json};
+
+use crate::server::{
+    kb::KnowledgeSource,
+    metrics::{BreakerLabels, PoolLabels},
+    resilience::{
+        Guard, Pool,
+        breaker::BreakerState,
+    },
+    service::AppState,
+};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/live", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/health", get(health))
+        .route("/health/detailed", get(detailed))
+        .route("/metrics", get(metrics))
+        .route("/performance/agents", get(agents))
+        .route("/performance/kb-search", get(kb_search))
+        .with_state(state)
+}
+
+fn guard<'a>(state: &'a AppState, upstream: &str) -> Option<&'a Arc<Guard>> {
+    state.upstreams.guards.iter().find(|g| g.upstream == upstream)
+}
+
+fn llm_breaker_open(state: &AppState) -> bool {
+    state.upstreams.llm.is_some() && guard(state, "llm").is_some_and(|g| g.breaker.state() == BreakerState::Open)
+}
+
+/// Why the server should not get traffic now, if it should not.
+fn not_ready(state: &AppState) -> Option<&'static str> {
+    if state.is_draining() {
+        Some("draining")
+    } else if state.ready.get().is_none() {
+        Some("starting")
+    } else if llm_breaker_open(state) {
+        Some("llm circuit breaker open")
+    } else {
+        None
+    }
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    match not_ready(&state) {
+        None => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": reason}))).into_response(),
+    }
+}
+
+/// `ok`, `degraded` (an optional dependency is down) or `unavailable` (jobs cannot succeed).
+fn component_status(guard: Option<&Arc<Guard>>, configured: bool) -> &'static str {
+    match (configured, guard.map(|g| g.breaker.state())) {
+        (false, _) => "not_configured",
+        (true, Some(BreakerState::Open)) => "down",
+        (true, Some(BreakerState::HalfOpen)) => "recovering",
+        _ => "ok",
+    }
+}
+
+fn component(state: &AppState, upstream: &'static str, configured: bool, extra: Value) -> Value {
+    let guard = guard(state, upstream);
+    let mut value = json!({
+        "status": component_status(guard, configured),
+        "breaker": guard.map(|g| g.breaker.state().as_str()),
+        "last_error": guard.and_then(|g| g.last_error()).map(|(message, at)| json!({
+            "message": message,
+            "at_unix": at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        })),
+    });
+    if let (Some(map), Value::Object(extra)) = (value.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+    value
+}
+
+fn detailed_json(state: &AppState) -> Value {
+    let upstreams = &state.upstreams;
+    let kb = match state.ready.get().map(|r| &r.kb) {
+        None => json!({"status": "starting"}),
+        Some(KnowledgeSource::Local(kb)) => json!({
+            "status": "ok", "kind": "local", "documents": kb.document_count(), "chunks": kb.chunk_count(),
+        }),
+        Some(KnowledgeSource::VectorStore(store)) => component(state, "kb", true, json!({"kind": "openai-vector-store", "store_id": store.store_id})),
+    };
+    let llm = match &upstreams.llm {
+        None => json!({"status": "offline", "provider": "offline (extractive agents)"}),
+        Some(client) => component(state, "llm", true, json!({"provider": client.provider})),
+    };
+    let web = component(state, "web", upstreams.serper.is_some(), json!({"provider": "serper"}));
+    let fetch = component(state, "fetch", true, json!({}));
+    let breakers: serde_json::Map<String, Value> =
+        upstreams.guards.iter().map(|g| (g.upstream.to_string(), json!(g.breaker.state().as_str()))).collect();
+    let limits = upstreams.guards.first().map(|g| g.limits.clone());
+    let mut pools = serde_json::Map::new();
+    if let Some(limits) = &limits {
+        for pool in Pool::ALL {
+            let (in_use, size) = limits.pool_in_use(pool);
+            pools.insert(pool.as_str().into(), json!({"in_use": in_use, "size": size, "waiting": limits.waiting(Some(pool))}));
+        }
+        let (in_use, size) = limits.global_in_use();
+        pools.insert("global".into(), json!({"in_use": in_use, "size": size, "waiting": limits.waiting(None)}));
+    }
+    let down = |v: &Value| matches!(v["status"].as_str(), Some("down" | "starting"));
+    let status = if not_ready(state).is_some() || down(&llm) || down(&kb) {
+        "unavailable"
+    } else if down(&web) || down(&fetch) {
+        "degraded"
+    } else {
+        "ok"
+    };
+    json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": not_ready(state).is_none(),
+        "not_ready_reason": not_ready(state),
+        "components": {
+            "llm": llm,
+            "kb": kb,
+            "web": web,
+            "fetch": fetch,
+            "redis": {"status": "not_configured", "note": "Redis support is not built yet; jobs and caches are in memory"},
+            "breakers": breakers,
+            "pools": pools,
+            "jobs": {"running": state.running_jobs(), "queued": state.queued_jobs()},
+        },
+    })
+}
+
+fn status_code(health: &Value) -> StatusCode {
+    if health["status"] == "unavailable" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let detailed = detailed_json(&state);
+    let summary = json!({"status": detailed["status"], "ready": detailed["ready"], "version": detailed["version"]});
+    (status_code(&detailed), Json(summary)).into_response()
+}
+
+async fn detailed(State(state): State<Arc<AppState>>) -> Response {
+    let detailed = detailed_json(&state);
+    (status_code(&detailed), Json(detailed)).into_response()
+}
+
+/// Gauges that are read off live state at scrape time.
+fn refresh_gauges(state: &AppState) {
+    let metrics = &state.metrics;
+    metrics.jobs_running.set(state.running_jobs() as i64);
+    metrics.jobs_queued.set(state.queued_jobs() as i64);
+    for guard in &state.upstreams.guards {
+        let current = guard.breaker.state();
+        for breaker_state in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
+            metrics
+                .breaker_state
+                .get_or_create(&BreakerLabels { upstream: guard.upstream, state: breaker_state.as_str() })
+                .set(i64::from(current == breaker_state));
+        }
+    }
+    if let Some(limits) = state.upstreams.guards.first().map(|g| &g.limits) {
+        for pool in Pool::ALL {
+            let (in_use, size) = limits.pool_in_use(pool);
+            let labels = PoolLabels { pool: pool.as_str() };
+            metrics.pool_in_use.get_or_create(&labels).set(in_use as i64);
+            metrics.pool_size.get_or_create(&labels).set(size as i64);
+            metrics.pool_waiting.get_or_create(&labels).set(limits.waiting(Some(pool)) as i64);
+        }
+        let (in_use, size) = limits.global_in_use();
+        let labels = PoolLabels { pool: "global" };
+        metrics.pool_in_use.get_or_create(&labels).set(in_use as i64);
+        metrics.pool_size.get_or_create(&labels).set(size as i64);
+        metrics.pool_waiting.get_or_create(&labels).set(limits.waiting(None) as i64);
+    }
+}
+
+/// OpenMetrics for scrapers that ask for it (Prometheus does), the Prometheus text format for
+/// everything else (curl, promtool).
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    refresh_gauges(&state);
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], state.metrics.encode()).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], state.metrics.encode_prometheus_text()).into_response()
+    }
+}
+
+async fn agents(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let agents: serde_json::Map<String, Value> = state
+        .metrics
+        .agent_performance()
+        .into_iter()
+        .map(|(agent, summary)| (agent.to_string(), json!(summary)))
+        .collect();
+    Json(json!({"window": "the most recent 1024 runs of each agent", "agents": agents}))
+}
+
+async fn kb_search(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let kb = state.ready.get().map(|r| r.kb.name());
+    let breaker = match state.ready.get().map(|r| &r.kb) {
+        Some(KnowledgeSource::VectorStore(_)) => guard(&state, "kb").map(|g| g.breaker.state().as_str()),
+        _ => None,
+    };
+    Json(json!({
+        "knowledge_base": kb,
+        "latency": state.metrics.kb_search_performance(),
+        "window": "the most recent 1024 batch searches",
+        "cache_hit_ratio": null,
+        "cache": "no cache yet: every search goes to the knowledge base",
+        "breaker": breaker,
+    }))
+}
