@@ -9,7 +9,7 @@ shift || true
 addr=${DAKOTA_DEMO_ADDR:-127.0.0.1:50051}
 
 cargo build --quiet --bin dakota-server --bin dakota
-./target/debug/dakota-server --grpc-addr "$addr" 2>server.log &
+./target/debug/dakota-server --grpc-addr "$addr" --admin-addr "${DAKOTA_DEMO_ADMIN_ADDR:-127.0.0.1:8000}" 2>server.log &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 

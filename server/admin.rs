@@ -14,10 +14,7 @@ use serde_json::{Value, json};
 use crate::server::{
     kb::KnowledgeSource,
     metrics::{BreakerLabels, PoolLabels},
-    resilience::{
-        Guard, Pool,
-        breaker::BreakerState,
-    },
+    resilience::{Guard, Pool, breaker::BreakerState},
     service::AppState,
 };
 
@@ -37,11 +34,16 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn guard<'a>(state: &'a AppState, upstream: &str) -> Option<&'a Arc<Guard>> {
-    state.upstreams.guards.iter().find(|g| g.upstream == upstream)
+    state
+        .upstreams
+        .guards
+        .iter()
+        .find(|g| g.upstream == upstream)
 }
 
 fn llm_breaker_open(state: &AppState) -> bool {
-    state.upstreams.llm.is_some() && guard(state, "llm").is_some_and(|g| g.breaker.state() == BreakerState::Open)
+    state.upstreams.llm.is_some()
+        && guard(state, "llm").is_some_and(|g| g.breaker.state() == BreakerState::Open)
 }
 
 /// Why the server should not get traffic now, if it should not.
@@ -60,7 +62,11 @@ fn not_ready(state: &AppState) -> Option<&'static str> {
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match not_ready(&state) {
         None => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": reason}))).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
     }
 }
 
@@ -97,25 +103,44 @@ fn detailed_json(state: &AppState) -> Value {
         Some(KnowledgeSource::Local(kb)) => json!({
             "status": "ok", "kind": "local", "documents": kb.document_count(), "chunks": kb.chunk_count(),
         }),
-        Some(KnowledgeSource::VectorStore(store)) => component(state, "kb", true, json!({"kind": "openai-vector-store", "store_id": store.store_id})),
+        Some(KnowledgeSource::VectorStore(store)) => component(
+            state,
+            "kb",
+            true,
+            json!({"kind": "openai-vector-store", "store_id": store.store_id}),
+        ),
     };
     let llm = match &upstreams.llm {
         None => json!({"status": "offline", "provider": "offline (extractive agents)"}),
         Some(client) => component(state, "llm", true, json!({"provider": client.provider})),
     };
-    let web = component(state, "web", upstreams.serper.is_some(), json!({"provider": "serper"}));
+    let web = component(
+        state,
+        "web",
+        upstreams.serper.is_some(),
+        json!({"provider": "serper"}),
+    );
     let fetch = component(state, "fetch", true, json!({}));
-    let breakers: serde_json::Map<String, Value> =
-        upstreams.guards.iter().map(|g| (g.upstream.to_string(), json!(g.breaker.state().as_str()))).collect();
+    let breakers: serde_json::Map<String, Value> = upstreams
+        .guards
+        .iter()
+        .map(|g| (g.upstream.to_string(), json!(g.breaker.state().as_str())))
+        .collect();
     let limits = upstreams.guards.first().map(|g| g.limits.clone());
     let mut pools = serde_json::Map::new();
     if let Some(limits) = &limits {
         for pool in Pool::ALL {
             let (in_use, size) = limits.pool_in_use(pool);
-            pools.insert(pool.as_str().into(), json!({"in_use": in_use, "size": size, "waiting": limits.waiting(Some(pool))}));
+            pools.insert(
+                pool.as_str().into(),
+                json!({"in_use": in_use, "size": size, "waiting": limits.waiting(Some(pool))}),
+            );
         }
         let (in_use, size) = limits.global_in_use();
-        pools.insert("global".into(), json!({"in_use": in_use, "size": size, "waiting": limits.waiting(None)}));
+        pools.insert(
+            "global".into(),
+            json!({"in_use": in_use, "size": size, "waiting": limits.waiting(None)}),
+        );
     }
     let down = |v: &Value| matches!(v["status"].as_str(), Some("down" | "starting"));
     let status = if not_ready(state).is_some() || down(&llm) || down(&kb) {
@@ -144,7 +169,11 @@ fn detailed_json(state: &AppState) -> Value {
 }
 
 fn status_code(health: &Value) -> StatusCode {
-    if health["status"] == "unavailable" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }
+    if health["status"] == "unavailable" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -165,26 +194,47 @@ fn refresh_gauges(state: &AppState) {
     metrics.jobs_queued.set(state.queued_jobs() as i64);
     for guard in &state.upstreams.guards {
         let current = guard.breaker.state();
-        for breaker_state in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
+        for breaker_state in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
             metrics
                 .breaker_state
-                .get_or_create(&BreakerLabels { upstream: guard.upstream, state: breaker_state.as_str() })
+                .get_or_create(&BreakerLabels {
+                    upstream: guard.upstream,
+                    state: breaker_state.as_str(),
+                })
                 .set(i64::from(current == breaker_state));
         }
     }
     if let Some(limits) = state.upstreams.guards.first().map(|g| &g.limits) {
         for pool in Pool::ALL {
             let (in_use, size) = limits.pool_in_use(pool);
-            let labels = PoolLabels { pool: pool.as_str() };
-            metrics.pool_in_use.get_or_create(&labels).set(in_use as i64);
+            let labels = PoolLabels {
+                pool: pool.as_str(),
+            };
+            metrics
+                .pool_in_use
+                .get_or_create(&labels)
+                .set(in_use as i64);
             metrics.pool_size.get_or_create(&labels).set(size as i64);
-            metrics.pool_waiting.get_or_create(&labels).set(limits.waiting(Some(pool)) as i64);
+            metrics
+                .pool_waiting
+                .get_or_create(&labels)
+                .set(limits.waiting(Some(pool)) as i64);
         }
         let (in_use, size) = limits.global_in_use();
         let labels = PoolLabels { pool: "global" };
-        metrics.pool_in_use.get_or_create(&labels).set(in_use as i64);
+        metrics
+            .pool_in_use
+            .get_or_create(&labels)
+            .set(in_use as i64);
         metrics.pool_size.get_or_create(&labels).set(size as i64);
-        metrics.pool_waiting.get_or_create(&labels).set(limits.waiting(None) as i64);
+        metrics
+            .pool_waiting
+            .get_or_create(&labels)
+            .set(limits.waiting(None) as i64);
     }
 }
 
@@ -197,9 +247,17 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
     if openmetrics {
-        ([(header::CONTENT_TYPE, OPENMETRICS)], state.metrics.encode()).into_response()
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS)],
+            state.metrics.encode(),
+        )
+            .into_response()
     } else {
-        ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], state.metrics.encode_prometheus_text()).into_response()
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            state.metrics.encode_prometheus_text(),
+        )
+            .into_response()
     }
 }
 
@@ -216,7 +274,9 @@ async fn agents(State(state): State<Arc<AppState>>) -> Json<Value> {
 async fn kb_search(State(state): State<Arc<AppState>>) -> Json<Value> {
     let kb = state.ready.get().map(|r| r.kb.name());
     let breaker = match state.ready.get().map(|r| &r.kb) {
-        Some(KnowledgeSource::VectorStore(_)) => guard(&state, "kb").map(|g| g.breaker.state().as_str()),
+        Some(KnowledgeSource::VectorStore(_)) => {
+            guard(&state, "kb").map(|g| g.breaker.state().as_str())
+        }
         _ => None,
     };
     Json(json!({

@@ -65,8 +65,10 @@ impl Server {
     pub async fn start_with(config: Config, agents: AgentsFactory) -> Result<Self, ServerError> {
         let metrics = Arc::new(Metrics::new());
         // Bad upstream configuration fails here, before the port is taken.
-        let upstreams =
-            Arc::new(Upstreams::from_config(&config.upstreams, metrics.clone()).map_err(ServerError::Startup)?);
+        let upstreams = Arc::new(
+            Upstreams::from_config(&config.upstreams, metrics.clone())
+                .map_err(ServerError::Startup)?,
+        );
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -80,10 +82,16 @@ impl Server {
 
         let admin_listener = TcpListener::bind(config.admin_addr)
             .await
-            .map_err(|source| ServerError::Bind { addr: config.admin_addr, source })?;
+            .map_err(|source| ServerError::Bind {
+                addr: config.admin_addr,
+                source,
+            })?;
         let admin_addr = admin_listener
             .local_addr()
-            .map_err(|source| ServerError::Bind { addr: config.admin_addr, source })?;
+            .map_err(|source| ServerError::Bind {
+                addr: config.admin_addr,
+                source,
+            })?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
@@ -150,7 +158,11 @@ impl Server {
 
         let task = tokio::spawn(lifecycle(
             config,
-            Startup { upstreams, agents, admin_stop },
+            Startup {
+                upstreams,
+                agents,
+                admin_stop,
+            },
             state,
             health,
             shutdown.clone(),

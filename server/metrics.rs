@@ -139,43 +139,124 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("dakota");
         let grpc_requests = Family::<MethodCode, Counter>::default();
-        registry.register("grpc_requests", "gRPC requests by method and status code", grpc_requests.clone());
-        let grpc_duration = Histograms::<Method>::new_with_constructor(seconds as fn() -> Histogram);
-        registry.register_with_unit("grpc_request_duration", "Time to answer a gRPC request (for streams: to open the stream)", Unit::Seconds, grpc_duration.clone());
+        registry.register(
+            "grpc_requests",
+            "gRPC requests by method and status code",
+            grpc_requests.clone(),
+        );
+        let grpc_duration =
+            Histograms::<Method>::new_with_constructor(seconds as fn() -> Histogram);
+        registry.register_with_unit(
+            "grpc_request_duration",
+            "Time to answer a gRPC request (for streams: to open the stream)",
+            Unit::Seconds,
+            grpc_duration.clone(),
+        );
         let jobs_started = Counter::default();
         registry.register("jobs_started", "Jobs started", jobs_started.clone());
         let jobs_completed = Counter::default();
-        registry.register("jobs_completed", "Jobs that delivered their article", jobs_completed.clone());
+        registry.register(
+            "jobs_completed",
+            "Jobs that delivered their article",
+            jobs_completed.clone(),
+        );
         let jobs_failed = Family::<Code, Counter>::default();
-        registry.register("jobs_failed", "Jobs that failed, by gRPC code", jobs_failed.clone());
+        registry.register(
+            "jobs_failed",
+            "Jobs that failed, by gRPC code",
+            jobs_failed.clone(),
+        );
         let job_duration = job_seconds();
-        registry.register_with_unit("job_duration", "Job duration, start to end", Unit::Seconds, job_duration.clone());
+        registry.register_with_unit(
+            "job_duration",
+            "Job duration, start to end",
+            Unit::Seconds,
+            job_duration.clone(),
+        );
         let jobs_running = Gauge::default();
-        registry.register("jobs_running", "Jobs holding a job slot", jobs_running.clone());
+        registry.register(
+            "jobs_running",
+            "Jobs holding a job slot",
+            jobs_running.clone(),
+        );
         let jobs_queued = Gauge::default();
-        registry.register("jobs_queued", "Jobs waiting for a job slot", jobs_queued.clone());
-        let phase_duration = Histograms::<Phase>::new_with_constructor(seconds as fn() -> Histogram);
-        registry.register_with_unit("phase_duration", "Phase duration", Unit::Seconds, phase_duration.clone());
-        let agent_duration = Histograms::<AgentProvider>::new_with_constructor(seconds as fn() -> Histogram);
-        registry.register_with_unit("agent_duration", "Agent run duration", Unit::Seconds, agent_duration.clone());
+        registry.register(
+            "jobs_queued",
+            "Jobs waiting for a job slot",
+            jobs_queued.clone(),
+        );
+        let phase_duration =
+            Histograms::<Phase>::new_with_constructor(seconds as fn() -> Histogram);
+        registry.register_with_unit(
+            "phase_duration",
+            "Phase duration",
+            Unit::Seconds,
+            phase_duration.clone(),
+        );
+        let agent_duration =
+            Histograms::<AgentProvider>::new_with_constructor(seconds as fn() -> Histogram);
+        registry.register_with_unit(
+            "agent_duration",
+            "Agent run duration",
+            Unit::Seconds,
+            agent_duration.clone(),
+        );
         let upstream_requests = Family::<UpstreamOutcome, Counter>::default();
-        registry.register("upstream_requests", "Upstream call attempts by outcome", upstream_requests.clone());
-        let upstream_duration = Histograms::<Upstream>::new_with_constructor(seconds as fn() -> Histogram);
-        registry.register_with_unit("upstream_request_duration", "Upstream call attempt duration", Unit::Seconds, upstream_duration.clone());
+        registry.register(
+            "upstream_requests",
+            "Upstream call attempts by outcome",
+            upstream_requests.clone(),
+        );
+        let upstream_duration =
+            Histograms::<Upstream>::new_with_constructor(seconds as fn() -> Histogram);
+        registry.register_with_unit(
+            "upstream_request_duration",
+            "Upstream call attempt duration",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
         let upstream_retries = Family::<Upstream, Counter>::default();
-        registry.register("upstream_retries", "Upstream call retries", upstream_retries.clone());
+        registry.register(
+            "upstream_retries",
+            "Upstream call retries",
+            upstream_retries.clone(),
+        );
         let breaker_state = Family::<BreakerLabels, Gauge>::default();
-        registry.register("circuit_breaker_state", "1 for the current state of each upstream's circuit breaker", breaker_state.clone());
+        registry.register(
+            "circuit_breaker_state",
+            "1 for the current state of each upstream's circuit breaker",
+            breaker_state.clone(),
+        );
         let pool_in_use = Family::<PoolLabels, Gauge>::default();
-        registry.register("pool_in_use", "Upstream calls in flight by pool (global: all pools)", pool_in_use.clone());
+        registry.register(
+            "pool_in_use",
+            "Upstream calls in flight by pool (global: all pools)",
+            pool_in_use.clone(),
+        );
         let pool_waiting = Family::<PoolLabels, Gauge>::default();
-        registry.register("pool_waiting", "Upstream calls waiting for a pool permit", pool_waiting.clone());
+        registry.register(
+            "pool_waiting",
+            "Upstream calls waiting for a pool permit",
+            pool_waiting.clone(),
+        );
         let pool_size = Family::<PoolLabels, Gauge>::default();
-        registry.register("pool_size", "Pool sizes (global: the cap on upstream calls)", pool_size.clone());
+        registry.register(
+            "pool_size",
+            "Pool sizes (global: the cap on upstream calls)",
+            pool_size.clone(),
+        );
         let llm_tokens = Family::<TokenLabels, Counter>::default();
-        registry.register("llm_tokens", "LLM tokens by agent, model and kind (input, output)", llm_tokens.clone());
+        registry.register(
+            "llm_tokens",
+            "LLM tokens by agent, model and kind (input, output)",
+            llm_tokens.clone(),
+        );
         let llm_cost = Family::<AgentModel, Counter<f64, AtomicU64>>::default();
-        registry.register("llm_estimated_cost_usd", "Estimated LLM cost in USD from the price table", llm_cost.clone());
+        registry.register(
+            "llm_estimated_cost_usd",
+            "Estimated LLM cost in USD from the price table",
+            llm_cost.clone(),
+        );
         Self {
             registry,
             grpc_requests,
@@ -217,16 +298,27 @@ impl Metrics {
 
     pub fn observe_grpc(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
         self.grpc_requests
-            .get_or_create(&MethodCode { method, code: crate::client::output::code_name(code) })
+            .get_or_create(&MethodCode {
+                method,
+                code: crate::client::output::code_name(code),
+            })
             .inc();
-        self.grpc_duration.get_or_create(&Method { method }).observe(elapsed.as_secs_f64());
+        self.grpc_duration
+            .get_or_create(&Method { method })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_agent(&self, agent: &'static str, provider: &str, elapsed: Duration) {
         self.agent_duration
-            .get_or_create(&AgentProvider { agent, provider: provider.to_string() })
+            .get_or_create(&AgentProvider {
+                agent,
+                provider: provider.to_string(),
+            })
             .observe(elapsed.as_secs_f64());
-        push(lock(&self.agent_samples).entry(agent).or_default(), elapsed.as_secs_f64());
+        push(
+            lock(&self.agent_samples).entry(agent).or_default(),
+            elapsed.as_secs_f64(),
+        );
     }
 
     pub fn observe_kb_search(&self, elapsed: Duration) {
@@ -236,7 +328,8 @@ impl Metrics {
     /// Count, mean and quantiles (ms) of the recent runs of each agent.
     pub fn agent_performance(&self) -> Vec<(&'static str, Summary)> {
         let samples = lock(&self.agent_samples);
-        let mut agents: Vec<(&'static str, Summary)> = samples.iter().map(|(a, s)| (*a, Summary::of(s))).collect();
+        let mut agents: Vec<(&'static str, Summary)> =
+            samples.iter().map(|(a, s)| (*a, Summary::of(s))).collect();
         agents.sort_by_key(|(a, _)| *a);
         agents
     }
@@ -259,7 +352,9 @@ fn to_prometheus_text(openmetrics: &str) -> String {
         let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
             let rest = line.strip_prefix(prefix)?;
             let (name, tail) = rest.split_once(' ')?;
-            counters.contains(&name).then(|| format!("{prefix}{name}_total {tail}"))
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
         });
         text.push_str(renamed.as_deref().unwrap_or(line));
         text.push('\n');
@@ -327,7 +422,12 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
         metrics.jobs_started.inc();
         let prometheus = metrics.encode_prometheus_text();
-        assert!(prometheus.contains("# TYPE dakota_jobs_started_total counter\ndakota_jobs_started_total 1\n"), "{prometheus}");
+        assert!(
+            prometheus.contains(
+                "# TYPE dakota_jobs_started_total counter\ndakota_jobs_started_total 1\n"
+            ),
+            "{prometheus}"
+        );
         assert!(!prometheus.contains("# EOF") && !prometheus.contains("# UNIT"));
     }
 }

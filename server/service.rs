@@ -19,9 +19,9 @@ use crate::api::{self, content_service_server::ContentService};
 use crate::server::{
     agents::{Agents, select::Upstreams},
     error::ApiError,
-    metrics::Metrics,
     jobs::{AttachError, Job, JobRegistry},
     kb::KnowledgeSource,
+    metrics::Metrics,
     pipeline::{self, PipelineSettings},
     resilience::{CallScope, Pool},
     telemetry, validation,
@@ -125,12 +125,16 @@ impl AppState {
             let started = Instant::now();
             let article = pipeline::run(job.clone(), agents, settings, deadline, slots).await;
             admitted.fetch_sub(1, Ordering::SeqCst);
-            metrics.job_duration.observe(started.elapsed().as_secs_f64());
+            metrics
+                .job_duration
+                .observe(started.elapsed().as_secs_f64());
             match job.article() {
                 Ok(_) => metrics.jobs_completed.inc(),
                 Err(status) => metrics
                     .jobs_failed
-                    .get_or_create(&crate::server::metrics::Code { code: crate::client::output::code_name(status.code()) })
+                    .get_or_create(&crate::server::metrics::Code {
+                        code: crate::client::output::code_name(status.code()),
+                    })
                     .inc(),
             };
             tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
@@ -317,22 +321,34 @@ impl ContentService for ContentApi {
     type GenerateStream = EventStream;
     type WatchJobStream = EventStream;
 
-    async fn generate(&self, request: Request<api::GenerateRequest>) -> Result<Response<EventStream>, Status> {
+    async fn generate(
+        &self,
+        request: Request<api::GenerateRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let started = Instant::now();
         self.observed("Generate", started, self.generate_rpc(request).await)
     }
 
-    async fn watch_job(&self, request: Request<api::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_job(
+        &self,
+        request: Request<api::WatchJobRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let started = Instant::now();
         self.observed("WatchJob", started, self.watch_job_rpc(request).await)
     }
 
-    async fn get_article(&self, request: Request<api::GetArticleRequest>) -> Result<Response<api::Article>, Status> {
+    async fn get_article(
+        &self,
+        request: Request<api::GetArticleRequest>,
+    ) -> Result<Response<api::Article>, Status> {
         let started = Instant::now();
         self.observed("GetArticle", started, self.get_article_rpc(request).await)
     }
 
-    async fn cancel_job(&self, request: Request<api::CancelJobRequest>) -> Result<Response<api::CancelJobResponse>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<api::CancelJobRequest>,
+    ) -> Result<Response<api::CancelJobResponse>, Status> {
         let started = Instant::now();
         self.observed("CancelJob", started, self.cancel_job_rpc(request).await)
     }
@@ -342,14 +358,27 @@ impl ContentService for ContentApi {
         request: Request<api::SearchKnowledgeBaseRequest>,
     ) -> Result<Response<api::SearchKnowledgeBaseResponse>, Status> {
         let started = Instant::now();
-        self.observed("SearchKnowledgeBase", started, self.search_knowledge_base_rpc(request).await)
+        self.observed(
+            "SearchKnowledgeBase",
+            started,
+            self.search_knowledge_base_rpc(request).await,
+        )
     }
 }
 
 impl ContentApi {
-    fn observed<T>(&self, method: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
-        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.state.metrics.observe_grpc(method, code, started.elapsed());
+    fn observed<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.state
+            .metrics
+            .observe_grpc(method, code, started.elapsed());
         result
     }
 }

@@ -15,7 +15,6 @@ use tracing::Instrument;
 use crate::api::{self, generate_event::Event};
 use crate::server::{
     agents::pricing::PriceTable,
-    metrics::{self, Metrics},
     agents::{
         Agent, AgentContext, AgentError, AgentName, Agents, Draft, FactCheckInput, FinalArticle,
         Revision, SourceDoc, Synthesis, SynthesisInput, UpstreamCounters, WebResearch,
@@ -23,6 +22,7 @@ use crate::server::{
     },
     jobs::Job,
     lock,
+    metrics::{self, Metrics},
     resilience::{CallScope, Pool},
     text,
     upstream::fetch::Fetcher,
@@ -391,7 +391,9 @@ impl JobRun {
         self.settings
             .metrics
             .phase_duration
-            .get_or_create(&metrics::Phase { phase: phase.as_str() })
+            .get_or_create(&metrics::Phase {
+                phase: phase.as_str(),
+            })
             .observe(elapsed.as_secs_f64());
         self.emit(
             Event::PhaseCompleted(api::PhaseCompleted {
@@ -798,17 +800,41 @@ impl JobRun {
 }
 
 impl JobRun {
-    fn record_agent_metrics(&self, agent: AgentName, provider: &str, model: &str, usage: api::TokenUsage, cost: f64, elapsed: Duration) {
+    fn record_agent_metrics(
+        &self,
+        agent: AgentName,
+        provider: &str,
+        model: &str,
+        usage: api::TokenUsage,
+        cost: f64,
+        elapsed: Duration,
+    ) {
         let metrics = &self.settings.metrics;
         metrics.observe_agent(agent.as_str(), provider, elapsed);
         let agent = agent.as_str();
-        for (kind, tokens) in [("input", usage.input_tokens), ("output", usage.output_tokens)] {
+        for (kind, tokens) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+        ] {
             if tokens > 0 {
-                metrics.llm_tokens.get_or_create(&metrics::TokenLabels { agent, model: model.to_string(), kind }).inc_by(tokens);
+                metrics
+                    .llm_tokens
+                    .get_or_create(&metrics::TokenLabels {
+                        agent,
+                        model: model.to_string(),
+                        kind,
+                    })
+                    .inc_by(tokens);
             }
         }
         if cost > 0.0 {
-            metrics.llm_cost.get_or_create(&metrics::AgentModel { agent, model: model.to_string() }).inc_by(cost);
+            metrics
+                .llm_cost
+                .get_or_create(&metrics::AgentModel {
+                    agent,
+                    model: model.to_string(),
+                })
+                .inc_by(cost);
         }
     }
 

@@ -105,7 +105,11 @@ impl Limits {
         self.waiting[pool.map_or(0, |p| p as usize + 1)].load(Ordering::Relaxed)
     }
 
-    async fn acquire(&self, semaphore: &Arc<Semaphore>, slot: usize) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+    async fn acquire(
+        &self,
+        semaphore: &Arc<Semaphore>,
+        slot: usize,
+    ) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return Ok(permit);
         }
@@ -242,6 +246,8 @@ impl Guard {
     pub fn observe<T>(&self, result: &Result<T, UpstreamError>, elapsed: Duration) {
         let outcome = match result {
             Ok(_) => "ok",
+            // The breaker's own refusals say nothing new about the upstream.
+            Err(UpstreamError::BreakerOpen { .. }) => "breaker_open",
             Err(error) => {
                 *lock(&self.last_error) = Some((error.to_string(), SystemTime::now()));
                 error.outcome()
@@ -249,12 +255,17 @@ impl Guard {
         };
         self.metrics
             .upstream_requests
-            .get_or_create(&UpstreamOutcome { upstream: self.upstream, outcome })
+            .get_or_create(&UpstreamOutcome {
+                upstream: self.upstream,
+                outcome,
+            })
             .inc();
         if !matches!(result, Err(UpstreamError::BreakerOpen { .. })) {
             self.metrics
                 .upstream_duration
-                .get_or_create(&metrics::Upstream { upstream: self.upstream })
+                .get_or_create(&metrics::Upstream {
+                    upstream: self.upstream,
+                })
                 .observe(elapsed.as_secs_f64());
         }
     }
@@ -302,7 +313,11 @@ impl Guard {
             .acquire(self.limits.pool(scope.pool), scope.pool as usize + 1)
             .await
             .map_err(closed)?;
-        let global = self.limits.acquire(&self.limits.global, 0).await.map_err(closed)?;
+        let global = self
+            .limits
+            .acquire(&self.limits.global, 0)
+            .await
+            .map_err(closed)?;
         if let Admission::Rejected(retry_after) = self.breaker.admit() {
             return Err(open(retry_after));
         }
@@ -327,7 +342,12 @@ impl Guard {
         match scope.deadline {
             Some(deadline) if Instant::now() + delay >= deadline => None,
             _ => {
-                self.metrics.upstream_retries.get_or_create(&metrics::Upstream { upstream: self.upstream }).inc();
+                self.metrics
+                    .upstream_retries
+                    .get_or_create(&metrics::Upstream {
+                        upstream: self.upstream,
+                    })
+                    .inc();
                 Some(delay)
             }
         }
@@ -398,6 +418,7 @@ mod tests {
             0,
             RetryPolicy::new(1),
             Arc::new(Limits::new(2, 1, 1, 1)),
+            Arc::new(Metrics::new()),
         );
         let scope = CallScope::new(Pool::Search);
         let mut calls = 0;
@@ -430,6 +451,7 @@ mod tests {
             0,
             RetryPolicy::new(10),
             Arc::new(Limits::new(2, 1, 1, 1)),
+            Arc::new(Metrics::new()),
         );
         let scope = CallScope {
             pool: Pool::Content,

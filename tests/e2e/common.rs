@@ -73,6 +73,11 @@ pub async fn start_with(config: Config, agents: AgentsFactory) -> TestServer {
 }
 
 impl TestServer {
+    /// GET on the admin port: status and body.
+    pub async fn admin(&self, path: &str) -> (u16, String) {
+        admin_get(self.server.admin_addr, path).await
+    }
+
     /// Runs a job to its end and returns all its events.
     pub async fn generate(&mut self, request: api::GenerateRequest) -> Vec<GenerateEvent> {
         collect(&mut self.client.generate(request).await.unwrap().into_inner()).await
@@ -114,6 +119,11 @@ pub fn as_sources(article: &api::Article) -> Vec<dakota::server::agents::SourceD
             text: String::new(),
         })
         .collect()
+}
+
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 pub async fn health(channel: &Channel, service: &str) -> ServingStatus {

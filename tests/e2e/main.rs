@@ -6,6 +6,7 @@ mod common;
 mod generate;
 mod jobs;
 mod lifecycle;
+mod observability;
 mod resilience;
 mod standin;
 mod upstreams;
