@@ -273,17 +273,22 @@ async fn lifecycle(
             let _ = state.ready.set(ready);
             set_health(&health, ServingStatus::Serving).await;
             tracing::info!("SERVING");
-            if let Some(breaker) = llm_breaker {
+            let breaker_watch = llm_breaker.map(|breaker| {
                 tokio::spawn(follow_llm_breaker(
                     breaker,
                     health.clone(),
                     state.clone(),
                     shutdown.clone(),
-                ));
-            }
+                ))
+            });
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 result = &mut serving => return flatten(result),
+            }
+            // Stopped before the drain sets NOT_SERVING, so it cannot set SERVING again.
+            if let Some(watch) = breaker_watch {
+                watch.abort();
+                let _ = watch.await;
             }
             None
         }
@@ -293,8 +298,8 @@ async fn lifecycle(
     };
 
     tracing::info!("draining: NOT_SERVING, no new jobs");
-    set_health(&health, ServingStatus::NotServing).await;
     state.start_draining();
+    set_health(&health, ServingStatus::NotServing).await;
     state.tasks.close();
     if tokio::time::timeout(config.shutdown_grace, state.tasks.wait())
         .await

@@ -171,9 +171,9 @@ pub struct UpstreamConfig {
     #[arg(long, env = "DAKOTA_BREAKER_COOL_DOWN", default_value = "30s", value_parser = parse_duration)]
     pub breaker_cool_down: Duration,
 
-    /// Requests per minute per upstream (`llm`, `kb`, `web`, `fetch`); 0 is no limit.
-    #[arg(long, env = "DAKOTA_RATE_LIMITS", value_delimiter = ',', value_parser = parse_pair,
-          default_value = "llm=600,kb=1200,web=300,fetch=600")]
+    /// Requests per minute per upstream (`llm`, `kb`, `web`, `fetch`), each overriding its
+    /// default (llm=600, kb=1200, web=300, fetch=600); 0 is no limit.
+    #[arg(long, env = "DAKOTA_RATE_LIMITS", value_delimiter = ',', value_parser = parse_pair)]
     pub rate_limits: Vec<(String, String)>,
 }
 

@@ -118,25 +118,12 @@ impl AppState {
     ) {
         let settings = self.settings.clone();
         let output_dir = self.output_dir.clone();
-        let (slots, admitted) = (self.slots.clone(), self.admitted.clone());
-        let metrics = self.metrics.clone();
-        metrics.jobs_started.inc();
+        let slots = self.slots.clone();
+        self.metrics.jobs_started.inc();
+        let ticket = Box::new(Admitted(self.admitted.clone()));
         let task = async move {
-            let started = Instant::now();
-            let article = pipeline::run(job.clone(), agents, settings, deadline, slots).await;
-            admitted.fetch_sub(1, Ordering::SeqCst);
-            metrics
-                .job_duration
-                .observe(started.elapsed().as_secs_f64());
-            match job.article() {
-                Ok(_) => metrics.jobs_completed.inc(),
-                Err(status) => metrics
-                    .jobs_failed
-                    .get_or_create(&crate::server::metrics::Code {
-                        code: crate::client::output::code_name(status.code()),
-                    })
-                    .inc(),
-            };
+            let article =
+                pipeline::run(job.clone(), agents, settings, deadline, slots, ticket).await;
             tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
             if let (Some(dir), Some(article)) = (output_dir, article) {
                 let written = tokio::task::spawn_blocking(move || {
@@ -155,6 +142,15 @@ impl AppState {
             }
         };
         self.tasks.spawn(task.instrument(span));
+    }
+}
+
+/// A job's place among the admitted (running or queued) jobs, given back when dropped.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use tracing::{Event, Subscriber, field::Field};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
-    EnvFilter,
+    EnvFilter, Layer,
     fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
     layer::SubscriberExt,
     registry::LookupSpan,
@@ -70,13 +70,20 @@ impl Telemetry {
         }
         let provider = builder.build();
         let tracer = provider.tracer("dakota");
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+        // `RUST_LOG` sets what is logged; spans for traces are kept at info whatever it says,
+        // so a quiet log does not lose the traces (or the traceparent sent upstream).
+        let log_filter =
+            || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
         let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-        let registry = tracing_subscriber::registry().with(filter).with(otel);
+        let registry = tracing_subscriber::registry().with(otel);
         let _ = match format {
-            LogFormat::Text => registry.with(fmt).try_init(),
-            LogFormat::Json => registry.with(fmt.event_format(JsonWithTraceIds)).try_init(),
+            LogFormat::Text => registry.with(fmt.with_filter(log_filter())).try_init(),
+            LogFormat::Json => registry
+                .with(fmt.event_format(JsonWithTraceIds).with_filter(log_filter()))
+                .try_init(),
         };
         match (&otlp_endpoint, exporter_error) {
             (Some(endpoint), None) => tracing::info!(%endpoint, "exporting traces over OTLP"),

@@ -142,7 +142,10 @@ fn check_queries(value: Value) -> Result<Vec<String>, String> {
         .filter(|q| !q.is_empty())
         .collect();
     if !(1..=6).contains(&queries.len()) {
-        return Err(format!("{} queries, expected 3-4", queries.len()));
+        return Err(format!(
+            "{} queries, expected 1-6 (3-4 asked)",
+            queries.len()
+        ));
     }
     Ok(queries.into_iter().take(4).collect())
 }

@@ -34,7 +34,10 @@ fn guards(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Vec<Arc<Gua
         config.pool_content,
         config.pool_analysis,
     ));
-    let mut rpm = std::collections::HashMap::new();
+    let mut rpm: std::collections::HashMap<String, u32> = DEFAULT_RPM
+        .iter()
+        .map(|(u, n)| (u.to_string(), *n))
+        .collect();
     for (upstream, value) in &config.rate_limits {
         if !UPSTREAMS.contains(&upstream.as_str()) {
             return Err(format!(
@@ -63,6 +66,8 @@ fn guards(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Vec<Arc<Gua
 }
 
 const UPSTREAMS: [&str; 4] = ["llm", "kb", "web", "fetch"];
+/// Requests per minute per upstream unless `--rate-limits` says otherwise.
+const DEFAULT_RPM: [(&str, u32); 4] = [("llm", 600), ("kb", 1200), ("web", 300), ("fetch", 600)];
 
 /// The upstream clients and per-agent settings built from configuration, once.
 pub struct Upstreams {

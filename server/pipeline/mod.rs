@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use futures_util::FutureExt;
 use tonic::Code;
 use tracing::Instrument;
 
@@ -200,7 +201,10 @@ pub async fn run(
     settings: PipelineSettings,
     deadline: Option<Duration>,
     slots: Arc<tokio::sync::Semaphore>,
+    ticket: Box<dyn Send>,
 ) -> Option<api::Article> {
+    let started = Instant::now();
+    let metrics = settings.metrics.clone();
     let run = Arc::new(JobRun::new(job.clone(), agents, settings.clone(), deadline));
     // The plan goes out first, whatever happens next, so every stream starts with it.
     job.emit(Event::JobStarted(job_started(&job.request)), 0);
@@ -227,20 +231,34 @@ pub async fn run(
         };
         run.clone().execute(settings).await
     };
-    let outcome = tokio::select! {
+    // A panic anywhere in the pipeline ends the job with INTERNAL instead of leaving its
+    // watchers waiting for an end that never comes.
+    let work = std::panic::AssertUnwindSafe(work).catch_unwind();
+    let ended: Result<api::Article, (Code, String)> = tokio::select! {
         result = async {
             match deadline {
-                Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| ()),
-                None => Ok(work.await),
+                Some(limit) => tokio::time::timeout(limit, work).await.ok(),
+                None => Some(work.await),
             }
-        } => result,
-        () = job.cancel.cancelled() => {
-            job.fail(Code::Cancelled, "job cancelled", run.current_phase());
-            return None;
-        }
+        } => match result {
+            None => Err((Code::DeadlineExceeded, "the request deadline passed before the article was finished".into())),
+            Some(Err(_panic)) => Err((Code::Internal, "internal error: the pipeline failed unexpectedly".into())),
+            Some(Ok(Err(error))) => {
+                tracing::warn!(job_id = %job.id, %error, "job failed");
+                Err((error.code(), error.to_string()))
+            }
+            Some(Ok(Ok(article))) => Ok(article),
+        },
+        () = job.cancel.cancelled() => Err((Code::Cancelled, "job cancelled".into())),
     };
-    match outcome {
-        Ok(Ok(article)) => {
+    // Accounted before the final event: a client that resubmits on seeing it finds room.
+    drop(ticket);
+    metrics
+        .job_duration
+        .observe(started.elapsed().as_secs_f64());
+    match ended {
+        Ok(article) => {
+            metrics.jobs_completed.inc();
             job.emit(
                 Event::Completed(api::Completed {
                     article: Some(article.clone()),
@@ -249,17 +267,13 @@ pub async fn run(
             );
             Some(article)
         }
-        Ok(Err(error)) => {
-            tracing::warn!(job_id = %job.id, %error, "job failed");
-            job.fail(error.code(), error.to_string(), run.current_phase());
-            None
-        }
-        Err(()) => {
-            job.fail(
-                Code::DeadlineExceeded,
-                "the request deadline passed before the article was finished",
-                run.current_phase(),
-            );
+        Err((code, message)) => {
+            let name = crate::client::output::code_name(code);
+            metrics
+                .jobs_failed
+                .get_or_create(&metrics::Code { code: name })
+                .inc();
+            job.fail(code, message, run.current_phase());
             None
         }
     }

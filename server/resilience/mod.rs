@@ -27,6 +27,9 @@ pub mod breaker;
 
 use breaker::{Admission, CircuitBreaker};
 
+/// The longest `Retry-After` honoured by waiting; an upstream asking for more fails the call.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// Kinds of work, each with its own concurrency pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pool {
@@ -195,16 +198,18 @@ impl Drop for Permit {
 }
 
 /// What an outcome says about the upstream's health: failures are connection trouble,
-/// timeouts and 5xx; a 4xx, a 429 or a malformed answer says nothing either way.
+/// timeouts and 5xx; any other answer (a 4xx, a malformed body) shows it is up; a 429 or a
+/// refusal before sending says nothing either way.
 fn health<T>(result: &Result<T, UpstreamError>) -> Option<bool> {
     match result {
-        Ok(_) => Some(true),
+        Ok(_) | Err(UpstreamError::Malformed { .. }) => Some(true),
         Err(
             UpstreamError::Connect { .. }
             | UpstreamError::Timeout { .. }
             | UpstreamError::Stalled { .. },
         ) => Some(false),
         Err(UpstreamError::Status { status, .. }) if *status >= 500 => Some(false),
+        Err(UpstreamError::Status { status, .. }) if *status != 429 => Some(true),
         Err(_) => None,
     }
 }
@@ -328,7 +333,8 @@ impl Guard {
         })
     }
 
-    /// The wait before the next attempt, or `None` when the deadline leaves no room for it.
+    /// The wait before the next attempt, or `None` when the deadline leaves no room for it or
+    /// the upstream asks for a wait longer than [`MAX_RETRY_AFTER`].
     pub fn backoff(
         &self,
         attempt: u32,
@@ -338,9 +344,21 @@ impl Guard {
         if !error.retryable() || attempt >= self.retry.max_attempts {
             return None;
         }
+        if error
+            .retry_after()
+            .is_some_and(|asked| asked > MAX_RETRY_AFTER)
+        {
+            return None;
+        }
         let delay = self.retry.delay(attempt, error);
         match scope.deadline {
-            Some(deadline) if Instant::now() + delay >= deadline => None,
+            Some(deadline)
+                if Instant::now()
+                    .checked_add(delay)
+                    .is_none_or(|at| at >= deadline) =>
+            {
+                None
+            }
             _ => {
                 self.metrics
                     .upstream_retries
@@ -365,16 +383,17 @@ impl Guard {
     {
         let mut attempt = 1;
         loop {
-            let started = Instant::now();
-            let result = match self.admit(scope).await {
+            // Timed from admission: waiting for limits is not the upstream's time.
+            let (result, elapsed) = match self.admit(scope).await {
                 Ok(permit) => {
+                    let started = Instant::now();
                     let result = call(attempt).await;
                     permit.finish(&result);
-                    result
+                    (result, started.elapsed())
                 }
-                Err(refused) => Err(refused),
+                Err(refused) => (Err(refused), Duration::ZERO),
             };
-            self.observe(&result, started.elapsed());
+            self.observe(&result, elapsed);
             match result {
                 Ok(value) => return (Ok(value), attempt),
                 Err(error) => match self.backoff(attempt, &error, scope) {
@@ -471,6 +490,37 @@ mod tests {
         assert_eq!(
             attempts, 1,
             "a 5 s Retry-After does not fit in a 50 ms deadline"
+        );
+    }
+
+    #[test]
+    fn a_retry_after_beyond_the_limit_is_not_waited_for() {
+        let guard = Guard::unlimited("llm");
+        let guard = Guard {
+            retry: RetryPolicy::new(3),
+            ..guard
+        };
+        let scope = CallScope::new(Pool::Content);
+        let asked = |secs| UpstreamError::Status {
+            upstream: "llm",
+            status: 429,
+            retry_after: Some(Duration::from_secs(secs)),
+            body: String::new(),
+        };
+        assert!(
+            guard
+                .backoff(1, &asked(2), &scope)
+                .is_some_and(|d| d >= Duration::from_secs(2))
+        );
+        assert_eq!(
+            guard.backoff(1, &asked(3600), &scope),
+            None,
+            "an hour is not waited for"
+        );
+        assert_eq!(
+            guard.backoff(1, &asked(u64::MAX / 4), &scope),
+            None,
+            "nor a value that would overflow"
         );
     }
 

@@ -258,19 +258,19 @@ impl LlmClient {
             let mut text = String::new();
             let mut usage = Usage::default();
             // The permit is held for the whole stream: a stream is one call.
-            let started = tokio::time::Instant::now();
-            let result = match self.guard.admit(scope).await {
+            let (result, elapsed) = match self.guard.admit(scope).await {
                 Ok(permit) => {
+                    let started = tokio::time::Instant::now();
                     let result = self
                         .stream_once(&body, &mut text, &mut usage, on_delta)
                         .instrument(self.chat_span(model))
                         .await;
                     permit.finish(&result);
-                    result
+                    (result, started.elapsed())
                 }
-                Err(refused) => Err(refused),
+                Err(refused) => (Err(refused), Duration::ZERO),
             };
-            self.guard.observe(&result, started.elapsed());
+            self.guard.observe(&result, elapsed);
             let error = match result {
                 Ok(()) => {
                     return Ok(Completion {
@@ -281,11 +281,13 @@ impl LlmClient {
                 }
                 Err(error) => error,
             };
-            match self
-                .guard
-                .backoff(attempts, &error, scope)
-                .filter(|_| text.is_empty())
-            {
+            // Once text has reached the caller, a retry would repeat it: fail instead.
+            let retry = if text.is_empty() {
+                self.guard.backoff(attempts, &error, scope)
+            } else {
+                None
+            };
+            match retry {
                 Some(delay) => {
                     tracing::warn!(upstream = UPSTREAM, attempt = attempts, ?delay, %error, "retrying stream");
                     tokio::time::sleep(delay).await;

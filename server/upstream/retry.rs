@@ -1,5 +1,6 @@
-//! Retries with exponential backoff and full jitter, honouring `Retry-After`.
-use std::{future::Future, time::Duration};
+//! The retry policy: attempts, and exponential backoff with full jitter that honours
+//! `Retry-After`. [`crate::server::resilience::Guard::call`] applies it.
+use std::time::Duration;
 
 use super::UpstreamError;
 
@@ -30,28 +31,6 @@ impl RetryPolicy {
         error
             .retry_after()
             .map_or(jittered, |asked| asked.max(jittered))
-    }
-
-    /// Runs `call` until it succeeds, fails for good, or attempts run out. Returns the
-    /// outcome and the number of attempts made.
-    pub async fn run<T, F, Fut>(&self, mut call: F) -> (Result<T, UpstreamError>, u32)
-    where
-        F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<T, UpstreamError>>,
-    {
-        let mut attempt = 1;
-        loop {
-            match call(attempt).await {
-                Ok(value) => return (Ok(value), attempt),
-                Err(error) if error.retryable() && attempt < self.max_attempts => {
-                    let delay = self.delay(attempt, &error);
-                    tracing::warn!(upstream = error.upstream(), attempt, ?delay, %error, "retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(error) => return (Err(error), attempt),
-            }
-        }
     }
 }
 

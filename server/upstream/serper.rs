@@ -52,6 +52,14 @@ impl SerperClient {
         }
     }
 
+    /// The key as a header value marked sensitive (kept out of debug output).
+    fn api_key_header(&self) -> reqwest::header::HeaderValue {
+        let mut value = reqwest::header::HeaderValue::from_str(self.api_key.expose())
+            .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+        value.set_sensitive(true);
+        value
+    }
+
     /// Organic results of one query, and the attempts it took.
     pub async fn search(
         &self,
@@ -64,7 +72,7 @@ impl SerperClient {
                 let request = self
                     .http
                     .post(format!("{}/search", self.base_url))
-                    .header("X-API-KEY", self.api_key.expose())
+                    .header("X-API-KEY", self.api_key_header())
                     .json(&json!({"q": query, "num": num}));
                 let answer: SearchResponse =
                     send_json(UPSTREAM, "{base}/search", request, self.timeout).await?;

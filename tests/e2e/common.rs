@@ -150,6 +150,14 @@ pub async fn wait_for_service(channel: &Channel, service: &str, wanted: ServingS
     .expect("server reaches the wanted health status");
 }
 
+/// `--rate-limits` turning every upstream's limit off.
+pub fn no_rate_limits() -> Vec<(String, String)> {
+    ["llm", "kb", "web", "fetch"]
+        .iter()
+        .map(|u| (u.to_string(), "0".to_string()))
+        .collect()
+}
+
 pub fn request(topic: &str) -> api::GenerateRequest {
     api::GenerateRequest {
         topic: topic.to_string(),

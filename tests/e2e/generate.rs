@@ -442,3 +442,42 @@ async fn a_failing_draft_is_revised_until_it_passes() {
     assert_eq!(quality.revision_iterations, 1);
     assert!(article.fact_check.unwrap().passed);
 }
+
+/// A writer that panics: a bug in one agent must end its job, not hang its watchers.
+struct PanickingWriter;
+
+impl Agent<WritingBrief, Draft> for PanickingWriter {
+    fn provider(&self) -> &str {
+        "broken"
+    }
+    fn model(&self) -> &str {
+        "test"
+    }
+    fn run<'a>(
+        &'a self,
+        _cx: &'a AgentContext,
+        _brief: &'a WritingBrief,
+    ) -> AgentFuture<'a, Draft> {
+        Box::pin(async { panic!("a bug in an agent") })
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_agent_fails_its_job_with_internal_and_the_server_goes_on() {
+    let agents = Arc::new(|kb, upstreams: &Upstreams| {
+        let mut agents = Agents::build(kb, upstreams);
+        agents.content_writer = Arc::new(PanickingWriter);
+        agents
+    });
+    let mut server = common::start_with(common::config(), agents).await;
+    let events = server.generate(request(TOPIC)).await;
+    assert_well_formed(&events);
+    let failed = common::failed(&events);
+    assert_eq!(failed.code, Code::Internal as i32);
+    assert_eq!(failed.phase, "writing");
+    // The server still answers, and the next job gets its slot.
+    let again = server.generate(request(TOPIC)).await;
+    assert_eq!(common::failed(&again).code, Code::Internal as i32);
+    let (status, _) = server.admin("/ready").await;
+    assert_eq!(status, 200);
+}

@@ -195,7 +195,14 @@ async fn jobs_still_running_after_the_grace_period_are_cancelled() {
 #[test]
 fn the_server_binary_serves_and_exits_zero_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dakota-server"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .arg("--kb-dir")
         .arg(common::kb_dir())
         .stderr(Stdio::piped())

@@ -24,9 +24,9 @@ async fn an_open_web_breaker_stops_calls_until_its_cool_down_then_allows_one_tri
     standin.fault(Route::Serper, std::iter::repeat_n(Fault::Status(500), 100));
     let mut config = config(&standin);
     config.upstreams.breaker_threshold = 2;
-    config.upstreams.breaker_cool_down = Duration::from_secs(2);
+    config.upstreams.breaker_cool_down = Duration::from_secs(5);
     config.upstreams.max_attempts = 1;
-    config.upstreams.rate_limits = vec![];
+    config.upstreams.rate_limits = common::no_rate_limits();
     let mut server = common::start(config).await;
 
     let events = server.generate(llm_request()).await;
@@ -49,7 +49,7 @@ async fn an_open_web_breaker_stops_calls_until_its_cool_down_then_allows_one_tri
     );
 
     // After the cool-down: exactly one trial (it fails, so the breaker opens again).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     final_article(&server.generate(llm_request()).await);
     assert_eq!(
         standin.requests_of(Route::Serper).len(),
@@ -64,8 +64,9 @@ async fn an_open_llm_breaker_fails_jobs_fast_and_takes_the_service_out_of_rotati
     standin.fault(Route::Llm, std::iter::repeat_n(Fault::Status(503), 100));
     let mut config = config(&standin);
     config.upstreams.breaker_threshold = 2;
-    config.upstreams.breaker_cool_down = Duration::from_secs(2);
+    config.upstreams.breaker_cool_down = Duration::from_secs(5);
     config.upstreams.max_attempts = 1;
+    config.upstreams.rate_limits = common::no_rate_limits();
     let mut server = common::start(config).await;
 
     // Two jobs, two failed calls: the breaker opens.
@@ -95,7 +96,7 @@ async fn an_open_llm_breaker_fails_jobs_fast_and_takes_the_service_out_of_rotati
         "failed fast, without calling the LLM"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(5),
         "no waiting on timeouts: {:?}",
         started.elapsed()
     );
@@ -113,7 +114,7 @@ async fn twenty_concurrent_jobs_never_hold_more_than_the_global_cap_of_upstream_
     );
     let mut config = config(&standin);
     config.upstreams.max_concurrent_upstream = 10;
-    config.upstreams.rate_limits = vec![];
+    config.upstreams.rate_limits = common::no_rate_limits();
     config.max_running_jobs = 20;
     let server = common::start(config).await;
     let jobs: Vec<_> = (0..20)

@@ -366,6 +366,8 @@ fn secrets_never_reach_the_logs() {
         .args([
             "--grpc-addr",
             "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
             "--log-format",
             "json",
             "--fetch-allow-private",
@@ -552,12 +554,12 @@ async fn cancelling_a_job_closes_its_open_upstream_requests() {
     })
     .await
     .unwrap();
-    let seen = standin.requests().len();
     server
         .client
         .cancel_job(api::CancelJobRequest { job_id })
         .await
         .unwrap();
+    let seen = standin.requests().len();
     let closed = tokio::time::timeout(Duration::from_secs(1), async {
         while standin.in_flight() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
