@@ -291,3 +291,86 @@ impl Agent<JobRequest, WebResearch> for GatedWeb {
         })
     }
 }
+
+/// The real `dakota-server` binary on ephemeral ports with JSON logs, read up to SERVING.
+pub struct ServerProcess {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    pub grpc_addr: String,
+    /// Log lines read so far.
+    pub log: Vec<String>,
+}
+
+impl ServerProcess {
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dakota-server"))
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .arg("--kb-dir")
+            .arg(kb_dir())
+            .args(args)
+            .envs(envs.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A watchdog, so a server that never comes up fails the test instead of hanging it.
+        let pid = child.id();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(90));
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &format!("kill -KILL {pid} 2>/dev/null")])
+                .status();
+        });
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut grpc_addr, mut log) = (None, Vec::new());
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| panic!("log lines are JSON: {line}"));
+            if let Some(addr) = value["grpc_addr"].as_str() {
+                grpc_addr = Some(addr.to_string());
+            }
+            let serving = value["message"] == "SERVING";
+            log.push(line);
+            if serving {
+                break;
+            }
+        }
+        let grpc_addr =
+            grpc_addr.unwrap_or_else(|| panic!("the server never logged its address: {log:?}"));
+        Self {
+            child,
+            lines,
+            grpc_addr,
+            log,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::new(
+            Channel::from_shared(format!("http://{}", self.grpc_addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// SIGTERM; waits for the exit and reads the rest of the log.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let killed = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        self.log.extend(self.lines.by_ref().map_while(Result::ok));
+        (self.child.wait().unwrap(), self.log)
+    }
+}

@@ -1,7 +1,5 @@
 //! Start-up, health, reflection, drain and shutdown.
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -194,45 +192,10 @@ async fn jobs_still_running_after_the_grace_period_are_cancelled() {
 
 #[test]
 fn the_server_binary_serves_and_exits_zero_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dakota-server"))
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--kb-dir")
-        .arg(common::kb_dir())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A watchdog, so a server that never comes up fails the test instead of hanging it.
-    let pid = child.id();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        let _ = Command::new("sh")
-            .args(["-c", &format!("kill -KILL {pid} 2>/dev/null")])
-            .status();
-    });
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let value: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("log lines are JSON: {line}"));
-        if let Some(a) = value["grpc_addr"].as_str() {
-            addr = Some(a.to_string());
-        }
-        if value["message"] == "SERVING" {
-            break;
-        }
-    }
-    let addr = addr.expect("the server logs its address");
+    let server = common::ServerProcess::spawn(&[], &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let channel = Channel::from_shared(format!("http://{addr}"))
+        let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
             .unwrap()
             .connect()
             .await
@@ -247,16 +210,7 @@ fn the_server_binary_serves_and_exits_zero_on_sigterm() {
             .unwrap();
         assert_eq!(response.into_inner().results.len(), 1);
     });
-    let killed = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {}", child.id())])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let drained: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
+    let (status, log) = server.terminate();
     assert!(status.success(), "exit status {status:?}");
-    assert!(
-        drained.iter().any(|l| l.contains("draining")),
-        "{drained:?}"
-    );
+    assert!(log.iter().any(|l| l.contains("draining")), "{log:?}");
 }

@@ -402,47 +402,10 @@ async fn detailed_health_reports_a_dead_dependency() {
 
 #[test]
 fn json_logs_carry_the_trace_and_span_ids_of_the_job() {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dakota-server"))
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--kb-dir")
-        .arg(common::kb_dir())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        let _ = std::process::Command::new("sh")
-            .args(["-c", &format!("kill -KILL {pid} 2>/dev/null")])
-            .status();
-    });
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let value: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if let Some(a) = value["grpc_addr"].as_str() {
-            addr = Some(a.to_string());
-        }
-        if value["message"] == "SERVING" {
-            break;
-        }
-    }
+    let server = common::ServerProcess::spawn(&[], &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", addr.unwrap()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = dakota::api::content_service_client::ContentServiceClient::new(channel);
+        let mut client = server.client().await;
         let mut req = tonic::Request::new(request("Factor investing"));
         req.metadata_mut().insert(
             "traceparent",
@@ -452,14 +415,11 @@ fn json_logs_carry_the_trace_and_span_ids_of_the_job() {
             &common::collect(&mut client.generate(req).await.unwrap().into_inner()).await,
         );
     });
-    let _ = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -TERM {pid}")])
-        .status();
-    let log: Vec<Value> = lines
-        .map_while(Result::ok)
-        .map(|l| serde_json::from_str(&l).unwrap())
+    let (_, log) = server.terminate();
+    let log: Vec<Value> = log
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    child.wait().unwrap();
     let ended = log
         .iter()
         .find(|l| l["message"] == "job ended")
@@ -475,49 +435,16 @@ fn json_logs_carry_the_trace_and_span_ids_of_the_job() {
 
 #[test]
 fn a_missing_collector_is_logged_once_and_never_fatal() {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dakota-server"))
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--kb-dir")
-        .arg(common::kb_dir())
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        let _ = std::process::Command::new("sh")
-            .args(["-c", &format!("kill -KILL {pid} 2>/dev/null")])
-            .status();
-    });
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let value: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if let Some(a) = value["grpc_addr"].as_str() {
-            addr = Some(a.to_string());
-        }
-        if value["message"] == "SERVING" {
-            break;
-        }
-    }
+    let server = common::ServerProcess::spawn(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", addr.unwrap()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = dakota::api::content_service_client::ContentServiceClient::new(channel);
+        let mut client = server.client().await;
         for topic in ["Factor investing", "Risk parity and leverage"] {
             final_article(
                 &common::collect(&mut client.generate(request(topic)).await.unwrap().into_inner())
@@ -526,11 +453,8 @@ fn a_missing_collector_is_logged_once_and_never_fatal() {
             tokio::time::sleep(Duration::from_millis(500)).await; // several export attempts
         }
     });
-    let _ = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -TERM {pid}")])
-        .status();
-    let log: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(child.wait().unwrap().success(), "exit 0 with no collector");
+    let (status, log) = server.terminate();
+    assert!(status.success(), "exit 0 with no collector");
     let failures = log
         .iter()
         .filter(|l| l.contains("trace export failing"))

@@ -1,9 +1,5 @@
 //! The real upstream clients against the stand-in: LLM agents, vector store, Serper, fetch.
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use dakota::{
     api::{self, generate_event::Event},
@@ -362,65 +358,24 @@ async fn private_addresses_are_not_fetched_unless_allowed() {
 fn secrets_never_reach_the_logs() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let standin = runtime.block_on(StandIn::start());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dakota-server"))
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--fetch-allow-private",
-        ])
-        .arg("--kb-dir")
-        .arg(common::kb_dir())
-        .env("RUST_LOG", "debug")
-        .env("OPENAI_BASE_URL", standin.openai_url())
-        .env("OPENAI_API_KEY", OPENAI_KEY)
-        .env("SERPER_API_KEY", SERPER_KEY)
-        .env("SERPER_BASE_URL", &standin.url)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(90));
-        let _ = Command::new("sh")
-            .args(["-c", &format!("kill -KILL {pid} 2>/dev/null")])
-            .status();
-    });
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = Vec::new();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
-            && let Some(a) = value["grpc_addr"].as_str()
-        {
-            addr = Some(a.to_string());
-        }
-        let serving = line.contains("\"SERVING\"");
-        log.push(line);
-        if serving {
-            break;
-        }
-    }
-    let addr = addr.unwrap();
+    let (openai_url, serper_url) = (standin.openai_url(), standin.url.clone());
+    let server = common::ServerProcess::spawn(
+        &["--fetch-allow-private"],
+        &[
+            ("RUST_LOG", "debug"),
+            ("OPENAI_BASE_URL", &openai_url),
+            ("OPENAI_API_KEY", OPENAI_KEY),
+            ("SERPER_API_KEY", SERPER_KEY),
+            ("SERPER_BASE_URL", &serper_url),
+        ],
+    );
     runtime.block_on(async {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = api::content_service_client::ContentServiceClient::new(channel);
-        let events = collect(&mut client.generate(llm_request()).await.unwrap().into_inner()).await;
-        final_article(&events);
+        let mut client = server.client().await;
+        final_article(
+            &collect(&mut client.generate(llm_request()).await.unwrap().into_inner()).await,
+        );
     });
-    let _ = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {pid}")])
-        .status();
-    log.extend(lines.map_while(Result::ok));
-    child.wait().unwrap();
+    let (_, log) = server.terminate();
     let log = log.join("\n");
     assert!(
         log.contains("job ended") && log.contains("agents selected"),
