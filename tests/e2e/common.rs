@@ -78,6 +78,27 @@ impl TestServer {
         admin_get(self.server.admin_addr, path).await
     }
 
+    /// Opens a `Generate` stream.
+    pub async fn open(
+        &mut self,
+        request: impl tonic::IntoRequest<api::GenerateRequest>,
+    ) -> Streaming<GenerateEvent> {
+        self.client.generate(request).await.unwrap().into_inner()
+    }
+
+    /// Starts a job and waits until it is held at `gate`; returns its stream and id.
+    pub async fn held_job(
+        &mut self,
+        gate: &Gate,
+        request: api::GenerateRequest,
+    ) -> (Streaming<GenerateEvent>, String) {
+        let held_before = gate.entered.load(Ordering::SeqCst);
+        let mut stream = self.open(request).await;
+        let job_id = next(&mut stream).await.unwrap().job_id;
+        gate.wait_entered(held_before + 1).await;
+        (stream, job_id)
+    }
+
     /// Runs a job to its end and returns all its events.
     pub async fn generate(&mut self, request: api::GenerateRequest) -> Vec<GenerateEvent> {
         collect(&mut self.client.generate(request).await.unwrap().into_inner()).await

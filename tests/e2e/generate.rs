@@ -76,12 +76,7 @@ fn assert_well_formed(events: &[GenerateEvent]) {
 #[tokio::test]
 async fn offline_generate_streams_every_phase_and_delivers_a_contract_article() {
     let mut server = common::start(common::config()).await;
-    let mut stream = server
-        .client
-        .generate(request(TOPIC))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = server.open(request(TOPIC)).await;
     let events = collect(&mut stream).await;
     assert_well_formed(&events);
     assert_eq!(events.last().unwrap().progress, 100);

@@ -15,7 +15,7 @@ async fn watch_job_replays_after_a_dropped_stream_and_follows_live() {
     let mut server = common::start_with(common::config(), gate.agents()).await;
     let mut req = request(TOPIC);
     req.idempotency_key = "replay-test".into();
-    let mut stream = server.client.generate(req).await.unwrap().into_inner();
+    let mut stream = server.open(req).await;
     let mut seen = Vec::new();
     for _ in 0..4 {
         seen.push(next(&mut stream).await.unwrap());
@@ -67,21 +67,11 @@ async fn the_same_idempotency_key_attaches_to_the_same_job() {
     let mut server = common::start_with(common::config(), gate.agents()).await;
     let mut req = request(TOPIC);
     req.idempotency_key = "same-key".into();
-    let mut first = server
-        .client
-        .generate(req.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut first = server.open(req.clone()).await;
     let first_event = next(&mut first).await.unwrap();
     gate.wait_entered(1).await;
 
-    let mut second = server
-        .client
-        .generate(req.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut second = server.open(req.clone()).await;
     gate.open();
     let second_events = collect(&mut second).await;
     assert_eq!(
@@ -116,14 +106,7 @@ async fn the_same_idempotency_key_attaches_to_the_same_job() {
 async fn cancel_job_stops_a_running_job_and_its_agents() {
     let gate = Gate::new();
     let mut server = common::start_with(common::config(), gate.agents()).await;
-    let mut stream = server
-        .client
-        .generate(request(TOPIC))
-        .await
-        .unwrap()
-        .into_inner();
-    let job_id = next(&mut stream).await.unwrap().job_id;
-    gate.wait_entered(1).await;
+    let (mut stream, job_id) = server.held_job(&gate, request(TOPIC)).await;
 
     let running = server
         .client
@@ -177,14 +160,7 @@ async fn cancel_job_stops_a_running_job_and_its_agents() {
 async fn a_client_that_goes_away_stops_its_job() {
     let gate = Gate::new();
     let mut server = common::start_with(common::config(), gate.agents()).await;
-    let mut stream = server
-        .client
-        .generate(request(TOPIC))
-        .await
-        .unwrap()
-        .into_inner();
-    let job_id = next(&mut stream).await.unwrap().job_id;
-    gate.wait_entered(1).await;
+    let (stream, job_id) = server.held_job(&gate, request(TOPIC)).await;
     drop(stream);
     assert!(
         gate.wait_dropped().await,
@@ -200,7 +176,7 @@ async fn a_passed_deadline_fails_the_job_with_deadline_exceeded() {
     let mut server = common::start_with(common::config(), gate.agents()).await;
     let mut req = tonic::Request::new(request(TOPIC));
     req.set_timeout(Duration::from_secs(3));
-    let mut stream = server.client.generate(req).await.unwrap().into_inner();
+    let mut stream = server.open(req).await;
     let job_id = next(&mut stream).await.unwrap().job_id;
     while let Ok(Some(_)) = stream.message().await {}
     assert!(
@@ -222,12 +198,7 @@ async fn a_passed_deadline_fails_the_job_with_deadline_exceeded() {
 async fn agents_of_one_phase_run_concurrently() {
     let gate = Gate::new();
     let mut server = common::start_with(common::config(), gate.agents()).await;
-    let mut stream = server
-        .client
-        .generate(request(TOPIC))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = server.open(request(TOPIC)).await;
     gate.wait_entered(1).await;
     // web_researcher is held; kb_researcher and the outline planner finish beside it.
     let mut finished = Vec::new();
@@ -248,12 +219,7 @@ async fn a_full_job_table_answers_resource_exhausted_with_retry_info() {
     let mut config = common::config();
     config.max_jobs = 1;
     let mut server = common::start_with(config, gate.agents()).await;
-    let mut running = server
-        .client
-        .generate(request(TOPIC))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut running = server.open(request(TOPIC)).await;
     gate.wait_entered(1).await;
     let status = server
         .client
@@ -282,9 +248,7 @@ async fn a_detached_job_with_a_key_is_cancelled_when_nobody_returns_within_the_g
     let mut server = common::start_with(config, gate.agents()).await;
     let mut req = request(TOPIC);
     req.idempotency_key = "gone-for-good".into();
-    let mut stream = server.client.generate(req).await.unwrap().into_inner();
-    let job_id = next(&mut stream).await.unwrap().job_id;
-    gate.wait_entered(1).await;
+    let (stream, job_id) = server.held_job(&gate, req).await;
     drop(stream);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(

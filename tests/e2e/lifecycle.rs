@@ -146,12 +146,7 @@ async fn reflection_lists_the_service_through_v1_and_v1alpha() {
 async fn drain_refuses_new_jobs_and_lets_running_ones_finish() {
     let gate = Gate::new();
     let mut server = common::start_with(common::config(), gate.agents()).await;
-    let mut stream = server
-        .client
-        .generate(request("Infrastructure investing"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = server.open(request("Infrastructure investing")).await;
     next(&mut stream).await.unwrap();
     gate.wait_entered(1).await;
 
@@ -175,12 +170,7 @@ async fn jobs_still_running_after_the_grace_period_are_cancelled() {
     let mut config = common::config();
     config.shutdown_grace = Duration::from_millis(300);
     let mut server = common::start_with(config, gate.agents()).await;
-    let mut stream = server
-        .client
-        .generate(request("Infrastructure investing"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = server.open(request("Infrastructure investing")).await;
     next(&mut stream).await.unwrap();
     gate.wait_entered(1).await;
     server.server.shutdown();

@@ -28,8 +28,7 @@ async fn one_trace_per_job_from_the_callers_traceparent_down_to_each_upstream_ca
         "traceparent",
         format!("00-{TRACE_ID}-{PARENT_SPAN}-01").parse().unwrap(),
     );
-    let events =
-        common::collect(&mut server.client.generate(req).await.unwrap().into_inner()).await;
+    let events = common::collect(&mut server.open(req).await).await;
     final_article(&events);
     let phases_run: Vec<String> = events
         .iter()

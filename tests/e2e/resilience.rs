@@ -148,20 +148,10 @@ async fn past_the_queue_generate_is_refused_at_once_with_retry_info() {
     config.max_queued_jobs = 1;
     let mut server = common::start_with(config, gate.agents()).await;
 
-    let mut running = server
-        .client
-        .generate(request("Factor investing"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut running = server.open(request("Factor investing")).await;
     next(&mut running).await.unwrap();
     gate.wait_entered(1).await;
-    let mut queued = server
-        .client
-        .generate(request("Risk parity"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut queued = server.open(request("Risk parity")).await;
     let mut queued_events = vec![
         next(&mut queued).await.unwrap(),
         next(&mut queued).await.unwrap(),

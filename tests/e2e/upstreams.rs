@@ -495,12 +495,7 @@ async fn cancelling_a_job_closes_its_open_upstream_requests() {
         std::iter::repeat_n(Fault::Stall { chunks: 0 }, 20),
     );
     let mut server = common::start(config(&standin)).await;
-    let mut stream = server
-        .client
-        .generate(llm_request())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = server.open(llm_request()).await;
     let job_id = common::next(&mut stream).await.unwrap().job_id;
     tokio::time::timeout(common::PATIENCE, async {
         while standin.in_flight() == 0 {
