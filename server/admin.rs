@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::server::{
     kb::KnowledgeSource,
     metrics::{BreakerLabels, PoolLabels},
-    resilience::{Guard, Pool, breaker::BreakerState},
+    resilience::{Guard, breaker::BreakerState},
     service::AppState,
 };
 
@@ -33,17 +33,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn guard<'a>(state: &'a AppState, upstream: &str) -> Option<&'a Arc<Guard>> {
-    state
-        .upstreams
-        .guards
-        .iter()
-        .find(|g| g.upstream == upstream)
-}
-
 fn llm_breaker_open(state: &AppState) -> bool {
     state.upstreams.llm.is_some()
-        && guard(state, "llm").is_some_and(|g| g.breaker.state() == BreakerState::Open)
+        && state.upstreams.guards.llm.breaker.state() == BreakerState::Open
 }
 
 /// Why the server should not get traffic now, if it should not.
@@ -71,21 +63,20 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `ok`, `degraded` (an optional dependency is down) or `unavailable` (jobs cannot succeed).
-fn component_status(guard: Option<&Arc<Guard>>, configured: bool) -> &'static str {
-    match (configured, guard.map(|g| g.breaker.state())) {
+fn component_status(guard: &Guard, configured: bool) -> &'static str {
+    match (configured, guard.breaker.state()) {
         (false, _) => "not_configured",
-        (true, Some(BreakerState::Open)) => "down",
-        (true, Some(BreakerState::HalfOpen)) => "recovering",
-        _ => "ok",
+        (true, BreakerState::Open) => "down",
+        (true, BreakerState::HalfOpen) => "recovering",
+        (true, BreakerState::Closed) => "ok",
     }
 }
 
-fn component(state: &AppState, upstream: &'static str, configured: bool, extra: Value) -> Value {
-    let guard = guard(state, upstream);
+fn component(guard: &Guard, configured: bool, extra: Value) -> Value {
     let mut value = json!({
         "status": component_status(guard, configured),
-        "breaker": guard.map(|g| g.breaker.state().as_str()),
-        "last_error": guard.and_then(|g| g.last_error()).map(|(message, at)| json!({
+        "breaker": guard.breaker.state().as_str(),
+        "last_error": guard.last_error().map(|(message, at)| json!({
             "message": message,
             "at_unix": at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         })),
@@ -98,50 +89,44 @@ fn component(state: &AppState, upstream: &'static str, configured: bool, extra: 
 
 fn detailed_json(state: &AppState) -> Value {
     let upstreams = &state.upstreams;
+    let guards = &upstreams.guards;
     let kb = match state.ready.get().map(|r| &r.kb) {
         None => json!({"status": "starting"}),
         Some(KnowledgeSource::Local(kb)) => json!({
             "status": "ok", "kind": "local", "documents": kb.document_count(), "chunks": kb.chunk_count(),
         }),
         Some(KnowledgeSource::VectorStore(store)) => component(
-            state,
-            "kb",
+            &guards.kb,
             true,
             json!({"kind": "openai-vector-store", "store_id": store.store_id}),
         ),
     };
     let llm = match &upstreams.llm {
         None => json!({"status": "offline", "provider": "offline (extractive agents)"}),
-        Some(client) => component(state, "llm", true, json!({"provider": client.provider})),
+        Some(client) => component(&guards.llm, true, json!({"provider": client.provider})),
     };
     let web = component(
-        state,
-        "web",
+        &guards.web,
         upstreams.serper.is_some(),
         json!({"provider": "serper"}),
     );
-    let fetch = component(state, "fetch", true, json!({}));
-    let breakers: serde_json::Map<String, Value> = upstreams
-        .guards
+    let fetch = component(&guards.fetch, true, json!({}));
+    let breakers: serde_json::Map<String, Value> = guards
+        .all()
         .iter()
         .map(|g| (g.upstream.to_string(), json!(g.breaker.state().as_str())))
         .collect();
-    let limits = upstreams.guards.first().map(|g| g.limits.clone());
-    let mut pools = serde_json::Map::new();
-    if let Some(limits) = &limits {
-        for pool in Pool::ALL {
-            let (in_use, size) = limits.pool_in_use(pool);
-            pools.insert(
-                pool.as_str().into(),
-                json!({"in_use": in_use, "size": size, "waiting": limits.waiting(Some(pool))}),
-            );
-        }
-        let (in_use, size) = limits.global_in_use();
-        pools.insert(
-            "global".into(),
-            json!({"in_use": in_use, "size": size, "waiting": limits.waiting(None)}),
-        );
-    }
+    let pools: serde_json::Map<String, Value> = guards
+        .limits
+        .usage()
+        .into_iter()
+        .map(|(pool, in_use, size, waiting)| {
+            (
+                pool.to_string(),
+                json!({"in_use": in_use, "size": size, "waiting": waiting}),
+            )
+        })
+        .collect();
     let down = |v: &Value| matches!(v["status"].as_str(), Some("down" | "starting"));
     let status = if not_ready(state).is_some() || down(&llm) || down(&kb) {
         "unavailable"
@@ -192,7 +177,7 @@ fn refresh_gauges(state: &AppState) {
     let metrics = &state.metrics;
     metrics.jobs_running.set(state.running_jobs() as i64);
     metrics.jobs_queued.set(state.queued_jobs() as i64);
-    for guard in &state.upstreams.guards {
+    for guard in state.upstreams.guards.all() {
         let current = guard.breaker.state();
         for breaker_state in [
             BreakerState::Closed,
@@ -208,24 +193,8 @@ fn refresh_gauges(state: &AppState) {
                 .set(i64::from(current == breaker_state));
         }
     }
-    if let Some(limits) = state.upstreams.guards.first().map(|g| &g.limits) {
-        for pool in Pool::ALL {
-            let (in_use, size) = limits.pool_in_use(pool);
-            let labels = PoolLabels {
-                pool: pool.as_str(),
-            };
-            metrics
-                .pool_in_use
-                .get_or_create(&labels)
-                .set(in_use as i64);
-            metrics.pool_size.get_or_create(&labels).set(size as i64);
-            metrics
-                .pool_waiting
-                .get_or_create(&labels)
-                .set(limits.waiting(Some(pool)) as i64);
-        }
-        let (in_use, size) = limits.global_in_use();
-        let labels = PoolLabels { pool: "global" };
+    for (pool, in_use, size, waiting) in state.upstreams.guards.limits.usage() {
+        let labels = PoolLabels { pool };
         metrics
             .pool_in_use
             .get_or_create(&labels)
@@ -234,7 +203,7 @@ fn refresh_gauges(state: &AppState) {
         metrics
             .pool_waiting
             .get_or_create(&labels)
-            .set(limits.waiting(None) as i64);
+            .set(waiting as i64);
     }
 }
 
@@ -275,7 +244,7 @@ async fn kb_search(State(state): State<Arc<AppState>>) -> Json<Value> {
     let kb = state.ready.get().map(|r| r.kb.name());
     let breaker = match state.ready.get().map(|r| &r.kb) {
         Some(KnowledgeSource::VectorStore(_)) => {
-            guard(&state, "kb").map(|g| g.breaker.state().as_str())
+            Some(state.upstreams.guards.kb.breaker.state().as_str())
         }
         _ => None,
     };

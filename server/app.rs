@@ -240,8 +240,7 @@ async fn lifecycle(
     let llm_breaker = upstreams
         .llm
         .as_ref()
-        .and_then(|_| upstreams.guards.iter().find(|g| g.upstream == "llm"))
-        .map(|g| g.breaker.clone());
+        .map(|_| upstreams.guards.llm.breaker.clone());
     let startup = tokio::task::spawn_blocking(move || {
         let kb = match &upstreams.vector_store {
             Some(store) => KnowledgeSource::VectorStore(store.clone()),

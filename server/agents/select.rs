@@ -16,7 +16,7 @@ use crate::server::{
     config::UpstreamConfig,
     kb::KnowledgeSource,
     metrics::Metrics,
-    resilience::{Guard, Limits, breaker::CircuitBreaker},
+    resilience::{Guard, Guards, Limits, breaker::CircuitBreaker},
     upstream::{
         api_client, fetch::Fetcher, llm::LlmClient, retry::RetryPolicy, serper::SerperClient,
         vector_store::VectorStoreClient,
@@ -27,7 +27,7 @@ const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 
 /// The resilience stack of each upstream (`llm`, `kb`, `web`, `fetch`), sharing one set of
 /// concurrency limits: everything a call goes through, built in one place.
-fn guards(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Vec<Arc<Guard>>, String> {
+fn guards(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Guards, String> {
     let limits = Arc::new(Limits::new(
         config.max_concurrent_upstream,
         config.pool_search,
@@ -50,19 +50,23 @@ fn guards(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Vec<Arc<Gua
         })?;
         rpm.insert(upstream.clone(), value);
     }
-    Ok(UPSTREAMS
-        .iter()
-        .map(|upstream| {
-            Arc::new(Guard::new(
-                upstream,
-                CircuitBreaker::new(config.breaker_threshold, config.breaker_cool_down),
-                rpm.get(*upstream).copied().unwrap_or(0),
-                RetryPolicy::new(config.max_attempts),
-                limits.clone(),
-                metrics.clone(),
-            ))
-        })
-        .collect())
+    let guard = |upstream: &'static str| {
+        Arc::new(Guard::new(
+            upstream,
+            CircuitBreaker::new(config.breaker_threshold, config.breaker_cool_down),
+            rpm.get(upstream).copied().unwrap_or(0),
+            RetryPolicy::new(config.max_attempts),
+            limits.clone(),
+            metrics.clone(),
+        ))
+    };
+    Ok(Guards {
+        llm: guard("llm"),
+        kb: guard("kb"),
+        web: guard("web"),
+        fetch: guard("fetch"),
+        limits: limits.clone(),
+    })
 }
 
 const UPSTREAMS: [&str; 4] = ["llm", "kb", "web", "fetch"];
@@ -72,7 +76,7 @@ const DEFAULT_RPM: [(&str, u32); 4] = [("llm", 600), ("kb", 1200), ("web", 300),
 /// The upstream clients and per-agent settings built from configuration, once.
 pub struct Upstreams {
     /// The resilience stacks, for health and metrics.
-    pub guards: Vec<Arc<Guard>>,
+    pub guards: Guards,
     pub metrics: Arc<Metrics>,
     pub llm: Option<Arc<LlmClient>>,
     pub serper: Option<Arc<SerperClient>>,
@@ -133,13 +137,6 @@ impl Upstreams {
         }
         let http = api_client().map_err(|e| format!("HTTP client: {e}"))?;
         let guards = guards(config, &metrics)?;
-        let guard = |name: &str| {
-            guards
-                .iter()
-                .find(|g| g.upstream == name)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Guard::unlimited("unknown")))
-        };
         let llm_configured = config.openai_api_key.is_some() || config.openai_base_url.is_some();
         let base_url = config
             .openai_base_url
@@ -152,7 +149,7 @@ impl Upstreams {
                 config.openai_api_key.clone(),
                 config.llm_timeout,
                 config.llm_idle_timeout,
-                guard("llm"),
+                guards.llm.clone(),
             ))
         });
         let vector_store = config.openai_vector_store_id.clone().map(|id| {
@@ -162,7 +159,7 @@ impl Upstreams {
                 config.openai_api_key.clone(),
                 id,
                 config.kb_timeout,
-                guard("kb"),
+                guards.kb.clone(),
             ))
         });
         let serper = config.serper_api_key.clone().map(|key| {
@@ -171,14 +168,14 @@ impl Upstreams {
                 &config.serper_base_url,
                 key,
                 config.web_timeout,
-                guard("web"),
+                guards.web.clone(),
             ))
         });
         let fetcher = Fetcher::new(
             config.fetch_timeout,
             config.fetch_max_bytes,
             config.fetch_allow_private,
-            guard("fetch"),
+            guards.fetch.clone(),
         )
         .map_err(|e| format!("fetch client: {e}"))?;
         Ok(Self {

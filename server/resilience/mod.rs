@@ -103,6 +103,20 @@ impl Limits {
         )
     }
 
+    /// (name, in use, size, waiting) for each pool and, last, `global`.
+    pub fn usage(&self) -> Vec<(&'static str, usize, usize, usize)> {
+        let mut usage: Vec<_> = Pool::ALL
+            .iter()
+            .map(|&pool| {
+                let (in_use, size) = self.pool_in_use(pool);
+                (pool.as_str(), in_use, size, self.waiting(Some(pool)))
+            })
+            .collect();
+        let (in_use, size) = self.global_in_use();
+        usage.push(("global", in_use, size, self.waiting(None)));
+        usage
+    }
+
     /// Calls waiting for a permit of `pool`, or for the global cap (`None`).
     pub fn waiting(&self, pool: Option<Pool>) -> usize {
         self.waiting[pool.map_or(0, |p| p as usize + 1)].load(Ordering::Relaxed)
@@ -211,6 +225,22 @@ fn health<T>(result: &Result<T, UpstreamError>) -> Option<bool> {
         Err(UpstreamError::Status { status, .. }) if *status >= 500 => Some(false),
         Err(UpstreamError::Status { status, .. }) if *status != 429 => Some(true),
         Err(_) => None,
+    }
+}
+
+/// The stacks of the four upstreams, sharing one set of limits.
+#[derive(Debug, Clone)]
+pub struct Guards {
+    pub llm: Arc<Guard>,
+    pub kb: Arc<Guard>,
+    pub web: Arc<Guard>,
+    pub fetch: Arc<Guard>,
+    pub limits: Arc<Limits>,
+}
+
+impl Guards {
+    pub fn all(&self) -> [&Arc<Guard>; 4] {
+        [&self.llm, &self.kb, &self.web, &self.fetch]
     }
 }
 
