@@ -144,10 +144,12 @@ impl Limits {
 }
 
 /// A requests-per-minute limit: calls are spaced evenly, waiting when they come too fast.
+/// A call takes its turn only when it goes out, so a call cancelled while waiting uses none.
 #[derive(Debug)]
 pub struct RateLimiter {
     interval: Duration,
-    next: tokio::sync::Mutex<Instant>,
+    /// When the next call may go out.
+    next: std::sync::Mutex<Instant>,
 }
 
 impl RateLimiter {
@@ -155,18 +157,23 @@ impl RateLimiter {
     pub fn per_minute(rpm: u32) -> Option<Self> {
         (rpm > 0).then(|| Self {
             interval: Duration::from_secs(60) / rpm,
-            next: tokio::sync::Mutex::new(Instant::now()),
+            next: std::sync::Mutex::new(Instant::now()),
         })
     }
 
     pub async fn acquire(&self) {
-        let slot = {
-            let mut next = self.next.lock().await;
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+        loop {
+            let turn = {
+                let mut next = lock(&self.next);
+                let now = Instant::now();
+                if *next <= now {
+                    *next = now + self.interval;
+                    return;
+                }
+                *next
+            };
+            tokio::time::sleep_until(turn).await;
+        }
     }
 }
 
@@ -520,6 +527,24 @@ mod tests {
         assert_eq!(
             attempts, 1,
             "a 5 s Retry-After does not fit in a 50 ms deadline"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_while_waiting_for_the_rate_limit_uses_no_turn() {
+        let limiter = RateLimiter::per_minute(600).unwrap(); // a turn every 100 ms
+        limiter.acquire().await;
+        for _ in 0..5 {
+            // Gives up after 10 ms, long before its turn.
+            let _ = tokio::time::timeout(Duration::from_millis(10), limiter.acquire()).await;
+        }
+        let started = Instant::now();
+        limiter.acquire().await;
+        // Its own turn is at most 100 ms away; behind five abandoned turns it would be 600 ms.
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "waited {:?} behind abandoned turns",
+            started.elapsed()
         );
     }
 
