@@ -115,6 +115,9 @@ impl CircuitBreaker {
                 trial_running: false,
             }),
             (_, None) => None,
+            // No call is admitted while open: a success now is from a call admitted before it
+            // opened, and only a half-open trial may close it.
+            (Inner::Open { .. }, Some(true)) => None,
             (_, Some(true)) => Some(Inner::Closed { failures: 0 }),
             (Inner::Closed { failures }, Some(false)) if failures + 1 < self.threshold => {
                 Some(Inner::Closed {

@@ -2,6 +2,7 @@
 //! `response_format: json_schema` (strict), and streamed text (SSE) for the writer.
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
@@ -190,6 +191,7 @@ impl LlmClient {
             .call(scope, |_| {
                 self.structured_once(&body, &usage, &parse)
                     .instrument(self.chat_span(model))
+                    .map(|r| r.map_err(|e| e.redact(self.api_key.as_ref())))
             })
             .await;
         let usage = *crate::server::lock(&usage);
@@ -264,7 +266,8 @@ impl LlmClient {
                     let result = self
                         .stream_once(&body, &mut text, &mut usage, on_delta)
                         .instrument(self.chat_span(model))
-                        .await;
+                        .await
+                        .map_err(|e| e.redact(self.api_key.as_ref()));
                     permit.finish(&result);
                     (result, started.elapsed())
                 }

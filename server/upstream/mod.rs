@@ -78,6 +78,27 @@ impl UpstreamError {
         }
     }
 
+    /// The error with `secret` cut out of the upstream's answer, in case it echoes it.
+    pub fn redact(self, secret: Option<&crate::server::config::Secret>) -> Self {
+        match (self, secret) {
+            (
+                Self::Status {
+                    upstream,
+                    status,
+                    retry_after,
+                    body,
+                },
+                Some(secret),
+            ) if !secret.expose().is_empty() => Self::Status {
+                upstream,
+                status,
+                retry_after,
+                body: body.replace(secret.expose(), "[redacted]"),
+            },
+            (error, _) => error,
+        }
+    }
+
     /// Low-cardinality outcome label for metrics.
     pub fn outcome(&self) -> &'static str {
         match self {

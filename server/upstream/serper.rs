@@ -75,7 +75,9 @@ impl SerperClient {
                     .header("X-API-KEY", self.api_key_header())
                     .json(&json!({"q": query, "num": num}));
                 let answer: SearchResponse =
-                    send_json(UPSTREAM, "{base}/search", request, self.timeout).await?;
+                    send_json(UPSTREAM, "{base}/search", request, self.timeout)
+                        .await
+                        .map_err(|e| e.redact(Some(&self.api_key)))?;
                 Ok(answer.organic)
             })
             .await

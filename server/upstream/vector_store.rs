@@ -104,7 +104,8 @@ impl VectorStoreClient {
                     request,
                     self.timeout,
                 )
-                .await?;
+                .await
+                .map_err(|e| e.redact(self.api_key.as_ref()))?;
                 Ok(page.data)
             })
             .await

@@ -38,6 +38,8 @@ pub enum Fault {
     Stall { chunks: usize },
     /// Send part of the answer, then break the connection.
     Close,
+    /// 401 whose body repeats the credentials the request carried (as some gateways do).
+    EchoCredentials,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,8 +248,21 @@ async fn generic_fault(fault: &Fault) -> Option<Response> {
             ]);
             Some(Response::new(Body::from_stream(broken)))
         }
-        Fault::SchemaViolation => None,
+        Fault::SchemaViolation | Fault::EchoCredentials => None,
     }
+}
+
+/// The 401 of [`Fault::EchoCredentials`].
+fn echo_credentials(headers: &HeaderMap) -> Response {
+    let credentials: Vec<&str> = ["authorization", "x-api-key"]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .collect();
+    (
+        StatusCode::UNAUTHORIZED,
+        format!("invalid credentials: {}", credentials.join(" ")),
+    )
+        .into_response()
 }
 
 async fn chat(
@@ -260,9 +275,12 @@ async fn chat(
         &shared,
         Route::Llm,
         "/v1/chat/completions".into(),
-        headers,
+        headers.clone(),
         body.clone(),
     );
+    if matches!(fault, Some(Fault::EchoCredentials)) {
+        return echo_credentials(&headers);
+    }
     let user = body["messages"][1]["content"]
         .as_str()
         .unwrap_or_default()

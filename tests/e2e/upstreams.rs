@@ -645,3 +645,24 @@ async fn fetches_follow_few_redirects_only_to_http_and_read_a_bounded_body() {
         "{by_name}"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_that_echoes_the_key_does_not_leak_it() {
+    let standin = StandIn::start().await;
+    standin.fault(Route::Llm, std::iter::repeat_n(Fault::EchoCredentials, 10));
+    let mut server = common::start(config(&standin)).await;
+    let failed = common::failed(&server.generate(llm_request()).await);
+    assert!(
+        failed
+            .message
+            .contains("invalid credentials: Bearer [redacted]"),
+        "{}",
+        failed.message
+    );
+    assert!(!failed.message.contains(OPENAI_KEY));
+    let (_, health) = server.admin("/health/detailed").await;
+    assert!(
+        health.contains("[redacted]") && !health.contains(OPENAI_KEY),
+        "{health}"
+    );
+}
