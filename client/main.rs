@@ -189,24 +189,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                 max_total_tokens: max_tokens,
             };
-            let mut grpc_request = tonic::Request::new(request.clone());
-            if let Some(limit) = timeout {
-                grpc_request.set_timeout(limit);
-            }
-            let follower = match timeout {
-                Some(_) => {
-                    let mut client = client.clone();
-                    let stream = client
-                        .generate(grpc_request)
-                        .await
-                        .map_err(explain)?
-                        .into_inner();
-                    JobFollower::from_stream(client, request, stream)
-                }
-                None => JobFollower::generate(client.clone(), request)
-                    .await
-                    .map_err(explain)?,
-            };
+            let follower = JobFollower::generate(client.clone(), request, timeout)
+                .await
+                .map_err(explain)?;
             follow(client, follower, out, json).await
         }
         Command::Watch {

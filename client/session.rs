@@ -63,22 +63,19 @@ pub struct JobFollower {
 }
 
 impl JobFollower {
-    /// Starts a job. Give the request an idempotency key to make re-attaching safe.
+    /// Starts a job, bounded by `timeout` when given (the gRPC deadline). Give the request
+    /// an idempotency key to make re-attaching safe.
     pub async fn generate(
         mut client: Client,
         request: api::GenerateRequest,
+        timeout: Option<Duration>,
     ) -> Result<Self, Status> {
-        let stream = client.generate(request.clone()).await?.into_inner();
+        let mut call = tonic::Request::new(request.clone());
+        if let Some(limit) = timeout {
+            call.set_timeout(limit);
+        }
+        let stream = client.generate(call).await?.into_inner();
         Ok(Self::new(client, Some(request), stream, None, 0))
-    }
-
-    /// Follows a `Generate` stream the caller opened (e.g. with a deadline).
-    pub fn from_stream(
-        client: Client,
-        request: api::GenerateRequest,
-        stream: Streaming<api::GenerateEvent>,
-    ) -> Self {
-        Self::new(client, Some(request), stream, None, 0)
     }
 
     /// Follows an existing job from after `after_sequence`.

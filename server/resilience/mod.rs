@@ -329,10 +329,6 @@ impl Guard {
         )
     }
 
-    pub fn max_attempts(&self) -> u32 {
-        self.retry.max_attempts
-    }
-
     /// Breaker (fail fast while open), rate limit, pool, global cap, and the breaker again
     /// right before the call: it may have opened while this call waited.
     pub async fn admit(&self, scope: &CallScope) -> Result<Permit, UpstreamError> {
