@@ -16,6 +16,35 @@ pub mod api {
     pub const SERVICE_NAME: &str = "dakota.content.v1.ContentService";
 }
 
+pub mod safe_text {
+    //! Characters that are invisible or act on a terminal: refused in requests by the server
+    //! and stripped from server text by the CLI before it reaches a terminal.
+
+    /// A control character (Unicode Cc: NUL, ESC, DEL, C1) or a format character (Cf: zero-width
+    /// spaces and joiners, bidirectional overrides such as U+202E, the BOM, tag characters).
+    /// The Cf list is Unicode 16's, written out because no small crate exposes it.
+    pub fn is_hidden(c: char) -> bool {
+        c.is_control()
+            || matches!(c,
+                '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}'
+                | '\u{890}'..='\u{891}' | '\u{8E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+    }
+
+    /// `text` without hidden characters, keeping line breaks and tabs: safe to print.
+    pub fn for_terminal(text: &str) -> std::borrow::Cow<'_, str> {
+        let keep = |c: char| c == '\n' || c == '\t' || !is_hidden(c);
+        if text.chars().all(keep) {
+            std::borrow::Cow::Borrowed(text)
+        } else {
+            std::borrow::Cow::Owned(text.chars().filter(|&c| keep(c)).collect())
+        }
+    }
+}
+
 #[path = "client/mod.rs"]
 pub mod client;
 #[path = "server/mod.rs"]

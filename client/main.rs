@@ -8,6 +8,7 @@ use dakota::{
         output,
         session::{self, Client, JobFollower},
     },
+    safe_text::for_terminal,
     server::config::parse_duration,
 };
 use tonic::Status;
@@ -128,7 +129,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", for_terminal(&message));
             ExitCode::FAILURE
         }
     }
@@ -155,6 +156,7 @@ fn explain(status: Status) -> String {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let started = std::time::Instant::now();
     let channel = session::connect(&cli.server, cli.connect_timeout)
         .await
         .map_err(|e| e.to_string())?;
@@ -224,7 +226,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .into_inner();
             println!(
                 "job {}: {}",
-                response.job_id,
+                for_terminal(&response.job_id),
                 response.state().as_str_name()
             );
             Ok(ExitCode::SUCCESS)
@@ -256,11 +258,18 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     );
                     continue;
                 }
-                println!("{} ({} hits)", result.query, result.hits.len());
+                println!(
+                    "{} ({} hits)",
+                    for_terminal(&result.query),
+                    result.hits.len()
+                );
                 for hit in &result.hits {
                     println!(
                         "  {:>6.2}  {} / {}\n          {}",
-                        hit.score, hit.title, hit.section, hit.url
+                        hit.score,
+                        for_terminal(&hit.title),
+                        for_terminal(&hit.section),
+                        for_terminal(&hit.url)
                     );
                 }
             }
@@ -268,11 +277,19 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Health { service } => {
             let mut health = HealthClient::new(channel);
-            let response = health
-                .check(HealthCheckRequest {
-                    service: service.clone(),
-                })
+            // A probe: bounded as a whole by --connect-timeout.
+            let check = health.check(HealthCheckRequest {
+                service: service.clone(),
+            });
+            let left = cli.connect_timeout.saturating_sub(started.elapsed());
+            let response = tokio::time::timeout(left, check)
                 .await
+                .map_err(|_| {
+                    format!(
+                        "no health answer from {} within {:?} (--connect-timeout)",
+                        cli.server, cli.connect_timeout
+                    )
+                })?
                 .map_err(explain)?
                 .into_inner();
             let status = response.status();
@@ -316,9 +333,11 @@ async fn follow(
             Ok(None) => break,
             Err(status) => {
                 display.finish();
+                // Resuming helps only when the connection was lost, not when the server said no.
                 let hint = follower
                     .job_id
                     .as_ref()
+                    .filter(|_| session::is_dropped(&status))
                     .map(|id| {
                         format!(
                             "\n  resume with: dakota watch {id} --after {}",
@@ -354,9 +373,9 @@ async fn follow(
                 if !json {
                     eprintln!(
                         "error: job {} failed ({}): {}",
-                        event.job_id,
+                        for_terminal(&event.job_id),
                         output::code_name(tonic::Code::from_i32(failed.code)),
-                        failed.message
+                        for_terminal(&failed.message)
                     );
                 }
                 return Ok(ExitCode::FAILURE);
@@ -380,7 +399,7 @@ fn deliver(
             eprintln!("wrote {}", folder.display());
         }
         (None, true) => println!("{}", output::article_json(article)),
-        (None, false) => println!("{}", article.markdown),
+        (None, false) => println!("{}", for_terminal(&article.markdown)),
     }
     Ok(())
 }
@@ -392,7 +411,7 @@ fn print_summary(article: &api::Article) {
     let fact_check = article.fact_check.clone().unwrap_or_default();
     eprintln!(
         "\"{}\": {} words, {} sections, {} citations to {} sources; fact check {} supported / {} unsupported; quality {:.1}/100{}",
-        article.title,
+        for_terminal(&article.title),
         content.word_count,
         content.section_count,
         content.citation_count,

@@ -5,6 +5,7 @@ use std::{collections::HashMap, io::IsTerminal};
 use dakota::{
     api::{self, generate_event::Event},
     client::output,
+    safe_text::for_terminal,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -31,7 +32,7 @@ impl Display {
             Display::Bars(bars) => bars.show(event),
             Display::Lines => {
                 if let Some(line) = describe(event) {
-                    eprintln!("[{:>3}%] {line}", event.progress);
+                    eprintln!("[{:>3}%] {}", event.progress, for_terminal(&line));
                 }
             }
         }
@@ -39,6 +40,7 @@ impl Display {
 
     /// A message that must not tear the bars.
     pub fn note(&self, message: &str) {
+        let message = for_terminal(message);
         match self {
             Display::Bars(bars) => bars.multi.suspend(|| eprintln!("{message}")),
             _ => eprintln!("{message}"),
@@ -133,8 +135,11 @@ impl Bars {
         let Some(kind) = &event.event else { return };
         match kind {
             Event::JobStarted(e) => {
-                self.overall
-                    .set_message(format!("{} ({})", e.topic, event.job_id));
+                self.overall.set_message(format!(
+                    "{} ({})",
+                    for_terminal(&e.topic),
+                    for_terminal(&event.job_id)
+                ));
                 for phase in &e.phases {
                     let bar = self
                         .multi
@@ -184,9 +189,13 @@ impl Bars {
                     ));
                 }
             }
-            Event::Warning(e) => self
-                .multi
-                .suspend(|| eprintln!("warning {}: {}", e.code, e.message)),
+            Event::Warning(e) => self.multi.suspend(|| {
+                eprintln!(
+                    "warning {}: {}",
+                    for_terminal(&e.code),
+                    for_terminal(&e.message)
+                )
+            }),
             Event::ContentDelta(_) => {}
             Event::Completed(_) => {
                 for bar in self.phases.values().filter(|b| !b.is_finished()) {

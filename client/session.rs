@@ -20,19 +20,30 @@ pub enum ConnectError {
     Unreachable { server: String, reason: String },
 }
 
-/// Connects (eagerly, so a refused connection is reported here, with the fix).
+/// Connects (eagerly, so a refused connection is reported here, with the fix). `timeout`
+/// bounds the whole connection, the HTTP/2 handshake included: a server that accepts and
+/// then says nothing is unreachable too.
 pub async fn connect(server: &str, timeout: Duration) -> Result<Channel, ConnectError> {
     let endpoint = Channel::from_shared(server.to_string())
         .map_err(|_| ConnectError::BadAddress(server.to_string()))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|error| ConnectError::Unreachable {
-            server: server.to_string(),
-            reason: root_cause(&error),
-        })
+    let unreachable = |reason: String| ConnectError::Unreachable {
+        server: server.to_string(),
+        reason,
+    };
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(error)) => Err(unreachable(root_cause(&error))),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {} (--connect-timeout)",
+            humanize(timeout)
+        ))),
+    }
+}
+
+fn humanize(duration: Duration) -> String {
+    format!("{:.1} s", duration.as_secs_f64())
 }
 
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
@@ -44,7 +55,7 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Statuses that mean "the connection went away", not "the server said no".
-fn is_dropped(status: &Status) -> bool {
+pub fn is_dropped(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::Unknown)
         || (status.code() == Code::Internal && status.message().contains("h2"))
 }
@@ -126,13 +137,15 @@ impl JobFollower {
             }
             match self.stream.message().await {
                 Ok(Some(event)) => {
-                    if event.sequence <= self.last_sequence {
-                        continue; // replayed after a re-attach
+                    let last = matches!(event.event, Some(Event::Completed(_) | Event::Failed(_)));
+                    // Events seen before a re-attach are replayed: skip them. The final event
+                    // is the exception, as a follower past the end gets it again.
+                    if event.sequence <= self.last_sequence && !last {
+                        continue;
                     }
-                    self.last_sequence = event.sequence;
+                    self.last_sequence = self.last_sequence.max(event.sequence);
                     self.job_id.get_or_insert_with(|| event.job_id.clone());
-                    self.finished =
-                        matches!(event.event, Some(Event::Completed(_) | Event::Failed(_)));
+                    self.finished = last;
                     return Ok(Some(event));
                 }
                 Ok(None) => {

@@ -6,12 +6,12 @@ use std::{
 };
 
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::server::{
     metrics::Metrics,
+    net,
     resilience::breaker::{BreakerState, CircuitBreaker},
 };
 
@@ -142,19 +142,21 @@ impl Server {
             .add_service(reflection_v1alpha)
             .add_service(content)
             .serve_with_incoming_shutdown(
-                incoming(listener),
+                net::incoming(listener),
                 stop_serving.clone().cancelled_owned(),
             );
         tracing::info!(%grpc_addr, %admin_addr, "gRPC and admin HTTP listening (NOT_SERVING until ready)");
         // The admin port outlives the drain (so /ready can say 503) and stops with the server.
         let admin_stop = CancellationToken::new();
-        let admin = axum::serve(admin_listener, crate::server::admin::router(state.clone()))
-            .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
-        tokio::spawn(async move {
-            if let Err(error) = admin.await {
-                tracing::error!(%error, "admin HTTP server failed");
-            }
-        });
+        tokio::spawn(net::serve_admin(
+            admin_listener,
+            crate::server::admin::router(state.clone()),
+            net::AdminLimits {
+                header_timeout: config.admin_header_timeout,
+                max_connections: config.admin_max_connections,
+            },
+            admin_stop.clone(),
+        ));
 
         let task = tokio::spawn(lifecycle(
             config,
@@ -193,19 +195,6 @@ impl Server {
             .await
             .map_err(|e| ServerError::Startup(e.to_string()))?
     }
-}
-
-/// Accepted connections with Nagle's algorithm off: events are small writes, and Nagle plus
-/// delayed ACKs would hold each one back by tens of milliseconds.
-fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

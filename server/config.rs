@@ -50,6 +50,15 @@ pub struct Config {
     #[arg(long, env = "DAKOTA_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Admin port: how long a client may take to send a request's headers, and how long an
+    /// idle keep-alive connection stays open.
+    #[arg(long, env = "DAKOTA_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub admin_header_timeout: Duration,
+
+    /// Admin port: open connections at most; more are closed at once.
+    #[arg(long, env = "DAKOTA_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+
     /// Also write each finished article folder (`YYYY-MM-DD-<slug>/`) here.
     #[arg(long, env = "DAKOTA_OUTPUT_DIR")]
     pub output_dir: Option<PathBuf>,

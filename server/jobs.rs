@@ -26,6 +26,9 @@ pub struct Job {
     pub request: Arc<JobRequest>,
     /// Cancels every agent and upstream call of the job.
     pub cancel: CancellationToken,
+    /// The registry's shutdown token (the parent of `cancel`), to tell a shutdown from a
+    /// cancellation of this job.
+    shutdown: CancellationToken,
     log: Mutex<JobLog>,
     last_sequence: watch::Sender<u64>,
     watchers: AtomicUsize,
@@ -40,7 +43,7 @@ struct JobLog {
     state: JobStateKind,
     finished_at: Option<Instant>,
     article: Option<api::Article>,
-    failure: Option<(Code, String)>,
+    failure: Option<api::Failed>,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -53,11 +56,12 @@ enum JobStateKind {
 }
 
 impl Job {
-    fn new(id: String, request: Arc<JobRequest>, cancel: CancellationToken) -> Self {
+    fn new(id: String, request: Arc<JobRequest>, shutdown: &CancellationToken) -> Self {
         Self {
             id,
             request,
-            cancel,
+            cancel: shutdown.child_token(),
+            shutdown: shutdown.clone(),
             log: Mutex::new(JobLog::default()),
             last_sequence: watch::channel(0).0,
             watchers: AtomicUsize::new(0),
@@ -88,7 +92,7 @@ impl Job {
                 } else {
                     JobStateKind::Failed
                 };
-                log.failure = Some((code, failed.message.clone()));
+                log.failure = Some(failed.clone());
             }
             _ => {}
         }
@@ -111,15 +115,23 @@ impl Job {
 
     /// Ends the job with `failed` unless it already ended.
     pub fn fail(&self, code: Code, message: impl Into<String>, phase: &str) {
+        self.end_failed(api::Failed {
+            code: code as i32,
+            message: message.into(),
+            phase: phase.to_string(),
+            retry_delay: None,
+        });
+    }
+
+    /// Ends the job with this `failed` event unless it already ended.
+    pub fn end_failed(&self, failed: api::Failed) {
         let progress = self.log().progress;
-        self.emit(
-            Event::Failed(api::Failed {
-                code: code as i32,
-                message: message.into(),
-                phase: phase.to_string(),
-            }),
-            progress,
-        );
+        self.emit(Event::Failed(failed), progress);
+    }
+
+    /// True when the job was stopped because the server is shutting down.
+    pub fn stopped_by_shutdown(&self) -> bool {
+        self.shutdown.is_cancelled()
     }
 
     pub fn is_finished(&self) -> bool {
@@ -140,7 +152,7 @@ impl Job {
         let log = self.log();
         match (&log.article, &log.failure) {
             (Some(article), _) => Ok(article.clone()),
-            (None, Some((code, message))) => Err(Status::new(*code, message.clone())),
+            (None, Some(failed)) => Err(failure_status(failed)),
             (None, None) => Err(Status::failed_precondition(format!(
                 "job {} is still running ({}% done); watch it with WatchJob",
                 self.id, log.progress
@@ -148,18 +160,48 @@ impl Job {
         }
     }
 
-    /// Events with a sequence greater than `after`, and whether the job has ended.
-    fn events_after(&self, after: u64) -> (Vec<GenerateEvent>, bool) {
+    /// Events with a sequence greater than `after`, and the final event once the job has
+    /// ended (also when it is not among them: a follower past the end still learns how the
+    /// job ended).
+    fn events_after(&self, after: u64) -> (Vec<GenerateEvent>, Option<GenerateEvent>) {
         let log = self.log();
-        let start = (after as usize).min(log.events.len());
-        (
-            log.events[start..].to_vec(),
-            log.state != JobStateKind::Running,
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(log.events.len());
+        let last = match log.state {
+            JobStateKind::Running => None,
+            _ => log.events.last().cloned(),
+        };
+        (log.events[start..].to_vec(), last)
+    }
+
+    /// Only a running or completed job is re-attached by its idempotency key: a job that
+    /// failed (a caller's deadline, a cancellation, a shutdown, an error) leaves the key free
+    /// for a new attempt.
+    fn reattachable(&self) -> bool {
+        matches!(
+            self.log().state,
+            JobStateKind::Running | JobStateKind::Completed
         )
     }
 
     fn finished_at(&self) -> Option<Instant> {
         self.log().finished_at
+    }
+}
+
+/// The status of a failed job, as `GetArticle` answers it (with `RetryInfo` when a retry
+/// may succeed).
+fn failure_status(failed: &api::Failed) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let code = Code::from_i32(failed.code);
+    match failed.retry_delay.and_then(|d| Duration::try_from(d).ok()) {
+        Some(delay) => Status::with_error_details(
+            code,
+            failed.message.clone(),
+            ErrorDetails::with_retry_info(Some(delay)),
+        ),
+        None => Status::new(code, failed.message.clone()),
     }
 }
 
@@ -229,6 +271,7 @@ impl JobRegistry {
                 .by_key
                 .get(key)
                 .and_then(|id| registry.jobs.get(id))
+                .filter(|job| job.reattachable())
         {
             if *job.request != request {
                 return Err(AttachError::KeyReused(job.id.clone()));
@@ -242,11 +285,7 @@ impl JobRegistry {
         admit()?;
         let id = uuid::Uuid::new_v4().to_string();
         let key = request.idempotency_key.clone();
-        let job = Arc::new(Job::new(
-            id.clone(),
-            Arc::new(request),
-            self.shutdown.child_token(),
-        ));
+        let job = Arc::new(Job::new(id.clone(), Arc::new(request), &self.shutdown));
         registry.jobs.insert(id.clone(), job.clone());
         registry.order.push(id.clone());
         if let Some(key) = key {
@@ -270,6 +309,7 @@ impl JobRegistry {
                 over = over.saturating_sub(1);
                 if let Some(job) = registry.jobs.remove(&id)
                     && let Some(key) = &job.request.idempotency_key
+                    && registry.by_key.get(key) == Some(&id)
                 {
                     registry.by_key.remove(key);
                 }
@@ -313,14 +353,19 @@ impl JobRegistry {
             let mut changes = job.last_sequence.subscribe();
             let mut cursor = after;
             'follow: loop {
-                let (events, finished) = job.events_after(cursor);
+                let (events, last) = job.events_after(cursor);
                 for event in events {
-                    cursor = event.sequence;
+                    cursor = cursor.max(event.sequence);
                     if tx.send(Ok(event)).await.is_err() {
                         break 'follow;
                     }
                 }
-                if finished {
+                if let Some(last) = last {
+                    // Every stream ends with the final event: replayed when the follower
+                    // asked for events after it.
+                    if last.sequence <= after {
+                        let _ = tx.send(Ok(last)).await;
+                    }
                     break;
                 }
                 tokio::select! {
@@ -379,5 +424,71 @@ impl Job {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(key: &str) -> JobRequest {
+        JobRequest {
+            topic: "Private credit".into(),
+            slug: "private-credit".into(),
+            word_count: 1500,
+            audience: String::new(),
+            tone: String::new(),
+            custom_instructions: String::new(),
+            include_social: true,
+            include_summary: true,
+            skip_web_search: false,
+            idempotency_key: Some(key.into()),
+            max_total_tokens: None,
+        }
+    }
+
+    fn registry() -> Arc<JobRegistry> {
+        JobRegistry::new(
+            JobLimits {
+                max_jobs: 10,
+                job_ttl: Duration::from_secs(60),
+                detach_grace: Duration::from_secs(1),
+            },
+            CancellationToken::new(),
+        )
+    }
+
+    #[test]
+    fn only_running_and_completed_jobs_keep_their_key() -> Result<(), AttachError> {
+        let registry = registry();
+        let (first, created) = registry.create_or_attach(request("k"), || Ok(()))?;
+        assert!(created);
+        let (same, created) = registry.create_or_attach(request("k"), || Ok(()))?;
+        assert!(!created && same.id == first.id, "running: re-attached");
+        first.fail(Code::DeadlineExceeded, "deadline", "writing");
+        let (second, created) = registry.create_or_attach(request("k"), || Ok(()))?;
+        assert!(created && second.id != first.id, "failed: a new job");
+        second.emit(Event::Completed(api::Completed::default()), 100);
+        let (third, created) = registry.create_or_attach(request("k"), || Ok(()))?;
+        assert!(!created && third.id == second.id, "completed: re-attached");
+        Ok(())
+    }
+
+    #[test]
+    fn a_job_failed_by_shutdown_answers_with_retry_info() -> Result<(), AttachError> {
+        use tonic_types::StatusExt;
+        let registry = registry();
+        let (job, _) = registry.create_or_attach(request("k"), || Ok(()))?;
+        job.end_failed(api::Failed {
+            code: Code::Unavailable as i32,
+            message: "server shutting down".into(),
+            phase: "writing".into(),
+            retry_delay: prost_types::Duration::try_from(Duration::from_secs(1)).ok(),
+        });
+        let status = job.article().err().unwrap_or_else(|| Status::ok(""));
+        assert_eq!(status.code(), Code::Unavailable);
+        let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
+        assert_eq!(retry, Some(Duration::from_secs(1)));
+        Ok(())
     }
 }

@@ -237,9 +237,12 @@ impl KnowledgeBase {
     /// BM25 search over title, section and text; any query text is accepted (operators are
     /// not interpreted, so user input cannot produce a syntax error).
     pub fn search(&self, query: &str, limit: usize) -> Result<Vec<Hit>, KbError> {
+        // Only letters and digits, in lower case: the parser then sees words only (no
+        // `+`, `-`, quotes, fields, nor the upper-case operators AND, OR and NOT).
         let cleaned: String = query
             .chars()
             .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+            .flat_map(char::to_lowercase)
             .collect();
         if cleaned.trim().is_empty() || limit == 0 {
             return Ok(Vec::new());

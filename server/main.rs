@@ -19,8 +19,11 @@ async fn main() -> ExitCode {
     let stop = server.shutdown_handle();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutdown signal received");
+        tracing::info!("shutdown signal received; draining (a second signal exits at once)");
         stop.cancel();
+        shutdown_signal().await;
+        tracing::warn!("second shutdown signal: exiting without waiting for running jobs");
+        std::process::exit(1);
     });
     let result = server.wait().await;
     telemetry.shutdown().await;

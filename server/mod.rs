@@ -16,6 +16,7 @@ pub mod error;
 pub mod jobs;
 pub mod kb;
 pub mod metrics;
+pub mod net;
 pub mod pipeline;
 pub mod resilience;
 pub mod service;

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
@@ -122,8 +123,21 @@ impl AppState {
         self.metrics.jobs_started.inc();
         let ticket = Box::new(Admitted(self.admitted.clone()));
         let task = async move {
-            let article =
-                pipeline::run(job.clone(), agents, settings, deadline, slots, ticket).await;
+            let run = pipeline::run(job.clone(), agents, settings, deadline, slots, ticket);
+            // The pipeline turns its own panics into a failed job; this catches the rest, so
+            // no job is left running with its slot taken and its watchers waiting.
+            let article = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+                Ok(article) => article,
+                Err(_panic) => {
+                    tracing::error!(job_id = %job.id, "the job's task panicked");
+                    job.fail(
+                        tonic::Code::Internal,
+                        "internal error: the job failed unexpectedly",
+                        "",
+                    );
+                    None
+                }
+            };
             tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
             if let (Some(dir), Some(article)) = (output_dir, article) {
                 let written = tokio::task::spawn_blocking(move || {
@@ -172,7 +186,7 @@ impl ContentApi {
         &self,
         request: Request<api::GenerateRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let deadline = grpc_timeout(request.metadata()).map(job_budget);
+        let deadline = grpc_timeout(request.metadata())?.map(job_budget);
         // One trace per job: the caller's traceparent, if any, is its parent.
         let span = tracing::info_span!(
             "Generate",
@@ -379,20 +393,34 @@ impl ContentApi {
     }
 }
 
-/// The caller's deadline from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).
-fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
+/// The caller's deadline from the `grpc-timeout` header: `<1-8 digits><H|M|S|m|u|n>` as the
+/// gRPC HTTP/2 spec allows it. Anything else is refused rather than guessed at, so no
+/// header can produce a deadline the server cannot represent.
+fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = metadata.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::InvalidArgument(vec![tonic_types::FieldViolation::new(
+            "grpc-timeout",
+            "must be 1-8 digits followed by a unit (H, M, S, m, u or n), as the gRPC spec says",
+        )])
+    };
+    let value = value.to_str().map_err(|_| invalid())?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1).ok_or_else(invalid)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let amount: u64 = digits.parse().map_err(|_| invalid())?;
+    Ok(Some(match unit {
         "H" => Duration::from_secs(amount.saturating_mul(3600)),
         "M" => Duration::from_secs(amount.saturating_mul(60)),
         "S" => Duration::from_secs(amount),
         "m" => Duration::from_millis(amount),
         "u" => Duration::from_micros(amount),
         "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
+        _ => return Err(invalid()),
+    }))
 }
 
 #[cfg(test)]
@@ -401,22 +429,33 @@ mod tests {
 
     #[test]
     fn grpc_timeout_header_is_parsed() {
-        let mut metadata = MetadataMap::new();
-        assert_eq!(grpc_timeout(&metadata), None);
-        metadata.insert(
-            "grpc-timeout",
-            "1500m".parse().unwrap_or_else(|_| unreachable!()),
+        let parse = |value: &str| {
+            let mut metadata = MetadataMap::new();
+            metadata.insert(
+                "grpc-timeout",
+                value.parse().unwrap_or_else(|_| unreachable!()),
+            );
+            grpc_timeout(&metadata).ok()
+        };
+        assert_eq!(grpc_timeout(&MetadataMap::new()).ok(), Some(None));
+        assert_eq!(parse("1500m"), Some(Some(Duration::from_millis(1500))));
+        assert_eq!(parse("2S"), Some(Some(Duration::from_secs(2))));
+        assert_eq!(
+            parse("99999999H"),
+            Some(Some(Duration::from_secs(99_999_999 * 3600)))
         );
-        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_millis(1500)));
-        metadata.insert(
-            "grpc-timeout",
-            "2S".parse().unwrap_or_else(|_| unreachable!()),
-        );
-        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(2)));
-        metadata.insert(
-            "grpc-timeout",
-            "xS".parse().unwrap_or_else(|_| unreachable!()),
-        );
-        assert_eq!(grpc_timeout(&metadata), None);
+        for bad in [
+            "xS",
+            "S",
+            "",
+            "18446744073709551615S",
+            "9999999999999999H",
+            "-1S",
+            "+5S",
+            "5s",
+            "5",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?} is refused");
+        }
     }
 }

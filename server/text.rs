@@ -237,6 +237,14 @@ pub fn truncate_words(text: &str, max: usize) -> String {
         }
         out.push_str(word);
     }
+    if out.is_empty() {
+        // The first word alone is too long: cut it.
+        out = text
+            .trim_start()
+            .chars()
+            .take(max.saturating_sub(1))
+            .collect();
+    }
     let trimmed = out.trim_end_matches([',', ';', ':', '.', '-']).to_string();
     format!("{trimmed}…")
 }
@@ -286,6 +294,18 @@ pub fn flesch_reading_ease(prose: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncation_cuts_a_word_longer_than_the_limit() {
+        let long = "x".repeat(250);
+        let cut = truncate_words(&long, 60);
+        assert_eq!(cut.chars().count(), 60);
+        assert!(cut.ends_with('…') && cut.starts_with("xxx"));
+        assert_eq!(
+            truncate_words("Private credit markets", 15),
+            "Private credit…"
+        );
+    }
 
     #[test]
     fn stopwords_are_sorted_for_binary_search() {

@@ -2,6 +2,7 @@
 use tonic_types::FieldViolation;
 
 use crate::api;
+use crate::safe_text::is_hidden;
 use crate::server::{error::ApiError, pipeline::JobRequest, text};
 
 pub const DEFAULT_WORD_COUNT: u32 = 1500;
@@ -21,7 +22,7 @@ impl Violations {
     }
 
     fn length(&mut self, field: &str, value: &str, min: usize, max: usize) {
-        let n = value.chars().count();
+        let n = value.chars().filter(|&c| !is_hidden(c)).count();
         if n < min {
             self.add(
                 field,
@@ -29,6 +30,22 @@ impl Violations {
             );
         } else if n > max {
             self.add(field, format!("must be at most {max} characters (got {n})"));
+        }
+    }
+
+    /// Refuses control and format characters (NUL, ESC, zero-width spaces, bidi overrides):
+    /// invisible in a count, but copied into titles, slugs and terminals. Line breaks and tabs
+    /// are whitespace: kept in multi-line fields, collapsed to a space in single-line ones.
+    fn visible(&mut self, field: &str, value: &str) {
+        let whitespace = |c: char| matches!(c, '\n' | '\r' | '\t');
+        if let Some(bad) = value.chars().find(|&c| is_hidden(c) && !whitespace(c)) {
+            self.add(
+                field,
+                format!(
+                    "must not contain control or invisible characters (found U+{:04X})",
+                    u32::from(bad)
+                ),
+            );
         }
     }
 
@@ -45,6 +62,11 @@ pub fn generate_request(request: api::GenerateRequest) -> Result<JobRequest, Api
     let mut v = Violations::default();
     // Single-line fields: runs of whitespace (newlines included) become one space, so no
     // input can add a line, let alone a heading, to the article.
+    v.visible("topic", &request.topic);
+    v.visible("audience", &request.audience);
+    v.visible("tone", &request.tone);
+    v.visible("custom_instructions", &request.custom_instructions);
+    v.visible("idempotency_key", &request.idempotency_key);
     let topic = one_line(&request.topic);
     if topic.is_empty() {
         v.add("topic", "is required (3-500 characters)");
@@ -96,18 +118,21 @@ fn non_empty_or(value: &str, default: &str) -> String {
 pub fn job_id(id: &str) -> Result<String, ApiError> {
     let id = id.trim();
     let mut v = Violations::default();
+    // Ids are handed out in lower case; any spelling of the same UUID names the same job.
+    let parsed = uuid::Uuid::parse_str(id).map(|u| u.hyphenated().to_string());
     if id.is_empty() {
         v.add("job_id", "is required");
-    } else if uuid::Uuid::parse_str(id).is_err() {
+    } else if parsed.is_err() {
+        let shown: String = id.chars().filter(|&c| !is_hidden(c)).collect();
         v.add(
             "job_id",
             format!(
                 "`{}` is not a job id (a UUID)",
-                text::truncate_words(id, 60)
+                text::truncate_words(&shown, 60)
             ),
         );
     }
-    v.finish(id.to_string())
+    v.finish(parsed.unwrap_or_default())
 }
 
 pub fn search_request(request: &api::SearchKnowledgeBaseRequest) -> Result<usize, ApiError> {
@@ -124,6 +149,7 @@ pub fn search_request(request: &api::SearchKnowledgeBaseRequest) -> Result<usize
         );
     }
     for (i, query) in request.queries.iter().enumerate() {
+        v.visible(&format!("queries[{i}]"), query);
         v.length(&format!("queries[{i}]"), query.trim(), 1, 500);
     }
     let max_results = match request.max_results {
@@ -190,8 +216,35 @@ mod tests {
     }
 
     #[test]
-    fn job_ids_must_be_uuids() {
+    fn job_ids_must_be_uuids_and_are_normalised() {
         assert!(job_id("not-a-job").is_err());
-        assert!(job_id("6f1c1e8e-0c51-4f7e-9a41-3f7b3c0e2a10").is_ok());
+        let id = "6f1c1e8e-0c51-4f7e-9a41-3f7b3c0e2a10";
+        assert_eq!(job_id(id).ok().as_deref(), Some(id));
+        assert_eq!(job_id(&id.to_uppercase()).ok().as_deref(), Some(id));
+    }
+
+    #[test]
+    fn hidden_characters_are_refused_where_they_would_be_copied() {
+        for topic in [
+            "\0\0\0",
+            "\u{200B}\u{200B}\u{200B}",
+            "Private credit \u{1b}]0;pwned\u{7}",
+            "Private \u{202E}tiderc",
+        ] {
+            let error = generate_request(api::GenerateRequest {
+                topic: topic.into(),
+                ..Default::default()
+            });
+            let mut named = error.err().map(fields).unwrap_or_default();
+            named.dedup();
+            assert_eq!(named, vec!["topic".to_string()], "{topic:?}");
+        }
+        let error = generate_request(api::GenerateRequest {
+            topic: "Private credit".into(),
+            audience: "PMs\u{1b}[31m".into(),
+            custom_instructions: "Line one.\r\nLine two.\tTabbed.".into(),
+            ..Default::default()
+        });
+        assert_eq!(error.err().map(fields), Some(vec!["audience".to_string()]));
     }
 }

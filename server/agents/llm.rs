@@ -433,7 +433,10 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
             let markdown = completion.value.trim().to_string();
             let summary = format!("{} words streamed", text::markdown_word_count(&markdown));
             let completion = Completion {
-                value: Draft { markdown },
+                value: Draft {
+                    markdown,
+                    reachable_words: None,
+                },
                 usage: completion.usage,
                 attempts: completion.attempts,
             };

@@ -225,6 +225,9 @@ pub struct Revision {
 #[derive(Debug, Clone, Default)]
 pub struct Draft {
     pub markdown: String,
+    /// Set when the sources ran out before the target length: about the most words they
+    /// support. A revision cannot add material, so none is spent on the length.
+    pub reachable_words: Option<usize>,
 }
 
 #[derive(Clone)]

@@ -15,7 +15,7 @@ use crate::server::{
     kb::{KbHit, KnowledgeSource},
     pipeline::{
         JobRequest,
-        contract::{self, CONCLUSION, KEY_INSIGHTS, KEY_TAKEAWAYS, Problem},
+        contract::{self, CONCLUSION, KEY_INSIGHTS, KEY_TAKEAWAYS, Problem, WORD_COUNT_TOLERANCE},
     },
     text,
 };
@@ -286,12 +286,12 @@ extractive!(WritingBrief => Draft, |cx, brief| {
             }
         }
     }
-    let markdown = write_article(&cx.request, &brief.synthesis, &excluded, scale);
-    for paragraph in markdown.split_inclusive("\n\n") {
+    let draft = write_article(&cx.request, &brief.synthesis, &excluded, scale);
+    for paragraph in draft.markdown.split_inclusive("\n\n") {
         (cx.deltas)(paragraph);
     }
-    let words = prose_words(&markdown);
-    Ok(AgentOutput::local(Draft { markdown }, format!("{words} words")))
+    let words = prose_words(&draft.markdown);
+    Ok(AgentOutput::local(draft, format!("{words} words")))
 });
 
 extractive!(Draft => api::SeoMetadata, |cx, draft| {
@@ -485,18 +485,39 @@ fn audience_head(audience: &str) -> String {
     text::title_case(audience.split(" and ").next().unwrap_or(audience).trim())
 }
 
+/// Below this target, each part of the article gets one short sentence and the title no
+/// subtitle: the fixed structure alone would otherwise exceed the length.
+const COMPACT_TARGET: usize = 400;
+/// Below this target, the conclusion is a closing line rather than another source sentence.
+const TINY_TARGET: usize = 150;
+/// Below this target, three main sections instead of four.
+const THREE_SECTION_TARGET: usize = 700;
+
 /// Builds the article: title, lead, key insights, the outlined sections filled with source
 /// sentences up to the word budget, key takeaways and conclusion. Cites with `[S<n>]`.
+/// Short targets get fewer, shorter parts; when the sources run out before a long target,
+/// the draft says how far they reach.
 fn write_article(
     request: &JobRequest,
     synthesis: &Synthesis,
     excluded: &HashSet<String>,
     scale: f64,
-) -> String {
+) -> Draft {
     let target = (request.word_count as f64 * scale).round() as usize;
+    let compact = target < COMPACT_TARGET;
     let topic = &request.topic;
     let mut used: HashSet<String> = excluded.clone();
+    // The most relevant sentences; in a compact article, the shortest (then most relevant).
+    let pick = |text: &str, query: &str, n: usize, used: &HashSet<String>| {
+        let mut best = best_sentences(text, query, usize::MAX, used);
+        if compact {
+            best.sort_by_key(|s| text::count_words(s));
+        }
+        best.truncate(n);
+        best
+    };
     let source = |id: &str| synthesis.sources.iter().find(|s| s.source.id == id);
+    let max_sections = if target < THREE_SECTION_TARGET { 3 } else { 4 };
     let sections: Vec<(&OutlineSection, &SourceDoc)> = synthesis
         .outline
         .iter()
@@ -506,59 +527,81 @@ fn write_article(
                 .and_then(|id| source(id))
                 .map(|d| (s, d))
         })
+        .take(max_sections)
         .collect();
+    let headings: Vec<String> = if compact {
+        short_headings(sections.iter().map(|(s, _)| s.heading.as_str()))
+    } else {
+        sections.iter().map(|(s, _)| s.heading.clone()).collect()
+    };
 
-    let title = format!(
-        "{}: A Briefing for {}",
-        text::title_case(topic),
-        audience_head(&request.audience)
-    );
+    let title = if compact {
+        text::title_case(topic)
+    } else {
+        format!(
+            "{}: A Briefing for {}",
+            text::title_case(topic),
+            audience_head(&request.audience)
+        )
+    };
     // The writer's own sentences carry no user text: a figure in a topic ("... in 2026")
     // would otherwise become a claim no source can support.
-    let mut lead =
-        vec!["What follows sets out the evidence, with a source for every statement.".to_string()];
-    if let Some(first) = synthesis.sources.first() {
-        let picked = best_sentences(&first.text, topic, 2, &used);
-        used.extend(picked.iter().cloned());
-        lead.push(cite_run(&picked, &first.source.id));
+    let mut lead = Vec::new();
+    if !compact {
+        lead.push("What follows sets out the evidence, with a source for every statement.".into());
+        if let Some(first) = synthesis.sources.first() {
+            let picked = pick(&first.text, topic, 2, &used);
+            used.extend(picked.iter().cloned());
+            lead.push(cite_run(&picked, &first.source.id));
+        }
     }
+    let bullets = if compact { 1 } else { sections.len() };
+    // A tiny article's bullets are the main clause of their sentence, where it stands alone.
+    let bullet = |sentence: String| {
+        if target < TINY_TARGET {
+            main_clause(&sentence).unwrap_or(sentence)
+        } else {
+            sentence
+        }
+    };
 
     let insights: Vec<String> = sections
         .iter()
+        .take(bullets)
         .filter_map(|(section, doc)| {
-            let pick = best_sentences(&doc.text, &format!("{topic} {}", section.heading), 1, &used)
-                .pop()?;
+            let pick = pick(&doc.text, &format!("{topic} {}", section.heading), 1, &used).pop()?;
             used.insert(pick.clone());
-            Some(format!("- {}", cite_run(&[pick], &doc.source.id)))
+            Some(format!("- {}", cite_run(&[bullet(pick)], &doc.source.id)))
         })
         .collect();
 
     // Takeaways: sentences that advise, one from each section's source.
     let takeaways: Vec<String> = sections
         .iter()
+        .take(bullets)
         .filter_map(|(_, doc)| {
-            let pick = best_sentences(
-                &doc.text,
-                &format!("{topic} should must can consider need"),
-                1,
-                &used,
-            )
-            .pop()?;
+            let query = format!("{topic} should must can consider need");
+            let pick = pick(&doc.text, &query, 1, &used).pop()?;
             used.insert(pick.clone());
-            Some(format!("- {}", cite_run(&[pick], &doc.source.id)))
+            Some(format!("- {}", cite_run(&[bullet(pick)], &doc.source.id)))
         })
         .collect();
 
     let mut conclusion = Vec::new();
-    if let Some(last) = synthesis.sources.get(1).or(synthesis.sources.first()) {
-        let picked = best_sentences(&last.text, topic, 1, &used);
+    if target < TINY_TARGET {
+        // No room for one more source sentence: a closing line that claims nothing.
+        conclusion.push("Each point above rests on the source it cites.".to_string());
+    } else if let Some(last) = synthesis.sources.get(1).or(synthesis.sources.first()) {
+        let picked = pick(&last.text, topic, 1, &used);
         used.extend(picked.iter().cloned());
         conclusion.push(cite_run(&picked, &last.source.id));
     }
-    conclusion.push(
-        "Taken together, the evidence points toward disciplined governance, patient implementation and regular review."
-            .to_string(),
-    );
+    if !compact {
+        conclusion.push(
+            "Taken together, the evidence points toward disciplined governance, patient implementation and regular review."
+                .to_string(),
+        );
+    }
 
     let fixed = format!(
         "{title} {KEY_INSIGHTS} {KEY_TAKEAWAYS} {CONCLUSION}\n{}\n{}\n{}\n{}",
@@ -567,15 +610,91 @@ fn write_article(
         takeaways.join("\n"),
         conclusion.join(" ")
     );
-    let fixed_words = prose_words(&fixed)
-        + sections
-            .iter()
-            .map(|(s, _)| text::count_words(&s.heading))
-            .sum::<usize>();
+    let fixed_words =
+        prose_words(&fixed) + headings.iter().map(|h| text::count_words(h)).sum::<usize>();
     let budget = target.saturating_sub(fixed_words);
 
-    // Fill the sections round-robin, one sentence at a time: first each section's own
-    // source in its original order, then the rest of the sources by relevance.
+    let (bodies, exhausted) =
+        fill_sections(topic, synthesis, &sections, &mut used, budget, compact);
+
+    let mut md = format!("# {title}\n\n");
+    if !lead.is_empty() {
+        md.push_str(&format!("{}\n\n", lead.join(" ")));
+    }
+    md.push_str(&format!("## {KEY_INSIGHTS}\n\n{}\n\n", insights.join("\n")));
+    for (heading, body) in headings.iter().zip(&bodies) {
+        md.push_str(&format!("## {heading}\n\n"));
+        for paragraph in paragraphs(body) {
+            md.push_str(&paragraph);
+            md.push_str("\n\n");
+        }
+    }
+    md.push_str(&format!(
+        "## {KEY_TAKEAWAYS}\n\n{}\n\n## {CONCLUSION}\n\n{}\n",
+        takeaways.join("\n"),
+        conclusion.join(" ")
+    ));
+    let words = prose_words(&md);
+    let short = (words as f64) < target as f64 * (1.0 - WORD_COUNT_TOLERANCE);
+    Draft {
+        markdown: md,
+        reachable_words: (exhausted && short).then_some(words),
+    }
+}
+
+/// Section headings cut to their head for a compact article ("Private Equity J-Curve,
+/// Commitments and Vintage Diversification" -> "Private Equity J-Curve"), kept whole where
+/// the cut would make two of them the same.
+fn short_headings<'a>(headings: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for heading in headings {
+        // ASCII lower case keeps byte offsets valid in `heading`.
+        let lower = heading.to_ascii_lowercase();
+        let cut = [":", ",", " – ", " - ", " and ", " for ", " in ", " of "]
+            .iter()
+            .filter_map(|sep| lower.find(sep))
+            .filter(|&at| text::count_words(&heading[..at]) >= 2)
+            .min()
+            .map_or(heading, |at| &heading[..at]);
+        let short = cut.trim_end_matches([',', ':', '-', '–', ' ']).to_string();
+        if out.iter().any(|o| o.eq_ignore_ascii_case(&short))
+            || contract::is_forbidden_heading(&short)
+        {
+            out.push(heading.to_string());
+        } else {
+            out.push(short);
+        }
+    }
+    out
+}
+
+/// Openings of a clause that cannot stand alone as a sentence.
+const SUBORDINATE_STARTS: &[&str] = &[
+    "although", "though", "while", "because", "when", "if", "as", "since", "after", "before",
+    "unless", "for", "in", "by", "with", "despite", "over", "under", "at", "on", "from",
+];
+
+/// The part of a sentence before its first comma, as a sentence of its own, when it has at
+/// least five words and does not open with a subordinating word ("Although ...").
+fn main_clause(sentence: &str) -> Option<String> {
+    let clause = &sentence[..sentence.find(", ")?];
+    let first = clause.split_whitespace().next()?.to_lowercase();
+    (text::count_words(clause) >= 5 && !SUBORDINATE_STARTS.contains(&first.as_str()))
+        .then(|| format!("{clause}."))
+}
+
+/// Fills the sections round-robin, one sentence at a time: first each section's own source
+/// in its original order, then the rest of the sources by relevance. Every section gets at
+/// least one sentence; then sentences are added up to `budget` words. Returns the bodies and
+/// whether the sources ran out first.
+fn fill_sections(
+    topic: &str,
+    synthesis: &Synthesis,
+    sections: &[(&OutlineSection, &SourceDoc)],
+    used: &mut HashSet<String>,
+    budget: usize,
+    compact: bool,
+) -> (Vec<Vec<(String, String)>>, bool) {
     let mut bodies: Vec<Vec<(String, String)>> = vec![Vec::new(); sections.len()];
     let mut pools: Vec<Vec<(String, String)>> = sections
         .iter()
@@ -584,6 +703,10 @@ fn write_article(
                 .into_iter()
                 .map(|s| (s, doc.source.id.clone()))
                 .collect();
+            if compact {
+                // Shortest first, so the one sentence a compact section gets is a short one.
+                pool.sort_by_key(|(s, _)| text::count_words(s));
+            }
             for other in synthesis
                 .sources
                 .iter()
@@ -599,15 +722,19 @@ fn write_article(
         })
         .collect();
     let mut words = 0;
-    'fill: while words < budget {
+    let mut first_round = true;
+    loop {
         let mut progressed = false;
         for (body, pool) in bodies.iter_mut().zip(pools.iter_mut()) {
+            if !first_round && words >= budget {
+                return (bodies, false);
+            }
             while let Some((sentence, id)) = pool.pop() {
                 if used.insert(sentence.clone()) {
                     let n = text::count_words(&sentence);
                     // Stop before overshooting by more than half a sentence.
-                    if words + n / 2 > budget {
-                        break 'fill;
+                    if !first_round && words + n / 2 > budget {
+                        return (bodies, false);
                     }
                     words += n;
                     body.push((sentence, id));
@@ -615,33 +742,12 @@ fn write_article(
                     break;
                 }
             }
-            if words >= budget {
-                break 'fill;
-            }
         }
+        first_round = false;
         if !progressed {
-            break;
+            return (bodies, words < budget);
         }
     }
-
-    let mut md = format!(
-        "# {title}\n\n{}\n\n## {KEY_INSIGHTS}\n\n{}\n\n",
-        lead.join(" "),
-        insights.join("\n")
-    );
-    for ((section, _), body) in sections.iter().zip(&bodies) {
-        md.push_str(&format!("## {}\n\n", section.heading));
-        for paragraph in paragraphs(body) {
-            md.push_str(&paragraph);
-            md.push_str("\n\n");
-        }
-    }
-    md.push_str(&format!(
-        "## {KEY_TAKEAWAYS}\n\n{}\n\n## {CONCLUSION}\n\n{}\n",
-        takeaways.join("\n"),
-        conclusion.join(" ")
-    ));
-    md
 }
 
 /// Words of writer output as the reader will count them: `[S1]` markers become citations,

@@ -192,6 +192,11 @@ impl PipelineError {
     }
 }
 
+const SHUTDOWN_MESSAGE: &str =
+    "server shutting down; retry (with the same idempotency key) on another replica";
+/// When a job stopped by a shutdown may be retried.
+const SHUTDOWN_RETRY_DELAY: Duration = Duration::from_secs(1);
+
 /// Runs a job to its end: `completed`, or `failed` with the status of what went wrong,
 /// of a cancellation, or of the passed deadline. Dropping the pipeline future on
 /// cancellation drops every in-flight agent call with it.
@@ -249,7 +254,11 @@ pub async fn run(
             }
             Some(Ok(Ok(article))) => Ok(article),
         },
-        () = job.cancel.cancelled() => Err((Code::Cancelled, "job cancelled".into())),
+        () = job.cancel.cancelled() => Err(if job.stopped_by_shutdown() {
+            (Code::Unavailable, SHUTDOWN_MESSAGE.into())
+        } else {
+            (Code::Cancelled, "job cancelled".into())
+        }),
     };
     // Accounted before the final event: a client that resubmits on seeing it finds room.
     drop(ticket);
@@ -273,7 +282,17 @@ pub async fn run(
                 .jobs_failed
                 .get_or_create(&metrics::Code { code: name })
                 .inc();
-            job.fail(code, message, run.current_phase());
+            // A job stopped by a shutdown can succeed elsewhere: the caller is told when to
+            // retry, and its idempotency key starts the job again.
+            let retry_delay = (code == Code::Unavailable && job.stopped_by_shutdown())
+                .then(|| proto_duration(SHUTDOWN_RETRY_DELAY))
+                .flatten();
+            job.end_failed(api::Failed {
+                code: code as i32,
+                message,
+                phase: run.current_phase().to_string(),
+                retry_delay,
+            });
             None
         }
     }
@@ -325,7 +344,7 @@ impl JobRun {
             // Retries never reach past the caller's deadline.
             scope: CallScope {
                 pool: Pool::Search,
-                deadline: deadline.map(|d| tokio::time::Instant::now() + d),
+                deadline: deadline.and_then(|d| tokio::time::Instant::now().checked_add(d)),
             },
         };
         Self {
@@ -605,6 +624,17 @@ impl JobRun {
                 self.write(Phase::Writing, 1, &brief, &sources),
             )
             .await?;
+        if let Some(reachable) = draft.reachable_words {
+            self.warn(
+                Phase::Writing,
+                Some(AgentName::ContentWriter),
+                "INSUFFICIENT_MATERIAL",
+                format!(
+                    "the sources support about {reachable} words, not the {} asked for; the article is shorter and no revision is spent on its length",
+                    request.word_count
+                ),
+            );
+        }
 
         let (mut content, mut seo, mut fact_check) = self
             .phase(Phase::Analysis, 1, async {
@@ -630,7 +660,7 @@ impl JobRun {
 
         let mut problems = problems(&draft, &sources, request.word_count, &fact_check);
         let mut revisions = 0;
-        while !problems.is_empty() && revisions < settings.max_iterations {
+        while needs_revision(&problems, &draft) && revisions < settings.max_iterations {
             revisions += 1;
             let brief = WritingBrief {
                 synthesis: synthesis.clone(),
@@ -668,7 +698,7 @@ impl JobRun {
                 .await?;
             problems = self::problems(&draft, &sources, request.word_count, &fact_check);
         }
-        if !problems.is_empty() {
+        if needs_revision(&problems, &draft) {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             self.warn(
                 Phase::Revision,
@@ -788,6 +818,7 @@ impl JobRun {
             .await?;
         Ok(Draft {
             markdown: contract::render_citations(&draft.markdown, sources),
+            reachable_words: draft.reachable_words,
         })
     }
 
@@ -915,6 +946,17 @@ impl JobRun {
                 .collect(),
         )
     }
+}
+
+/// Whether a revision could fix something: not a draft that is short only because the
+/// sources ran out (already reported as `INSUFFICIENT_MATERIAL`).
+fn needs_revision(problems: &[contract::Problem], draft: &Draft) -> bool {
+    problems.iter().any(|problem| match problem {
+        contract::Problem::WordCount { actual, target } => {
+            draft.reachable_words.is_none() || actual > target
+        }
+        _ => true,
+    })
 }
 
 /// Contract violations plus the claims the fact check found unsupported.

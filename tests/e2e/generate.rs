@@ -464,7 +464,11 @@ async fn a_panicking_agent_fails_its_job_with_internal_and_the_server_goes_on() 
         agents.content_writer = Arc::new(PanickingWriter);
         agents
     });
-    let mut server = common::start_with(common::config(), agents).await;
+    // One job slot and no queue: the next job runs only if the failed one gave its slot back.
+    let mut config = common::config();
+    config.max_running_jobs = 1;
+    config.max_queued_jobs = 0;
+    let mut server = common::start_with(config, agents).await;
     let events = server.generate(request(TOPIC)).await;
     assert_well_formed(&events);
     let failed = common::failed(&events);

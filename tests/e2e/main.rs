@@ -1,6 +1,7 @@
 //! End-to-end tests: a real server on 127.0.0.1, the typed client, the CLI binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod adversarial;
 mod cli;
 mod common;
 mod generate;
