@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::common::{self, Gate, PATIENCE, collect, final_article, request};
+use crate::common::{self, Gate, PATIENCE, collect, final_article, phases_started, request};
 
 fn with_grpc_timeout(value: &str, topic: &str) -> tonic::Request<api::GenerateRequest> {
     let mut call = tonic::Request::new(request(topic));
@@ -252,16 +252,6 @@ async fn search_treats_upper_case_operators_as_words() {
     // "not" and "or" are stop words: the queries find what "credit" finds.
     assert_eq!(urls(0), urls(1));
     assert_eq!(urls(2), urls(1));
-}
-
-fn phases_started(events: &[api::GenerateEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::PhaseStarted(p)) => Some(p.phase.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test]

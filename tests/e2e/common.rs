@@ -203,6 +203,17 @@ pub async fn collect(stream: &mut Streaming<GenerateEvent>) -> Vec<GenerateEvent
     events
 }
 
+/// The phases a job started, in order (a phase run twice appears twice).
+pub fn phases_started(events: &[GenerateEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::PhaseStarted(p)) => Some(p.phase.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn final_article(events: &[GenerateEvent]) -> api::Article {
     match events.last().and_then(|e| e.event.clone()) {
         Some(Event::Completed(c)) => c.article.expect("completed carries the article"),

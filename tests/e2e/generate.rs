@@ -13,7 +13,7 @@ use dakota::{
 };
 use tonic::Code;
 
-use crate::common::{self, collect, final_article, request};
+use crate::common::{self, collect, final_article, phases_started, request};
 
 const TOPIC: &str = "Private credit and liquidity for pension funds";
 
@@ -30,16 +30,6 @@ fn kind(event: &GenerateEvent) -> &'static str {
         Some(Event::Failed(_)) => "failed",
         None => "none",
     }
-}
-
-fn phases_started(events: &[GenerateEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::PhaseStarted(p)) => Some(p.phase.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Sequence 1, 2, 3 ... without gaps, one job id, progress never decreasing, exactly one
