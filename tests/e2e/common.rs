@@ -396,13 +396,35 @@ impl ServerProcess {
     }
 
     /// SIGTERM; waits for the exit and reads the rest of the log.
-    pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+    pub fn terminate(self) -> (std::process::ExitStatus, Vec<String>) {
+        self.sigterm();
+        self.wait()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
         let killed = std::process::Command::new("sh")
             .args(["-c", &format!("kill -TERM {}", self.child.id())])
             .status()
             .unwrap();
         assert!(killed.success());
+    }
+
+    /// Waits for the exit and reads the rest of the log.
+    pub fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
         self.log.extend(self.lines.by_ref().map_while(Result::ok));
         (self.child.wait().unwrap(), self.log)
+    }
+
+    /// Reads log lines until one whose message contains `text`; false if the log ends first.
+    pub fn wait_for_log(&mut self, text: &str) -> bool {
+        for line in self.lines.by_ref().map_while(Result::ok) {
+            let found = line.contains(text);
+            self.log.push(line);
+            if found {
+                return true;
+            }
+        }
+        false
     }
 }

@@ -205,3 +205,43 @@ fn the_server_binary_serves_and_exits_zero_on_sigterm() {
     assert!(status.success(), "exit status {status:?}");
     assert!(log.iter().any(|l| l.contains("draining")), "{log:?}");
 }
+
+/// A second SIGTERM during the drain exits at once, with a failure status, instead of
+/// waiting out the grace period for a job whose upstream never answers.
+#[test]
+fn a_second_sigterm_during_the_drain_exits_at_once() {
+    use crate::standin::{Fault, Route, StandIn};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let standin = runtime.block_on(StandIn::start());
+    standin.fault(Route::Llm, (0..8).map(|_| Fault::Stall { chunks: 0 }));
+    let openai_url = standin.openai_url();
+    let mut server = common::ServerProcess::spawn(
+        &["--shutdown-grace", "10m"],
+        &[
+            ("OPENAI_BASE_URL", &openai_url),
+            ("OPENAI_API_KEY", "sk-test-key-0123456789"),
+        ],
+    );
+    let _stream = runtime.block_on(async {
+        let mut client = server.client().await;
+        let stream = client.generate(request("Private credit")).await.unwrap();
+        // Wait until the job is really waiting on the stalled model.
+        tokio::time::timeout(common::PATIENCE, async {
+            while standin.in_flight() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        stream
+    });
+    server.sigterm();
+    assert!(server.wait_for_log("draining"), "{:?}", server.log);
+    server.sigterm();
+    let (status, log) = server.wait();
+    assert!(!status.success(), "exits with a failure status: {status:?}");
+    assert!(
+        log.iter().any(|l| l.contains("second shutdown signal")),
+        "{log:?}"
+    );
+}
