@@ -132,6 +132,22 @@ pub struct UpstreamConfig {
     #[arg(long, env = "DAKOTA_LLM_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub llm_idle_timeout: Duration,
 
+    /// Sampling temperature sent with every LLM call.
+    #[arg(long, env = "DAKOTA_LLM_TEMPERATURE", default_value_t = 0.2)]
+    pub llm_temperature: f32,
+
+    /// How structured answers are asked for: `json-schema` (strict `response_format`, for
+    /// OpenAI, llama.cpp, recent vLLM and Ollama), `json-object` (JSON mode, the schema in the
+    /// prompt) or `prompt` (the schema in the prompt only, for servers with neither). The
+    /// answer is checked by code in every mode.
+    #[arg(
+        long,
+        env = "DAKOTA_LLM_STRUCTURED_OUTPUT",
+        value_enum,
+        default_value = "json-schema"
+    )]
+    pub llm_structured_output: crate::server::upstream::llm::StructuredOutput,
+
     /// Attempts per upstream call (retryable failures only: connect errors, 5xx, 429, malformed answers).
     #[arg(long, env = "DAKOTA_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,

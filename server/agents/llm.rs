@@ -17,7 +17,7 @@ use crate::server::{
     text,
     upstream::{
         UpstreamError,
-        llm::{Completion, LlmClient},
+        llm::{Answer, Ask, Completion, LlmClient},
     },
 };
 
@@ -38,6 +38,88 @@ fn unavailable(error: UpstreamError) -> AgentError {
         upstream: error.upstream(),
         message: error.to_string(),
     }
+}
+
+/// The most tokens each structured answer may use: room for what is asked, not for a model
+/// that rambles until the server's own limit.
+mod budget {
+    pub const QUERIES: u32 = 300;
+    pub const OUTLINE_PLAN: u32 = 300;
+    pub const SYNTHESIS: u32 = 1_200;
+    pub const SEO: u32 = 400;
+    pub const SOCIAL: u32 = 2_500;
+    pub const SUMMARY: u32 = 600;
+    /// Fact check: a base plus this much per claim, up to the cap.
+    pub const VERDICT_BASE: u32 = 200;
+    pub const PER_VERDICT: u32 = 120;
+    pub const VERDICTS_CAP: u32 = 4_000;
+
+    /// The writer: about 1.3 tokens a word, twice over for Markdown, links and slack.
+    pub fn writer(words: usize) -> u32 {
+        u32::try_from(words.saturating_mul(2).saturating_add(600))
+            .unwrap_or(u32::MAX)
+            .clamp(1_000, 32_000)
+    }
+}
+
+/// How an answer measures up against what was asked.
+pub enum Checked<T> {
+    Fits(T),
+    /// It bends a limit; `repaired` is the safe deterministic fix, used when the corrective
+    /// re-ask does not fit either.
+    Repairable {
+        problem: String,
+        repaired: T,
+    },
+    Unfit(String),
+}
+
+impl<T> From<Result<T, String>> for Checked<T> {
+    fn from(result: Result<T, String>) -> Self {
+        match result {
+            Ok(value) => Checked::Fits(value),
+            Err(problem) => Checked::Unfit(problem),
+        }
+    }
+}
+
+/// The JSON object in a model's answer: the whole answer, or the object inside a Markdown
+/// fence or surrounding prose (what models say when no schema is enforced).
+fn json_in(content: &str) -> Option<Value> {
+    let content = content.trim();
+    if let Ok(value @ Value::Object(_)) = serde_json::from_str(content) {
+        return Some(value);
+    }
+    let start = content.find('{')?;
+    let end = content.rfind('}')?;
+    match serde_json::from_str(content.get(start..=end)?) {
+        Ok(value @ Value::Object(_)) => Some(value),
+        _ => None,
+    }
+}
+
+/// Judges one answer: cut off, not JSON, or whatever `check` says of it.
+fn judge<T>(answer: &Answer, max_tokens: u32, check: &impl Fn(Value) -> Checked<T>) -> Checked<T> {
+    if answer.truncated {
+        return Checked::Unfit(format!(
+            "the answer was cut off at the limit of {max_tokens} tokens; answer briefly, within the limits stated"
+        ));
+    }
+    match json_in(&answer.content) {
+        Some(value) => check(value),
+        None if answer.content.trim().is_empty() => Checked::Unfit("the answer was empty".into()),
+        None => Checked::Unfit("the answer was not one JSON object".into()),
+    }
+}
+
+/// How much of a rejected answer is shown back to the model in the re-ask.
+const ECHOED_ANSWER_CHARS: usize = 2_000;
+
+/// An answer accepted by [`LlmAgent::ask`], and how it was obtained.
+pub struct Asked<T> {
+    pub completion: Completion<T>,
+    /// Set when the answer was repaired by code: what was wrong with it.
+    pub repaired: Option<String>,
 }
 
 /// The placeholders every prompt may use.
@@ -66,16 +148,39 @@ fn object(properties: Value) -> Value {
     json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
 }
 
-fn strings() -> Value {
-    json!({"type": "array", "items": {"type": "string"}})
+/// An array of strings with `min..=max` items.
+fn strings(min: usize, max: usize) -> Value {
+    json!({"type": "array", "items": {"type": "string"}, "minItems": min, "maxItems": max})
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, String> {
-    serde_json::from_value(value).map_err(|e| e.to_string())
+    serde_json::from_value(value).map_err(|e| format!("the answer does not fit the schema: {e}"))
 }
 
 impl LlmAgent {
-    fn output<T>(&self, completion: Completion<T>, summary: String) -> AgentOutput<T> {
+    /// A string of at most `max` characters: the limit in the description always (models read
+    /// it), and as `maxLength` where the provider enforces it.
+    fn text(&self, max: usize, what: &str) -> Value {
+        let mut schema =
+            json!({"type": "string", "description": format!("{what}, at most {max} characters")});
+        if self.client.accepts_max_length() {
+            schema["maxLength"] = json!(max);
+        }
+        schema
+    }
+
+    pub fn output<T>(&self, asked: Asked<T>, summary: String) -> AgentOutput<T> {
+        let completion = asked.completion;
+        let mut warnings = Vec::new();
+        if let Some(problem) = asked.repaired {
+            warnings.push((
+                "ANSWER_REPAIRED",
+                format!(
+                    "{}: the model's answer still bent a limit after a corrective re-ask ({problem}); repaired by code",
+                    self.name.as_str()
+                ),
+            ));
+        }
         AgentOutput {
             value: completion.value,
             usage: api::TokenUsage {
@@ -85,36 +190,101 @@ impl LlmAgent {
             cache_hit: false,
             attempts: completion.attempts,
             summary,
-            warnings: Vec::new(),
+            warnings,
+            degraded: None,
         }
     }
 
-    /// One structured call with the agent's prompt, `extra` placeholders, and `schema`.
+    /// One structured question with the agent's prompt and `extra` placeholders. An answer
+    /// that does not fit gets one corrective re-ask naming what was wrong; if that does not
+    /// fit either, the safe repair of either answer is used; else the agent fails with
+    /// [`AgentError::InvalidAnswer`]. Only transport failures are [`AgentError::Unavailable`].
     async fn ask<T>(
         &self,
         cx: &AgentContext,
         prompt: &str,
         extra: &[(&'static str, String)],
         schema: Value,
-        check: impl Fn(Value) -> Result<T, String>,
-    ) -> Result<Completion<T>, AgentError> {
+        max_tokens: u32,
+        check: impl Fn(Value) -> Checked<T>,
+    ) -> Result<Asked<T>, AgentError> {
         let mut vars = request_vars(&cx.request);
         vars.extend(extra.iter().cloned());
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let prompt = self.prompts.render(prompt, &vars);
-        let result = self
-            .client
-            .structured(
-                &cx.scope,
-                &self.model,
-                &prompt,
-                self.name.as_str(),
-                &schema,
-                check,
-            )
-            .await;
-        cx.upstream.record("llm", result.is_ok());
-        result.map_err(unavailable)
+        let question = Ask {
+            model: &self.model,
+            name: self.name.as_str(),
+            schema: &schema,
+            max_tokens,
+        };
+        let mut turns: Vec<(&str, String)> = Vec::new();
+        let mut usage = crate::server::upstream::llm::Usage::default();
+        let mut attempts = 0;
+        let mut repaired: Option<(String, T)> = None;
+        let mut problem = String::new();
+        for round in 0..2 {
+            let result = self
+                .client
+                .structured(&cx.scope, question, &prompt, &turns)
+                .await;
+            cx.upstream.record("llm", result.is_ok());
+            let answer = result.map_err(unavailable)?;
+            usage.input_tokens += answer.usage.input_tokens;
+            usage.output_tokens += answer.usage.output_tokens;
+            attempts += answer.attempts;
+            let done = |value| Completion {
+                value,
+                usage,
+                attempts,
+            };
+            match judge(&answer.value, max_tokens, &check) {
+                Checked::Fits(value) => {
+                    return Ok(Asked {
+                        completion: done(value),
+                        repaired: None,
+                    });
+                }
+                Checked::Repairable {
+                    problem: found,
+                    repaired: value,
+                } => {
+                    problem = found.clone();
+                    repaired = Some((found, value));
+                }
+                Checked::Unfit(found) => problem = found,
+            }
+            tracing::info!(agent = self.name.as_str(), round, %problem, "answer does not fit");
+            if round == 0 {
+                let shown: String = answer
+                    .value
+                    .content
+                    .chars()
+                    .take(ECHOED_ANSWER_CHARS)
+                    .collect();
+                turns.push(("assistant", shown));
+                turns.push((
+                    "user",
+                    format!(
+                        "Your answer was not accepted: {problem}. Answer again with one JSON object that follows the schema and fixes exactly this."
+                    ),
+                ));
+            }
+        }
+        match repaired {
+            Some((found, value)) => Ok(Asked {
+                completion: Completion {
+                    value,
+                    usage,
+                    attempts,
+                },
+                repaired: Some(found),
+            }),
+            None => Err(AgentError::InvalidAnswer {
+                agent: self.name.as_str(),
+                message: format!("the answer did not fit after a corrective re-ask: {problem}"),
+            }),
+        }
     }
 }
 
@@ -134,20 +304,35 @@ struct Queries {
     queries: Vec<String>,
 }
 
-fn check_queries(value: Value) -> Result<Vec<String>, String> {
-    let queries: Vec<String> = parse::<Queries>(value)?
-        .queries
-        .into_iter()
-        .map(|q| q.trim().to_string())
-        .filter(|q| !q.is_empty())
-        .collect();
-    if !(1..=6).contains(&queries.len()) {
-        return Err(format!(
-            "{} queries, expected 1-6 (3-4 asked)",
-            queries.len()
-        ));
+/// 3-4 distinct, non-empty queries; too few are padded from the topic's own queries, too many
+/// cut to four.
+fn check_queries(topic: &str, value: Value) -> Checked<Vec<String>> {
+    let mut queries: Vec<String> = match parse::<Queries>(value) {
+        Ok(q) => q.queries,
+        Err(problem) => return Checked::Unfit(problem),
+    };
+    queries = queries.iter().map(|q| q.trim().to_string()).collect();
+    queries.retain(|q| !q.is_empty());
+    let mut seen = BTreeSet::new();
+    queries.retain(|q| seen.insert(q.to_lowercase()));
+    let n = queries.len();
+    if (3..=4).contains(&n) {
+        return Checked::Fits(queries);
     }
-    Ok(queries.into_iter().take(4).collect())
+    let problem = format!("{n} queries, expected 3-4 distinct, non-empty queries");
+    for padding in offline::kb_queries(topic) {
+        if queries.len() >= 3 {
+            break;
+        }
+        if seen.insert(padding.to_lowercase()) {
+            queries.push(padding);
+        }
+    }
+    queries.truncate(4);
+    Checked::Repairable {
+        problem,
+        repaired: queries,
+    }
 }
 
 /// Asks the model for search queries (`{"queries": [...]}`).
@@ -155,14 +340,16 @@ pub async fn ask_queries(
     agent: &LlmAgent,
     cx: &AgentContext,
     prompt: &str,
-) -> Result<Completion<Vec<String>>, AgentError> {
+) -> Result<Asked<Vec<String>>, AgentError> {
+    let topic = cx.request.topic.clone();
     agent
         .ask(
             cx,
             prompt,
             &[],
-            object(json!({"queries": strings()})),
-            check_queries,
+            object(json!({"queries": strings(3, 4)})),
+            budget::QUERIES,
+            |v| check_queries(&topic, v),
         )
         .await
 }
@@ -186,18 +373,22 @@ impl Agent<JobRequest, KbResearch> for LlmKbResearcher {
             let mut queries = vec![request.topic.clone()];
             queries.extend(
                 asked
+                    .completion
                     .value
                     .iter()
                     .filter(|q| !q.eq_ignore_ascii_case(&request.topic))
                     .cloned(),
             );
             let searched = offline::search_kb(cx, &self.kb, queries).await?;
-            let completion = Completion {
-                value: searched.value,
-                usage: asked.usage,
-                attempts: asked.attempts,
+            let asked = Asked {
+                completion: Completion {
+                    value: searched.value,
+                    usage: asked.completion.usage,
+                    attempts: asked.completion.attempts,
+                },
+                repaired: asked.repaired,
             };
-            let mut output = self.llm.output(completion, searched.summary);
+            let mut output = self.llm.output(asked, searched.summary);
             output.attempts += searched.attempts.saturating_sub(1);
             Ok(output)
         })
@@ -214,20 +405,46 @@ struct Sections {
     sections: Vec<String>,
 }
 
-fn check_headings(headings: &[String]) -> Result<(), String> {
-    if !(3..=4).contains(&headings.len()) {
-        return Err(format!("{} sections, expected 3-4", headings.len()));
+/// A heading the article may not use as a main section: empty, fixed, or forbidden.
+fn unusable_heading(heading: &str) -> bool {
+    heading.trim().is_empty()
+        || contract::is_forbidden_heading(heading)
+        || contract::FIXED_SECTIONS
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(heading.trim()))
+}
+
+/// 3-4 usable, distinct headings; otherwise the usable ones, padded from the headings
+/// planned from the topic, or cut to four.
+fn check_headings(topic: &str, headings: Vec<String>) -> Checked<Vec<String>> {
+    let n = headings.len();
+    let bad = headings.iter().find(|h| unusable_heading(h)).cloned();
+    if (3..=4).contains(&n) && bad.is_none() {
+        return Checked::Fits(headings.iter().map(|h| h.trim().to_string()).collect());
     }
-    if let Some(bad) = headings.iter().find(|h| {
-        h.trim().is_empty()
-            || contract::is_forbidden_heading(h)
-            || contract::FIXED_SECTIONS
-                .iter()
-                .any(|f| f.eq_ignore_ascii_case(h.trim()))
-    }) {
-        return Err(format!("heading `{bad}` is empty, fixed or forbidden"));
+    let problem = match bad {
+        Some(bad) => {
+            format!("the heading `{bad}` is empty, one of the fixed sections, or forbidden")
+        }
+        None => format!("{n} sections, expected 3-4"),
+    };
+    let mut fixed: Vec<String> = Vec::new();
+    for heading in headings
+        .iter()
+        .chain(&offline::planned_sections(topic))
+        .map(|h| h.trim().to_string())
+    {
+        if fixed.len() < 3
+            && !unusable_heading(&heading)
+            && !fixed.iter().any(|f| f.eq_ignore_ascii_case(&heading))
+        {
+            fixed.push(heading);
+        }
     }
-    Ok(())
+    Checked::Repairable {
+        problem,
+        repaired: fixed,
+    }
 }
 
 impl Agent<JobRequest, OutlinePlan> for LlmOutlinePlanner {
@@ -235,19 +452,35 @@ impl Agent<JobRequest, OutlinePlan> for LlmOutlinePlanner {
     fn run<'a>(
         &'a self,
         cx: &'a AgentContext,
-        _request: &'a JobRequest,
+        request: &'a JobRequest,
     ) -> AgentFuture<'a, OutlinePlan> {
         Box::pin(async move {
-            let schema = object(json!({"sections": strings()}));
+            let schema = object(json!({"sections": strings(3, 4)}));
             let answer = self
                 .llm
-                .ask(cx, "research_synthesizer.plan", &[], schema, |v| {
-                    let sections = parse::<Sections>(v)?.sections;
-                    check_headings(&sections)?;
-                    Ok(OutlinePlan { sections })
-                })
+                .ask(
+                    cx,
+                    "research_synthesizer.plan",
+                    &[],
+                    schema,
+                    budget::OUTLINE_PLAN,
+                    |v| match parse::<Sections>(v) {
+                        Ok(answer) => match check_headings(&request.topic, answer.sections) {
+                            Checked::Fits(sections) => Checked::Fits(OutlinePlan { sections }),
+                            Checked::Repairable { problem, repaired } => Checked::Repairable {
+                                problem,
+                                repaired: OutlinePlan { sections: repaired },
+                            },
+                            Checked::Unfit(problem) => Checked::Unfit(problem),
+                        },
+                        Err(problem) => Checked::Unfit(problem),
+                    },
+                )
                 .await?;
-            let summary = format!("{} planned sections", answer.value.sections.len());
+            let summary = format!(
+                "{} planned sections",
+                answer.completion.value.sections.len()
+            );
             Ok(self.llm.output(answer, summary))
         })
     }
@@ -300,6 +533,109 @@ struct SectionAnswer {
     source_ids: Vec<String>,
 }
 
+/// The outline and themes, checked against the sources and the planned headings. Repairs:
+/// unknown source ids dropped, a section without sources given the best one, usable sections
+/// merged into the fourth beyond four or padded from the plan below three, themes cut to four
+/// or padded from the headings.
+fn check_synthesis(
+    answer: SynthesisAnswer,
+    ids: &[String],
+    plan: &[String],
+) -> Checked<(Vec<OutlineSection>, Vec<String>)> {
+    let mut problems = Vec::new();
+    let mut outline: Vec<OutlineSection> = Vec::new();
+    for section in answer.outline {
+        let heading = section.heading.trim().to_string();
+        if unusable_heading(&heading) {
+            problems.push(format!(
+                "the heading `{heading}` is empty, fixed or forbidden"
+            ));
+            continue;
+        }
+        let known: Vec<String> = section
+            .source_ids
+            .iter()
+            .filter(|id| ids.contains(id))
+            .cloned()
+            .collect();
+        if let Some(unknown) = section.source_ids.iter().find(|id| !ids.contains(id)) {
+            problems.push(format!("source id {unknown} is not one of the sources"));
+        }
+        if outline
+            .iter()
+            .any(|s| s.heading.eq_ignore_ascii_case(&heading))
+        {
+            problems.push(format!("the heading `{heading}` appears twice"));
+            continue;
+        }
+        outline.push(OutlineSection {
+            heading,
+            source_ids: known,
+        });
+    }
+    let n = outline.len();
+    if !(3..=4).contains(&n) {
+        problems.push(format!("{n} usable sections, expected 3-4"));
+    }
+    if outline.iter().any(|s| s.source_ids.is_empty()) {
+        problems.push("a section names no source".into());
+    }
+    let themes: Vec<String> = answer
+        .key_themes
+        .iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if !(3..=4).contains(&themes.len()) {
+        problems.push(format!("{} key themes, expected 3-4", themes.len()));
+    }
+    if problems.is_empty() {
+        return Checked::Fits((outline, themes));
+    }
+    // The repair.
+    while outline.len() > 4 {
+        if let Some(extra) = outline.pop()
+            && let Some(last) = outline.last_mut()
+        {
+            last.source_ids.extend(extra.source_ids);
+        }
+    }
+    for heading in plan {
+        if outline.len() >= 3 {
+            break;
+        }
+        if !outline
+            .iter()
+            .any(|s| s.heading.eq_ignore_ascii_case(heading))
+        {
+            outline.push(OutlineSection {
+                heading: heading.clone(),
+                source_ids: Vec::new(),
+            });
+        }
+    }
+    for (i, section) in outline.iter_mut().enumerate() {
+        section.source_ids.dedup();
+        if section.source_ids.is_empty()
+            && let Some(id) = ids.get(i % ids.len().max(1))
+        {
+            section.source_ids.push(id.clone());
+        }
+    }
+    let mut themes = themes;
+    themes.truncate(4);
+    for section in &outline {
+        if themes.len() >= 3 {
+            break;
+        }
+        themes.push(section.heading.clone());
+    }
+    Checked::Repairable {
+        problem: problems.join("; "),
+        repaired: (outline, themes),
+    }
+}
+
 impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
     llm_agent!(llm);
     fn run<'a>(
@@ -309,11 +645,16 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
     ) -> AgentFuture<'a, Synthesis> {
         Box::pin(async move {
             let sources = offline::merge_sources(&cx.request, input)?;
-            let ids: BTreeSet<String> = sources.iter().map(|s| s.source.id.clone()).collect();
+            let ids: Vec<String> = sources.iter().map(|s| s.source.id.clone()).collect();
             let schema = object(json!({
-                "outline": {"type": "array", "items": object(json!({"heading": {"type": "string"}, "source_ids": strings()}))},
-                "key_themes": strings(),
+                "outline": {
+                    "type": "array", "minItems": 3, "maxItems": 4,
+                    "items": object(json!({"heading": self.llm.text(80, "the section heading"), "source_ids": strings(1, 4)})),
+                },
+                "key_themes": strings(3, 4),
             }));
+            let mut plan = input.plan.sections.clone();
+            plan.extend(offline::planned_sections(&cx.request.topic));
             let extra = [
                 (
                     "outline",
@@ -329,39 +670,26 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
             ];
             let answer = self
                 .llm
-                .ask(cx, "research_synthesizer", &extra, schema, |v| {
-                    let answer: SynthesisAnswer = parse(v)?;
-                    let headings: Vec<String> =
-                        answer.outline.iter().map(|s| s.heading.clone()).collect();
-                    check_headings(&headings)?;
-                    if let Some(unknown) = answer
-                        .outline
-                        .iter()
-                        .flat_map(|s| &s.source_ids)
-                        .find(|id| !ids.contains(*id))
-                    {
-                        return Err(format!("source id {unknown} is not one of the sources"));
-                    }
-                    if !(3..=4).contains(&answer.key_themes.len()) {
-                        return Err(format!(
-                            "{} key themes, expected 3-4",
-                            answer.key_themes.len()
-                        ));
-                    }
-                    Ok(answer)
-                })
+                .ask(
+                    cx,
+                    "research_synthesizer",
+                    &extra,
+                    schema,
+                    budget::SYNTHESIS,
+                    |v| match parse::<SynthesisAnswer>(v) {
+                        Ok(answer) => check_synthesis(answer, &ids, &plan),
+                        Err(problem) => Checked::Unfit(problem),
+                    },
+                )
                 .await?;
+            let Asked {
+                completion,
+                repaired,
+            } = answer;
+            let (outline, key_themes) = completion.value;
             let synthesis = Synthesis {
-                outline: answer
-                    .value
-                    .outline
-                    .iter()
-                    .map(|s| OutlineSection {
-                        heading: s.heading.trim().to_string(),
-                        source_ids: s.source_ids.clone(),
-                    })
-                    .collect(),
-                key_themes: answer.value.key_themes.clone(),
+                outline,
+                key_themes,
                 sources,
             };
             let summary = format!(
@@ -370,10 +698,13 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
                 synthesis.outline.len()
             );
             Ok(self.llm.output(
-                Completion {
-                    value: synthesis,
-                    usage: answer.usage,
-                    attempts: answer.attempts,
+                Asked {
+                    completion: Completion {
+                        value: synthesis,
+                        usage: completion.usage,
+                        attempts: completion.attempts,
+                    },
+                    repaired,
                 },
                 summary,
             ))
@@ -386,66 +717,103 @@ pub struct LlmWriter {
     pub llm: LlmAgent,
 }
 
+impl LlmWriter {
+    fn prompt(
+        &self,
+        cx: &AgentContext,
+        brief: &WritingBrief,
+    ) -> crate::server::upstream::llm::Prompt {
+        let synthesis = &brief.synthesis;
+        let outline = synthesis
+            .outline
+            .iter()
+            .map(|s| format!("- {} (sources: {})", s.heading, s.source_ids.join(", ")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let revision = match &brief.revision {
+            None => String::new(),
+            Some(revision) => format!(
+                "This is revision {}. The previous draft failed these checks:\n{}\n\nRepair only what failed and keep everything else as it is. Previous draft:\n\n{}\n",
+                revision.iteration,
+                revision
+                    .problems
+                    .iter()
+                    .map(|p| format!("- {p}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                revision.previous
+            ),
+        };
+        let mut vars = request_vars(&cx.request);
+        vars.extend([
+            ("outline", outline),
+            ("key_themes", synthesis.key_themes.join("; ")),
+            ("sources", describe_sources(&synthesis.sources)),
+            ("revision", revision),
+        ]);
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.llm.prompts.render("content_writer", &vars)
+    }
+}
+
 impl Agent<WritingBrief, Draft> for LlmWriter {
     llm_agent!(llm);
     fn run<'a>(&'a self, cx: &'a AgentContext, brief: &'a WritingBrief) -> AgentFuture<'a, Draft> {
         Box::pin(async move {
-            let synthesis = &brief.synthesis;
-            let outline = synthesis
-                .outline
-                .iter()
-                .map(|s| format!("- {} (sources: {})", s.heading, s.source_ids.join(", ")))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let revision = match &brief.revision {
-                None => String::new(),
-                Some(revision) => format!(
-                    "This is revision {}. The previous draft failed these checks:\n{}\n\nRepair only what failed and keep everything else as it is. Previous draft:\n\n{}\n",
-                    revision.iteration,
-                    revision
-                        .problems
-                        .iter()
-                        .map(|p| format!("- {p}"))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    revision.previous
-                ),
-            };
-            let mut vars = request_vars(&cx.request);
-            vars.extend([
-                ("outline", outline),
-                ("key_themes", synthesis.key_themes.join("; ")),
-                ("sources", describe_sources(&synthesis.sources)),
-                ("revision", revision),
-            ]);
-            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let prompt = self.llm.prompts.render("content_writer", &vars);
+            let prompt = self.prompt(cx, brief);
+            let max_tokens = budget::writer(cx.request.word_count);
             let deltas = cx.deltas.clone();
-            let result = self
-                .llm
-                .client
-                .stream(&cx.scope, &self.llm.model, &prompt, &move |delta: &str| {
-                    deltas(delta)
-                })
-                .await;
-            cx.upstream.record("llm", result.is_ok());
-            let completion = result.map_err(unavailable)?;
-            let markdown = completion.value.trim().to_string();
-            let summary = format!("{} words streamed", text::markdown_word_count(&markdown));
-            let completion = Completion {
-                value: Draft {
-                    markdown,
-                    reachable_words: None,
-                },
-                usage: completion.usage,
-                attempts: completion.attempts,
+            let on_delta = move |delta: &str| deltas(delta);
+            let mut usage = crate::server::upstream::llm::Usage::default();
+            let mut attempts = 0;
+            // An empty answer streamed nothing, so it can be asked again without repeating
+            // text; a second empty answer is the model's failure, not the network's.
+            let mut streamed = None;
+            for _ in 0..2 {
+                let result = self
+                    .llm
+                    .client
+                    .stream(&cx.scope, &self.llm.model, &prompt, max_tokens, &on_delta)
+                    .await;
+                cx.upstream.record("llm", result.is_ok());
+                let completion = result.map_err(unavailable)?;
+                usage.input_tokens += completion.usage.input_tokens;
+                usage.output_tokens += completion.usage.output_tokens;
+                attempts += completion.attempts;
+                if !completion.value.text.trim().is_empty() {
+                    streamed = Some(completion.value);
+                    break;
+                }
+            }
+            let Some(streamed) = streamed else {
+                return Err(AgentError::InvalidAnswer {
+                    agent: self.llm.name.as_str(),
+                    message: "the model answered with no text, twice".into(),
+                });
             };
-            Ok(self.llm.output(completion, summary))
+            let markdown = streamed.text.trim().to_string();
+            let mut summary = format!("{} words streamed", text::markdown_word_count(&markdown));
+            if streamed.truncated {
+                summary.push_str(&format!(", cut off at {max_tokens} tokens"));
+            }
+            let asked = Asked {
+                completion: Completion {
+                    value: Draft {
+                        markdown,
+                        reachable_words: None,
+                        cut_off: streamed.truncated,
+                    },
+                    usage,
+                    attempts,
+                },
+                repaired: None,
+            };
+            Ok(self.llm.output(asked, summary))
         })
     }
 }
 
-/// `seo_specialist`: one call; limits are checked, an answer over them is asked again.
+/// `seo_specialist`: one call; limits are in the schema and checked by code.
 pub struct LlmSeo {
     pub llm: LlmAgent,
 }
@@ -457,6 +825,93 @@ struct SeoAnswer {
     keywords: Vec<String>,
 }
 
+const SEO_TITLE_CHARS: usize = 60;
+const META_DESCRIPTION_CHARS: usize = 155;
+
+/// Cuts `text` to at most `max` characters at a word boundary, without an ellipsis (a title
+/// or description that ends in "…" reads as broken).
+fn cut_at_word(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    for word in text.split_whitespace() {
+        if out.chars().count() + word.chars().count() + usize::from(!out.is_empty()) > max {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    if out.is_empty() {
+        out = text.chars().take(max).collect();
+    }
+    out.trim_end_matches([',', ';', ':', '-', '–']).to_string()
+}
+
+/// Title 1-60 characters, description 1-155, 5-7 keywords. Repairs: cut at a word boundary,
+/// extra keywords dropped, missing parts from the offline SEO of the same article.
+fn check_seo(answer: SeoAnswer, fallback: &api::SeoMetadata) -> Checked<api::SeoMetadata> {
+    let title = answer.title.trim().to_string();
+    let meta = answer.meta_description.trim().to_string();
+    let mut keywords: Vec<String> = answer
+        .keywords
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let mut problems = Vec::new();
+    let (title_len, meta_len) = (title.chars().count(), meta.chars().count());
+    if title_len == 0 || title_len > SEO_TITLE_CHARS {
+        problems.push(format!(
+            "a title of {title_len} characters (1-{SEO_TITLE_CHARS})"
+        ));
+    }
+    if meta_len == 0 || meta_len > META_DESCRIPTION_CHARS {
+        problems.push(format!(
+            "a meta description of {meta_len} characters (1-{META_DESCRIPTION_CHARS})"
+        ));
+    }
+    if !(5..=7).contains(&keywords.len()) {
+        problems.push(format!("{} keywords (5-7)", keywords.len()));
+    }
+    if problems.is_empty() {
+        return Checked::Fits(api::SeoMetadata {
+            title,
+            meta_description: meta,
+            keywords,
+        });
+    }
+    keywords.truncate(7);
+    for extra in &fallback.keywords {
+        if keywords.len() >= 5 {
+            break;
+        }
+        if !keywords.iter().any(|k| k.eq_ignore_ascii_case(extra)) {
+            keywords.push(extra.clone());
+        }
+    }
+    let or_fallback = |text: String, fallback: &str| {
+        if text.is_empty() {
+            fallback.to_string()
+        } else {
+            text
+        }
+    };
+    Checked::Repairable {
+        problem: problems.join("; "),
+        repaired: api::SeoMetadata {
+            title: cut_at_word(&or_fallback(title, &fallback.title), SEO_TITLE_CHARS),
+            meta_description: cut_at_word(
+                &or_fallback(meta, &fallback.meta_description),
+                META_DESCRIPTION_CHARS,
+            ),
+            keywords,
+        },
+    }
+}
+
 impl Agent<Draft, api::SeoMetadata> for LlmSeo {
     llm_agent!(llm);
     fn run<'a>(
@@ -465,9 +920,12 @@ impl Agent<Draft, api::SeoMetadata> for LlmSeo {
         draft: &'a Draft,
     ) -> AgentFuture<'a, api::SeoMetadata> {
         Box::pin(async move {
-            let schema = object(
-                json!({"title": {"type": "string"}, "meta_description": {"type": "string"}, "keywords": strings()}),
-            );
+            let schema = object(json!({
+                "title": self.llm.text(SEO_TITLE_CHARS, "the SEO title"),
+                "meta_description": self.llm.text(META_DESCRIPTION_CHARS, "the meta description"),
+                "keywords": strings(5, 7),
+            }));
+            let fallback = offline::seo(&cx.request, &draft.markdown);
             let answer = self
                 .llm
                 .ask(
@@ -475,39 +933,18 @@ impl Agent<Draft, api::SeoMetadata> for LlmSeo {
                     "seo_specialist",
                     &[("article", draft.markdown.clone())],
                     schema,
-                    |v| {
-                        let a: SeoAnswer = parse(v)?;
-                        let (title, meta) = (
-                            a.title.trim().to_string(),
-                            a.meta_description.trim().to_string(),
-                        );
-                        if title.is_empty() || title.chars().count() > 60 {
-                            return Err(format!(
-                                "title of {} characters (1-60)",
-                                title.chars().count()
-                            ));
-                        }
-                        if meta.is_empty() || meta.chars().count() > 155 {
-                            return Err(format!(
-                                "meta description of {} characters (1-155)",
-                                meta.chars().count()
-                            ));
-                        }
-                        if !(5..=7).contains(&a.keywords.len()) {
-                            return Err(format!("{} keywords (5-7)", a.keywords.len()));
-                        }
-                        Ok(api::SeoMetadata {
-                            title,
-                            meta_description: meta,
-                            keywords: a.keywords,
-                        })
+                    budget::SEO,
+                    |v| match parse::<SeoAnswer>(v) {
+                        Ok(answer) => check_seo(answer, &fallback),
+                        Err(problem) => Checked::Unfit(problem),
                     },
                 )
                 .await?;
+            let seo = &answer.completion.value;
             let summary = format!(
                 "title of {} chars, {} keywords",
-                answer.value.title.chars().count(),
-                answer.value.keywords.len()
+                seo.title.chars().count(),
+                seo.keywords.len()
             );
             Ok(self.llm.output(answer, summary))
         })
@@ -538,6 +975,29 @@ fn normalise(text: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
         .to_lowercase()
+}
+
+/// Verdicts for claims 1..=`count`; verdicts for claims that do not exist are dropped (the
+/// claims without a verdict keep the code check's).
+fn check_verdicts(answer: VerdictsAnswer, count: usize) -> Checked<VerdictsAnswer> {
+    match answer
+        .verdicts
+        .iter()
+        .find(|v| v.claim == 0 || v.claim > count)
+        .map(|bad| bad.claim)
+    {
+        None => Checked::Fits(answer),
+        Some(bad) => Checked::Repairable {
+            problem: format!("a verdict for claim {bad}, but the claims are numbered 1-{count}"),
+            repaired: VerdictsAnswer {
+                verdicts: answer
+                    .verdicts
+                    .into_iter()
+                    .filter(|v| (1..=count).contains(&v.claim))
+                    .collect(),
+            },
+        },
+    }
 }
 
 impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
@@ -586,27 +1046,34 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
                 })
                 .collect::<Vec<_>>()
                 .join("\n\n");
-            let schema = object(json!({"verdicts": {"type": "array", "items": object(json!({
-                "claim": {"type": "integer"},
-                "verdict": {"type": "string", "enum": ["supported", "unsupported", "unverifiable"]},
-                "evidence": {"type": "string"},
-            }))}}));
             let count = candidates.len();
+            let schema = object(
+                json!({"verdicts": {"type": "array", "maxItems": count, "items": object(json!({
+                    "claim": {"type": "integer", "minimum": 1, "maximum": count},
+                    "verdict": {"type": "string", "enum": ["supported", "unsupported", "unverifiable"]},
+                    "evidence": {"type": "string"},
+                }))}}),
+            );
+            let max_tokens = u32::try_from(count)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(budget::PER_VERDICT)
+                .saturating_add(budget::VERDICT_BASE)
+                .min(budget::VERDICTS_CAP);
             let answer = self
                 .llm
-                .ask(cx, "fact_checker", &[("claims", listing)], schema, |v| {
-                    let answer: VerdictsAnswer = parse(v)?;
-                    if let Some(bad) = answer
-                        .verdicts
-                        .iter()
-                        .find(|v| v.claim == 0 || v.claim > count)
-                    {
-                        return Err(format!("verdict for claim {} of {count}", bad.claim));
-                    }
-                    Ok(answer)
-                })
+                .ask(
+                    cx,
+                    "fact_checker",
+                    &[("claims", listing)],
+                    schema,
+                    max_tokens,
+                    |v| match parse::<VerdictsAnswer>(v) {
+                        Ok(answer) => check_verdicts(answer, count),
+                        Err(problem) => Checked::Unfit(problem),
+                    },
+                )
                 .await?;
-            for verdict in &answer.value.verdicts {
+            for verdict in &answer.completion.value.verdicts {
                 let Some(claim) = report.claims.get_mut(verdict.claim - 1) else {
                     continue;
                 };
@@ -645,11 +1112,18 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
                 report.unsupported,
                 report.unverifiable
             );
+            let Asked {
+                completion,
+                repaired,
+            } = answer;
             Ok(self.llm.output(
-                Completion {
-                    value: report,
-                    usage: answer.usage,
-                    attempts: answer.attempts,
+                Asked {
+                    completion: Completion {
+                        value: report,
+                        usage: completion.usage,
+                        attempts: completion.attempts,
+                    },
+                    repaired,
                 },
                 summary,
             ))
@@ -671,6 +1145,71 @@ struct SocialAnswer {
     facebook_post: String,
 }
 
+const THREAD_POST_CHARS: usize = 280;
+
+/// 3 LinkedIn posts, 10 thread posts of at most 280 characters, the rest non-empty. Repairs:
+/// extra posts dropped, long posts cut, missing ones from the offline social content.
+fn check_social(a: SocialAnswer, fallback: &api::SocialContent) -> Checked<api::SocialContent> {
+    let mut problems = Vec::new();
+    if a.linkedin_posts.len() != 3 {
+        problems.push(format!("{} LinkedIn posts (3)", a.linkedin_posts.len()));
+    }
+    if a.thread.len() != 10 {
+        problems.push(format!("{} thread posts (10)", a.thread.len()));
+    }
+    if let Some(long) = a
+        .thread
+        .iter()
+        .find(|p| p.chars().count() > THREAD_POST_CHARS)
+    {
+        problems.push(format!(
+            "a thread post of {} characters (at most {THREAD_POST_CHARS})",
+            long.chars().count()
+        ));
+    }
+    let empty = [&a.email_snippet, &a.instagram_post, &a.facebook_post]
+        .iter()
+        .any(|t| t.trim().is_empty());
+    if empty {
+        problems.push("an empty email snippet, Instagram or Facebook post".into());
+    }
+    if problems.is_empty() {
+        return Checked::Fits(api::SocialContent {
+            linkedin_posts: a.linkedin_posts,
+            thread: a.thread,
+            email_snippet: a.email_snippet,
+            instagram_post: a.instagram_post,
+            facebook_post: a.facebook_post,
+        });
+    }
+    let fill = |mut items: Vec<String>, from: &[String], n: usize| {
+        items.retain(|p| !p.trim().is_empty());
+        items.truncate(n);
+        items.extend(from.iter().skip(items.len()).take(n - items.len()).cloned());
+        items
+    };
+    let or = |text: String, fallback: &str| {
+        if text.trim().is_empty() {
+            fallback.to_string()
+        } else {
+            text
+        }
+    };
+    Checked::Repairable {
+        problem: problems.join("; "),
+        repaired: api::SocialContent {
+            linkedin_posts: fill(a.linkedin_posts, &fallback.linkedin_posts, 3),
+            thread: fill(a.thread, &fallback.thread, 10)
+                .iter()
+                .map(|p| cut_at_word(p, THREAD_POST_CHARS))
+                .collect(),
+            email_snippet: or(a.email_snippet, &fallback.email_snippet),
+            instagram_post: or(a.instagram_post, &fallback.instagram_post),
+            facebook_post: or(a.facebook_post, &fallback.facebook_post),
+        },
+    }
+}
+
 impl Agent<FinalArticle, api::SocialContent> for LlmSocial {
     llm_agent!(llm);
     fn run<'a>(
@@ -680,38 +1219,30 @@ impl Agent<FinalArticle, api::SocialContent> for LlmSocial {
     ) -> AgentFuture<'a, api::SocialContent> {
         Box::pin(async move {
             let schema = object(json!({
-                "linkedin_posts": strings(), "thread": strings(), "email_snippet": {"type": "string"},
-                "instagram_post": {"type": "string"}, "facebook_post": {"type": "string"},
+                "linkedin_posts": strings(3, 3),
+                "thread": {"type": "array", "minItems": 10, "maxItems": 10, "items": self.llm.text(THREAD_POST_CHARS, "one post of the thread")},
+                "email_snippet": {"type": "string"},
+                "instagram_post": {"type": "string"},
+                "facebook_post": {"type": "string"},
             }));
             let extra = [
                 ("title", article.title.clone()),
                 ("article", article.markdown.clone()),
             ];
+            let fallback = offline::social(&cx.request, article);
             let answer = self
                 .llm
-                .ask(cx, "social_promoter", &extra, schema, |v| {
-                    let a: SocialAnswer = parse(v)?;
-                    if a.linkedin_posts.len() != 3 || a.thread.len() != 10 {
-                        return Err(format!(
-                            "{} LinkedIn posts and {} thread posts (3 and 10)",
-                            a.linkedin_posts.len(),
-                            a.thread.len()
-                        ));
-                    }
-                    if let Some(long) = a.thread.iter().find(|p| p.chars().count() > 280) {
-                        return Err(format!(
-                            "thread post of {} characters (at most 280)",
-                            long.chars().count()
-                        ));
-                    }
-                    Ok(api::SocialContent {
-                        linkedin_posts: a.linkedin_posts,
-                        thread: a.thread,
-                        email_snippet: a.email_snippet,
-                        instagram_post: a.instagram_post,
-                        facebook_post: a.facebook_post,
-                    })
-                })
+                .ask(
+                    cx,
+                    "social_promoter",
+                    &extra,
+                    schema,
+                    budget::SOCIAL,
+                    |v| match parse::<SocialAnswer>(v) {
+                        Ok(answer) => check_social(answer, &fallback),
+                        Err(problem) => Checked::Unfit(problem),
+                    },
+                )
                 .await?;
             Ok(self.llm.output(
                 answer,
@@ -733,6 +1264,55 @@ struct SummaryAnswer {
     takeaways: Vec<String>,
 }
 
+/// Key value and overview non-empty, 1-4 takeaways. Repairs: takeaways cut to four, missing
+/// parts from the offline summary.
+fn check_summary(a: SummaryAnswer, fallback: &api::Summary) -> Checked<api::Summary> {
+    let mut takeaways: Vec<String> = a
+        .takeaways
+        .into_iter()
+        .filter(|t| !t.trim().is_empty())
+        .collect();
+    let (key_value, overview) = (
+        a.key_value.trim().to_string(),
+        a.overview.trim().to_string(),
+    );
+    if !key_value.is_empty() && !overview.is_empty() && (1..=4).contains(&takeaways.len()) {
+        return Checked::Fits(api::Summary {
+            key_value,
+            overview,
+            takeaways,
+        });
+    }
+    let problem = format!(
+        "key value and overview are required and 1-4 takeaways asked (got {} takeaways{})",
+        takeaways.len(),
+        if key_value.is_empty() || overview.is_empty() {
+            ", an empty key value or overview"
+        } else {
+            ""
+        }
+    );
+    takeaways.truncate(4);
+    if takeaways.is_empty() {
+        takeaways = fallback.takeaways.clone();
+    }
+    let or = |text: String, fallback: &str| {
+        if text.is_empty() {
+            fallback.to_string()
+        } else {
+            text
+        }
+    };
+    Checked::Repairable {
+        problem,
+        repaired: api::Summary {
+            key_value: or(key_value, &fallback.key_value),
+            overview: or(overview, &fallback.overview),
+            takeaways,
+        },
+    }
+}
+
 impl Agent<FinalArticle, api::Summary> for LlmSummary {
     llm_agent!(llm);
     fn run<'a>(
@@ -741,33 +1321,31 @@ impl Agent<FinalArticle, api::Summary> for LlmSummary {
         article: &'a FinalArticle,
     ) -> AgentFuture<'a, api::Summary> {
         Box::pin(async move {
-            let schema = object(
-                json!({"key_value": {"type": "string"}, "overview": {"type": "string"}, "takeaways": strings()}),
-            );
+            let schema = object(json!({
+                "key_value": self.llm.text(200, "the article's key value in one sentence"),
+                "overview": self.llm.text(600, "a 2-3 sentence overview"),
+                "takeaways": strings(1, 4),
+            }));
             let extra = [
                 ("title", article.title.clone()),
                 ("article", article.markdown.clone()),
             ];
+            let fallback = offline::summary(article);
             let answer = self
                 .llm
-                .ask(cx, "summary_writer", &extra, schema, |v| {
-                    let a: SummaryAnswer = parse(v)?;
-                    if a.key_value.trim().is_empty()
-                        || a.overview.trim().is_empty()
-                        || a.takeaways.len() > 4
-                    {
-                        return Err(
-                            "key_value and overview are required, takeaways at most 4".into()
-                        );
-                    }
-                    Ok(api::Summary {
-                        key_value: a.key_value,
-                        overview: a.overview,
-                        takeaways: a.takeaways,
-                    })
-                })
+                .ask(
+                    cx,
+                    "summary_writer",
+                    &extra,
+                    schema,
+                    budget::SUMMARY,
+                    |v| match parse::<SummaryAnswer>(v) {
+                        Ok(answer) => check_summary(answer, &fallback),
+                        Err(problem) => Checked::Unfit(problem),
+                    },
+                )
                 .await?;
-            let summary = format!("{} takeaways", answer.value.takeaways.len());
+            let summary = format!("{} takeaways", answer.completion.value.takeaways.len());
             Ok(self.llm.output(answer, summary))
         })
     }

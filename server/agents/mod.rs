@@ -66,8 +66,39 @@ pub enum AgentError {
         upstream: &'static str,
         message: String,
     },
+    /// The model answered, but not with anything usable, even after a corrective re-ask.
+    #[error("{agent}: {message}")]
+    InvalidAnswer {
+        agent: &'static str,
+        message: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl AgentError {
+    /// The LLM was unreachable or its answers unusable.
+    pub fn is_llm_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidAnswer { .. }
+                | Self::Unavailable {
+                    upstream: "llm",
+                    ..
+                }
+        )
+    }
+
+    /// Low-cardinality cause, for warnings and the run metrics of degraded parts.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::NoSources(_) => "no_sources",
+            Self::Kb(_) => "knowledge_base",
+            Self::Unavailable { .. } => "unavailable",
+            Self::InvalidAnswer { .. } => "invalid_answer",
+            Self::Internal(_) => "internal",
+        }
+    }
 }
 
 /// What every agent run returns besides its value: the accounting shown in
@@ -82,6 +113,19 @@ pub struct AgentOutput<T> {
     pub summary: String,
     /// Degraded steps, reported as `warning` events: (code, message).
     pub warnings: Vec<(&'static str, String)>,
+    /// Set when this output came from the agent's offline fallback: why the primary failed.
+    pub degraded: Option<Degraded>,
+}
+
+/// Why an agent's output came from its fallback.
+#[derive(Debug, Clone)]
+pub struct Degraded {
+    /// [`AgentError::cause`] of the primary's failure.
+    pub cause: &'static str,
+    pub message: String,
+    /// Provider and model that produced the output instead.
+    pub provider: String,
+    pub model: String,
 }
 
 impl<T> AgentOutput<T> {
@@ -94,7 +138,71 @@ impl<T> AgentOutput<T> {
             attempts: 1,
             summary: summary.into(),
             warnings: Vec::new(),
+            degraded: None,
         }
+    }
+}
+
+/// An LLM agent with its offline implementation behind it: when the LLM agent fails (its
+/// answers unusable after a re-ask and repair, or the upstream down), the job goes on with
+/// the offline output and a warning instead of failing. Not used for the writer: an article
+/// is the one part a job cannot do without.
+pub struct WithFallback<I: ?Sized, O> {
+    pub name: AgentName,
+    pub primary: Arc<dyn Agent<I, O>>,
+    pub fallback: Arc<dyn Agent<I, O>>,
+}
+
+impl<I: ?Sized + Sync, O: Send> Agent<I, O> for WithFallback<I, O> {
+    fn provider(&self) -> &str {
+        self.primary.provider()
+    }
+    fn model(&self) -> &str {
+        self.primary.model()
+    }
+    fn run<'a>(&'a self, cx: &'a AgentContext, input: &'a I) -> AgentFuture<'a, O> {
+        Box::pin(async move {
+            let error = match self.primary.run(cx, input).await {
+                Ok(output) => return Ok(output),
+                // Only the model's failures: the offline version would meet a failing
+                // knowledge base just the same.
+                Err(error) if cx.cancel.is_cancelled() || !error.is_llm_failure() => {
+                    return Err(error);
+                }
+                Err(error) => error,
+            };
+            tracing::warn!(agent = self.name.as_str(), %error, "agent failed; using its offline version");
+            let mut output = self.fallback.run(cx, input).await?;
+            let message = format!(
+                "{} failed ({error}); its offline version stood in",
+                self.name.as_str()
+            );
+            output
+                .warnings
+                .push((degraded_code(self.name), message.clone()));
+            output.degraded = Some(Degraded {
+                cause: error.cause(),
+                message,
+                provider: self.fallback.provider().to_string(),
+                model: self.fallback.model().to_string(),
+            });
+            Ok(output)
+        })
+    }
+}
+
+/// The warning code of an agent whose offline version stood in.
+pub fn degraded_code(agent: AgentName) -> &'static str {
+    match agent {
+        AgentName::KbResearcher => "KB_RESEARCHER_DEGRADED",
+        AgentName::WebResearcher => "WEB_RESEARCHER_DEGRADED",
+        AgentName::ResearchSynthesizer => "RESEARCH_SYNTHESIZER_DEGRADED",
+        AgentName::ContentWriter => "CONTENT_WRITER_DEGRADED",
+        AgentName::MetricsAnalyzer => "METRICS_ANALYZER_DEGRADED",
+        AgentName::SeoSpecialist => "SEO_SPECIALIST_DEGRADED",
+        AgentName::FactChecker => "FACT_CHECKER_DEGRADED",
+        AgentName::SocialPromoter => "SOCIAL_PROMOTER_DEGRADED",
+        AgentName::SummaryWriter => "SUMMARY_WRITER_DEGRADED",
     }
 }
 
@@ -228,6 +336,8 @@ pub struct Draft {
     /// Set when the sources ran out before the target length: about the most words they
     /// support. A revision cannot add material, so none is spent on the length.
     pub reachable_words: Option<usize>,
+    /// The model stopped at its `max_tokens` before the article ended.
+    pub cut_off: bool,
 }
 
 #[derive(Clone)]

@@ -253,16 +253,21 @@ macro_rules! extractive {
     };
 }
 
+/// Section headings planned from the topic alone.
+pub(super) fn planned_sections(topic: &str) -> Vec<String> {
+    let topic = text::title_case(topic);
+    vec![
+        format!("Why {topic} Matters Now"),
+        format!("How {topic} Works in Practice"),
+        "Risks and Trade-offs".to_string(),
+        "Putting It into Practice".to_string(),
+    ]
+}
+
 extractive!(JobRequest => OutlinePlan, |_cx, request| {
-    let topic = text::title_case(&request.topic);
     Ok(AgentOutput::local(
         OutlinePlan {
-            sections: vec![
-                format!("Why {topic} Matters Now"),
-                format!("How {topic} Works in Practice"),
-                "Risks and Trade-offs".to_string(),
-                "Putting It into Practice".to_string(),
-            ],
+            sections: planned_sections(&request.topic),
         },
         "4 planned sections",
     ))
@@ -639,6 +644,7 @@ fn write_article(
     Draft {
         markdown: md,
         reachable_words: (exhausted && short).then_some(words),
+        cut_off: false,
     }
 }
 
@@ -815,7 +821,7 @@ fn lead_sentences(markdown: &str) -> Vec<String> {
     text::sentences(&text::strip_links(lead).0)
 }
 
-fn seo(request: &JobRequest, markdown: &str) -> api::SeoMetadata {
+pub(super) fn seo(request: &JobRequest, markdown: &str) -> api::SeoMetadata {
     let title = contract::title(markdown).unwrap_or(&request.topic);
     let title = if title.chars().count() <= 60 {
         title.to_string()
@@ -875,7 +881,7 @@ fn hashtags(keywords: &[String]) -> String {
         .join(" ")
 }
 
-fn social(request: &JobRequest, article: &FinalArticle) -> api::SocialContent {
+pub(super) fn social(request: &JobRequest, article: &FinalArticle) -> api::SocialContent {
     let insights = section_bullets(&article.markdown, KEY_INSIGHTS);
     let takeaways = section_bullets(&article.markdown, KEY_TAKEAWAYS);
     let tags = hashtags(&article.seo.keywords);
@@ -918,7 +924,7 @@ fn social(request: &JobRequest, article: &FinalArticle) -> api::SocialContent {
     }
 }
 
-fn summary(article: &FinalArticle) -> api::Summary {
+pub(super) fn summary(article: &FinalArticle) -> api::Summary {
     let insights = section_bullets(&article.markdown, KEY_INSIGHTS);
     let lead = lead_sentences(&article.markdown);
     let mut overview: Vec<String> = lead.into_iter().take(2).collect();

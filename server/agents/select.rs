@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{
-    AgentName, Agents,
+    Agent, AgentName, Agents, WithFallback,
     llm::{
         LlmAgent, LlmFactChecker, LlmKbResearcher, LlmOutlinePlanner, LlmSeo, LlmSocial,
         LlmSummary, LlmSynthesizer, LlmWriter,
@@ -18,7 +18,11 @@ use crate::server::{
     metrics::Metrics,
     resilience::{Guard, Guards, Limits, breaker::CircuitBreaker},
     upstream::{
-        api_client, fetch::Fetcher, llm::LlmClient, retry::RetryPolicy, serper::SerperClient,
+        api_client,
+        fetch::Fetcher,
+        llm::{LlmClient, LlmSettings},
+        retry::RetryPolicy,
+        serper::SerperClient,
         vector_store::VectorStoreClient,
     },
 };
@@ -145,10 +149,14 @@ impl Upstreams {
         let llm = llm_configured.then(|| {
             Arc::new(LlmClient::new(
                 http.clone(),
-                &base_url,
-                config.openai_api_key.clone(),
-                config.llm_timeout,
-                config.llm_idle_timeout,
+                LlmSettings {
+                    base_url: base_url.clone(),
+                    api_key: config.openai_api_key.clone(),
+                    timeout: config.llm_timeout,
+                    idle_timeout: config.llm_idle_timeout,
+                    temperature: config.llm_temperature,
+                    structured_output: config.llm_structured_output,
+                },
                 guards.llm.clone(),
             ))
         });
@@ -224,34 +232,77 @@ impl Agents {
         }
         if let Some((_, make)) = llm {
             use AgentName::*;
-            agents.kb_researcher = Arc::new(LlmKbResearcher {
-                llm: make(KbResearcher),
-                kb,
-            });
-            agents.outline_planner = Arc::new(LlmOutlinePlanner {
-                llm: make(ResearchSynthesizer),
-            });
-            agents.research_synthesizer = Arc::new(LlmSynthesizer {
-                llm: make(ResearchSynthesizer),
-            });
+            let offline = agents.clone();
+            agents.kb_researcher = degrading(
+                KbResearcher,
+                Arc::new(LlmKbResearcher {
+                    llm: make(KbResearcher),
+                    kb,
+                }),
+                offline.kb_researcher,
+            );
+            agents.outline_planner = degrading(
+                ResearchSynthesizer,
+                Arc::new(LlmOutlinePlanner {
+                    llm: make(ResearchSynthesizer),
+                }),
+                offline.outline_planner,
+            );
+            agents.research_synthesizer = degrading(
+                ResearchSynthesizer,
+                Arc::new(LlmSynthesizer {
+                    llm: make(ResearchSynthesizer),
+                }),
+                offline.research_synthesizer,
+            );
+            // The writer has no stand-in: a job without the model's article fails.
             agents.content_writer = Arc::new(LlmWriter {
                 llm: make(ContentWriter),
             });
-            agents.seo_specialist = Arc::new(LlmSeo {
-                llm: make(SeoSpecialist),
-            });
-            agents.fact_checker = Arc::new(LlmFactChecker {
-                llm: make(FactChecker),
-            });
-            agents.social_promoter = Arc::new(LlmSocial {
-                llm: make(SocialPromoter),
-            });
-            agents.summary_writer = Arc::new(LlmSummary {
-                llm: make(SummaryWriter),
-            });
+            agents.seo_specialist = degrading(
+                SeoSpecialist,
+                Arc::new(LlmSeo {
+                    llm: make(SeoSpecialist),
+                }),
+                offline.seo_specialist,
+            );
+            agents.fact_checker = degrading(
+                FactChecker,
+                Arc::new(LlmFactChecker {
+                    llm: make(FactChecker),
+                }),
+                offline.fact_checker,
+            );
+            agents.social_promoter = degrading(
+                SocialPromoter,
+                Arc::new(LlmSocial {
+                    llm: make(SocialPromoter),
+                }),
+                offline.social_promoter,
+            );
+            agents.summary_writer = degrading(
+                SummaryWriter,
+                Arc::new(LlmSummary {
+                    llm: make(SummaryWriter),
+                }),
+                offline.summary_writer,
+            );
         }
         agents
     }
+}
+
+/// `primary`, with `fallback` standing in when it fails.
+fn degrading<I: ?Sized + Sync + 'static, O: Send + 'static>(
+    name: AgentName,
+    primary: Arc<dyn Agent<I, O>>,
+    fallback: Arc<dyn Agent<I, O>>,
+) -> Arc<dyn Agent<I, O>> {
+    Arc::new(WithFallback {
+        name,
+        primary,
+        fallback,
+    })
 }
 
 #[cfg(test)]

@@ -132,14 +132,19 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
             let (queries, mut output) = match &self.llm {
                 Some(llm) => {
                     let asked = llm::ask_queries(llm, cx, "web_researcher").await?;
-                    let usage = api::TokenUsage {
-                        input_tokens: asked.usage.input_tokens,
-                        output_tokens: asked.usage.output_tokens,
-                    };
-                    let mut output = AgentOutput::local(WebResearch::default(), "");
-                    output.usage = usage;
-                    output.attempts = asked.attempts;
-                    (asked.value, output)
+                    let queries = asked.completion.value.clone();
+                    let output = llm.output(
+                        llm::Asked {
+                            completion: crate::server::upstream::llm::Completion {
+                                value: WebResearch::default(),
+                                usage: asked.completion.usage,
+                                attempts: asked.completion.attempts,
+                            },
+                            repaired: asked.repaired,
+                        },
+                        String::new(),
+                    );
+                    (queries, output)
                 }
                 None => (
                     vec![

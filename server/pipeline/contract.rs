@@ -28,8 +28,13 @@ pub enum Problem {
     ConclusionNotLast,
     NoCitations,
     InvalidCitation(String),
-    WordCount { actual: usize, target: usize },
+    WordCount {
+        actual: usize,
+        target: usize,
+    },
     UnsupportedClaim(String),
+    /// The model stopped at its token limit before the article ended.
+    CutOff,
 }
 
 impl Problem {
@@ -45,6 +50,7 @@ impl Problem {
             Self::InvalidCitation(_) => "invalid_citation",
             Self::WordCount { .. } => "word_count",
             Self::UnsupportedClaim(_) => "unsupported_claim",
+            Self::CutOff => "cut_off",
         }
     }
 }
@@ -63,6 +69,10 @@ impl fmt::Display for Problem {
                 write!(f, "{actual} words, target {target} ±15%")
             }
             Self::UnsupportedClaim(s) => write!(f, "claim not supported by its source: {s}"),
+            Self::CutOff => write!(
+                f,
+                "the draft was cut off at the length limit before it ended: write the whole article, no longer than the target"
+            ),
         }
     }
 }

@@ -185,6 +185,8 @@ impl PipelineError {
                 AgentError::NoSources(_) => Code::FailedPrecondition,
                 AgentError::Kb(crate::server::kb::KbError::Upstream(_)) => Code::Unavailable,
                 AgentError::Kb(_) | AgentError::Internal(_) => Code::Internal,
+                // The model answered, unusably: retrying later will not help by itself.
+                AgentError::InvalidAnswer { .. } => Code::FailedPrecondition,
                 AgentError::Unavailable { .. } => Code::Unavailable,
             },
             Self::Budget { .. } => Code::ResourceExhausted,
@@ -509,6 +511,19 @@ impl JobRun {
         for (code, message) in &output.warnings {
             self.warn(phase, Some(name), code, message.clone());
         }
+        // Who really produced the output: the offline version, when it stood in.
+        let (provider, model) = match &output.degraded {
+            Some(degraded) => {
+                lock(&self.metrics).degraded.push(api::DegradedPart {
+                    agent: name.as_str().into(),
+                    phase: phase.as_str().into(),
+                    cause: degraded.cause.into(),
+                    message: degraded.message.clone(),
+                });
+                (degraded.provider.clone(), degraded.model.clone())
+            }
+            None => (provider, model),
+        };
         let cost = self.settings.prices.cost(
             &model,
             output.usage.input_tokens,
@@ -698,6 +713,19 @@ impl JobRun {
                 .await?;
             problems = self::problems(&draft, &sources, request.word_count, &fact_check);
         }
+        if draft.cut_off {
+            // Half an article is not an article: the writer failed, however often it tried.
+            return Err(PipelineError::Agent {
+                agent: AgentName::ContentWriter.as_str(),
+                source: AgentError::InvalidAnswer {
+                    agent: AgentName::ContentWriter.as_str(),
+                    message: format!(
+                        "every draft was cut off at the model's token limit ({} revision(s))",
+                        revisions
+                    ),
+                },
+            });
+        }
         if needs_revision(&problems, &draft) {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             self.warn(
@@ -819,6 +847,7 @@ impl JobRun {
         Ok(Draft {
             markdown: contract::render_citations(&draft.markdown, sources),
             reachable_words: draft.reachable_words,
+            cut_off: draft.cut_off,
         })
     }
 
@@ -967,6 +996,9 @@ fn problems(
     fact_check: &api::FactCheckReport,
 ) -> Vec<contract::Problem> {
     let mut problems = contract::check(&draft.markdown, sources, target);
+    if draft.cut_off {
+        problems.push(contract::Problem::CutOff);
+    }
     problems.extend(
         fact_check
             .claims

@@ -43,6 +43,43 @@ pub struct Prompt {
     pub user: String,
 }
 
+/// How structured answers are asked for (`--llm-structured-output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StructuredOutput {
+    /// `response_format: json_schema`, strict.
+    #[default]
+    JsonSchema,
+    /// `response_format: json_object`, the schema in the system message.
+    JsonObject,
+    /// No `response_format`: the schema in the system message only.
+    Prompt,
+}
+
+/// One structured question: the schema its answer must fit, and the most tokens it may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub model: &'a str,
+    /// The schema's name (the agent's).
+    pub name: &'a str,
+    pub schema: &'a Value,
+    pub max_tokens: u32,
+}
+
+/// A structured answer as the model gave it; judging it is the caller's business.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub content: String,
+    /// `finish_reason: length`: cut off at `max_tokens`.
+    pub truncated: bool,
+}
+
+/// A streamed text, and whether it was cut off at `max_tokens`.
+#[derive(Debug, Clone, Default)]
+pub struct Streamed {
+    pub text: String,
+    pub truncated: bool,
+}
+
 pub struct LlmClient {
     http: reqwest::Client,
     base_url: String,
@@ -50,8 +87,21 @@ pub struct LlmClient {
     timeout: Duration,
     idle_timeout: Duration,
     guard: std::sync::Arc<Guard>,
+    temperature: f32,
+    structured_output: StructuredOutput,
     /// "openai" for api.openai.com, else "openai-compatible": recorded per agent.
     pub provider: &'static str,
+}
+
+/// What [`LlmClient::new`] takes besides the HTTP client and the guard.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub timeout: Duration,
+    pub idle_timeout: Duration,
+    pub temperature: f32,
+    pub structured_output: StructuredOutput,
 }
 
 #[derive(Deserialize)]
@@ -98,15 +148,8 @@ fn malformed(message: impl Into<String>) -> UpstreamError {
 }
 
 impl LlmClient {
-    pub fn new(
-        http: reqwest::Client,
-        base_url: &str,
-        api_key: Option<Secret>,
-        timeout: Duration,
-        idle_timeout: Duration,
-        guard: std::sync::Arc<Guard>,
-    ) -> Self {
-        let base_url = base_url.trim_end_matches('/').to_string();
+    pub fn new(http: reqwest::Client, settings: LlmSettings, guard: std::sync::Arc<Guard>) -> Self {
+        let base_url = settings.base_url.trim_end_matches('/').to_string();
         let provider = if base_url.contains("api.openai.com") {
             "openai"
         } else {
@@ -115,12 +158,20 @@ impl LlmClient {
         Self {
             http,
             base_url,
-            api_key,
-            timeout,
-            idle_timeout,
+            api_key: settings.api_key,
+            timeout: settings.timeout,
+            idle_timeout: settings.idle_timeout,
             guard,
+            temperature: settings.temperature,
+            structured_output: settings.structured_output,
             provider,
         }
+    }
+
+    /// Whether schemas may carry `maxLength`: OpenAI's strict mode refuses it, grammar-based
+    /// servers (llama.cpp, vLLM) enforce it.
+    pub fn accepts_max_length(&self) -> bool {
+        self.provider != "openai"
     }
 
     /// The span of one chat call, with the GenAI semantic-convention attributes.
@@ -159,38 +210,60 @@ impl LlmClient {
         }
     }
 
-    fn messages(prompt: &Prompt) -> Value {
-        json!([
-            {"role": "system", "content": prompt.system},
-            {"role": "user", "content": prompt.user},
-        ])
+    /// The system and user messages, then any further turns (a corrective re-ask).
+    fn messages(system: &str, prompt: &Prompt, turns: &[(&str, String)]) -> Value {
+        let mut messages = vec![
+            json!({"role": "system", "content": system}),
+            json!({"role": "user", "content": prompt.user}),
+        ];
+        messages.extend(
+            turns
+                .iter()
+                .map(|(role, content)| json!({"role": role, "content": content})),
+        );
+        Value::Array(messages)
     }
 
-    /// A structured answer: the model must return JSON matching `schema` (strict), which
-    /// `parse` turns into `T`. A malformed or invalid answer is retried like a 5xx.
-    pub async fn structured<T>(
+    /// A structured answer to `prompt` (and `turns`, for a re-ask), asked the way
+    /// `--llm-structured-output` says. Only transport failures are retried here; whether the
+    /// answer fits is for the caller to judge (and a re-ask, not a retry, is the cure).
+    pub async fn structured(
         &self,
         scope: &CallScope,
-        model: &str,
+        ask: Ask<'_>,
         prompt: &Prompt,
-        schema_name: &str,
-        schema: &Value,
-        parse: impl Fn(Value) -> Result<T, String>,
-    ) -> Result<Completion<T>, UpstreamError> {
-        let body = json!({
-            "model": model,
-            "messages": Self::messages(prompt),
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": schema_name, "strict": true, "schema": schema},
-            },
+        turns: &[(&str, String)],
+    ) -> Result<Completion<Answer>, UpstreamError> {
+        let mut body = json!({
+            "model": ask.model,
+            "max_tokens": ask.max_tokens,
+            "temperature": self.temperature,
         });
+        let system = match self.structured_output {
+            StructuredOutput::JsonSchema => {
+                body["response_format"] = json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": ask.name, "strict": true, "schema": ask.schema},
+                });
+                prompt.system.clone()
+            }
+            mode => {
+                if mode == StructuredOutput::JsonObject {
+                    body["response_format"] = json!({"type": "json_object"});
+                }
+                format!(
+                    "{}\n\nAnswer with one JSON object, and nothing else, that fits this JSON Schema:\n{}",
+                    prompt.system, ask.schema
+                )
+            }
+        };
+        body["messages"] = Self::messages(&system, prompt, turns);
         let usage = std::sync::Mutex::new(Usage::default());
         let (result, attempts) = self
             .guard
             .call(scope, |_| {
-                self.structured_once(&body, &usage, &parse)
-                    .instrument(self.chat_span(model))
+                self.structured_once(&body, &usage)
+                    .instrument(self.chat_span(ask.model))
                     .map(|r| r.map_err(|e| e.redact(self.api_key.as_ref())))
             })
             .await;
@@ -202,12 +275,11 @@ impl LlmClient {
         })
     }
 
-    async fn structured_once<T>(
+    async fn structured_once(
         &self,
         body: &Value,
         usage: &std::sync::Mutex<Usage>,
-        parse: &impl Fn(Value) -> Result<T, String>,
-    ) -> Result<T, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         let response = self
             .request(body)
             .timeout(self.timeout)
@@ -223,19 +295,20 @@ impl LlmClient {
             Self::record_usage(u.into());
             crate::server::lock(usage).add(u.into());
         }
-        let message = answer
+        let choice = answer
             .choices
             .into_iter()
             .next()
-            .and_then(|c| c.message)
             .ok_or_else(|| malformed("no choices"))?;
-        if let Some(refusal) = message.refusal {
-            return Err(malformed(format!("the model refused: {refusal}")));
-        }
-        let content = message.content.ok_or_else(|| malformed("empty message"))?;
-        let value: Value = serde_json::from_str(&content)
-            .map_err(|e| malformed(format!("answer is not JSON ({e})")))?;
-        parse(value).map_err(|e| malformed(format!("answer does not fit the schema: {e}")))
+        let truncated = choice.finish_reason.as_deref() == Some("length");
+        let message = choice.message.ok_or_else(|| malformed("no message"))?;
+        // A refusal is an answer: the caller re-asks or degrades, as for any unfit answer.
+        let content = match (message.content, message.refusal) {
+            (Some(content), _) if !content.trim().is_empty() => content,
+            (_, Some(refusal)) => format!("(refused: {refusal})"),
+            _ => String::new(),
+        };
+        Ok(Answer { content, truncated })
     }
 
     /// Streamed text: every delta goes to `on_delta` as it arrives. A stream that sends
@@ -246,25 +319,28 @@ impl LlmClient {
         scope: &CallScope,
         model: &str,
         prompt: &Prompt,
+        max_tokens: u32,
         on_delta: &(dyn Fn(&str) + Send + Sync),
-    ) -> Result<Completion<String>, UpstreamError> {
+    ) -> Result<Completion<Streamed>, UpstreamError> {
         let body = json!({
             "model": model,
-            "messages": Self::messages(prompt),
+            "messages": Self::messages(&prompt.system, prompt, &[]),
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
             "stream": true,
             "stream_options": {"include_usage": true},
         });
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut text = String::new();
+            let mut streamed = Streamed::default();
             let mut usage = Usage::default();
             // The permit is held for the whole stream: a stream is one call.
             let (result, elapsed) = match self.guard.admit(scope).await {
                 Ok(permit) => {
                     let started = tokio::time::Instant::now();
                     let result = self
-                        .stream_once(&body, &mut text, &mut usage, on_delta)
+                        .stream_once(&body, &mut streamed, &mut usage, on_delta)
                         .instrument(self.chat_span(model))
                         .await
                         .map_err(|e| e.redact(self.api_key.as_ref()));
@@ -277,7 +353,7 @@ impl LlmClient {
             let error = match result {
                 Ok(()) => {
                     return Ok(Completion {
-                        value: text,
+                        value: streamed,
                         usage,
                         attempts,
                     });
@@ -285,7 +361,7 @@ impl LlmClient {
                 Err(error) => error,
             };
             // Once text has reached the caller, a retry would repeat it: fail instead.
-            let retry = if text.is_empty() {
+            let retry = if streamed.text.is_empty() {
                 self.guard.backoff(attempts, &error, scope)
             } else {
                 None
@@ -303,7 +379,7 @@ impl LlmClient {
     async fn stream_once(
         &self,
         body: &Value,
-        text: &mut String,
+        streamed: &mut Streamed,
         usage: &mut Usage,
         on_delta: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(), UpstreamError> {
@@ -319,6 +395,8 @@ impl LlmClient {
         let mut bytes = response.bytes_stream();
         let mut buffer: Vec<u8> = Vec::new();
         let mut finished = false;
+        // Some servers end with a `finish_reason` and close without `[DONE]`.
+        let mut saw_finish = false;
         while !finished {
             if started.elapsed() > self.timeout {
                 return Err(UpstreamError::Timeout {
@@ -364,23 +442,23 @@ impl LlmClient {
                             .filter(|d| !d.is_empty())
                         {
                             on_delta(&delta);
-                            text.push_str(&delta);
+                            streamed.text.push_str(&delta);
                         }
-                        if choice.finish_reason.as_deref() == Some("length") {
-                            tracing::warn!(
-                                upstream = UPSTREAM,
-                                "the answer hit the model's length limit"
-                            );
+                        match choice.finish_reason.as_deref() {
+                            Some("length") => {
+                                streamed.truncated = true;
+                                saw_finish = true;
+                            }
+                            Some(_) => saw_finish = true,
+                            None => {}
                         }
                     }
                 }
             }
         }
         Self::record_usage(*usage);
-        if text.is_empty() {
-            return Err(malformed("the stream carried no text"));
-        }
-        if !finished {
+        // An empty answer is the model's, not the transport's: the caller judges it.
+        if !finished && !saw_finish {
             return Err(UpstreamError::Connect {
                 upstream: UPSTREAM,
                 message: "the stream ended without [DONE]".into(),

@@ -69,6 +69,11 @@ impl UpstreamError {
         }
     }
 
+    /// A 429: the upstream is fine, this account asks too often.
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(self, Self::Status { status: 429, .. })
+    }
+
     /// The delay the upstream asked for (`Retry-After` on 429/503).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -89,11 +94,11 @@ impl UpstreamError {
                     body,
                 },
                 Some(secret),
-            ) if !secret.expose().is_empty() => Self::Status {
+            ) => Self::Status {
                 upstream,
                 status,
                 retry_after,
-                body: body.replace(secret.expose(), "[redacted]"),
+                body: redact_token(&body, secret.expose()),
             },
             (error, _) => error,
         }
@@ -145,6 +150,34 @@ impl UpstreamError {
             }
         }
     }
+}
+
+/// Shorter values are not secrets worth the name (local servers run with `OPENAI_API_KEY=x`),
+/// and cutting them out of text would mangle it ("Rate limit e[redacted]ceeded").
+const MIN_SECRET_CHARS: usize = 8;
+
+/// `text` with every whole-token occurrence of `secret` replaced by `[redacted]`: only where
+/// it is not part of a longer word, and only for values long enough to be a secret.
+pub fn redact_token(text: &str, secret: &str) -> String {
+    if secret.chars().count() < MIN_SECRET_CHARS {
+        return text.to_string();
+    }
+    let token_char = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(secret) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + secret.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        if before.is_some_and(token_char) || after.is_some_and(token_char) {
+            out.push_str(secret);
+        } else {
+            out.push_str("[redacted]");
+        }
+        rest = &rest[at + secret.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
@@ -240,4 +273,27 @@ pub fn api_client() -> Result<reqwest::Client, reqwest::Error> {
 /// rustls needs one process-wide crypto provider; installing it twice is harmless.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_tokens_of_secret_length_are_redacted() {
+        assert_eq!(
+            redact_token("Rate limit exceeded", "x"),
+            "Rate limit exceeded"
+        );
+        let key = "sk-test-0123456789";
+        assert_eq!(
+            redact_token(&format!("invalid key: Bearer {key}, \"{key}\""), key),
+            "invalid key: Bearer [redacted], \"[redacted]\""
+        );
+        // Part of a longer token: not this key, left alone.
+        assert_eq!(
+            redact_token(&format!("{key}extra"), key),
+            format!("{key}extra")
+        );
+    }
 }

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use super::UpstreamError;
 
+/// The first wait after a rate limit that names none.
+pub const RATE_LIMIT_BASE: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
@@ -21,16 +24,22 @@ impl RetryPolicy {
     }
 
     /// The wait before attempt `attempt + 1`: a random share of an exponentially growing
-    /// ceiling, but never less than the upstream's `Retry-After`.
+    /// ceiling, but never less than the upstream's `Retry-After`. A rate limit that names no
+    /// wait (429 without `Retry-After`, as many gateways and local servers answer) is given
+    /// seconds, not milliseconds: from [`RATE_LIMIT_BASE`], doubling, with jitter in its
+    /// upper half.
     pub fn delay(&self, attempt: u32, error: &UpstreamError) -> Duration {
-        let ceiling = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.max_delay);
-        let jittered = ceiling.mul_f64(fastrand::f64());
-        error
-            .retry_after()
-            .map_or(jittered, |asked| asked.max(jittered))
+        let growth = 2u32.saturating_pow(attempt.saturating_sub(1));
+        if let Some(asked) = error.retry_after() {
+            let ceiling = self.base_delay.saturating_mul(growth).min(self.max_delay);
+            return asked.max(ceiling.mul_f64(fastrand::f64()));
+        }
+        if error.is_rate_limit() {
+            let floor = RATE_LIMIT_BASE.saturating_mul(growth).min(self.max_delay);
+            return floor + floor.mul_f64(fastrand::f64());
+        }
+        let ceiling = self.base_delay.saturating_mul(growth).min(self.max_delay);
+        ceiling.mul_f64(fastrand::f64())
     }
 }
 
@@ -58,6 +67,17 @@ mod tests {
             body: String::new(),
         };
         assert!(policy.delay(1, &limited) >= Duration::from_secs(2));
+        let unnamed = UpstreamError::Status {
+            upstream: "llm",
+            status: 429,
+            retry_after: None,
+            body: String::new(),
+        };
+        for attempt in 1..4 {
+            let floor = RATE_LIMIT_BASE * (1 << (attempt - 1));
+            let delay = policy.delay(attempt, &unnamed);
+            assert!(delay >= floor && delay <= floor * 2, "{delay:?}");
+        }
         assert!(limited.retryable());
         let refused = UpstreamError::Status {
             upstream: "web",

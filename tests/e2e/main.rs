@@ -9,5 +9,6 @@ mod jobs;
 mod lifecycle;
 mod observability;
 mod resilience;
+mod small_models;
 mod standin;
 mod upstreams;

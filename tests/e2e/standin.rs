@@ -40,6 +40,25 @@ pub enum Fault {
     Close,
     /// 401 whose body repeats the credentials the request carried (as some gateways do).
     EchoCredentials,
+    /// 429 without `Retry-After`, as many gateways and local servers answer.
+    TooManyUnnamed,
+    /// Answer the way small models do (see [`Sloppy`]).
+    Sloppy(Sloppy),
+}
+
+/// How small local models bend the limits a prompt states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sloppy {
+    /// Every array empty (`{"queries": []}`).
+    EmptyArrays,
+    /// Every array cut to one item.
+    ShortArrays,
+    /// Every array doubled and every string made 300 characters long.
+    Overlong,
+    /// Keeps generating until `max_tokens` cuts it off (`finish_reason: length`).
+    Ramble,
+    /// An empty answer.
+    Empty,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +122,12 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     base: Mutex<String>,
+    /// Answers every chat request of the route this way, after any queued fault.
+    sloppy: Mutex<Vec<(Route, Sloppy)>>,
+    /// A 429 without `Retry-After` for the first this-many requests with the same body.
+    rate_limit_each: AtomicUsize,
+    /// Requests seen per body, for `rate_limit_each`.
+    seen: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 #[derive(Clone)]
@@ -167,6 +192,17 @@ impl StandIn {
         }
     }
 
+    /// Every later chat request of `route` (Llm: structured, LlmStream: the writer) is
+    /// answered this way.
+    pub fn sloppy(&self, route: Route, sloppy: Sloppy) {
+        self.shared.sloppy.lock().unwrap().push((route, sloppy));
+    }
+
+    /// The first `n` attempts of every distinct chat request get a 429 without `Retry-After`.
+    pub fn rate_limit_each_call(&self, n: usize) {
+        self.shared.rate_limit_each.store(n, Ordering::SeqCst);
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap().clone()
     }
@@ -200,6 +236,7 @@ fn record(
     } else {
         route
     };
+    let key = body.to_string();
     shared.requests.lock().unwrap().push(Recorded {
         at: std::time::Instant::now(),
         route,
@@ -208,10 +245,28 @@ fn record(
         body,
     });
     let mut faults = shared.faults.lock().unwrap();
-    faults
+    let queued = faults
         .iter_mut()
         .find(|(r, _)| *r == fault_route)
-        .and_then(|(_, q)| q.pop_front())
+        .and_then(|(_, q)| q.pop_front());
+    queued.or_else(|| {
+        let limit = shared.rate_limit_each.load(Ordering::SeqCst);
+        if route == Route::Llm && limit > 0 {
+            let mut seen = shared.seen.lock().unwrap();
+            let count = seen.entry(key).or_default();
+            *count += 1;
+            if *count <= limit {
+                return Some(Fault::TooManyUnnamed);
+            }
+        }
+        shared
+            .sloppy
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(r, _)| *r == fault_route)
+            .map(|(_, s)| Fault::Sloppy(*s))
+    })
 }
 
 /// Applies a fault that does not depend on the answer; returns the response it stands for.
@@ -248,7 +303,14 @@ async fn generic_fault(fault: &Fault) -> Option<Response> {
             ]);
             Some(Response::new(Body::from_stream(broken)))
         }
-        Fault::SchemaViolation | Fault::EchoCredentials => None,
+        Fault::TooManyUnnamed => Some(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({"error": {"message": "Rate limit exceeded"}})),
+            )
+                .into_response(),
+        ),
+        Fault::SchemaViolation | Fault::EchoCredentials | Fault::Sloppy(_) => None,
     }
 }
 
@@ -297,7 +359,8 @@ async fn chat(
                 | Fault::TooMany { .. }
                 | Fault::Malformed
                 | Fault::Close
-                | Fault::Delay(_)),
+                | Fault::Delay(_)
+                | Fault::TooManyUnnamed),
             ) => {
                 if let Some(response) = generic_fault(other).await {
                     return response;
@@ -306,7 +369,29 @@ async fn chat(
             }
             _ => None,
         };
-        return stream_article(&system, &user, stall_after, _in_flight);
+        let max_chars = body["max_tokens"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+            .saturating_mul(4) as usize;
+        let text = match fault {
+            Some(Fault::Sloppy(Sloppy::Empty)) => String::new(),
+            // A model that never stops: the article, then more and more, until cut off.
+            Some(Fault::Sloppy(Sloppy::Ramble)) => {
+                let mut text = article(&system, &user);
+                while text.len() < max_chars {
+                    text.push_str(" And so it goes on.");
+                }
+                text
+            }
+            _ => article(&system, &user),
+        };
+        let cut = text.len() > max_chars;
+        let text: String = if cut {
+            text.chars().take(max_chars).collect()
+        } else {
+            text
+        };
+        return stream_article(text, cut, stall_after, _in_flight);
     }
     if let Some(fault) = &fault
         && let Some(response) = generic_fault(fault).await
@@ -318,7 +403,19 @@ async fn chat(
     let content = if matches!(fault, Some(Fault::SchemaViolation)) {
         json!({"unexpected": "shape"})
     } else {
-        match structured_answer(name, &schema["schema"], &user) {
+        // Without a schema in `response_format` (json_object or prompt mode), the agent is
+        // named by the schema in its system message.
+        let embedded: Value = system
+            .split("JSON Schema:\n")
+            .nth(1)
+            .and_then(|t| serde_json::from_str(t.trim()).ok())
+            .unwrap_or(Value::Null);
+        let (name, schema) = if name.is_empty() {
+            (agent_in(&system), &embedded)
+        } else {
+            (name, &schema["schema"])
+        };
+        match structured_answer(name, schema, &user) {
             Some(answer) => answer,
             None => {
                 return (
@@ -329,14 +426,85 @@ async fn chat(
             }
         }
     };
+    let max_chars = body["max_tokens"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+        .saturating_mul(4) as usize;
+    let (content, finish) = match fault {
+        Some(Fault::Sloppy(sloppy)) => sloppy_answer(sloppy, content, max_chars),
+        _ => (content.to_string(), "stop"),
+    };
     Json(json!({
         "id": "chatcmpl-standin",
         "object": "chat.completion",
         "model": body["model"],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content.to_string()}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": (system.len() + user.len()) / 4, "completion_tokens": content.to_string().len() / 4},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": (system.len() + user.len()) / 4, "completion_tokens": content.len() / 4},
     }))
     .into_response()
+}
+
+/// The agent whose prompt this is, from the words of its system message (json_object and
+/// prompt modes send no schema name).
+fn agent_in(system: &str) -> &'static str {
+    let has = |p: &str| system.contains(p);
+    if has("\"queries\"") && has("web") {
+        "web_researcher"
+    } else if has("\"queries\"") {
+        "kb_researcher"
+    } else if has("\"outline\"") || has("\"sections\"") {
+        "research_synthesizer"
+    } else if has("\"meta_description\"") {
+        "seo_specialist"
+    } else if has("\"verdicts\"") {
+        "fact_checker"
+    } else if has("\"linkedin_posts\"") {
+        "social_promoter"
+    } else {
+        "summary_writer"
+    }
+}
+
+/// A structured answer as a small model gives it: the content and its finish reason.
+fn sloppy_answer(sloppy: Sloppy, answer: Value, max_chars: usize) -> (String, &'static str) {
+    fn reshape(value: Value, sloppy: Sloppy) -> Value {
+        match value {
+            Value::Array(items) => Value::Array(match sloppy {
+                Sloppy::EmptyArrays => Vec::new(),
+                Sloppy::ShortArrays => items.into_iter().take(1).collect(),
+                Sloppy::Overlong => {
+                    let doubled: Vec<Value> = items.iter().chain(&items).cloned().collect();
+                    doubled.into_iter().map(|v| reshape(v, sloppy)).collect()
+                }
+                _ => items,
+            }),
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (k, reshape(v, sloppy)))
+                    .collect(),
+            ),
+            Value::String(text) if sloppy == Sloppy::Overlong => {
+                let mut long = text;
+                while long.chars().count() < 300 {
+                    long.push_str(" and more besides");
+                }
+                Value::String(long.chars().take(300).collect())
+            }
+            other => other,
+        }
+    }
+    match sloppy {
+        Sloppy::Empty => (String::new(), "stop"),
+        Sloppy::Ramble => {
+            let mut text = answer.to_string();
+            text.pop(); // never closes the object
+            while text.len() < max_chars {
+                text.push_str(", \"more\": \"and more\"");
+            }
+            (text.chars().take(max_chars).collect(), "length")
+        }
+        other => (reshape(answer, other).to_string(), "stop"),
+    }
 }
 
 fn line_after<'a>(text: &'a str, prefix: &str) -> &'a str {
@@ -498,13 +666,13 @@ fn article(system: &str, user: &str) -> String {
     )
 }
 
+/// Streams `text` in small chunks, ending with `finish_reason: length` when `cut`.
 fn stream_article(
-    system: &str,
-    user: &str,
+    text: String,
+    cut: bool,
     stall_after: Option<usize>,
     in_flight: InFlight,
 ) -> Response {
-    let text = article(system, user);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         let _in_flight = in_flight;
@@ -524,10 +692,11 @@ fn stream_article(
                 return;
             }
         }
+        let finish = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": if cut { "length" } else { "stop" }}]});
         let usage = json!({"choices": [], "usage": {"prompt_tokens": 1200, "completion_tokens": chars.len() / 4}});
         let _ = tx
             .send(Ok(Bytes::from(format!(
-                "data: {usage}\n\ndata: [DONE]\n\n"
+                "data: {finish}\n\ndata: {usage}\n\ndata: [DONE]\n\n"
             ))))
             .await;
     });

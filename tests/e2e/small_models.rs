@@ -1,0 +1,217 @@
+//! Models that bend every limit a prompt states (empty and short arrays, over-long strings,
+//! answers that never stop, nothing at all), rate limits without `Retry-After`, and servers
+//! without strict schemas: every job with a working model ends with an article.
+use std::{collections::HashMap, time::Duration};
+
+use dakota::{api, server::upstream::llm::StructuredOutput};
+use tonic::Code;
+
+use crate::{
+    common::{self, final_article},
+    standin::{Route, Sloppy, StandIn},
+    upstreams::{config, llm_request, warnings},
+};
+
+/// Every chat request the stand-in saw carried a `max_tokens` bound.
+fn assert_bounded(standin: &StandIn) {
+    let chats = standin.requests_of(Route::Llm);
+    assert!(!chats.is_empty());
+    for chat in &chats {
+        assert!(
+            chat.body["max_tokens"].as_u64().is_some_and(|n| n > 0),
+            "{} sent without max_tokens",
+            chat.llm_kind()
+        );
+    }
+}
+
+/// The corrective re-asks: the last user message of requests that carry one.
+fn reasks(standin: &StandIn) -> Vec<String> {
+    standin
+        .requests_of(Route::Llm)
+        .iter()
+        .filter_map(|r| {
+            let messages = r.body["messages"].as_array()?;
+            (messages.len() > 2)
+                .then(|| messages.last()?["content"].as_str().map(str::to_string))
+                .flatten()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn empty_and_short_arrays_are_reasked_then_repaired() {
+    for sloppy in [Sloppy::EmptyArrays, Sloppy::ShortArrays] {
+        let standin = StandIn::start().await;
+        standin.sloppy(Route::Llm, sloppy);
+        let mut server = common::start(config(&standin)).await;
+        let events = server.generate(llm_request()).await;
+        let article = final_article(&events);
+        assert_bounded(&standin);
+        let reasks = reasks(&standin);
+        let expected = if sloppy == Sloppy::EmptyArrays {
+            "0 queries, expected 3-4"
+        } else {
+            "1 queries, expected 3-4"
+        };
+        assert!(
+            reasks.iter().any(|r| r.contains(expected)),
+            "{sloppy:?}: the re-ask names the violation: {reasks:?}"
+        );
+        assert!(
+            warnings(&events).contains(&"ANSWER_REPAIRED".to_string()),
+            "{sloppy:?}: {:?}",
+            warnings(&events)
+        );
+        // Repaired, not replaced: the SEO comes from the model's (padded) answer.
+        let seo = article.metadata.unwrap().seo.unwrap();
+        assert!((5..=7).contains(&seo.keywords.len()), "{seo:?}");
+        assert_eq!(article.social.unwrap().thread.len(), 10);
+    }
+}
+
+#[tokio::test]
+async fn overlong_strings_are_cut_at_a_word_and_extra_items_dropped() {
+    let standin = StandIn::start().await;
+    standin.sloppy(Route::Llm, Sloppy::Overlong);
+    let mut server = common::start(config(&standin)).await;
+    let events = server.generate(llm_request()).await;
+    let article = final_article(&events);
+    assert_bounded(&standin);
+    assert!(
+        reasks(&standin)
+            .iter()
+            .any(|r| r.contains("a title of 300 characters (1-60)")),
+        "{:?}",
+        reasks(&standin)
+    );
+    let seo = article.metadata.unwrap().seo.unwrap();
+    assert!(seo.title.chars().count() <= 60, "{}", seo.title);
+    assert!(!seo.title.ends_with(' ') && !seo.title.is_empty());
+    assert!(seo.meta_description.chars().count() <= 155);
+    assert!((5..=7).contains(&seo.keywords.len()));
+    let social = article.social.unwrap();
+    assert_eq!(social.linkedin_posts.len(), 3);
+    assert!(social.thread.iter().all(|p| p.chars().count() <= 280));
+}
+
+/// Structured answers that never stop are cut by `max_tokens`: `finish_reason: length` is an
+/// answer that does not fit; after the re-ask, the offline version stands in.
+#[tokio::test]
+async fn answers_cut_off_by_max_tokens_degrade_to_the_offline_parts() {
+    let standin = StandIn::start().await;
+    standin.sloppy(Route::Llm, Sloppy::Ramble);
+    let mut server = common::start(config(&standin)).await;
+    let events = server.generate(llm_request()).await;
+    let article = final_article(&events);
+    assert_bounded(&standin);
+    let degraded = article.metrics.unwrap().degraded;
+    let agents: Vec<&str> = degraded.iter().map(|d| d.agent.as_str()).collect();
+    for agent in ["kb_researcher", "seo_specialist", "summary_writer"] {
+        assert!(agents.contains(&agent), "{agent} in {agents:?}");
+    }
+    assert!(
+        degraded
+            .iter()
+            .all(|d| d.cause == "invalid_answer" && d.message.contains("cut off")),
+        "{degraded:?}"
+    );
+    assert!(warnings(&events).contains(&"SEO_SPECIALIST_DEGRADED".to_string()));
+    // Degraded parts are reported with the provider that really produced them.
+    let started: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(api::generate_event::Event::AgentCompleted(a)) => {
+                Some((a.agent.clone(), a.provider.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(started.contains(&("seo_specialist".into(), "offline".into())));
+}
+
+/// A writer that answers nothing usable fails the job with a content status; an unreachable
+/// model still fails it with UNAVAILABLE.
+#[tokio::test]
+async fn a_writer_with_no_usable_article_fails_with_a_content_status() {
+    for sloppy in [Sloppy::Empty, Sloppy::Ramble] {
+        let standin = StandIn::start().await;
+        standin.sloppy(Route::LlmStream, sloppy);
+        let mut server = common::start(config(&standin)).await;
+        let failed = common::failed(&server.generate(llm_request()).await);
+        assert_eq!(
+            failed.code,
+            Code::FailedPrecondition as i32,
+            "{sloppy:?}: {failed:?}"
+        );
+        assert!(failed.message.contains("content_writer"), "{failed:?}");
+        assert_bounded(&standin);
+    }
+    let standin = StandIn::start().await;
+    let mut config = config(&standin);
+    config.upstreams.openai_base_url = Some("http://127.0.0.1:9/v1".into());
+    config.upstreams.max_attempts = 1;
+    let mut server = common::start(config).await;
+    let failed = common::failed(&server.generate(llm_request()).await);
+    assert_eq!(failed.code, Code::Unavailable as i32, "{failed:?}");
+}
+
+/// 429 without `Retry-After` on the first two attempts of every call: retried seconds apart,
+/// never opening the breaker, and the job completes. With `OPENAI_API_KEY=x` the upstream's
+/// text is not mangled by redaction.
+#[tokio::test]
+async fn rate_limits_without_retry_after_are_waited_out_in_seconds() {
+    let standin = StandIn::start().await;
+    standin.rate_limit_each_call(2);
+    let mut config = config(&standin);
+    config.upstreams.openai_api_key = Some(dakota::server::config::Secret::new("x"));
+    let mut server = common::start(config).await;
+    let events = server.generate(llm_request()).await;
+    final_article(&events);
+    let mut attempts: HashMap<String, Vec<std::time::Instant>> = HashMap::new();
+    for request in standin.requests_of(Route::Llm) {
+        attempts
+            .entry(request.body.to_string())
+            .or_default()
+            .push(request.at);
+    }
+    assert!(!attempts.is_empty());
+    for times in attempts.values() {
+        // Two 429s, then the answer (an identical later call goes straight through).
+        assert!(times.len() >= 3, "{}", times.len());
+        for pair in times[..3].windows(2) {
+            let gap = pair[1].duration_since(pair[0]);
+            assert!(gap >= Duration::from_secs(1), "retried after {gap:?}");
+        }
+    }
+    let (_, health) = server.admin("/health/detailed").await;
+    assert!(health.contains("Rate limit exceeded"), "{health}");
+    assert!(!health.contains("[redacted]"), "{health}");
+    assert!(health.contains(r#""llm":"closed""#), "{health}");
+}
+
+/// A server without strict schemas: the schema goes into the prompt, the answer is checked
+/// by code, and the job completes without falling back.
+#[tokio::test]
+async fn servers_without_strict_schemas_are_asked_through_the_prompt() {
+    for mode in [StructuredOutput::JsonObject, StructuredOutput::Prompt] {
+        let standin = StandIn::start().await;
+        let mut config = config(&standin);
+        config.upstreams.llm_structured_output = mode;
+        let mut server = common::start(config).await;
+        let article = final_article(&server.generate(llm_request()).await);
+        assert!(article.metrics.unwrap().degraded.is_empty(), "{mode:?}");
+        for chat in standin.requests_of(Route::Llm) {
+            if chat.body["stream"] == true {
+                continue;
+            }
+            let format = &chat.body["response_format"];
+            match mode {
+                StructuredOutput::JsonObject => assert_eq!(format["type"], "json_object"),
+                _ => assert!(format.is_null()),
+            }
+            let system = chat.body["messages"][0]["content"].as_str().unwrap();
+            assert!(system.contains("JSON Schema"), "{system}");
+        }
+    }
+}
