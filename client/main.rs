@@ -112,6 +112,9 @@ enum Command {
         queries: Vec<String>,
         #[arg(long, default_value_t = 5)]
         max_results: u32,
+        /// Passages of one document a query's hits may hold (1: each document's best).
+        #[arg(long, default_value_t = 1)]
+        per_document: u32,
         #[arg(long)]
         json: bool,
     },
@@ -234,6 +237,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Search {
             queries,
             max_results,
+            per_document,
             json,
         } => {
             let mut client = client;
@@ -241,6 +245,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .search_knowledge_base(api::SearchKnowledgeBaseRequest {
                     queries,
                     max_results,
+                    max_per_document: per_document,
                 })
                 .await
                 .map_err(explain)?

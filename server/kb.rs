@@ -1,5 +1,6 @@
 //! The local knowledge base: Markdown/text files indexed with tantivy BM25, chunked by heading.
 use std::{
+    collections::{HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
     sync::Arc,
@@ -71,21 +72,25 @@ impl KnowledgeSource {
         }
     }
 
-    /// Several queries at once, one hit list per query in order, and the upstream attempts
-    /// it took (1 for the local index).
+    /// Several queries at once, one hit list per query in order, at most `per_document`
+    /// passages of any one document in a list, and the upstream attempts it took (1 for the
+    /// local index).
     pub async fn search_batch(
         &self,
         scope: &CallScope,
         queries: &[String],
         limit: usize,
+        per_document: usize,
     ) -> (Result<Vec<Vec<KbHit>>, KbError>, u32) {
         match self {
             Self::Local(kb) => {
                 let (kb, queries) = (kb.clone(), queries.to_vec());
-                let result = tokio::task::spawn_blocking(move || kb.hits_batch(&queries, limit))
-                    .await
-                    .map_err(|e| KbError::Task(e.to_string()))
-                    .and_then(|r| r);
+                let result = tokio::task::spawn_blocking(move || {
+                    kb.hits_batch(&queries, limit, per_document)
+                })
+                .await
+                .map_err(|e| KbError::Task(e.to_string()))
+                .and_then(|r| r);
                 (result, 1)
             }
             Self::VectorStore(store) => {
@@ -95,10 +100,11 @@ impl KnowledgeSource {
                 let result = answers
                     .into_iter()
                     .map(|(hits, _)| {
-                        Ok(hits?
+                        let hits: Vec<KbHit> = hits?
                             .into_iter()
                             .map(|h| vector_hit(&store.store_id, h))
-                            .collect())
+                            .collect();
+                        Ok(at_most_per_document(hits, per_document, |h| h.url.clone()))
                     })
                     .collect();
                 (result, attempts)
@@ -172,7 +178,7 @@ impl KnowledgeBase {
             })
             .collect();
         paths.sort();
-        let mut chunks = Vec::new();
+        let mut parsed = Vec::with_capacity(paths.len());
         for path in &paths {
             let raw = fs::read_to_string(path).map_err(|source| KbError::Io {
                 path: path.clone(),
@@ -182,8 +188,19 @@ impl KnowledgeBase {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .unwrap_or("document");
-            chunks.extend(parse_document(stem, &raw));
+            parsed.push(parse(stem, &raw));
         }
+        let boilerplate = boilerplate(parsed.iter().map(|p| p.blocks.as_slice()));
+        if !boilerplate.is_empty() {
+            tracing::info!(
+                units = boilerplate.len(),
+                "boilerplate recognised across documents; left out of the index"
+            );
+        }
+        let chunks = parsed
+            .iter()
+            .flat_map(|p| chunks_of(p, &boilerplate))
+            .collect();
         Self::from_chunks(chunks, paths.len())
     }
 
@@ -234,9 +251,15 @@ impl KnowledgeBase {
         })
     }
 
-    /// BM25 search over title, section and text; any query text is accepted (operators are
-    /// not interpreted, so user input cannot produce a syntax error).
-    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<Hit>, KbError> {
+    /// BM25 search over title, section and text, at most `per_document` passages of one
+    /// document; any query text is accepted (operators are not interpreted, so user input
+    /// cannot produce a syntax error).
+    pub fn search(
+        &self,
+        query: &str,
+        limit: usize,
+        per_document: usize,
+    ) -> Result<Vec<Hit>, KbError> {
         // Only letters and digits, in lower case: the parser then sees words only (no
         // `+`, `-`, quotes, fields, nor the upper-case operators AND, OR and NOT).
         let cleaned: String = query
@@ -249,7 +272,9 @@ impl KnowledgeBase {
         }
         let (query, _errors) = self.parser.parse_query_lenient(&cleaned);
         let searcher = self.reader.searcher();
-        let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
+        // Enough candidates that the best passages of `limit` documents are among them.
+        let candidates = limit.saturating_mul(4).saturating_add(16);
+        let top = searcher.search(&query, &TopDocs::with_limit(candidates).order_by_score())?;
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top {
             let doc: TantivyDocument = searcher.doc(address)?;
@@ -260,13 +285,24 @@ impl KnowledgeBase {
                 });
             }
         }
+        let mut hits = at_most_per_document(hits, per_document, |h| {
+            self.chunk(h.chunk)
+                .map(|c| c.document.clone())
+                .unwrap_or_default()
+        });
+        hits.truncate(limit);
         Ok(hits)
     }
 
     /// [`KnowledgeBase::search_batch`] as [`KbHit`]s, each carrying its whole document.
-    pub fn hits_batch(&self, queries: &[String], limit: usize) -> Result<Vec<Vec<KbHit>>, KbError> {
+    pub fn hits_batch(
+        &self,
+        queries: &[String],
+        limit: usize,
+        per_document: usize,
+    ) -> Result<Vec<Vec<KbHit>>, KbError> {
         Ok(self
-            .search_batch(queries, limit)?
+            .search_batch(queries, limit, per_document)?
             .into_iter()
             .map(|hits| hits.into_iter().filter_map(|h| self.hit(h)).collect())
             .collect())
@@ -276,7 +312,7 @@ impl KnowledgeBase {
         let chunk = self.chunk(hit.chunk)?;
         let mut document_text = format!("{}\n\n", chunk.text);
         for other in self.document_chunks(hit.chunk) {
-            if other.section != chunk.section {
+            if !std::ptr::eq(other, chunk) {
                 document_text.push_str(&other.text);
                 document_text.push_str("\n\n");
             }
@@ -293,8 +329,16 @@ impl KnowledgeBase {
     }
 
     /// Several queries in one call, one result list per query, in order.
-    pub fn search_batch(&self, queries: &[String], limit: usize) -> Result<Vec<Vec<Hit>>, KbError> {
-        queries.iter().map(|q| self.search(q, limit)).collect()
+    pub fn search_batch(
+        &self,
+        queries: &[String],
+        limit: usize,
+        per_document: usize,
+    ) -> Result<Vec<Vec<Hit>>, KbError> {
+        queries
+            .iter()
+            .map(|q| self.search(q, limit, per_document))
+            .collect()
     }
 
     pub fn chunk(&self, index: usize) -> Option<&Chunk> {
@@ -327,14 +371,204 @@ impl KnowledgeBase {
     }
 }
 
-/// Splits one file into chunks by heading; front matter gives title, url and date.
-fn parse_document(stem: &str, raw: &str) -> Vec<Chunk> {
+/// `hits` (best first) with at most `per_document` of any one document, as `document` names it.
+fn at_most_per_document<T>(
+    hits: Vec<T>,
+    per_document: usize,
+    document: impl Fn(&T) -> String,
+) -> Vec<T> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    hits.into_iter()
+        .filter(|hit| {
+            let n = seen.entry(document(hit)).or_default();
+            *n += 1;
+            *n <= per_document.max(1)
+        })
+        .collect()
+}
+
+/// Headings that exporting CMSs put on every page ("Content", "Overview"): they say nothing
+/// about their text and never become section titles.
+const GENERIC_HEADINGS: &[&str] = &[
+    "content",
+    "contents",
+    "table of contents",
+    "introduction",
+    "intro",
+    "overview",
+    "summary",
+    "article information",
+    "article info",
+    "details",
+    "main content",
+    "body",
+    "more",
+    "related articles",
+    "share this article",
+];
+
+/// A heading that names no topic of its own.
+pub fn is_generic_heading(heading: &str) -> bool {
+    let lower = heading.trim().trim_end_matches(':').to_lowercase();
+    GENERIC_HEADINGS.contains(&lower.as_str())
+}
+
+/// The largest passage indexed as one chunk; a longer section is split between blocks.
+const MAX_PASSAGE_CHARS: usize = 1_500;
+
+/// One block of a Markdown body as the knowledge base keeps it.
+#[derive(Debug, Clone, PartialEq)]
+enum Block {
+    Heading(u8, String),
+    Prose(String),
+    /// A list item, nested items flattened, each on its own line.
+    Item(String),
+    /// A table row; `true` for the header row.
+    Row(String, bool),
+}
+
+/// The blocks of a Markdown body, parsed with pulldown-cmark: headings, paragraphs, list
+/// items and table rows, with inline markup reduced to its text (links to their text).
+fn blocks(body: &str) -> Vec<Block> {
+    use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut cells: Vec<String> = Vec::new();
+    // Open list items: text of an item is flushed when a nested item or its end comes.
+    let mut items = 0usize;
+    let mut in_head = false;
+    let flush_item = |text: &mut String, out: &mut Vec<Block>| {
+        let item = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !item.is_empty() {
+            out.push(Block::Item(item));
+        }
+        text.clear();
+    };
+    for event in Parser::new_ext(body, Options::ENABLE_TABLES) {
+        match event {
+            Event::Start(Tag::Item) => {
+                if items > 0 {
+                    flush_item(&mut text, &mut out);
+                }
+                text.clear();
+                items += 1;
+            }
+            // Code is not evidence: its text is dropped (a `##` inside a fence is no heading).
+            Event::Start(Tag::CodeBlock(_)) | Event::End(TagEnd::CodeBlock) => text.clear(),
+            Event::Start(Tag::Table(_)) => text.clear(),
+            Event::End(TagEnd::Item) => {
+                flush_item(&mut text, &mut out);
+                items = items.saturating_sub(1);
+            }
+            Event::Start(Tag::Heading { .. } | Tag::Paragraph) if items == 0 => text.clear(),
+            Event::End(TagEnd::Heading(level)) => {
+                out.push(Block::Heading(level as u8, text.trim().to_string()));
+                text.clear();
+            }
+            Event::End(TagEnd::Paragraph) if items == 0 => {
+                let prose = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                if !prose.is_empty() {
+                    out.push(Block::Prose(prose));
+                }
+                text.clear();
+            }
+            Event::End(TagEnd::Paragraph) => text.push(' '),
+            Event::Start(Tag::TableHead) => in_head = true,
+            Event::End(TagEnd::TableCell) => {
+                cells.push(text.trim().to_string());
+                text.clear();
+            }
+            Event::End(TagEnd::TableHead | TagEnd::TableRow) => {
+                if cells.iter().any(|c| !c.is_empty()) {
+                    out.push(Block::Row(format!("| {} |", cells.join(" | ")), in_head));
+                }
+                cells.clear();
+                in_head = false;
+            }
+            Event::Text(t) | Event::Code(t) => text.push_str(&t),
+            Event::SoftBreak | Event::HardBreak => text.push(' '),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Units that recur across documents: each prose sentence and each list item or table row.
+fn units(blocks: &[Block]) -> Vec<String> {
+    let mut out = Vec::new();
+    for block in blocks {
+        match block {
+            Block::Prose(prose) => out.extend(text::sentences(prose).iter().map(|s| normalise(s))),
+            Block::Item(line) | Block::Row(line, false) => out.push(normalise(line)),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn normalise(unit: &str) -> String {
+    unit.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Sentences and lines found in at least a quarter of the documents (and in three at least):
+/// calls to action, footers, share bars. They are never indexed nor used as evidence.
+fn boilerplate<'a>(documents: impl Iterator<Item = &'a [Block]>) -> HashSet<String> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut total = 0;
+    for blocks in documents {
+        total += 1;
+        let distinct: HashSet<String> = units(blocks).into_iter().collect();
+        for unit in distinct {
+            *counts.entry(unit).or_default() += 1;
+        }
+    }
+    let threshold = (total / 4).max(3);
+    counts
+        .into_iter()
+        .filter(|(_, n)| *n >= threshold)
+        .map(|(unit, _)| unit)
+        .collect()
+}
+
+/// A parsed file: its front matter fields and its blocks.
+struct Parsed {
+    stem: String,
+    front: Vec<(String, String)>,
+    blocks: Vec<Block>,
+}
+
+fn parse(stem: &str, raw: &str) -> Parsed {
     let (front, body) = split_front_matter(raw);
-    let field = |key: &str| front.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    Parsed {
+        stem: stem.to_string(),
+        front,
+        blocks: blocks(body),
+    }
+}
+
+/// Splits one document into passages: under the section heading they belong to (generic
+/// headings do not count), at most [`MAX_PASSAGE_CHARS`] each, list items and table rows
+/// kept whole and on lines of their own, boilerplate left out. Front matter gives title,
+/// url and date and is never text.
+fn chunks_of(parsed: &Parsed, boilerplate: &HashSet<String>) -> Vec<Chunk> {
+    let field = |key: &str| {
+        parsed
+            .front
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    };
+    let stem = parsed.stem.as_str();
     let title = field("title")
         .or_else(|| {
-            body.lines()
-                .find_map(|l| l.strip_prefix("# ").map(|t| t.trim().to_string()))
+            parsed.blocks.iter().find_map(|b| match b {
+                Block::Heading(1, t) => Some(t.clone()),
+                _ => None,
+            })
         })
         .unwrap_or_else(|| text::title_case(&stem.replace(['-', '_'], " ")));
     let url = field("url").unwrap_or_else(|| format!("kb://{stem}"));
@@ -342,9 +576,10 @@ fn parse_document(stem: &str, raw: &str) -> Vec<Chunk> {
 
     let mut chunks = Vec::new();
     let mut section = title.clone();
-    let mut current = String::new();
-    let mut flush = |section: &str, current: &mut String| {
-        let text = current.trim().to_string();
+    let mut passage = String::new();
+    let mut table_head: Option<String> = None;
+    let mut flush = |section: &str, passage: &mut String| {
+        let text = passage.trim().to_string();
         if text.chars().any(char::is_alphanumeric) {
             chunks.push(Chunk {
                 document: stem.to_string(),
@@ -355,22 +590,71 @@ fn parse_document(stem: &str, raw: &str) -> Vec<Chunk> {
                 text,
             });
         }
-        current.clear();
+        passage.clear();
     };
-    for line in body.lines() {
-        if let Some(heading) = line.strip_prefix('#') {
-            flush(&section, &mut current);
-            let heading = heading.trim_start_matches('#').trim();
-            if !heading.is_empty() {
-                section = heading.to_string();
+    let mut previous_was_line = false;
+    for block in &parsed.blocks {
+        let piece = match block {
+            Block::Heading(level, heading) => {
+                table_head = None;
+                if *level <= 2 {
+                    flush(&section, &mut passage);
+                    if *level == 2 && !is_generic_heading(heading) && !heading.is_empty() {
+                        section = heading.clone();
+                    } else if *level == 2 {
+                        section = title.clone();
+                    }
+                    continue;
+                }
+                // A sub-heading (a ranked entry, "### 3. Firm") stays inside its section.
+                format!("### {heading}\n")
             }
-        } else {
-            current.push_str(line);
-            current.push('\n');
+            Block::Prose(prose) => {
+                let kept: Vec<String> = text::sentences(prose)
+                    .into_iter()
+                    .filter(|s| !boilerplate.contains(&normalise(s)))
+                    .collect();
+                if kept.is_empty() {
+                    continue;
+                }
+                format!("{}\n", kept.join(" "))
+            }
+            Block::Item(line) | Block::Row(line, _) => {
+                if boilerplate.contains(&normalise(line)) {
+                    continue;
+                }
+                if let Block::Row(_, true) = block {
+                    table_head = Some(line.clone());
+                }
+                if matches!(block, Block::Item(_)) {
+                    format!("- {line}\n")
+                } else {
+                    format!("{line}\n")
+                }
+            }
+        };
+        let line = matches!(block, Block::Item(_) | Block::Row(..));
+        if passage.len() + piece.len() > MAX_PASSAGE_CHARS && !passage.is_empty() {
+            flush(&section, &mut passage);
+            // A table split across passages keeps its header in each.
+            if let (Block::Row(_, false), Some(head)) = (block, &table_head) {
+                passage.push_str(head);
+                passage.push('\n');
+            }
+        } else if !passage.is_empty() && (!line || !previous_was_line) {
+            passage.push('\n'); // a blank line between paragraphs, lists and tables
         }
+        passage.push_str(&piece);
+        previous_was_line = line;
     }
-    flush(&section, &mut current);
+    flush(&section, &mut passage);
     chunks
+}
+
+/// One document parsed alone (no boilerplate known): for tests and single files.
+#[cfg(test)]
+fn parse_document(stem: &str, raw: &str) -> Vec<Chunk> {
+    chunks_of(&parse(stem, raw), &HashSet::new())
 }
 
 /// `---`-delimited `key: value` lines at the top of a file, and the rest.
@@ -422,17 +706,17 @@ mod tests {
     #[test]
     fn search_ranks_matching_chunks_and_tolerates_syntax() -> Result<(), KbError> {
         let kb = KnowledgeBase::from_chunks(parse_document("pc", DOC), 1)?;
-        let hits = kb.search("liquidity: (downturn", 5)?;
+        let hits = kb.search("liquidity: (downturn", 5, 5)?;
         let first = hits
             .first()
             .and_then(|h| kb.chunk(h.chunk))
             .map(|c| c.section.clone());
         assert_eq!(first.as_deref(), Some("Liquidity Risk"));
         // Stemming: "lender" finds "lenders"; nonsense finds nothing.
-        assert!(!kb.search("lender", 5)?.is_empty());
-        assert!(kb.search("zzzz qqqq", 5)?.is_empty());
-        assert!(kb.search("  ", 5)?.is_empty());
-        let batch = kb.search_batch(&["fees".into(), "liquidity".into()], 1)?;
+        assert!(!kb.search("lender", 5, 5)?.is_empty());
+        assert!(kb.search("zzzz qqqq", 5, 5)?.is_empty());
+        assert!(kb.search("  ", 5, 5)?.is_empty());
+        let batch = kb.search_batch(&["fees".into(), "liquidity".into()], 1, 1)?;
         assert_eq!(batch.len(), 2);
         let whole: Vec<&str> = kb
             .document_chunks(1)
@@ -441,5 +725,64 @@ mod tests {
             .collect();
         assert_eq!(whole, ["Private Credit Basics", "Liquidity Risk", "Fees"]);
         Ok(())
+    }
+
+    #[test]
+    fn markdown_is_parsed_not_scanned() {
+        let doc = "---\ntitle: Firms in Dallas\ntags:\n  - texas\n---\n## Content\n\nDallas is a hub for sponsors. It keeps growing.\n\n```\n## not a heading\n```\n\n1. **Keystone** - Metro: Dallas. AUM: $4B.\n2. **Ridge** - Metro: Plano.\n   - Founded: 1998\n\n| Firm | AUM |\n|---|---|\n| Keystone | $4B |\n\n## How Dallas Grew\n\nSee [the report](https://example.com/a_(b)) for more.\n";
+        let chunks = parse_document("dallas", doc);
+        let sections: Vec<&str> = chunks.iter().map(|c| c.section.as_str()).collect();
+        // "Content" names nothing: its text sits under the title; the fenced `##` is text.
+        assert_eq!(sections, ["Firms in Dallas", "How Dallas Grew"]);
+        let text = &chunks[0].text;
+        assert!(!text.contains("title:") && !text.contains("tags"), "{text}");
+        assert!(
+            text.contains(
+                "- Keystone - Metro: Dallas. AUM: $4B.\n- Ridge - Metro: Plano.\n- Founded: 1998"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| Firm | AUM |\n| Keystone | $4B |"),
+            "{text}"
+        );
+        assert_eq!(chunks[1].text, "See the report for more.");
+    }
+
+    #[test]
+    fn sentences_repeated_across_documents_are_left_out() {
+        let doc = |n: usize| {
+            format!(
+                "# Doc {n}\n\nFact number {n} about pensions is here. Start a free trial today.\n\n- Share this article\n"
+            )
+        };
+        let parsed: Vec<Parsed> = (0..4).map(|n| parse(&format!("d{n}"), &doc(n))).collect();
+        let boilerplate = boilerplate(parsed.iter().map(|p| p.blocks.as_slice()));
+        let chunks = chunks_of(&parsed[0], &boilerplate);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].text, "Fact number 0 about pensions is here.");
+    }
+
+    #[test]
+    fn long_sections_are_split_into_bounded_passages_keeping_table_headers() {
+        let rows: String = (0..200)
+            .map(|i| format!("| Firm {i} | ${i}B |\n"))
+            .collect();
+        let doc = format!("# Big\n\n## Ranked\n\n| Firm | AUM |\n|---|---|\n{rows}");
+        let chunks = parse_document("big", &doc);
+        assert!(chunks.len() > 1);
+        for chunk in &chunks {
+            assert!(
+                chunk.text.len() <= MAX_PASSAGE_CHARS,
+                "{}",
+                chunk.text.len()
+            );
+            assert!(
+                chunk.text.starts_with("| Firm | AUM |"),
+                "{}",
+                &chunk.text[..40]
+            );
+            assert_eq!(chunk.section, "Ranked");
+        }
     }
 }

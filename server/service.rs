@@ -284,7 +284,7 @@ impl ContentApi {
         request: Request<api::SearchKnowledgeBaseRequest>,
     ) -> Result<Response<api::SearchKnowledgeBaseResponse>, Status> {
         let request = request.into_inner();
-        let limit = validation::search_request(&request)?;
+        let limits = validation::search_request(&request)?;
         let kb = self.state.ready()?.kb.clone();
         let queries: Vec<String> = request
             .queries
@@ -293,7 +293,9 @@ impl ContentApi {
             .collect();
         let scope = CallScope::new(Pool::Search);
         let started = Instant::now();
-        let (batch, _) = kb.search_batch(&scope, &queries, limit).await;
+        let (batch, _) = kb
+            .search_batch(&scope, &queries, limits.max_results, limits.per_document)
+            .await;
         self.state.metrics.observe_kb_search(started.elapsed());
         let batch = batch.map_err(|e| match e {
             crate::server::kb::KbError::Upstream(upstream) => {

@@ -135,7 +135,14 @@ pub fn job_id(id: &str) -> Result<String, ApiError> {
     v.finish(parsed.unwrap_or_default())
 }
 
-pub fn search_request(request: &api::SearchKnowledgeBaseRequest) -> Result<usize, ApiError> {
+/// A validated `SearchKnowledgeBase`: hits per query, and passages per document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchLimits {
+    pub max_results: usize,
+    pub per_document: usize,
+}
+
+pub fn search_request(request: &api::SearchKnowledgeBaseRequest) -> Result<SearchLimits, ApiError> {
     let mut v = Violations::default();
     if request.queries.is_empty() {
         v.add("queries", "at least one query is required");
@@ -162,7 +169,17 @@ pub fn search_request(request: &api::SearchKnowledgeBaseRequest) -> Result<usize
             format!("must be at most {MAX_SEARCH_RESULTS} (got {max_results})"),
         );
     }
-    v.finish(max_results as usize)
+    let per_document = request.max_per_document.max(1);
+    if per_document > MAX_SEARCH_RESULTS {
+        v.add(
+            "max_per_document",
+            format!("must be at most {MAX_SEARCH_RESULTS} (got {per_document})"),
+        );
+    }
+    v.finish(SearchLimits {
+        max_results: max_results as usize,
+        per_document: per_document as usize,
+    })
 }
 
 #[cfg(test)]

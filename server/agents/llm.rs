@@ -54,9 +54,10 @@ mod budget {
     pub const PER_VERDICT: u32 = 120;
     pub const VERDICTS_CAP: u32 = 4_000;
 
-    /// The writer: about 1.3 tokens a word, twice over for Markdown, links and slack.
+    /// The writer: about 1.3 tokens a word, with room for Markdown, citation markers and
+    /// slack.
     pub fn writer(words: usize) -> u32 {
-        u32::try_from(words.saturating_mul(2).saturating_add(600))
+        u32::try_from(words.saturating_mul(2).saturating_add(1_000))
             .unwrap_or(u32::MAX)
             .clamp(1_000, 32_000)
     }
@@ -533,6 +534,9 @@ struct SectionAnswer {
     source_ids: Vec<String>,
 }
 
+/// The longest section heading.
+const HEADING_CHARS: usize = 80;
+
 /// The outline and themes, checked against the sources and the planned headings. Repairs:
 /// unknown source ids dropped, a section without sources given the best one, usable sections
 /// merged into the fourth beyond four or padded from the plan below three, themes cut to four
@@ -545,7 +549,14 @@ fn check_synthesis(
     let mut problems = Vec::new();
     let mut outline: Vec<OutlineSection> = Vec::new();
     for section in answer.outline {
-        let heading = section.heading.trim().to_string();
+        let mut heading = section.heading.trim().to_string();
+        if heading.chars().count() > HEADING_CHARS {
+            problems.push(format!(
+                "a heading of {} characters (at most {HEADING_CHARS})",
+                heading.chars().count()
+            ));
+            heading = cut_at_word(&heading, HEADING_CHARS);
+        }
         if unusable_heading(&heading) {
             problems.push(format!(
                 "the heading `{heading}` is empty, fixed or forbidden"
@@ -644,12 +655,12 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
         input: &'a SynthesisInput,
     ) -> AgentFuture<'a, Synthesis> {
         Box::pin(async move {
-            let sources = offline::merge_sources(&cx.request, input)?;
+            let (sources, off_topic) = offline::merge_sources(&cx.request, input)?;
             let ids: Vec<String> = sources.iter().map(|s| s.source.id.clone()).collect();
             let schema = object(json!({
                 "outline": {
                     "type": "array", "minItems": 3, "maxItems": 4,
-                    "items": object(json!({"heading": self.llm.text(80, "the section heading"), "source_ids": strings(1, 4)})),
+                    "items": object(json!({"heading": self.llm.text(HEADING_CHARS, "the section heading"), "source_ids": strings(1, 4)})),
                 },
                 "key_themes": strings(3, 4),
             }));
@@ -697,7 +708,7 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
                 synthesis.sources.len(),
                 synthesis.outline.len()
             );
-            Ok(self.llm.output(
+            let mut output = self.llm.output(
                 Asked {
                     completion: Completion {
                         value: synthesis,
@@ -707,7 +718,11 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
                     repaired,
                 },
                 summary,
-            ))
+            );
+            output
+                .warnings
+                .extend(off_topic.map(|w| (offline::OFF_TOPIC, w)));
+            Ok(output)
         })
     }
 }

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::api;
 use crate::server::{
-    kb::{KbHit, KnowledgeSource},
+    kb::{self, KbHit, KnowledgeSource},
     pipeline::{
         JobRequest,
         contract::{self, CONCLUSION, KEY_INSIGHTS, KEY_TAKEAWAYS, Problem, WORD_COUNT_TOLERANCE},
@@ -21,6 +21,8 @@ use crate::server::{
 };
 
 const PROVIDER: &str = "offline";
+/// The warning of sources that do not all cover the topic.
+pub(super) const OFF_TOPIC: &str = "OFF_TOPIC_SOURCES";
 const MODEL: &str = "extractive";
 /// Sources kept after synthesis (SPEC §4).
 const MAX_SOURCES: usize = 10;
@@ -110,7 +112,10 @@ pub(super) async fn search_kb(
     queries: Vec<String>,
 ) -> Result<AgentOutput<KbResearch>, AgentError> {
     let started = std::time::Instant::now();
-    let (batch, attempts) = kb.search_batch(&cx.scope, &queries, HITS_PER_QUERY).await;
+    // The best passage of each document: one document cannot take every place.
+    let (batch, attempts) = kb
+        .search_batch(&cx.scope, &queries, HITS_PER_QUERY, 1)
+        .await;
     cx.metrics.observe_kb_search(started.elapsed());
     cx.upstream.record("kb", batch.is_ok());
     let batch = batch?;
@@ -343,9 +348,27 @@ pub fn domain_of(url: &str) -> String {
         .to_string()
 }
 
-/// Sentences worth lifting: complete, not leaning on a previous sentence.
+/// A line that is not prose: a list item, a table row, a heading.
+fn is_structured_line(line: &str) -> bool {
+    let line = line.trim_start();
+    let numbered = line.split_once(['.', ')']).is_some_and(|(n, rest)| {
+        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && rest.starts_with(' ')
+    });
+    numbered || line.starts_with(['-', '*', '+', '|', '#'])
+}
+
+/// The prose of a passage: list items, table rows and headings become paragraph breaks, so
+/// that no two of them ever run together into one "sentence".
+fn prose_of(text: &str) -> String {
+    text.lines()
+        .map(|line| if is_structured_line(line) { "" } else { line })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Sentences worth lifting: complete prose, not leaning on a previous sentence.
 fn usable_sentences(text: &str) -> Vec<String> {
-    text::sentences(text)
+    text::sentences(&prose_of(text))
         .into_iter()
         .filter(|s| {
             let lower = s.to_lowercase();
@@ -375,10 +398,76 @@ fn best_sentences(text: &str, query: &str, n: usize, used: &HashSet<String>) -> 
 
 /// Merges research: dedupe by URL, rank by relevance, authority and freshness, keep the best
 /// ten (ids S1..). Shared by every `research_synthesizer`.
+/// Whether `word` names something (a place, a firm, an acronym) in these texts: it is written
+/// with a capital nearly every time it occurs, as "Texas" is and "private" is not.
+fn is_proper(word: &str, texts: &[&str]) -> bool {
+    let (mut total, mut capital) = (0usize, 0usize);
+    for text in texts {
+        for token in text.split(|c: char| !c.is_alphanumeric()) {
+            if token.eq_ignore_ascii_case(word) {
+                total += 1;
+                capital += usize::from(token.starts_with(char::is_uppercase));
+            }
+        }
+    }
+    total > 0 && capital * 5 >= total * 4
+}
+
+/// Knowledge-base sources on topic: a document about Australia is not evidence for an
+/// article about Texas. The topic's names (words the sources write with a capital: places,
+/// firms, acronyms) must all appear in a source. Only when the documents that name them hold
+/// too little prose for `target_words` do the others follow them, and the warning says so.
+/// Web results are left as the search engine ranked them.
+fn on_topic(
+    topic: &str,
+    target_words: usize,
+    sources: Vec<SourceDoc>,
+) -> (Vec<SourceDoc>, Option<String>) {
+    let is_kb = |doc: &SourceDoc| doc.source.kind() == api::SourceKind::KnowledgeBase;
+    let texts: Vec<&str> = sources
+        .iter()
+        .filter(|d| is_kb(d))
+        .map(|d| d.text.as_str())
+        .collect();
+    let names: BTreeSet<String> = text::terms(topic)
+        .filter(|w| !w.chars().all(|c| c.is_ascii_digit()) && is_proper(w, &texts))
+        .collect();
+    if names.is_empty() {
+        return (sources, None);
+    }
+    let names_all = |doc: &SourceDoc| {
+        !is_kb(doc) || {
+            let has: BTreeSet<String> = text::terms(&format!(
+                "{} {} {}",
+                doc.source.title, doc.section, doc.text
+            ))
+            .collect();
+            names.is_subset(&has)
+        }
+    };
+    let (on, off): (Vec<SourceDoc>, Vec<SourceDoc>) = sources.into_iter().partition(names_all);
+    let material: usize = on
+        .iter()
+        .flat_map(|d| usable_sentences(&d.text))
+        .map(|s| text::count_words(&s))
+        .sum();
+    if off.is_empty() || material >= target_words {
+        return (on, None);
+    }
+    let named = on.iter().filter(|d| is_kb(d)).count();
+    let warning = format!(
+        "{named} knowledge-base document(s) mention {} (about {material} words of prose); the article also draws on sources that do not",
+        names.into_iter().collect::<Vec<_>>().join(" and ")
+    );
+    (on.into_iter().chain(off).collect(), Some(warning))
+}
+
+/// Merges research (dedupe by URL, sources on topic, rank by relevance, authority and
+/// freshness, keep the best ten, ids S1..) and says when the sources are off topic.
 pub(super) fn merge_sources(
     request: &JobRequest,
     input: &SynthesisInput,
-) -> Result<Vec<SourceDoc>, AgentError> {
+) -> Result<(Vec<SourceDoc>, Option<String>), AgentError> {
     let mut merged: Vec<SourceDoc> = Vec::new();
     for doc in input.kb.sources.iter().chain(&input.web.sources) {
         if !merged.iter().any(|m| m.source.url == doc.source.url) {
@@ -410,12 +499,13 @@ pub(super) fn merge_sources(
             .total_cmp(&rank(a))
             .then(a.source.url.cmp(&b.source.url))
     });
+    // Sources on topic first, in rank order; the rest only if needed.
+    let (mut merged, off_topic) = on_topic(&request.topic, request.word_count, merged);
     merged.truncate(MAX_SOURCES);
     for (i, doc) in merged.iter_mut().enumerate() {
         doc.source.id = format!("S{}", i + 1);
     }
-
-    Ok(merged)
+    Ok((merged, off_topic))
 }
 
 /// Merges the sources, then outlines the article from the best distinct passages.
@@ -423,7 +513,7 @@ fn synthesize(
     request: &JobRequest,
     input: &SynthesisInput,
 ) -> Result<AgentOutput<Synthesis>, AgentError> {
-    let merged = merge_sources(request, input)?;
+    let (merged, off_topic) = merge_sources(request, input)?;
     // Main sections: the sections of the best sources, one per source while they last.
     let mut outline: Vec<OutlineSection> = Vec::new();
     for doc in merged
@@ -433,7 +523,7 @@ fn synthesize(
         if outline.len() == 4 {
             break;
         }
-        let heading = if doc.section == doc.source.title {
+        let heading = if doc.section == doc.source.title || kb::is_generic_heading(&doc.section) {
             doc.source.title.clone()
         } else {
             doc.section.clone()
@@ -462,14 +552,16 @@ fn synthesize(
     }
     let key_themes = outline.iter().map(|s| s.heading.clone()).take(4).collect();
     let summary = format!("{} sources, {} sections", merged.len(), outline.len());
-    Ok(AgentOutput::local(
+    let mut output = AgentOutput::local(
         Synthesis {
             sources: merged,
             outline,
             key_themes,
         },
         summary,
-    ))
+    );
+    output.warnings.extend(off_topic.map(|w| (OFF_TOPIC, w)));
+    Ok(output)
 }
 
 fn is_fixed_heading(heading: &str) -> bool {
@@ -540,6 +632,17 @@ fn write_article(
         sections.iter().map(|(s, _)| s.heading.clone()).collect()
     };
 
+    // Each main section's first sentence before the lead and the lists take theirs, so that
+    // scarce material never leaves a section empty.
+    let (first, _) = fill_sections(
+        topic,
+        synthesis,
+        &sections,
+        &mut used,
+        (Vec::new(), 0),
+        compact,
+    );
+
     let title = if compact {
         text::title_case(topic)
     } else {
@@ -549,6 +652,42 @@ fn write_article(
             audience_head(&request.audience)
         )
     };
+    let bullets = if compact { 1 } else { sections.len() };
+    // A tiny article's bullets are the main clause of their sentence, where it stands alone.
+    let bullet = |sentence: String| {
+        if target < TINY_TARGET {
+            main_clause(&sentence).unwrap_or(sentence)
+        } else {
+            sentence
+        }
+    };
+    // A bullet from `doc`, or from any source once `doc` has no sentence left.
+    let pick_bullet = |doc: &SourceDoc, query: &str, used: &mut HashSet<String>| {
+        std::iter::once(doc)
+            .chain(&synthesis.sources)
+            .find_map(|d| {
+                let sentence = pick(&d.text, query, 1, used).pop()?;
+                used.insert(sentence.clone());
+                Some(format!("- {}", cite_run(&[bullet(sentence)], &d.source.id)))
+            })
+    };
+    let insight_query = |heading: &str| format!("{topic} {heading}");
+    // Takeaways: sentences that advise.
+    let takeaway_query = format!("{topic} should must can consider need");
+    // The first bullet of each list before the rest, so scarce material fills both lists.
+    let mut insights: Vec<String> = Vec::new();
+    let mut takeaways: Vec<String> = Vec::new();
+    for (i, (section, doc)) in sections.iter().take(bullets).enumerate() {
+        for (list, query) in [
+            (&mut insights, insight_query(&section.heading)),
+            (&mut takeaways, takeaway_query.clone()),
+        ] {
+            if i == 0 || !list.is_empty() {
+                list.extend(pick_bullet(doc, &query, &mut used));
+            }
+        }
+    }
+
     // The writer's own sentences carry no user text: a figure in a topic ("... in 2026")
     // would otherwise become a claim no source can support.
     let mut lead = Vec::new();
@@ -560,37 +699,6 @@ fn write_article(
             lead.push(cite_run(&picked, &first.source.id));
         }
     }
-    let bullets = if compact { 1 } else { sections.len() };
-    // A tiny article's bullets are the main clause of their sentence, where it stands alone.
-    let bullet = |sentence: String| {
-        if target < TINY_TARGET {
-            main_clause(&sentence).unwrap_or(sentence)
-        } else {
-            sentence
-        }
-    };
-
-    let insights: Vec<String> = sections
-        .iter()
-        .take(bullets)
-        .filter_map(|(section, doc)| {
-            let pick = pick(&doc.text, &format!("{topic} {}", section.heading), 1, &used).pop()?;
-            used.insert(pick.clone());
-            Some(format!("- {}", cite_run(&[bullet(pick)], &doc.source.id)))
-        })
-        .collect();
-
-    // Takeaways: sentences that advise, one from each section's source.
-    let takeaways: Vec<String> = sections
-        .iter()
-        .take(bullets)
-        .filter_map(|(_, doc)| {
-            let query = format!("{topic} should must can consider need");
-            let pick = pick(&doc.text, &query, 1, &used).pop()?;
-            used.insert(pick.clone());
-            Some(format!("- {}", cite_run(&[bullet(pick)], &doc.source.id)))
-        })
-        .collect();
 
     let mut conclusion = Vec::new();
     if target < TINY_TARGET {
@@ -608,6 +716,8 @@ fn write_article(
         );
     }
 
+    lead.retain(|l| !l.is_empty());
+    conclusion.retain(|c| !c.is_empty());
     let fixed = format!(
         "{title} {KEY_INSIGHTS} {KEY_TAKEAWAYS} {CONCLUSION}\n{}\n{}\n{}\n{}",
         lead.join(" "),
@@ -615,12 +725,24 @@ fn write_article(
         takeaways.join("\n"),
         conclusion.join(" ")
     );
-    let fixed_words =
-        prose_words(&fixed) + headings.iter().map(|h| text::count_words(h)).sum::<usize>();
+    let first_words: usize = first
+        .iter()
+        .flatten()
+        .map(|(s, _)| text::count_words(s))
+        .sum();
+    let fixed_words = prose_words(&fixed)
+        + first_words
+        + headings.iter().map(|h| text::count_words(h)).sum::<usize>();
     let budget = target.saturating_sub(fixed_words);
 
-    let (bodies, exhausted) =
-        fill_sections(topic, synthesis, &sections, &mut used, budget, compact);
+    let (bodies, exhausted) = fill_sections(
+        topic,
+        synthesis,
+        &sections,
+        &mut used,
+        (first, budget),
+        compact,
+    );
 
     let mut md = format!("# {title}\n\n");
     if !lead.is_empty() {
@@ -689,19 +811,22 @@ fn main_clause(sentence: &str) -> Option<String> {
         .then(|| format!("{clause}."))
 }
 
+/// A section's sentences, each with the id of its source.
+type Body = Vec<(String, String)>;
+
 /// Fills the sections round-robin, one sentence at a time: first each section's own source
-/// in its original order, then the rest of the sources by relevance. Every section gets at
-/// least one sentence; then sentences are added up to `budget` words. Returns the bodies and
-/// whether the sources ran out first.
+/// in its original order, then the rest of the sources by relevance. A section still empty
+/// gets a sentence whatever the budget; then sentences are added up to `budget` words beyond
+/// `bodies`. Returns the bodies and whether the sources ran out first.
 fn fill_sections(
     topic: &str,
     synthesis: &Synthesis,
     sections: &[(&OutlineSection, &SourceDoc)],
     used: &mut HashSet<String>,
-    budget: usize,
+    (mut bodies, budget): (Vec<Body>, usize),
     compact: bool,
-) -> (Vec<Vec<(String, String)>>, bool) {
-    let mut bodies: Vec<Vec<(String, String)>> = vec![Vec::new(); sections.len()];
+) -> (Vec<Body>, bool) {
+    bodies.resize(sections.len(), Vec::new());
     let mut pools: Vec<Vec<(String, String)>> = sections
         .iter()
         .map(|(section, doc)| {
@@ -728,18 +853,18 @@ fn fill_sections(
         })
         .collect();
     let mut words = 0;
-    let mut first_round = true;
     loop {
         let mut progressed = false;
         for (body, pool) in bodies.iter_mut().zip(pools.iter_mut()) {
-            if !first_round && words >= budget {
+            let must = body.is_empty();
+            if !must && words >= budget {
                 return (bodies, false);
             }
             while let Some((sentence, id)) = pool.pop() {
                 if used.insert(sentence.clone()) {
                     let n = text::count_words(&sentence);
                     // Stop before overshooting by more than half a sentence.
-                    if !first_round && words + n / 2 > budget {
+                    if !must && words + n / 2 > budget {
                         return (bodies, false);
                     }
                     words += n;
@@ -749,7 +874,6 @@ fn fill_sections(
                 }
             }
         }
-        first_round = false;
         if !progressed {
             return (bodies, words < budget);
         }

@@ -207,6 +207,7 @@ async fn control_and_invisible_characters_are_refused() {
         .search_knowledge_base(api::SearchKnowledgeBaseRequest {
             queries: vec!["credit\u{1b}[2J".into()],
             max_results: 3,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -237,6 +238,7 @@ async fn search_treats_upper_case_operators_as_words() {
         .search_knowledge_base(api::SearchKnowledgeBaseRequest {
             queries: vec!["NOT credit".into(), "credit".into(), "credit OR".into()],
             max_results: 5,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -257,7 +259,7 @@ async fn search_treats_upper_case_operators_as_words() {
 #[tokio::test]
 async fn a_100_word_offline_article_meets_the_contract_without_revision() {
     let mut server = common::start(common::config()).await;
-    let mut short = request("Pension risk transfer");
+    let mut short = request("Private credit");
     short.word_count = Some(100);
     let events = server.generate(short).await;
     let article = final_article(&events);

@@ -338,6 +338,7 @@ async fn knowledge_base_search_answers_each_query_in_order() {
                 "hedge fund operational due diligence".into(),
             ],
             max_results: 3,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -372,6 +373,7 @@ async fn knowledge_base_search_answers_each_query_in_order() {
         .search_knowledge_base(api::SearchKnowledgeBaseRequest {
             queries: vec![],
             max_results: 100,
+            ..Default::default()
         })
         .await
         .unwrap_err();

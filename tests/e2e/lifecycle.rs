@@ -196,6 +196,7 @@ fn the_server_binary_serves_and_exits_zero_on_sigterm() {
             .search_knowledge_base(api::SearchKnowledgeBaseRequest {
                 queries: vec!["pension".into()],
                 max_results: 1,
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -7,6 +7,7 @@ mod common;
 mod generate;
 mod jobs;
 mod lifecycle;
+mod messy_kb;
 mod observability;
 mod resilience;
 mod small_models;

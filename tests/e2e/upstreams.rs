@@ -586,6 +586,7 @@ async fn a_slow_vector_store_hits_the_knowledge_base_timeout() {
         .search_knowledge_base(api::SearchKnowledgeBaseRequest {
             queries: vec!["liquidity".into()],
             max_results: 3,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -601,6 +602,7 @@ async fn search_rpc_uses_the_vector_store_when_configured() {
         .search_knowledge_base(api::SearchKnowledgeBaseRequest {
             queries: vec!["private credit liquidity".into(), "duration".into()],
             max_results: 2,
+            ..Default::default()
         })
         .await
         .unwrap()
