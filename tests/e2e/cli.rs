@@ -190,3 +190,29 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A server that accepts connections and never answers: `--connect-timeout` bounds the whole
+/// `health` call, HTTP/2 handshake included.
+#[tokio::test]
+async fn health_against_a_silent_server_gives_up_within_the_connect_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket); // accepted, never read nor answered
+        }
+    });
+    let output = tokio::time::timeout(
+        common::PATIENCE,
+        run(
+            &format!("http://{addr}"),
+            &["--connect-timeout", "500ms", "health"],
+        ),
+    )
+    .await
+    .expect("the CLI gives up on its own");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--connect-timeout"), "{stderr}");
+}
