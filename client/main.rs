@@ -4,13 +4,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use dakota::{
     api::{self, generate_event::Event},
-    client::{
-        output,
-        session::{self, Client, JobFollower},
-    },
+    output,
     safe_text::for_terminal,
-    server::config::parse_duration,
 };
+use dakota_client::session::{self, Client, JobFollower};
+use humantime::parse_duration;
 use tonic::Status;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,

@@ -4,7 +4,7 @@ use std::{collections::HashMap, io::IsTerminal};
 
 use dakota::{
     api::{self, generate_event::Event},
-    client::output,
+    output,
     safe_text::for_terminal,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tonic::{Code, Status, Streaming, transport::Channel};
 
-use crate::api::{self, content_service_client::ContentServiceClient, generate_event::Event};
+use dakota::api::{self, content_service_client::ContentServiceClient, generate_event::Event};
 
 /// Re-attach attempts after a dropped stream before giving up.
 const MAX_REATTACH: u32 = 5;

@@ -11,7 +11,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use crate::server::{
+use crate::{
     kb::KnowledgeSource,
     metrics::{BreakerLabels, PoolLabels},
     resilience::{Guard, breaker::BreakerState},

@@ -9,14 +9,13 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::server::{
+use crate::{
     metrics::Metrics,
     net,
     resilience::breaker::{BreakerState, CircuitBreaker},
 };
 
-use crate::api::{self, content_service_server::ContentServiceServer};
-use crate::server::{
+use crate::{
     agents::{Agents, AgentsFactory, select::Upstreams},
     config::Config,
     jobs::{JobLimits, JobRegistry},
@@ -24,6 +23,7 @@ use crate::server::{
     pipeline::PipelineSettings,
     service::{AppState, ContentApi, Ready},
 };
+use dakota::api::{self, content_service_server::ContentServiceServer};
 
 /// How long open streams (health watches, followers) may hold the server after the drain.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -150,7 +150,7 @@ impl Server {
         let admin_stop = CancellationToken::new();
         tokio::spawn(net::serve_admin(
             admin_listener,
-            crate::server::admin::router(state.clone()),
+            crate::admin::router(state.clone()),
             net::AdminLimits {
                 header_timeout: config.admin_header_timeout,
                 max_connections: config.admin_max_connections,
@@ -250,7 +250,7 @@ async fn lifecycle(
             },
             "agents selected"
         );
-        Ok::<_, crate::server::kb::KbError>(Ready { kb, agents })
+        Ok::<_, crate::kb::KbError>(Ready { kb, agents })
     });
     let loaded = tokio::select! {
         loaded = startup => Some(loaded),

@@ -146,7 +146,7 @@ pub struct UpstreamConfig {
         value_enum,
         default_value = "json-schema"
     )]
-    pub llm_structured_output: crate::server::upstream::llm::StructuredOutput,
+    pub llm_structured_output: crate::upstream::llm::StructuredOutput,
 
     /// Attempts per upstream call (retryable failures only: connect errors, 5xx, 429, malformed answers).
     #[arg(long, env = "DAKOTA_MAX_ATTEMPTS", default_value_t = 3)]
@@ -241,23 +241,6 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-impl Config {
-    /// Defaults for tests and embedding: ephemeral port, the repository's `knowledge/`.
-    pub fn for_tests(kb_dir: impl Into<PathBuf>) -> Self {
-        let mut config = Config::parse_from(["dakota-server"]);
-        config.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.kb_dir = kb_dir.into();
-        // Offline whatever the environment holds: tests opt in to upstreams explicitly.
-        let upstreams = &mut config.upstreams;
-        upstreams.openai_base_url = None;
-        upstreams.openai_api_key = None;
-        upstreams.openai_vector_store_id = None;
-        upstreams.serper_api_key = None;
-        config
-    }
 }
 
 /// Parses human-readable durations: `500ms`, `5s`, `2m`, `1h`, or plain seconds.

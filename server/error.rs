@@ -4,7 +4,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::server::jobs::AttachError;
+use crate::jobs::AttachError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -14,8 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-use crate::api::{self, GenerateEvent, JobState, generate_event::Event};
-use crate::server::{lock, pipeline::JobRequest};
+use crate::{lock, pipeline::JobRequest};
+use dakota::api::{self, GenerateEvent, JobState, generate_event::Event};
 
 /// Events buffered per follower before the follower's stream applies back-pressure.
 const FOLLOWER_BUFFER: usize = 64;

@@ -19,7 +19,7 @@ use tantivy::{
     },
 };
 
-use crate::server::{
+use crate::{
     resilience::CallScope,
     text,
     upstream::vector_store::{VectorHit, VectorStoreClient},
@@ -37,7 +37,7 @@ pub enum KbError {
     #[error("knowledge base index: {0}")]
     Index(#[from] tantivy::TantivyError),
     #[error("{0}")]
-    Upstream(#[from] crate::server::upstream::UpstreamError),
+    Upstream(#[from] crate::upstream::UpstreamError),
     #[error("knowledge base search task failed: {0}")]
     Task(String),
 }

@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use dakota::server::{app::Server, config::Config, telemetry};
+use dakota_server::{app::Server, config::Config, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -17,7 +17,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::server::lock;
+use crate::lock;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodCode {
@@ -300,7 +300,7 @@ impl Metrics {
         self.grpc_requests
             .get_or_create(&MethodCode {
                 method,
-                code: crate::client::output::code_name(code),
+                code: dakota::output::code_name(code),
             })
             .inc();
         self.grpc_duration

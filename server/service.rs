@@ -16,8 +16,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::api::{self, content_service_server::ContentService};
-use crate::server::{
+use crate::{
     agents::{Agents, select::Upstreams},
     error::ApiError,
     jobs::{AttachError, Job, JobRegistry},
@@ -27,6 +26,7 @@ use crate::server::{
     resilience::{CallScope, Pool},
     telemetry, validation,
 };
+use dakota::api::{self, content_service_server::ContentService};
 
 /// Time kept back from a caller's deadline so the job's `failed` event still reaches it
 /// (a tenth of the deadline, at most this).
@@ -141,7 +141,7 @@ impl AppState {
             tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
             if let (Some(dir), Some(article)) = (output_dir, article) {
                 let written = tokio::task::spawn_blocking(move || {
-                    crate::client::output::write_article(&dir, &article)
+                    dakota::output::write_article(&dir, &article)
                 })
                 .await;
                 match written {
@@ -298,9 +298,7 @@ impl ContentApi {
             .await;
         self.state.metrics.observe_kb_search(started.elapsed());
         let batch = batch.map_err(|e| match e {
-            crate::server::kb::KbError::Upstream(upstream) => {
-                Status::unavailable(upstream.to_string())
-            }
+            crate::kb::KbError::Upstream(upstream) => Status::unavailable(upstream.to_string()),
             other => ApiError::Internal(other.to_string()).into(),
         })?;
         let results = queries
@@ -311,10 +309,7 @@ impl ContentApi {
                 hits: hits
                     .into_iter()
                     .map(|hit| api::SearchHit {
-                        snippet: crate::server::text::truncate_words(
-                            &hit.text.replace('\n', " "),
-                            300,
-                        ),
+                        snippet: crate::text::truncate_words(&hit.text.replace('\n', " "), 300),
                         title: hit.title,
                         url: hit.url,
                         score: hit.score,

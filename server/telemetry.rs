@@ -27,7 +27,7 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-use crate::server::config::LogFormat;
+use crate::config::LogFormat;
 
 const DEFAULT_SERVICE_NAME: &str = "dakota-content-service";
 

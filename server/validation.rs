@@ -1,9 +1,9 @@
 //! Turns API requests into validated domain requests, naming every bad field.
 use tonic_types::FieldViolation;
 
-use crate::api;
-use crate::safe_text::is_hidden;
-use crate::server::{error::ApiError, pipeline::JobRequest, text};
+use crate::{error::ApiError, pipeline::JobRequest, text};
+use dakota::api;
+use dakota::safe_text::is_hidden;
 
 pub const DEFAULT_WORD_COUNT: u32 = 1500;
 pub const DEFAULT_AUDIENCE: &str = "institutional investors and financial professionals";

@@ -1,8 +1,8 @@
 //! Claim extraction and checking against source text, shared by every `fact_checker`.
 use std::collections::BTreeSet;
 
-use crate::api::{self, Verdict};
-use crate::server::{agents::SourceDoc, text};
+use crate::{agents::SourceDoc, text};
+use dakota::api::{self, Verdict};
 
 /// Share of a claim's terms that a source sentence must contain to support it.
 const SUPPORT_OVERLAP: f64 = 0.6;

@@ -10,8 +10,7 @@ use super::{
     FinalArticle, KbResearch, OutlinePlan, OutlineSection, SourceDoc, Synthesis, SynthesisInput,
     WritingBrief, fact_check, offline, prompts::Prompts,
 };
-use crate::api::{self, Verdict};
-use crate::server::{
+use crate::{
     kb::KnowledgeSource,
     pipeline::{JobRequest, contract},
     text,
@@ -20,6 +19,7 @@ use crate::server::{
         llm::{Answer, Ask, Completion, LlmClient},
     },
 };
+use dakota::api::{self, Verdict};
 
 /// Characters of each source's text shown to the synthesizer and the writer.
 const SOURCE_EXCERPT_CHARS: usize = 1500;
@@ -220,7 +220,7 @@ impl LlmAgent {
             max_tokens,
         };
         let mut turns: Vec<(&str, String)> = Vec::new();
-        let mut usage = crate::server::upstream::llm::Usage::default();
+        let mut usage = crate::upstream::llm::Usage::default();
         let mut attempts = 0;
         let mut repaired: Option<(String, T)> = None;
         let mut problem = String::new();
@@ -733,11 +733,7 @@ pub struct LlmWriter {
 }
 
 impl LlmWriter {
-    fn prompt(
-        &self,
-        cx: &AgentContext,
-        brief: &WritingBrief,
-    ) -> crate::server::upstream::llm::Prompt {
+    fn prompt(&self, cx: &AgentContext, brief: &WritingBrief) -> crate::upstream::llm::Prompt {
         let synthesis = &brief.synthesis;
         let outline = synthesis
             .outline
@@ -779,7 +775,7 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
             let max_tokens = budget::writer(cx.request.word_count);
             let deltas = cx.deltas.clone();
             let on_delta = move |delta: &str| deltas(delta);
-            let mut usage = crate::server::upstream::llm::Usage::default();
+            let mut usage = crate::upstream::llm::Usage::default();
             let mut attempts = 0;
             // An empty answer streamed nothing, so it can be asked again without repeating
             // text; a second empty answer is the model's failure, not the network's.

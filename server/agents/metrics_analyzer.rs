@@ -1,8 +1,8 @@
 //! `metrics_analyzer`: deterministic measures of a finished draft (no LLM).
 use std::collections::BTreeSet;
 
-use crate::api;
-use crate::server::{pipeline::contract, text};
+use crate::{pipeline::contract, text};
+use dakota::api;
 
 /// Words per minute used for reading time.
 const READING_WPM: f64 = 230.0;

@@ -11,8 +11,8 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::api;
-use crate::server::{kb::KnowledgeSource, pipeline::JobRequest};
+use crate::{kb::KnowledgeSource, pipeline::JobRequest};
+use dakota::api;
 
 pub mod fact_check;
 pub mod llm;
@@ -59,7 +59,7 @@ pub enum AgentError {
     #[error("{0}")]
     NoSources(String),
     #[error("knowledge base: {0}")]
-    Kb(#[from] crate::server::kb::KbError),
+    Kb(#[from] crate::kb::KbError),
     /// A dependency is down or answered garbage after every retry.
     #[error("{upstream} unavailable: {message}")]
     Unavailable {
@@ -219,9 +219,9 @@ pub struct AgentContext {
     pub cancel: CancellationToken,
     pub deltas: DeltaSink,
     pub upstream: Arc<UpstreamCounters>,
-    pub metrics: Arc<crate::server::metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The pool this agent's upstream calls count against, and the job's deadline.
-    pub scope: crate::server::resilience::CallScope,
+    pub scope: crate::resilience::CallScope,
 }
 
 /// Upstream calls made by a job, by upstream (`kb`, `web`, `llm`, `fetch`).
@@ -326,7 +326,7 @@ pub struct WritingBrief {
 pub struct Revision {
     pub iteration: u32,
     pub previous: String,
-    pub problems: Vec<crate::server::pipeline::contract::Problem>,
+    pub problems: Vec<crate::pipeline::contract::Problem>,
 }
 
 /// The article as finally written: Markdown whose citations are links to source URLs.

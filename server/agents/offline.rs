@@ -10,8 +10,7 @@ use super::{
     FinalArticle, KbResearch, OutlinePlan, OutlineSection, SourceDoc, Synthesis, SynthesisInput,
     WebResearch, WritingBrief, fact_check,
 };
-use crate::api;
-use crate::server::{
+use crate::{
     kb::{self, KbHit, KnowledgeSource},
     pipeline::{
         JobRequest,
@@ -19,6 +18,7 @@ use crate::server::{
     },
     text,
 };
+use dakota::api;
 
 const PROVIDER: &str = "offline";
 /// The warning of sources that do not all cover the topic.

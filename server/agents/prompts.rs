@@ -3,7 +3,7 @@
 //! `{{name}}` placeholders are filled per job.
 use std::{collections::HashMap, path::Path};
 
-use crate::server::upstream::llm::Prompt;
+use crate::upstream::llm::Prompt;
 
 const SEPARATOR: &str = "---user---";
 

@@ -12,7 +12,7 @@ use super::{
     prompts::Prompts,
     web::SerperWebResearcher,
 };
-use crate::server::{
+use crate::{
     config::UpstreamConfig,
     kb::KnowledgeSource,
     metrics::Metrics,
@@ -310,7 +310,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::server::config::Config;
+    use crate::config::Config;
 
     #[test]
     fn each_agent_gets_its_tier_model_unless_overridden() {

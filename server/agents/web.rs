@@ -8,8 +8,8 @@ use super::{
     llm::{self, LlmAgent},
     offline::domain_of,
 };
-use crate::api;
-use crate::server::{pipeline::JobRequest, text, upstream::serper::SerperClient};
+use crate::{pipeline::JobRequest, text, upstream::serper::SerperClient};
+use dakota::api;
 
 /// Results asked per query.
 const RESULTS_PER_QUERY: u32 = 10;
@@ -135,7 +135,7 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
                     let queries = asked.completion.value.clone();
                     let output = llm.output(
                         llm::Asked {
-                            completion: crate::server::upstream::llm::Completion {
+                            completion: crate::upstream::llm::Completion {
                                 value: WebResearch::default(),
                                 usage: asked.completion.usage,
                                 attempts: asked.completion.attempts,

@@ -1,7 +1,7 @@
 //! The article contract of SPEC §4, checked by code, and citation rendering.
 use std::fmt;
 
-use crate::server::{agents::SourceDoc, text};
+use crate::{agents::SourceDoc, text};
 
 pub const KEY_INSIGHTS: &str = "Key Insights at a Glance";
 pub const KEY_TAKEAWAYS: &str = "Key Takeaways";
@@ -203,7 +203,7 @@ fn unresolved_markers(markdown: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api;
+    use dakota::api;
 
     fn source(id: &str, url: &str) -> SourceDoc {
         SourceDoc {

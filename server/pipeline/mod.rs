@@ -13,8 +13,7 @@ use futures_util::FutureExt;
 use tonic::Code;
 use tracing::Instrument;
 
-use crate::api::{self, generate_event::Event};
-use crate::server::{
+use crate::{
     agents::pricing::PriceTable,
     agents::{
         Agent, AgentContext, AgentError, AgentName, Agents, Draft, FactCheckInput, FinalArticle,
@@ -28,6 +27,7 @@ use crate::server::{
     text,
     upstream::fetch::Fetcher,
 };
+use dakota::api::{self, generate_event::Event};
 
 pub mod contract;
 
@@ -183,7 +183,7 @@ impl PipelineError {
         match self {
             Self::Agent { source, .. } => match source {
                 AgentError::NoSources(_) => Code::FailedPrecondition,
-                AgentError::Kb(crate::server::kb::KbError::Upstream(_)) => Code::Unavailable,
+                AgentError::Kb(crate::kb::KbError::Upstream(_)) => Code::Unavailable,
                 AgentError::Kb(_) | AgentError::Internal(_) => Code::Internal,
                 // The model answered, unusably: retrying later will not help by itself.
                 AgentError::InvalidAnswer { .. } => Code::FailedPrecondition,
@@ -279,7 +279,7 @@ pub async fn run(
             Some(article)
         }
         Err((code, message)) => {
-            let name = crate::client::output::code_name(code);
+            let name = dakota::output::code_name(code);
             metrics
                 .jobs_failed
                 .get_or_create(&metrics::Code { code: name })

@@ -4,7 +4,7 @@ use std::{sync::Mutex, time::Duration};
 
 use tokio::{sync::watch, time::Instant};
 
-use crate::server::lock;
+use crate::lock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {

@@ -16,7 +16,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::server::{
+use crate::{
     agents::AgentName,
     lock,
     metrics::{self, Metrics, UpstreamOutcome},

@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tracing::Instrument;
 
 use super::{UpstreamError, check_status};
-use crate::server::resilience::{CallScope, Guard};
+use crate::resilience::{CallScope, Guard};
 
 const UPSTREAM: &str = "fetch";
 const MAX_REDIRECTS: usize = 5;
@@ -209,12 +209,11 @@ impl Fetcher {
         for _ in 0..=MAX_REDIRECTS {
             self.check_url(&url)?;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let response =
-                crate::server::telemetry::inject_trace_context(self.http.get(url.clone()))
-                    .timeout(remaining)
-                    .send()
-                    .await
-                    .map_err(|e| send_error(self.timeout, e))?;
+            let response = crate::telemetry::inject_trace_context(self.http.get(url.clone()))
+                .timeout(remaining)
+                .send()
+                .await
+                .map_err(|e| send_error(self.timeout, e))?;
             if response.status().is_redirection() {
                 let location = response
                     .headers()
@@ -373,7 +372,7 @@ mod tests {
             Arc::new(Guard::unlimited("fetch")),
         )
         .unwrap();
-        let scope = CallScope::new(crate::server::resilience::Pool::Analysis);
+        let scope = CallScope::new(crate::resilience::Pool::Analysis);
         for url in [
             "file:///etc/passwd",
             "http://127.0.0.1:1/",

@@ -9,8 +9,8 @@ use tokio_stream::StreamExt;
 use tracing::Instrument;
 
 use super::{UpstreamError, check_status};
-use crate::server::config::Secret;
-use crate::server::resilience::{CallScope, Guard};
+use crate::config::Secret;
+use crate::resilience::{CallScope, Guard};
 
 const UPSTREAM: &str = "llm";
 
@@ -199,7 +199,7 @@ impl LlmClient {
     }
 
     fn request(&self, body: &Value) -> reqwest::RequestBuilder {
-        let request = crate::server::telemetry::inject_trace_context(
+        let request = crate::telemetry::inject_trace_context(
             self.http
                 .post(format!("{}/chat/completions", self.base_url)),
         )
@@ -267,7 +267,7 @@ impl LlmClient {
                     .map(|r| r.map_err(|e| e.redact(self.api_key.as_ref())))
             })
             .await;
-        let usage = *crate::server::lock(&usage);
+        let usage = *crate::lock(&usage);
         result.map(|value| Completion {
             value,
             usage,
@@ -293,7 +293,7 @@ impl LlmClient {
             .map_err(|e| malformed(format!("not a chat completion: {e}")))?;
         if let Some(u) = answer.usage {
             Self::record_usage(u.into());
-            crate::server::lock(usage).add(u.into());
+            crate::lock(usage).add(u.into());
         }
         let choice = answer
             .choices

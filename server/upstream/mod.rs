@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use crate::server::telemetry::inject_trace_context;
+use crate::telemetry::inject_trace_context;
 
 pub mod fetch;
 pub mod llm;
@@ -84,7 +84,7 @@ impl UpstreamError {
     }
 
     /// The error with `secret` cut out of the upstream's answer, in case it echoes it.
-    pub fn redact(self, secret: Option<&crate::server::config::Secret>) -> Self {
+    pub fn redact(self, secret: Option<&crate::config::Secret>) -> Self {
         match (self, secret) {
             (
                 Self::Status {
@@ -227,7 +227,7 @@ pub async fn check_status(
         upstream,
         status: status.as_u16(),
         retry_after,
-        body: crate::server::text::truncate_words(&body, 300),
+        body: crate::text::truncate_words(&body, 300),
     })
 }
 

@@ -1,5 +1,5 @@
 //! The retry policy: attempts, and exponential backoff with full jitter that honours
-//! `Retry-After`. [`crate::server::resilience::Guard::call`] applies it.
+//! `Retry-After`. [`crate::resilience::Guard::call`] applies it.
 use std::time::Duration;
 
 use super::UpstreamError;

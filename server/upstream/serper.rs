@@ -5,8 +5,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{UpstreamError, send_json};
-use crate::server::config::Secret;
-use crate::server::resilience::{CallScope, Guard};
+use crate::config::Secret;
+use crate::resilience::{CallScope, Guard};
 
 const UPSTREAM: &str = "web";
 

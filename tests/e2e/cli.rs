@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::common;
 
 fn dakota(server: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dakota"))
+    Command::new(common::binary("dakota"))
         .env("DAKOTA_SERVER", server)
         .args(args)
         .output()
@@ -82,7 +82,7 @@ async fn generate_writes_the_article_folder() {
     assert!(article.contains(&format!("word_count: {words}\n")));
     let body = article.split("\n---\n\n").nth(1).unwrap();
     assert_eq!(
-        dakota::server::text::markdown_word_count(body) as u64,
+        dakota_server::text::markdown_word_count(body) as u64,
         words,
         "the number is computed from the text"
     );

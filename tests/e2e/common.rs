@@ -9,18 +9,16 @@ use std::{
     time::Duration,
 };
 
-use dakota::{
-    api::{
-        self, GenerateEvent, content_service_client::ContentServiceClient, generate_event::Event,
+use dakota::api::{
+    self, GenerateEvent, content_service_client::ContentServiceClient, generate_event::Event,
+};
+use dakota_server::{
+    agents::{
+        Agent, AgentContext, AgentFuture, Agents, AgentsFactory, WebResearch, select::Upstreams,
     },
-    server::{
-        agents::{
-            Agent, AgentContext, AgentFuture, Agents, AgentsFactory, WebResearch, select::Upstreams,
-        },
-        app::Server,
-        config::Config,
-        pipeline::JobRequest,
-    },
+    app::Server,
+    config::Config,
+    pipeline::JobRequest,
 };
 use tokio::sync::watch;
 use tonic::{Streaming, transport::Channel};
@@ -30,15 +28,42 @@ use tonic_health::pb::{
 
 pub type Client = ContentServiceClient<Channel>;
 
+/// A binary of the workspace, from the target directory these tests were built into: the
+/// server's and the client's own integration tests make cargo build them.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+        .expect("the test runs from target/<profile>/deps");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is not built: run the tests with `cargo nextest run` (the whole workspace)",
+        path.display()
+    );
+    path
+}
+
 /// Upper bound on any single wait in a test, so a bug shows as a failure, not a hang.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 pub fn kb_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("knowledge")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../knowledge")
 }
 
 pub fn config() -> Config {
-    Config::for_tests(kb_dir())
+    use clap::Parser;
+    let mut config = Config::parse_from(["dakota-server"]);
+    config.grpc_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.kb_dir = kb_dir();
+    // Offline whatever the environment holds: tests opt in to upstreams explicitly.
+    let upstreams = &mut config.upstreams;
+    upstreams.openai_base_url = None;
+    upstreams.openai_api_key = None;
+    upstreams.openai_vector_store_id = None;
+    upstreams.serper_api_key = None;
+    config
 }
 
 pub struct TestServer {
@@ -130,11 +155,11 @@ pub fn streamed_text(events: &[GenerateEvent]) -> String {
 }
 
 /// An article's sources as the contract checks take them (without text).
-pub fn as_sources(article: &api::Article) -> Vec<dakota::server::agents::SourceDoc> {
+pub fn as_sources(article: &api::Article) -> Vec<dakota_server::agents::SourceDoc> {
     article
         .sources
         .iter()
-        .map(|s| dakota::server::agents::SourceDoc {
+        .map(|s| dakota_server::agents::SourceDoc {
             source: s.clone(),
             section: String::new(),
             text: String::new(),
@@ -336,7 +361,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dakota-server"))
+        let mut child = std::process::Command::new(binary("dakota-server"))
             .args([
                 "--grpc-addr",
                 "127.0.0.1:0",

@@ -1,15 +1,11 @@
 //! A whole offline `Generate`: the event stream and the article it delivers.
 use std::{collections::BTreeSet, sync::Arc};
 
-use dakota::{
-    api::{GenerateEvent, Verdict, generate_event::Event},
-    server::{
-        agents::{
-            Agent, AgentContext, AgentFuture, Agents, Draft, WritingBrief, select::Upstreams,
-        },
-        pipeline::contract,
-        text,
-    },
+use dakota::api::{GenerateEvent, Verdict, generate_event::Event};
+use dakota_server::{
+    agents::{Agent, AgentContext, AgentFuture, Agents, Draft, WritingBrief, select::Upstreams},
+    pipeline::contract,
+    text,
 };
 use tonic::Code;
 

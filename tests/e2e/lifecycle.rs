@@ -4,12 +4,10 @@ use std::{
     time::Duration,
 };
 
-use dakota::{
-    api::{self, SERVICE_NAME, content_service_client::ContentServiceClient},
-    server::{
-        agents::{Agents, select::Upstreams},
-        app::Server,
-    },
+use dakota::api::{self, SERVICE_NAME, content_service_client::ContentServiceClient};
+use dakota_server::{
+    agents::{Agents, select::Upstreams},
+    app::Server,
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};

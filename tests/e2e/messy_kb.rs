@@ -8,7 +8,7 @@ use dakota::api;
 use crate::common::{self, final_article, request};
 
 fn messy_kb() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/messy-kb")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/messy-kb")
 }
 
 /// Sentences every file of the corpus repeats.

@@ -1,7 +1,7 @@
 //! Traces, metrics, the admin port and logs, read with standard tools' formats.
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use dakota::server::{
+use dakota_server::{
     agents::select::Upstreams, app::Server, config::LogFormat, telemetry::Telemetry,
 };
 use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};

@@ -3,7 +3,8 @@
 //! without strict schemas: every job with a working model ends with an article.
 use std::{collections::HashMap, time::Duration};
 
-use dakota::{api, server::upstream::llm::StructuredOutput};
+use dakota::api;
+use dakota_server::upstream::llm::StructuredOutput;
 use tonic::Code;
 
 use crate::{
@@ -164,7 +165,7 @@ async fn rate_limits_without_retry_after_are_waited_out_in_seconds() {
     let standin = StandIn::start().await;
     standin.rate_limit_each_call(2);
     let mut config = config(&standin);
-    config.upstreams.openai_api_key = Some(dakota::server::config::Secret::new("x"));
+    config.upstreams.openai_api_key = Some(dakota_server::config::Secret::new("x"));
     let mut server = common::start(config).await;
     let events = server.generate(llm_request()).await;
     final_article(&events);

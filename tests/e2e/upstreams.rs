@@ -1,13 +1,11 @@
 //! The real upstream clients against the stand-in: LLM agents, vector store, Serper, fetch.
 use std::time::Duration;
 
-use dakota::{
-    api::{self, generate_event::Event},
-    server::{
-        config::{Config, Secret},
-        pipeline::contract,
-        text,
-    },
+use dakota::api::{self, generate_event::Event};
+use dakota_server::{
+    config::{Config, Secret},
+    pipeline::contract,
+    text,
 };
 use tonic::Code;
 
@@ -624,7 +622,7 @@ async fn search_rpc_uses_the_vector_store_when_configured() {
 
 #[tokio::test]
 async fn fetches_follow_few_redirects_only_to_http_and_read_a_bounded_body() {
-    use dakota::server::{
+    use dakota_server::{
         resilience::{CallScope, Guard, Pool},
         upstream::fetch::Fetcher,
     };

@@ -27,14 +27,39 @@ const TOPICS: [&str; 4] = [
     "Stress testing and scenario analysis",
 ];
 
+/// A workspace binary of this profile, built first (a bench builds only its own package).
+fn binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    BUILT.call_once(|| {
+        let release = dir.ends_with("release");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--bins", "--workspace"]);
+        if release {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().unwrap().success(),
+            "cargo build of the binaries"
+        );
+    });
+    dir.join(name)
+}
+
 fn kb_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("knowledge")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../knowledge")
 }
 
 /// Spawns the server; returns it, its address, and the time from spawn to the SERVING log line.
 fn spawn_server() -> (Child, String, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dakota-server"))
+    let mut child = Command::new(binary("dakota-server"))
         .args(["--grpc-addr", "127.0.0.1:0", "--log-format", "json"])
         .arg("--kb-dir")
         .arg(kb_dir())
@@ -146,7 +171,7 @@ fn main() {
     });
     stop(child);
 
-    let size = |name: &str| {
+    let size = |name: &std::path::Path| {
         std::fs::metadata(name)
             .map(|m| m.len() as f64 / 1_048_576.0)
             .unwrap_or(0.0)
@@ -191,9 +216,6 @@ fn main() {
     println!();
     println!("| binary (release settings, stripped) | size MiB |");
     println!("|---|---|");
-    println!(
-        "| dakota-server | {:.1} |",
-        size(env!("CARGO_BIN_EXE_dakota-server"))
-    );
-    println!("| dakota | {:.1} |", size(env!("CARGO_BIN_EXE_dakota")));
+    println!("| dakota-server | {:.1} |", size(&binary("dakota-server")));
+    println!("| dakota | {:.1} |", size(&binary("dakota")));
 }
