@@ -12,7 +12,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     let well_known = protoc_bin_vendored::include_path()?;
 
+    // No `connect` helper in the generated client: the API crate carries no transport; the
+    // client crate brings its own channel.
     tonic_prost_build::configure()
+        .build_transport(false)
         .file_descriptor_set_path(out_dir.join("dakota_descriptor.bin"))
         .compile_with_config(
             config,

@@ -599,11 +599,14 @@ fn chunks_of(parsed: &Parsed, boilerplate: &HashSet<String>) -> Vec<Chunk> {
                 table_head = None;
                 if *level <= 2 {
                     flush(&section, &mut passage);
-                    if *level == 2 && !is_generic_heading(heading) && !heading.is_empty() {
-                        section = heading.clone();
-                    } else if *level == 2 {
-                        section = title.clone();
-                    }
+                    // The title's own `#` line starts no section; any other `#` or `##` does,
+                    // unless it is one of the headings that name nothing.
+                    section =
+                        if heading.is_empty() || *heading == title || is_generic_heading(heading) {
+                            title.clone()
+                        } else {
+                            heading.clone()
+                        };
                     continue;
                 }
                 // A sub-heading (a ranked entry, "### 3. Firm") stays inside its section.

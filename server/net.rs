@@ -3,9 +3,9 @@
 //! HTTP server with a header-read timeout and a connection limit.
 use std::{sync::Arc, time::Duration};
 
+use hyper::server::conn::http1;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
+    rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -56,23 +56,20 @@ pub struct AdminLimits {
     pub max_connections: usize,
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then lets open requests finish.
+/// Serves `router` on `listener` over HTTP/1.1 (what probes and scrapers speak) until `stop`
+/// is cancelled, then lets open requests finish. HTTP/1 only, so that the header timeout runs
+/// from the first byte the server waits for: a connection that sends nothing, or half a
+/// request, is closed after it; beyond the connection limit, new ones are closed at once.
 pub async fn serve_admin(
     listener: TcpListener,
     router: axum::Router,
     limits: AdminLimits,
     stop: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.header_timeout)
-        .keep_alive_timeout(limits.header_timeout);
     let builder = Arc::new(builder);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();

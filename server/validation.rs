@@ -22,7 +22,8 @@ impl Violations {
     }
 
     fn length(&mut self, field: &str, value: &str, min: usize, max: usize) {
-        let n = value.chars().filter(|&c| !is_hidden(c)).count();
+        // Every character counts (line breaks and tabs too); hidden ones are refused anyway.
+        let n = value.chars().count();
         if n < min {
             self.add(
                 field,

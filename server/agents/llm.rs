@@ -57,9 +57,10 @@ mod budget {
     /// The writer: about 1.3 tokens a word, with room for Markdown, citation markers and
     /// slack.
     pub fn writer(words: usize) -> u32 {
+        // At most what common models can return in one answer (16,384 for many).
         u32::try_from(words.saturating_mul(2).saturating_add(1_000))
             .unwrap_or(u32::MAX)
-            .clamp(1_000, 32_000)
+            .clamp(1_000, 16_000)
     }
 }
 
@@ -420,13 +421,18 @@ fn unusable_heading(heading: &str) -> bool {
 fn check_headings(topic: &str, headings: Vec<String>) -> Checked<Vec<String>> {
     let n = headings.len();
     let bad = headings.iter().find(|h| unusable_heading(h)).cloned();
-    if (3..=4).contains(&n) && bad.is_none() {
+    let mut seen = BTreeSet::new();
+    let distinct = headings
+        .iter()
+        .all(|h| seen.insert(h.trim().to_lowercase()));
+    if (3..=4).contains(&n) && bad.is_none() && distinct {
         return Checked::Fits(headings.iter().map(|h| h.trim().to_string()).collect());
     }
     let problem = match bad {
         Some(bad) => {
             format!("the heading `{bad}` is empty, one of the fixed sections, or forbidden")
         }
+        None if !distinct => "the same heading appears twice".into(),
         None => format!("{n} sections, expected 3-4"),
     };
     let mut fixed: Vec<String> = Vec::new();
@@ -626,7 +632,9 @@ fn check_synthesis(
         }
     }
     for (i, section) in outline.iter_mut().enumerate() {
-        section.source_ids.dedup();
+        let mut seen = BTreeSet::new();
+        section.source_ids.retain(|id| seen.insert(id.clone()));
+        section.source_ids.truncate(4);
         if section.source_ids.is_empty()
             && let Some(id) = ids.get(i % ids.len().max(1))
         {
@@ -858,7 +866,12 @@ fn cut_at_word(text: &str, max: usize) -> String {
     if out.is_empty() {
         out = text.chars().take(max).collect();
     }
-    out.trim_end_matches([',', ';', ':', '-', '–']).to_string()
+    let trimmed = out.trim_end_matches([',', ';', ':', '-', '–']);
+    if trimmed.is_empty() {
+        out
+    } else {
+        trimmed.to_string()
+    }
 }
 
 /// Title 1-60 characters, description 1-155, 5-7 keywords. Repairs: cut at a word boundary,
@@ -1179,10 +1192,12 @@ fn check_social(a: SocialAnswer, fallback: &api::SocialContent) -> Checked<api::
         ));
     }
     let empty = [&a.email_snippet, &a.instagram_post, &a.facebook_post]
-        .iter()
+        .into_iter()
+        .chain(&a.linkedin_posts)
+        .chain(&a.thread)
         .any(|t| t.trim().is_empty());
     if empty {
-        problems.push("an empty email snippet, Instagram or Facebook post".into());
+        problems.push("an empty post or snippet".into());
     }
     if problems.is_empty() {
         return Checked::Fits(api::SocialContent {
@@ -1193,11 +1208,41 @@ fn check_social(a: SocialAnswer, fallback: &api::SocialContent) -> Checked<api::
             facebook_post: a.facebook_post,
         });
     }
+    // Exactly `n` non-empty items: the model's, then the offline version's, then a pointer
+    // to the article (the offline version may itself have fewer).
     let fill = |mut items: Vec<String>, from: &[String], n: usize| {
         items.retain(|p| !p.trim().is_empty());
         items.truncate(n);
-        items.extend(from.iter().skip(items.len()).take(n - items.len()).cloned());
+        for extra in from.iter().filter(|p| !p.trim().is_empty()) {
+            if items.len() >= n {
+                break;
+            }
+            if !items.contains(extra) {
+                items.push(extra.clone());
+            }
+        }
+        while items.len() < n {
+            items.push(format!(
+                "Read the full article: {}",
+                fallback.email_snippet.trim()
+            ));
+        }
         items
+    };
+    // Thread posts numbered anew, "1/10 ...", whatever numbering they came with.
+    let numbered = |posts: Vec<String>| -> Vec<String> {
+        let total = posts.len();
+        posts
+            .iter()
+            .enumerate()
+            .map(|(i, post)| {
+                let text = post
+                    .trim()
+                    .trim_start_matches(|c: char| c.is_ascii_digit() || c == '/')
+                    .trim_start();
+                cut_at_word(&format!("{}/{total} {text}", i + 1), THREAD_POST_CHARS)
+            })
+            .collect()
     };
     let or = |text: String, fallback: &str| {
         if text.trim().is_empty() {
@@ -1210,10 +1255,7 @@ fn check_social(a: SocialAnswer, fallback: &api::SocialContent) -> Checked<api::
         problem: problems.join("; "),
         repaired: api::SocialContent {
             linkedin_posts: fill(a.linkedin_posts, &fallback.linkedin_posts, 3),
-            thread: fill(a.thread, &fallback.thread, 10)
-                .iter()
-                .map(|p| cut_at_word(p, THREAD_POST_CHARS))
-                .collect(),
+            thread: numbered(fill(a.thread, &fallback.thread, 10)),
             email_snippet: or(a.email_snippet, &fallback.email_snippet),
             instagram_post: or(a.instagram_post, &fallback.instagram_post),
             facebook_post: or(a.facebook_post, &fallback.facebook_post),
@@ -1275,8 +1317,11 @@ struct SummaryAnswer {
     takeaways: Vec<String>,
 }
 
-/// Key value and overview non-empty, 1-4 takeaways. Repairs: takeaways cut to four, missing
-/// parts from the offline summary.
+const KEY_VALUE_CHARS: usize = 200;
+const OVERVIEW_CHARS: usize = 600;
+
+/// Key value (1-200 characters) and overview (1-600), 1-4 takeaways. Repairs: long parts cut
+/// at a word, takeaways cut to four, missing parts from the offline summary.
 fn check_summary(a: SummaryAnswer, fallback: &api::Summary) -> Checked<api::Summary> {
     let mut takeaways: Vec<String> = a
         .takeaways
@@ -1287,38 +1332,41 @@ fn check_summary(a: SummaryAnswer, fallback: &api::Summary) -> Checked<api::Summ
         a.key_value.trim().to_string(),
         a.overview.trim().to_string(),
     );
-    if !key_value.is_empty() && !overview.is_empty() && (1..=4).contains(&takeaways.len()) {
+    let mut problems = Vec::new();
+    for (what, text, max) in [
+        ("key value", &key_value, KEY_VALUE_CHARS),
+        ("overview", &overview, OVERVIEW_CHARS),
+    ] {
+        let n = text.chars().count();
+        if n == 0 || n > max {
+            problems.push(format!("a {what} of {n} characters (1-{max})"));
+        }
+    }
+    if !(1..=4).contains(&takeaways.len()) {
+        problems.push(format!("{} takeaways (1-4)", takeaways.len()));
+    }
+    if problems.is_empty() {
         return Checked::Fits(api::Summary {
             key_value,
             overview,
             takeaways,
         });
     }
-    let problem = format!(
-        "key value and overview are required and 1-4 takeaways asked (got {} takeaways{})",
-        takeaways.len(),
-        if key_value.is_empty() || overview.is_empty() {
-            ", an empty key value or overview"
-        } else {
-            ""
-        }
-    );
     takeaways.truncate(4);
     if takeaways.is_empty() {
-        takeaways = fallback.takeaways.clone();
+        takeaways = fallback.takeaways.iter().take(4).cloned().collect();
     }
-    let or = |text: String, fallback: &str| {
-        if text.is_empty() {
-            fallback.to_string()
-        } else {
-            text
-        }
+    if takeaways.is_empty() {
+        takeaways.push(fallback.key_value.clone());
+    }
+    let or = |text: String, fallback: &str, max: usize| {
+        cut_at_word(if text.is_empty() { fallback } else { &text }, max)
     };
     Checked::Repairable {
-        problem,
+        problem: problems.join("; "),
         repaired: api::Summary {
-            key_value: or(key_value, &fallback.key_value),
-            overview: or(overview, &fallback.overview),
+            key_value: or(key_value, &fallback.key_value, KEY_VALUE_CHARS),
+            overview: or(overview, &fallback.overview, OVERVIEW_CHARS),
             takeaways,
         },
     }
@@ -1333,8 +1381,8 @@ impl Agent<FinalArticle, api::Summary> for LlmSummary {
     ) -> AgentFuture<'a, api::Summary> {
         Box::pin(async move {
             let schema = object(json!({
-                "key_value": self.llm.text(200, "the article's key value in one sentence"),
-                "overview": self.llm.text(600, "a 2-3 sentence overview"),
+                "key_value": self.llm.text(KEY_VALUE_CHARS, "the article's key value in one sentence"),
+                "overview": self.llm.text(OVERVIEW_CHARS, "a 2-3 sentence overview"),
                 "takeaways": strings(1, 4),
             }));
             let extra = [
@@ -1359,5 +1407,109 @@ impl Agent<FinalArticle, api::Summary> for LlmSummary {
             let summary = format!("{} takeaways", answer.completion.value.takeaways.len());
             Ok(self.llm.output(answer, summary))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repaired<T>(checked: Checked<T>) -> T {
+        match checked {
+            Checked::Repairable { repaired, .. } => repaired,
+            Checked::Fits(_) => unreachable!("expected a repair, the answer fits"),
+            Checked::Unfit(problem) => unreachable!("expected a repair: {problem}"),
+        }
+    }
+
+    #[test]
+    fn too_few_queries_are_padded_from_the_topic_and_too_many_cut() {
+        let queries = repaired(check_queries("ESG", json!({"queries": []})));
+        assert_eq!(queries.len(), 3);
+        assert!(queries.iter().all(|q| q.contains("ESG")));
+        let many: Vec<String> = (0..9).map(|i| format!("q{i}")).collect();
+        assert_eq!(
+            repaired(check_queries("ESG", json!({"queries": many}))).len(),
+            4
+        );
+        assert!(matches!(
+            check_queries("ESG", json!({"queries": ["a", "b", "c"]})),
+            Checked::Fits(_)
+        ));
+    }
+
+    #[test]
+    fn repairs_stay_within_every_limit() {
+        let seo = repaired(check_seo(
+            SeoAnswer {
+                title: "word ".repeat(60),
+                meta_description: "x".repeat(300),
+                keywords: (0..12).map(|i| format!("k{i}")).collect(),
+            },
+            &api::SeoMetadata {
+                keywords: vec!["a".into(); 5],
+                ..Default::default()
+            },
+        ));
+        assert!(!seo.title.is_empty() && seo.title.chars().count() <= SEO_TITLE_CHARS);
+        assert!(!seo.title.ends_with(' '));
+        assert!(seo.meta_description.chars().count() <= META_DESCRIPTION_CHARS);
+        assert_eq!(seo.keywords.len(), 7);
+
+        // The offline version has fewer posts than asked: padding still reaches the counts.
+        let social = repaired(check_social(
+            SocialAnswer {
+                linkedin_posts: vec!["one".into()],
+                thread: vec!["3/7 a point".into(), "y".repeat(400)],
+                email_snippet: String::new(),
+                instagram_post: "i".into(),
+                facebook_post: "f".into(),
+            },
+            &api::SocialContent {
+                linkedin_posts: vec!["two".into()],
+                thread: vec!["1/2 first".into()],
+                email_snippet: "Our briefing".into(),
+                ..Default::default()
+            },
+        ));
+        assert_eq!(social.linkedin_posts.len(), 3);
+        assert_eq!(social.thread.len(), 10);
+        assert!(
+            social.thread[0].starts_with("1/10 a point"),
+            "{}",
+            social.thread[0]
+        );
+        assert!(
+            social
+                .thread
+                .iter()
+                .all(|p| p.chars().count() <= THREAD_POST_CHARS)
+        );
+        assert_eq!(social.email_snippet, "Our briefing");
+
+        let summary = repaired(check_summary(
+            SummaryAnswer {
+                key_value: "k".repeat(500),
+                overview: String::new(),
+                takeaways: Vec::new(),
+            },
+            &api::Summary {
+                key_value: "Value".into(),
+                overview: "Overview.".into(),
+                takeaways: Vec::new(),
+            },
+        ));
+        assert!(summary.key_value.chars().count() <= KEY_VALUE_CHARS);
+        assert_eq!(summary.overview, "Overview.");
+        assert_eq!(summary.takeaways.len(), 1);
+    }
+
+    #[test]
+    fn answers_are_found_in_fences_and_prose() {
+        assert!(json_in("```json\n{\"a\": 1}\n```").is_some());
+        assert!(json_in("Sure! Here it is: {\"a\": [1, 2]} Hope it helps.").is_some());
+        assert!(json_in("no json here").is_none());
+        assert!(json_in("[1, 2]").is_none());
+        assert_eq!(cut_at_word("....", 2), "..");
     }
 }

@@ -168,6 +168,16 @@ impl LlmClient {
         }
     }
 
+    /// OpenAI's current name for the answer's token bound (its reasoning models refuse the
+    /// old one); compatible servers know `max_tokens`.
+    fn max_tokens_field(&self) -> &'static str {
+        if self.provider == "openai" {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        }
+    }
+
     /// Whether schemas may carry `maxLength`: OpenAI's strict mode refuses it, grammar-based
     /// servers (llama.cpp, vLLM) enforce it.
     pub fn accepts_max_length(&self) -> bool {
@@ -236,9 +246,9 @@ impl LlmClient {
     ) -> Result<Completion<Answer>, UpstreamError> {
         let mut body = json!({
             "model": ask.model,
-            "max_tokens": ask.max_tokens,
             "temperature": self.temperature,
         });
+        body[self.max_tokens_field()] = json!(ask.max_tokens);
         let system = match self.structured_output {
             StructuredOutput::JsonSchema => {
                 body["response_format"] = json!({
@@ -322,14 +332,14 @@ impl LlmClient {
         max_tokens: u32,
         on_delta: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Completion<Streamed>, UpstreamError> {
-        let body = json!({
+        let mut body = json!({
             "model": model,
             "messages": Self::messages(&prompt.system, prompt, &[]),
-            "max_tokens": max_tokens,
             "temperature": self.temperature,
             "stream": true,
             "stream_options": {"include_usage": true},
         });
+        body[self.max_tokens_field()] = json!(max_tokens);
         let mut attempts = 0;
         loop {
             attempts += 1;

@@ -162,7 +162,8 @@ pub fn redact_token(text: &str, secret: &str) -> String {
     if secret.chars().count() < MIN_SECRET_CHARS {
         return text.to_string();
     }
-    let token_char = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.');
+    // A key followed by "." or "-" still ends there ("Invalid key: sk-....").
+    let token_char = |c: char| c.is_alphanumeric() || c == '_';
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find(secret) {

@@ -36,7 +36,7 @@ impl RetryPolicy {
         }
         if error.is_rate_limit() {
             let floor = RATE_LIMIT_BASE.saturating_mul(growth).min(self.max_delay);
-            return floor + floor.mul_f64(fastrand::f64());
+            return (floor + floor.mul_f64(fastrand::f64())).min(self.max_delay.max(floor));
         }
         let ceiling = self.base_delay.saturating_mul(growth).min(self.max_delay);
         ceiling.mul_f64(fastrand::f64())
