@@ -13,6 +13,7 @@ use crate::{
     metrics::Metrics,
     net,
     resilience::breaker::{BreakerState, CircuitBreaker},
+    rpc_metrics::RpcMetricsLayer,
 };
 
 use crate::{
@@ -137,6 +138,7 @@ impl Server {
 
         let stop_serving = CancellationToken::new();
         let serve = tonic::transport::Server::builder()
+            .layer(RpcMetricsLayer::new(metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod resilience;
+pub mod rpc_metrics;
 pub mod service;
 pub mod telemetry;
 pub mod text;

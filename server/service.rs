@@ -180,7 +180,7 @@ impl ContentApi {
 
 type EventStream = ReceiverStream<Result<api::GenerateEvent, Status>>;
 
-/// The RPCs; [`ContentService`] below wraps each with its metrics.
+/// The RPCs, as [`ContentService`] below answers them.
 impl ContentApi {
     async fn generate_rpc(
         &self,
@@ -322,7 +322,7 @@ impl ContentApi {
     }
 }
 
-/// Counts every RPC by method and status code, with its duration.
+/// The RPCs; request metrics come from [`crate::rpc_metrics`], a layer on the server.
 #[tonic::async_trait]
 impl ContentService for ContentApi {
     type GenerateStream = EventStream;
@@ -332,61 +332,35 @@ impl ContentService for ContentApi {
         &self,
         request: Request<api::GenerateRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let started = Instant::now();
-        self.observed("Generate", started, self.generate_rpc(request).await)
+        self.generate_rpc(request).await
     }
 
     async fn watch_job(
         &self,
         request: Request<api::WatchJobRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let started = Instant::now();
-        self.observed("WatchJob", started, self.watch_job_rpc(request).await)
+        self.watch_job_rpc(request).await
     }
 
     async fn get_article(
         &self,
         request: Request<api::GetArticleRequest>,
     ) -> Result<Response<api::Article>, Status> {
-        let started = Instant::now();
-        self.observed("GetArticle", started, self.get_article_rpc(request).await)
+        self.get_article_rpc(request).await
     }
 
     async fn cancel_job(
         &self,
         request: Request<api::CancelJobRequest>,
     ) -> Result<Response<api::CancelJobResponse>, Status> {
-        let started = Instant::now();
-        self.observed("CancelJob", started, self.cancel_job_rpc(request).await)
+        self.cancel_job_rpc(request).await
     }
 
     async fn search_knowledge_base(
         &self,
         request: Request<api::SearchKnowledgeBaseRequest>,
     ) -> Result<Response<api::SearchKnowledgeBaseResponse>, Status> {
-        let started = Instant::now();
-        self.observed(
-            "SearchKnowledgeBase",
-            started,
-            self.search_knowledge_base_rpc(request).await,
-        )
-    }
-}
-
-impl ContentApi {
-    fn observed<T>(
-        &self,
-        method: &'static str,
-        started: Instant,
-        result: Result<T, Status>,
-    ) -> Result<T, Status> {
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        self.state
-            .metrics
-            .observe_grpc(method, code, started.elapsed());
-        result
+        self.search_knowledge_base_rpc(request).await
     }
 }
 

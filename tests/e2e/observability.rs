@@ -161,6 +161,31 @@ fn sample(scrape: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in the scrape"))
 }
 
+/// The `Generate` RPC is timed to the end of its stream: at least as long as its job.
+#[tokio::test]
+async fn the_generate_rpc_is_timed_to_its_last_message() {
+    let mut server = common::start(common::config()).await;
+    let article = final_article(&server.generate(common::request("Factor investing")).await);
+    let job = article
+        .metrics
+        .and_then(|m| m.total_duration)
+        .map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+        .unwrap();
+    let (_, scrape) = server.admin("/metrics").await;
+    let rpc = sample(
+        &scrape,
+        "dakota_grpc_request_duration_seconds_sum{method=\"Generate\"}",
+    );
+    assert!(rpc >= job, "Generate took {rpc} s, its job {job} s");
+    // The health checks the fixture made are counted too: every RPC goes through the layer.
+    assert!(
+        sample(
+            &scrape,
+            "dakota_grpc_requests_total{method=\"Check\",code=\"OK\"}"
+        ) >= 1.0
+    );
+}
+
 #[tokio::test]
 async fn metrics_count_requests_jobs_phases_agents_upstreams_and_tokens() {
     let standin = StandIn::start().await;
