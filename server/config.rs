@@ -202,17 +202,24 @@ pub struct UpstreamConfig {
     pub rate_limits: Vec<(String, String)>,
 }
 
-/// A secret from the command line or environment: never printed, never logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// A secret from the command line or environment: never printed, never logged, zeroed when
+/// dropped (`secrecy`).
+#[derive(Clone)]
+pub struct Secret(secrecy::SecretString);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(secrecy::SecretString::from(value.into()))
     }
 
     pub fn expose(&self) -> &str {
-        &self.0
+        secrecy::ExposeSecret::expose_secret(&self.0)
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
     }
 }
 
@@ -225,7 +232,7 @@ impl std::fmt::Debug for Secret {
 impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_string()))
+        Ok(Self::new(s))
     }
 }
 
@@ -243,28 +250,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses human-readable durations: `500ms`, `5s`, `2m`, `1h`, or plain seconds.
+/// Parses human-readable durations with `humantime` (`500ms`, `5s`, `2m`, `1h`, `1m 30s`),
+/// or plain (fractional) seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 500ms, 5s, 2m or 1h)"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}; try 500ms, 5s, 2m or 1h)"))
 }
 
 #[cfg(test)]
@@ -292,7 +286,11 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("-1").is_err());
     }
 }

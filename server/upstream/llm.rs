@@ -402,103 +402,167 @@ impl LlmClient {
             })?
             .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.idle_timeout, e))?;
         let response = check_status(UPSTREAM, response).await?;
-        let mut bytes = response.bytes_stream();
-        let mut buffer: Vec<u8> = Vec::new();
-        let mut finished = false;
-        // Some servers end with a `finish_reason` and close without `[DONE]`.
-        let mut saw_finish = false;
-        while !finished {
-            if started.elapsed() > self.timeout {
-                return Err(UpstreamError::Timeout {
-                    upstream: UPSTREAM,
-                    after: self.timeout,
-                });
-            }
-            let chunk = match tokio::time::timeout(self.idle_timeout, bytes.next()).await {
-                Err(_) => {
-                    return Err(UpstreamError::Stalled {
-                        upstream: UPSTREAM,
-                        after: self.idle_timeout,
-                    });
-                }
-                Ok(None) => break,
-                Ok(Some(chunk)) => {
-                    chunk.map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.timeout, e))?
-                }
-            };
-            buffer.extend_from_slice(&chunk);
-            // Server-sent events end with a blank line; a chunk may hold several or half of one.
-            while let Some(end) = find_event_end(&buffer) {
-                let event: Vec<u8> = buffer.drain(..end.0).collect();
-                buffer.drain(..end.1);
-                let event = String::from_utf8_lossy(&event);
-                for line in event.lines() {
-                    let Some(data) = line.strip_prefix("data:").map(str::trim) else {
-                        continue;
-                    };
-                    if data == "[DONE]" {
-                        finished = true;
-                        break;
-                    }
-                    let chunk: ChatResponse = serde_json::from_str(data)
-                        .map_err(|e| malformed(format!("bad stream chunk ({e})")))?;
-                    if let Some(u) = chunk.usage {
-                        *usage = u.into();
-                    }
-                    for choice in chunk.choices {
-                        if let Some(delta) = choice
-                            .delta
-                            .and_then(|d| d.content)
-                            .filter(|d| !d.is_empty())
-                        {
-                            on_delta(&delta);
-                            streamed.text.push_str(&delta);
-                        }
-                        match choice.finish_reason.as_deref() {
-                            Some("length") => {
-                                streamed.truncated = true;
-                                saw_finish = true;
-                            }
-                            Some(_) => saw_finish = true,
-                            None => {}
-                        }
-                    }
-                }
-            }
-        }
-        Self::record_usage(*usage);
-        // An empty answer is the model's, not the transport's: the caller judges it.
-        if !finished && !saw_finish {
-            return Err(UpstreamError::Connect {
-                upstream: UPSTREAM,
-                message: "the stream ended without [DONE]".into(),
-            });
-        }
-        Ok(())
+        let limits = (
+            self.idle_timeout,
+            self.timeout.saturating_sub(started.elapsed()),
+        );
+        read_stream(response.bytes_stream(), limits, streamed, usage, on_delta).await
     }
 }
 
-/// Position of the end of the first event in `buffer` and the length of its separator.
-fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buffer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// Reads a streamed chat completion: server-sent events framed by `eventsource-stream`
+/// (CRLF or LF, comments, `data:` fields over several lines joined), each a JSON chunk whose
+/// deltas go to `on_delta` as they arrive. `limits` are the idle timeout (nothing arrives for
+/// that long: the stream stalled) and what is left of the whole call's timeout. A stream is
+/// complete with `[DONE]`, or with a `finish_reason` (some servers close without `[DONE]`).
+async fn read_stream<S, E>(
+    bytes: S,
+    (idle, whole): (Duration, Duration),
+    streamed: &mut Streamed,
+    usage: &mut Usage,
+    on_delta: &(dyn Fn(&str) + Send + Sync),
+) -> Result<(), UpstreamError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::error::Error,
+{
+    use eventsource_stream::{EventStreamError, Eventsource};
+    let started = tokio::time::Instant::now();
+    let mut events = bytes.eventsource();
+    // `[DONE]` seen, or a `finish_reason`: either ends the answer.
+    let (mut done, mut finished) = (false, false);
+    while !done {
+        let wait = idle.min(whole.saturating_sub(started.elapsed()));
+        let event = match tokio::time::timeout(wait, events.next()).await {
+            Err(_) if started.elapsed() >= whole => {
+                return Err(UpstreamError::Timeout {
+                    upstream: UPSTREAM,
+                    after: whole,
+                });
+            }
+            Err(_) => {
+                return Err(UpstreamError::Stalled {
+                    upstream: UPSTREAM,
+                    after: idle,
+                });
+            }
+            Ok(None) => break,
+            Ok(Some(Err(EventStreamError::Transport(error)))) => {
+                return Err(UpstreamError::Connect {
+                    upstream: UPSTREAM,
+                    message: error.to_string(),
+                });
+            }
+            Ok(Some(Err(error))) => return Err(malformed(format!("bad event stream ({error})"))),
+            Ok(Some(Ok(event))) => event,
+        };
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        if data.is_empty() {
+            continue;
+        }
+        let chunk: ChatResponse =
+            serde_json::from_str(data).map_err(|e| malformed(format!("bad stream chunk ({e})")))?;
+        if let Some(u) = chunk.usage {
+            *usage = u.into();
+        }
+        for choice in chunk.choices {
+            if let Some(delta) = choice
+                .delta
+                .and_then(|d| d.content)
+                .filter(|d| !d.is_empty())
+            {
+                on_delta(&delta);
+                streamed.text.push_str(&delta);
+            }
+            if let Some(reason) = choice.finish_reason.as_deref() {
+                streamed.truncated |= reason == "length";
+                finished = true;
+            }
+        }
     }
+    LlmClient::record_usage(*usage);
+    // An empty answer is the model's, not the transport's: the caller judges it. A stream
+    // cut before either end is the transport's.
+    if !done && !finished {
+        return Err(UpstreamError::Connect {
+            upstream: UPSTREAM,
+            message: "the stream ended without [DONE]".into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Reads `chunks` as a body arriving in those pieces.
+    fn read(chunks: &[&str]) -> (Result<(), UpstreamError>, Streamed) {
+        let body = futures_util::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::from(c.to_string())))
+                .collect::<Vec<_>>(),
+        );
+        let mut streamed = Streamed::default();
+        let mut usage = Usage::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap_or_else(|_| unreachable!());
+        let limits = (Duration::from_secs(5), Duration::from_secs(5));
+        let result = runtime.block_on(read_stream(
+            body,
+            limits,
+            &mut streamed,
+            &mut usage,
+            &|_| {},
+        ));
+        (result, streamed)
+    }
+
+    fn delta(text: &str) -> String {
+        json!({"choices": [{"delta": {"content": text}}]}).to_string()
+    }
+
     #[test]
-    fn events_split_on_blank_lines_of_either_kind() {
-        assert_eq!(find_event_end(b"data: 1\n\ndata: 2"), Some((7, 2)));
-        assert_eq!(find_event_end(b"data: 1\r\n\r\n"), Some((7, 4)));
-        assert_eq!(find_event_end(b"data: partial"), None);
+    fn events_are_framed_whatever_the_chunking_and_line_endings() {
+        let a = delta("Hello, ");
+        let b = delta("world");
+        let body = format!(": keep-alive\r\n\r\ndata: {a}\r\n\r\ndata: {b}\n\ndata: [DONE]\n\n");
+        // Split inside a field, inside a line ending, everywhere.
+        let pieces: Vec<String> = body.chars().map(String::from).collect();
+        let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let (result, streamed) = read(&pieces);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(streamed.text, "Hello, world");
+    }
+
+    #[test]
+    fn a_data_field_over_several_lines_is_joined() {
+        let body = "data: {\"choices\": [{\"delta\":\ndata: {\"content\": \"joined\"}}]}\n\ndata: [DONE]\n\n";
+        let (result, streamed) = read(&[body]);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(streamed.text, "joined");
+    }
+
+    #[test]
+    fn a_stream_cut_without_an_end_is_the_transports_failure() {
+        let (result, streamed) = read(&[&format!("data: {}\n\n", delta("half"))]);
+        assert!(
+            matches!(result, Err(UpstreamError::Connect { .. })),
+            "{result:?}"
+        );
+        assert_eq!(streamed.text, "half");
+        // A finish_reason is an end, [DONE] or not.
+        let end = json!({"choices": [{"delta": {}, "finish_reason": "length"}]});
+        let (result, streamed) = read(&[&format!("data: {}\n\ndata: {end}\n\n", delta("cut"))]);
+        assert!(result.is_ok() && streamed.truncated);
+        let (result, _) = read(&["data: {not json\n\n"]);
+        assert!(matches!(result, Err(UpstreamError::Malformed { .. })));
     }
 }
