@@ -79,13 +79,13 @@ pub fn markdown_to_prose(markdown: &str) -> String {
 pub fn strip_links(text: &str) -> (String, Vec<String>) {
     let mut prose = String::new();
     let mut urls = Vec::new();
-    let mut rest = text;
-    while let Some(link) = next_link(rest) {
-        prose.push_str(&rest[..link.start]);
-        urls.push(link.url.to_string());
-        rest = &rest[link.end..];
+    let mut at = 0;
+    for link in links(text) {
+        prose.push_str(text.get(at..link.start).unwrap_or_default());
+        at = link.end;
+        urls.push(link.url);
     }
-    prose.push_str(rest);
+    prose.push_str(text.get(at..).unwrap_or_default());
     let prose = prose
         .replace("()", "")
         .replace(" .", ".")
@@ -98,51 +98,40 @@ pub fn markdown_word_count(markdown: &str) -> usize {
     count_words(&markdown_to_prose(markdown))
 }
 
-/// A Markdown inline link `[text](url)` found in a line.
+/// A Markdown link (inline `[text](url)`, or an autolink) found in a text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link<'a> {
-    pub text: &'a str,
-    pub url: &'a str,
+pub struct Link {
+    pub text: String,
+    pub url: String,
     /// Byte range of the whole link in the searched text.
     pub start: usize,
     pub end: usize,
 }
 
-/// The first inline link in `text`, if any.
-pub fn next_link(text: &str) -> Option<Link<'_>> {
-    let mut from = 0;
-    while let Some(open) = text[from..].find('[').map(|i| i + from) {
-        let close = text[open..].find("](").map(|i| i + open)?;
-        // A `[` inside the link text means this bracket was not a link opener.
-        if text[open + 1..close].contains('[') {
-            from = open + 1;
-            continue;
-        }
-        let url_start = close + 2;
-        let url_end = text[url_start..].find(')').map(|i| i + url_start)?;
-        let url = &text[url_start..url_end];
-        if url.contains(char::is_whitespace) || url.is_empty() {
-            from = open + 1;
-            continue;
-        }
-        return Some(Link {
-            text: &text[open + 1..close],
-            url,
-            start: open,
-            end: url_end + 1,
-        });
-    }
-    None
-}
-
-/// All inline links of a text.
-pub fn links(text: &str) -> Vec<Link<'_>> {
+/// Every link of a Markdown text, as pulldown-cmark parses it: a `)` inside a URL (balanced
+/// or in `<...>`), brackets in the text and links inside code are handled as CommonMark says.
+pub fn links(text: &str) -> Vec<Link> {
+    use pulldown_cmark::{Event, Parser, Tag, TagEnd};
     let mut found = Vec::new();
-    let mut offset = 0;
-    while let Some(link) = next_link(&text[offset..]) {
-        let (start, end) = (link.start + offset, link.end + offset);
-        found.push(Link { start, end, ..link });
-        offset = end;
+    let mut open: Option<Link> = None;
+    for (event, range) in Parser::new(text).into_offset_iter() {
+        match event {
+            Event::Start(Tag::Link { dest_url, .. }) => {
+                open = Some(Link {
+                    text: String::new(),
+                    url: dest_url.to_string(),
+                    start: range.start,
+                    end: range.end,
+                });
+            }
+            Event::Text(t) | Event::Code(t) => {
+                if let Some(link) = open.as_mut() {
+                    link.text.push_str(&t);
+                }
+            }
+            Event::End(TagEnd::Link) => found.extend(open.take()),
+            _ => {}
+        }
     }
     found
 }
@@ -294,6 +283,24 @@ pub fn flesch_reading_ease(prose: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_are_parsed_as_commonmark() {
+        let text = "See [a report (2024)](https://x.example/a_(b)) and [S1] and `[code](https://no)`; \
+                    [nested [brackets]](https://y.example/) [spaced](<https://z.example/a b>).";
+        let urls: Vec<String> = links(text).into_iter().map(|l| l.url).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://x.example/a_(b)",
+                "https://y.example/",
+                "https://z.example/a b"
+            ]
+        );
+        let (prose, _) = strip_links(text);
+        assert!(!prose.contains(".example"), "{prose}");
+        assert!(prose.contains("[S1]"), "{prose}");
+    }
 
     #[test]
     fn truncation_cuts_a_word_longer_than_the_limit() {

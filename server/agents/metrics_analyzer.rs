@@ -25,7 +25,7 @@ pub fn analyze(markdown: &str) -> api::ContentMetrics {
     let sentence_count = text::sentences(&text::markdown_to_prose(&body)).len();
     let word_count = text::count_words(&prose);
     let links = text::links(markdown);
-    let distinct: BTreeSet<&str> = links.iter().map(|l| l.url).collect();
+    let distinct: BTreeSet<&str> = links.iter().map(|l| l.url.as_str()).collect();
     let paragraph_count = paragraphs.len();
     api::ContentMetrics {
         word_count: word_count as u32,

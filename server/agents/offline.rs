@@ -946,7 +946,7 @@ fn lead_sentences(markdown: &str) -> Vec<String> {
 }
 
 pub(super) fn seo(request: &JobRequest, markdown: &str) -> api::SeoMetadata {
-    let title = contract::title(markdown).unwrap_or(&request.topic);
+    let title = contract::title(markdown).unwrap_or_else(|| request.topic.clone());
     let title = if title.chars().count() <= 60 {
         title.to_string()
     } else {

@@ -77,29 +77,57 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Headings of a Markdown article with their levels, in order, as pulldown-cmark parses
+/// them (a `## ` inside a code fence is no heading).
+fn headings(markdown: &str) -> Vec<(u8, String)> {
+    use pulldown_cmark::{Event, Parser, Tag, TagEnd};
+    let mut found = Vec::new();
+    let mut open: Option<(u8, String)> = None;
+    for event in Parser::new(markdown) {
+        match event {
+            Event::Start(Tag::Heading { level, .. }) => open = Some((level as u8, String::new())),
+            Event::Text(t) | Event::Code(t) => {
+                if let Some((_, text)) = open.as_mut() {
+                    text.push_str(&t);
+                }
+            }
+            Event::End(TagEnd::Heading(_)) => {
+                found.extend(
+                    open.take()
+                        .map(|(level, text)| (level, text.trim().to_string())),
+                );
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
 /// `## ` headings of a Markdown article, in order.
-pub fn sections(markdown: &str) -> Vec<&str> {
-    markdown
-        .lines()
-        .filter_map(|l| l.strip_prefix("## "))
-        .map(str::trim)
+pub fn sections(markdown: &str) -> Vec<String> {
+    headings(markdown)
+        .into_iter()
+        .filter(|(level, _)| *level == 2)
+        .map(|(_, text)| text)
         .collect()
 }
 
 /// The `# Title` of an article, if it starts with one.
-pub fn title(markdown: &str) -> Option<&str> {
-    markdown
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .and_then(|l| l.strip_prefix("# "))
-        .map(str::trim)
+pub fn title(markdown: &str) -> Option<String> {
+    use pulldown_cmark::{Event, Parser, Tag};
+    let mut events = Parser::new(markdown);
+    match events.next() {
+        Some(Event::Start(Tag::Heading { level, .. })) if level as u8 == 1 => {}
+        _ => return None,
+    }
+    headings(markdown).into_iter().next().map(|(_, text)| text)
 }
 
 /// The main sections: every `##` section except the fixed ones.
-pub fn main_sections(markdown: &str) -> Vec<&str> {
+pub fn main_sections(markdown: &str) -> Vec<String> {
     sections(markdown)
         .into_iter()
-        .filter(|s| !FIXED_SECTIONS.contains(s))
+        .filter(|s| !FIXED_SECTIONS.contains(&s.as_str()))
         .collect()
 }
 
@@ -109,24 +137,24 @@ pub fn check(markdown: &str, sources: &[SourceDoc], target_words: usize) -> Vec<
     if title(markdown).is_none() {
         problems.push(Problem::MissingTitle);
     }
-    let headings = sections(markdown);
+    let sections = sections(markdown);
+    let has = |name: &str| sections.iter().any(|s| s == name);
     for required in FIXED_SECTIONS {
-        if !headings.contains(&required) {
+        if !has(required) {
             problems.push(Problem::MissingSection(required));
         }
     }
     // The `# Title` may say anything (a topic can be "Introduction to ..."); sections may not.
-    for line in markdown.lines().filter(|l| l.starts_with("##")) {
-        let heading = line.trim_start_matches('#').trim();
+    for (_, heading) in headings(markdown).iter().filter(|(level, _)| *level >= 2) {
         if is_forbidden_heading(heading) {
-            problems.push(Problem::ForbiddenHeading(heading.to_string()));
+            problems.push(Problem::ForbiddenHeading(heading.clone()));
         }
     }
     let main = main_sections(markdown).len();
     if !(3..=4).contains(&main) {
         problems.push(Problem::MainSectionCount(main));
     }
-    if headings.contains(&CONCLUSION) && headings.last() != Some(&CONCLUSION) {
+    if has(CONCLUSION) && sections.last().map(String::as_str) != Some(CONCLUSION) {
         problems.push(Problem::ConclusionNotLast);
     }
     let links = text::links(markdown);
@@ -135,7 +163,7 @@ pub fn check(markdown: &str, sources: &[SourceDoc], target_words: usize) -> Vec<
     }
     for link in &links {
         if !sources.iter().any(|s| s.source.url == link.url) {
-            problems.push(Problem::InvalidCitation(link.url.to_string()));
+            problems.push(Problem::InvalidCitation(link.url.clone()));
         }
     }
     for marker in unresolved_markers(markdown) {
@@ -162,7 +190,13 @@ pub fn render_citations(markdown: &str, sources: &[SourceDoc]) -> String {
         match sources.iter().find(|s| s.source.id == id) {
             Some(s) => {
                 let title = s.source.title.replace(['[', ']'], "");
-                out.push_str(&format!("([{title}]({}))", s.source.url));
+                // A URL with spaces or parentheses goes in `<...>`, where CommonMark keeps it whole.
+                let url = &s.source.url;
+                if url.contains(['(', ')', ' ', '<', '>']) {
+                    out.push_str(&format!("([{title}](<{}>))", url.replace(['<', '>'], "")));
+                } else {
+                    out.push_str(&format!("([{title}]({url}))"));
+                }
             }
             None => out.push_str(&rest[start..end]),
         }
@@ -203,6 +237,14 @@ fn unresolved_markers(markdown: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headings_inside_code_fences_are_not_sections() {
+        let md = "# Title\n\n## Key Insights at a Glance\n\n```\n## Not a section\n```\n\n## Conclusion\n";
+        assert_eq!(sections(md), ["Key Insights at a Glance", "Conclusion"]);
+        assert_eq!(title(md).as_deref(), Some("Title"));
+        assert_eq!(title("Intro\n\n# Late title"), None);
+    }
     use dakota::api;
 
     fn source(id: &str, url: &str) -> SourceDoc {

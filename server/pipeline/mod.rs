@@ -740,7 +740,7 @@ impl JobRun {
         }
 
         let title = contract::title(&draft.markdown)
-            .unwrap_or(&request.topic)
+            .unwrap_or_else(|| request.topic.clone())
             .to_string();
         let final_article = FinalArticle {
             title: title.clone(),

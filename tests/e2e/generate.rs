@@ -146,8 +146,14 @@ async fn offline_generate_streams_every_phase_and_delivers_a_contract_article() 
     let sources = common::as_sources(&article);
     assert_eq!(contract::check(&article.markdown, &sources, 1500), vec![]);
     let headings = contract::sections(&article.markdown);
-    assert_eq!(headings.first(), Some(&contract::KEY_INSIGHTS));
-    assert_eq!(headings.last(), Some(&contract::CONCLUSION));
+    assert_eq!(
+        headings.first().map(String::as_str),
+        Some(contract::KEY_INSIGHTS)
+    );
+    assert_eq!(
+        headings.last().map(String::as_str),
+        Some(contract::CONCLUSION)
+    );
     assert!((3..=4).contains(&contract::main_sections(&article.markdown).len()));
     let words = text::markdown_word_count(&article.markdown);
     assert!(
@@ -167,7 +173,7 @@ async fn offline_generate_streams_every_phase_and_delivers_a_contract_article() 
     assert!(cited.len() >= 5, "the article cites its sources");
     for link in &cited {
         assert!(
-            urls.contains(link.url),
+            urls.contains(link.url.as_str()),
             "{} is one of the job's sources",
             link.url
         );

@@ -170,7 +170,7 @@ async fn llm_vector_store_and_serper_produce_the_article() {
     let urls: Vec<&str> = article.sources.iter().map(|s| s.url.as_str()).collect();
     let cited = text::links(&article.markdown);
     assert!(!cited.is_empty());
-    assert!(cited.iter().all(|l| urls.contains(&l.url)));
+    assert!(cited.iter().all(|l| urls.contains(&l.url.as_str())));
     // Cited web pages were fetched for the fact check, and only those.
     let pages: Vec<String> = standin
         .requests_of(Route::Page)
@@ -179,7 +179,7 @@ async fn llm_vector_store_and_serper_produce_the_article() {
         .collect();
     let cited_web: Vec<&str> = cited
         .iter()
-        .map(|l| l.url)
+        .map(|l| l.url.as_str())
         .filter(|u| u.contains("/pages/"))
         .collect();
     assert!(
