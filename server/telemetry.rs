@@ -72,8 +72,18 @@ impl Telemetry {
         let tracer = provider.tracer("dakota");
         // `RUST_LOG` sets what is logged; spans for traces are kept at info whatever it says,
         // so a quiet log does not lose the traces (or the traceparent sent upstream).
-        let log_filter =
-            || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        // The HTML parser narrates every token at debug level: kept to warnings unless
+        // `RUST_LOG` names it.
+        let log_filter = || {
+            let filter =
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+            let asked = std::env::var("RUST_LOG").unwrap_or_default();
+            ["html5ever", "markup5ever"]
+                .into_iter()
+                .filter(|target| !asked.contains(target))
+                .filter_map(|target| format!("{target}=warn").parse().ok())
+                .fold(filter, EnvFilter::add_directive)
+        };
         let otel = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO);

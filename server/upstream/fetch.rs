@@ -84,6 +84,13 @@ impl std::fmt::Display for PrivateAddress {
 impl std::error::Error for PrivateAddress {}
 
 /// A send error, with the resolver's refusal told apart from network trouble.
+fn malformed_page(message: String) -> UpstreamError {
+    UpstreamError::Malformed {
+        upstream: UPSTREAM,
+        message,
+    }
+}
+
 fn send_error(timeout: Duration, error: reqwest::Error) -> UpstreamError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(current) = cause {
@@ -248,80 +255,31 @@ impl Fetcher {
                     break; // the rest of a huge page is not read
                 }
             }
-            let text = String::from_utf8_lossy(&body);
-            return Ok(if is_html {
-                html_to_text(&text)
-            } else {
-                text.into_owned()
-            });
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if !is_html {
+                return Ok(text);
+            }
+            // Parsing up to `max_bytes` of HTML is CPU work: off the async executor.
+            return tokio::task::spawn_blocking(move || html_to_text(&text))
+                .await
+                .map_err(|e| malformed_page(e.to_string()));
         }
         Err(refused(format!("more than {MAX_REDIRECTS} redirects")))
     }
 }
 
-/// The visible text of an HTML page: tags dropped, script and style skipped, block
-/// elements ending sentences, common entities decoded.
+/// The visible text of an HTML page, as `html2text` renders it without decoration (no
+/// bullets, no link footnotes): script and style dropped, entities decoded, blocks on lines of
+/// their own. Paragraphs come out separated by blank lines; lines are never wrapped.
 pub fn html_to_text(html: &str) -> String {
-    let mut text = String::with_capacity(html.len() / 2);
-    let mut rest = html;
-    let mut skipping: Option<&str> = None;
-    while let Some(open) = rest.find('<') {
-        if skipping.is_none() {
-            text.push_str(&rest[..open]);
-        }
-        let Some(close) = rest[open..].find('>').map(|i| i + open) else {
-            rest = "";
-            break;
-        };
-        let tag = rest[open + 1..close].trim().to_ascii_lowercase();
-        let name: String = tag
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect();
-        match skipping {
-            Some(skipped) if tag.starts_with('/') && name == skipped => skipping = None,
-            Some(_) => {}
-            None if matches!(name.as_str(), "script" | "style" | "noscript" | "template")
-                && !tag.starts_with('/') =>
-            {
-                skipping = ["script", "style", "noscript", "template"]
-                    .into_iter()
-                    .find(|s| *s == name);
-            }
-            None if matches!(
-                name.as_str(),
-                "p" | "div"
-                    | "br"
-                    | "li"
-                    | "h1"
-                    | "h2"
-                    | "h3"
-                    | "h4"
-                    | "tr"
-                    | "section"
-                    | "article"
-            ) =>
-            {
-                text.push_str("\n\n");
-            }
-            None => text.push(' '),
-        }
-        rest = &rest[close + 1..];
-    }
-    if skipping.is_none() {
-        text.push_str(rest);
-    }
-    let decoded = text
-        .replace("&nbsp;", " ")
-        .replace("&amp;", "&")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&rsquo;", "'");
-    decoded
+    const NO_WRAP: usize = 100_000;
+    let rendered = html2text::config::plain_no_decorate()
+        .string_from_read(html.as_bytes(), NO_WRAP)
+        .unwrap_or_default();
+    rendered
         .split("\n\n")
+        // Headings keep html2text's `#` marks even undecorated: a heading is text here.
+        .map(|p| p.trim_start().trim_start_matches('#'))
         .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
@@ -351,6 +309,19 @@ mod tests {
         }
         for ip in ["8.8.8.8", "151.101.1.69", "2606:4700::1111"] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn hostile_html_is_still_text() {
+        for html in [
+            "<p>unclosed <b>bold <script>alert(1)",
+            "<<<>>>&&&;;<p></p></div></div>",
+            &format!("<div title=\"{}\">x</div>", "a".repeat(100_000)),
+            &"<div>".repeat(5_000),
+        ] {
+            let text = html_to_text(html);
+            assert!(!text.contains("alert"), "{text}");
         }
     }
 

@@ -352,7 +352,9 @@ impl Agent<JobRequest, WebResearch> for GatedWeb {
 /// The real `dakota-server` binary on ephemeral ports with JSON logs, read up to SERVING.
 pub struct ServerProcess {
     child: std::process::Child,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    /// Log lines, read off the pipe as they come by a thread of their own, so a chatty
+    /// server never blocks on a full pipe while the test is busy elsewhere.
+    lines: std::sync::mpsc::Receiver<String>,
     pub grpc_addr: String,
     /// Log lines read so far.
     pub log: Vec<String>,
@@ -385,10 +387,17 @@ impl ServerProcess {
                 .args(["-c", &format!("kill -KILL {pid} 2>/dev/null")])
                 .status();
         });
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let (mut grpc_addr, mut log) = (None, Vec::new());
-        for line in lines.by_ref() {
-            let line = line.unwrap();
+        for line in lines.iter() {
             let value: serde_json::Value = serde_json::from_str(&line)
                 .unwrap_or_else(|_| panic!("log lines are JSON: {line}"));
             if let Some(addr) = value["grpc_addr"].as_str() {
@@ -437,13 +446,14 @@ impl ServerProcess {
 
     /// Waits for the exit and reads the rest of the log.
     pub fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        self.log.extend(self.lines.by_ref().map_while(Result::ok));
-        (self.child.wait().unwrap(), self.log)
+        let status = self.child.wait().unwrap();
+        self.log.extend(self.lines.iter());
+        (status, self.log)
     }
 
     /// Reads log lines until one whose message contains `text`; false if the log ends first.
     pub fn wait_for_log(&mut self, text: &str) -> bool {
-        for line in self.lines.by_ref().map_while(Result::ok) {
+        for line in self.lines.iter() {
             let found = line.contains(text);
             self.log.push(line);
             if found {
