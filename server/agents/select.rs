@@ -54,21 +54,24 @@ fn guards(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Guards, Str
         })?;
         rpm.insert(upstream.clone(), value);
     }
-    let guard = |upstream: &'static str| {
-        Arc::new(Guard::new(
-            upstream,
-            CircuitBreaker::new(config.breaker_threshold, config.breaker_cool_down),
-            rpm.get(upstream).copied().unwrap_or(0),
-            RetryPolicy::new(config.max_attempts),
-            limits.clone(),
-            metrics.clone(),
-        ))
+    let guard = |upstream: &'static str, timeout| {
+        Arc::new(
+            Guard::new(
+                upstream,
+                CircuitBreaker::new(config.breaker_threshold, config.breaker_cool_down),
+                rpm.get(upstream).copied().unwrap_or(0),
+                RetryPolicy::new(config.max_attempts),
+                limits.clone(),
+                metrics.clone(),
+            )
+            .with_timeout(timeout),
+        )
     };
     Ok(Guards {
-        llm: guard("llm"),
-        kb: guard("kb"),
-        web: guard("web"),
-        fetch: guard("fetch"),
+        llm: guard("llm", config.llm_timeout),
+        kb: guard("kb", config.kb_timeout),
+        web: guard("web", config.web_timeout),
+        fetch: guard("fetch", config.fetch_timeout),
         limits: limits.clone(),
     })
 }

@@ -1,9 +1,7 @@
-//! The resilience stack every upstream call goes through, assembled in [`Guard::call`]:
-//! circuit breaker -> rate limit -> pool of its kind of work -> global cap -> the call with
-//! its timeout -> outcome recorded -> retry with backoff, bounded by attempts and the job's
-//! deadline.
+//! The resilience of every upstream call: a [`Guard`] per upstream (its circuit breaker, rate
+//! limit, retry policy and timeout) over concurrency [`Limits`] shared by all, and the tower
+//! stack that applies them to one call, assembled in `stack::Guard::stack`.
 use std::{
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -24,8 +22,14 @@ use crate::{
 };
 
 pub mod breaker;
+mod stack;
 
-use breaker::{Admission, CircuitBreaker};
+pub use stack::Attempt;
+
+use breaker::CircuitBreaker;
+
+/// An attempt's timeout when the configuration names none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest `Retry-After` honoured by waiting; an upstream asking for more fails the call.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -193,31 +197,6 @@ impl CallScope {
     }
 }
 
-/// Held for the length of one admitted call. Dropped without an outcome (the call was
-/// cancelled), it tells the breaker nothing was learned, so a half-open trial is not lost.
-pub struct Permit {
-    breaker: Option<Arc<CircuitBreaker>>,
-    _pool: OwnedSemaphorePermit,
-    _global: OwnedSemaphorePermit,
-}
-
-impl Permit {
-    /// Records the call's outcome with the breaker.
-    pub fn finish<T>(mut self, result: &Result<T, UpstreamError>) {
-        if let Some(breaker) = self.breaker.take() {
-            breaker.record(health(result));
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if let Some(breaker) = self.breaker.take() {
-            breaker.record(None);
-        }
-    }
-}
-
 /// What an outcome says about the upstream's health: failures are connection trouble,
 /// timeouts and 5xx; any other answer (a 4xx, a malformed body) shows it is up; a 429 or a
 /// refusal before sending says nothing either way.
@@ -258,6 +237,8 @@ pub struct Guard {
     pub breaker: Arc<CircuitBreaker>,
     rate: Option<RateLimiter>,
     retry: RetryPolicy,
+    /// Whole-call timeout of one attempt (a stream's included).
+    timeout: Duration,
     pub limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     /// The latest failure, for detailed health.
@@ -278,9 +259,22 @@ impl Guard {
             breaker: Arc::new(breaker),
             rate: RateLimiter::per_minute(rpm),
             retry,
+            timeout: DEFAULT_TIMEOUT,
             limits,
             metrics,
             last_error: Default::default(),
+        }
+    }
+
+    /// The guard with this whole-call timeout per attempt.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self { timeout, ..self }
+    }
+
+    fn breaker_open(&self, retry_after: Duration) -> UpstreamError {
+        UpstreamError::BreakerOpen {
+            upstream: self.upstream,
+            retry_after,
         }
     }
 
@@ -328,118 +322,6 @@ impl Guard {
             Arc::new(Metrics::new()),
         )
     }
-
-    /// Breaker (fail fast while open), rate limit, pool, global cap, and the breaker again
-    /// right before the call: it may have opened while this call waited.
-    pub async fn admit(&self, scope: &CallScope) -> Result<Permit, UpstreamError> {
-        let open = |retry_after| UpstreamError::BreakerOpen {
-            upstream: self.upstream,
-            retry_after,
-        };
-        if let Some(retry_after) = self.breaker.rejects() {
-            return Err(open(retry_after));
-        }
-        if let Some(rate) = &self.rate {
-            rate.acquire().await;
-        }
-        let closed = |_| UpstreamError::Refused {
-            upstream: self.upstream,
-            message: "limits closed".into(),
-        };
-        let pool = self
-            .limits
-            .acquire(self.limits.pool(scope.pool), scope.pool as usize + 1)
-            .await
-            .map_err(closed)?;
-        let global = self
-            .limits
-            .acquire(&self.limits.global, 0)
-            .await
-            .map_err(closed)?;
-        if let Admission::Rejected(retry_after) = self.breaker.admit() {
-            return Err(open(retry_after));
-        }
-        Ok(Permit {
-            breaker: Some(self.breaker.clone()),
-            _pool: pool,
-            _global: global,
-        })
-    }
-
-    /// The wait before the next attempt, or `None` when the deadline leaves no room for it or
-    /// the upstream asks for a wait longer than [`MAX_RETRY_AFTER`].
-    pub fn backoff(
-        &self,
-        attempt: u32,
-        error: &UpstreamError,
-        scope: &CallScope,
-    ) -> Option<Duration> {
-        if !error.retryable() || attempt >= self.retry.max_attempts {
-            return None;
-        }
-        if error
-            .retry_after()
-            .is_some_and(|asked| asked > MAX_RETRY_AFTER)
-        {
-            return None;
-        }
-        let delay = self.retry.delay(attempt, error);
-        match scope.deadline {
-            Some(deadline)
-                if Instant::now()
-                    .checked_add(delay)
-                    .is_none_or(|at| at >= deadline) =>
-            {
-                None
-            }
-            _ => {
-                self.metrics
-                    .upstream_retries
-                    .get_or_create(&metrics::Upstream {
-                        upstream: self.upstream,
-                    })
-                    .inc();
-                Some(delay)
-            }
-        }
-    }
-
-    /// The whole stack around `call`. Returns the outcome and the attempts made.
-    pub async fn call<T, F, Fut>(
-        &self,
-        scope: &CallScope,
-        mut call: F,
-    ) -> (Result<T, UpstreamError>, u32)
-    where
-        F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<T, UpstreamError>>,
-    {
-        let mut attempt = 1;
-        loop {
-            // Timed from admission: waiting for limits is not the upstream's time.
-            let (result, elapsed) = match self.admit(scope).await {
-                Ok(permit) => {
-                    let started = Instant::now();
-                    let result = call(attempt).await;
-                    permit.finish(&result);
-                    (result, started.elapsed())
-                }
-                Err(refused) => (Err(refused), Duration::ZERO),
-            };
-            self.observe(&result, elapsed);
-            match result {
-                Ok(value) => return (Ok(value), attempt),
-                Err(error) => match self.backoff(attempt, &error, scope) {
-                    Some(delay) => {
-                        tracing::warn!(upstream = self.upstream, attempt, ?delay, %error, "retrying");
-                        tokio::time::sleep(delay).await;
-                        attempt += 1;
-                    }
-                    None => return (Err(error), attempt),
-                },
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -473,11 +355,11 @@ mod tests {
             Arc::new(Metrics::new()),
         );
         let scope = CallScope::new(Pool::Search);
-        let mut calls = 0;
+        let calls = AtomicUsize::new(0);
         for _ in 0..4 {
             let (result, _) = guard
                 .call(&scope, |_| {
-                    calls += 1;
+                    calls.fetch_add(1, Ordering::Relaxed);
                     async {
                         Err::<(), _>(UpstreamError::Status {
                             upstream: "web",
@@ -490,7 +372,11 @@ mod tests {
                 .await;
             assert!(result.is_err());
         }
-        assert_eq!(calls, 2, "the breaker opened after two failures");
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            2,
+            "the breaker opened after two failures"
+        );
         let (result, _) = guard.call(&scope, |_| async { Ok(()) }).await;
         assert!(matches!(result, Err(UpstreamError::BreakerOpen { .. })));
     }
@@ -573,6 +459,65 @@ mod tests {
             None,
             "nor a value that would overflow"
         );
+    }
+
+    #[tokio::test]
+    async fn an_attempt_past_the_guards_timeout_is_a_timeout() {
+        let guard = Guard::unlimited("kb").with_timeout(Duration::from_millis(20));
+        let scope = CallScope::new(Pool::Search);
+        let (result, attempts) = guard
+            .call(&scope, |_| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            })
+            .await;
+        assert!(
+            matches!(result, Err(UpstreamError::Timeout { upstream: "kb", .. })),
+            "{result:?}"
+        );
+        assert_eq!(attempts, 1);
+    }
+
+    /// Calls that waited in the pool queue take their rate-limit turns as they leave it, so
+    /// they do not go out in a burst when the pool frees up.
+    #[tokio::test]
+    async fn calls_leaving_the_pool_queue_keep_the_rate_limits_spacing() {
+        let guard = Arc::new(Guard::new(
+            "web",
+            CircuitBreaker::new(100, Duration::from_secs(1)),
+            600, // a turn every 100 ms
+            RetryPolicy::new(1),
+            Arc::new(Limits::new(10, 1, 1, 1)),
+            Arc::new(Metrics::new()),
+        ));
+        let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let call = |hold: Duration| {
+            let (guard, started) = (guard.clone(), started.clone());
+            tokio::spawn(async move {
+                let scope = CallScope::new(Pool::Search);
+                guard
+                    .call(&scope, |_| async {
+                        lock(&started).push(Instant::now());
+                        tokio::time::sleep(hold).await;
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        // One call holds the only pool slot for 400 ms while three queue behind it; queued,
+        // they must not have taken turns that all fall due when the slot frees.
+        let first = call(Duration::from_millis(400));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let queued: Vec<_> = (0..3).map(|_| call(Duration::from_millis(5))).collect();
+        let _ = first.await;
+        for call in queued {
+            let _ = call.await;
+        }
+        let mut times = lock(&started).clone();
+        times.sort();
+        for pair in times[1..].windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(90), "{times:?}");
+        }
     }
 
     #[test]

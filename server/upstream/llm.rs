@@ -340,50 +340,30 @@ impl LlmClient {
             "stream_options": {"include_usage": true},
         });
         body[self.max_tokens_field()] = json!(max_tokens);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut streamed = Streamed::default();
-            let mut usage = Usage::default();
-            // The permit is held for the whole stream: a stream is one call.
-            let (result, elapsed) = match self.guard.admit(scope).await {
-                Ok(permit) => {
-                    let started = tokio::time::Instant::now();
-                    let result = self
-                        .stream_once(&body, &mut streamed, &mut usage, on_delta)
-                        .instrument(self.chat_span(model))
-                        .await
-                        .map_err(|e| e.redact(self.api_key.as_ref()));
-                    permit.finish(&result);
-                    (result, started.elapsed())
-                }
-                Err(refused) => (Err(refused), Duration::ZERO),
-            };
-            self.guard.observe(&result, elapsed);
-            let error = match result {
-                Ok(()) => {
-                    return Ok(Completion {
-                        value: streamed,
-                        usage,
-                        attempts,
-                    });
-                }
-                Err(error) => error,
-            };
-            // Once text has reached the caller, a retry would repeat it: fail instead.
-            let retry = if streamed.text.is_empty() {
-                self.guard.backoff(attempts, &error, scope)
-            } else {
-                None
-            };
-            match retry {
-                Some(delay) => {
-                    tracing::warn!(upstream = UPSTREAM, attempt = attempts, ?delay, %error, "retrying stream");
-                    tokio::time::sleep(delay).await;
-                }
-                None => return Err(error),
-            }
-        }
+        // Once text has reached the caller, a retry would repeat it: no retry then.
+        let reached_client = std::sync::atomic::AtomicBool::new(false);
+        let tracked = |delta: &str| {
+            reached_client.store(true, std::sync::atomic::Ordering::Relaxed);
+            on_delta(delta);
+        };
+        let may_retry = || !reached_client.load(std::sync::atomic::Ordering::Relaxed);
+        // The same stack as every call; the pool permit is held for the whole stream.
+        let (result, attempts) = self
+            .guard
+            .call_with(scope, &may_retry, |_| async {
+                let (mut streamed, mut usage) = (Streamed::default(), Usage::default());
+                self.stream_once(&body, &mut streamed, &mut usage, &tracked)
+                    .instrument(self.chat_span(model))
+                    .await
+                    .map_err(|e| e.redact(self.api_key.as_ref()))?;
+                Ok((streamed, usage))
+            })
+            .await;
+        result.map(|(value, usage)| Completion {
+            value,
+            usage,
+            attempts,
+        })
     }
 
     async fn stream_once(

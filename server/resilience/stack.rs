@@ -1,0 +1,347 @@
+//! The resilience stack of one upstream call, as tower layers assembled in [`Guard::stack`]:
+//!
+//! retry (backoff, `Retry-After`, the job's deadline) -> breaker fail-fast -> the pool of the
+//! call's kind of work and the global cap -> the rate limit -> breaker admission and outcome,
+//! metrics -> timeout -> the call.
+//!
+//! tower's own `Retry` and `Timeout` are used as they are. The breaker, the pools and the rate
+//! limit are small layers of this module: the breaker's state must be readable by health and
+//! metrics (and watched by `ContentService`'s health); the pool is chosen per call by its kind
+//! of work and counts its waiters for `/health/detailed`; and the rate limit must take its
+//! turn only when a call leaves the pool queue, so a burst after a long wait cannot exceed the
+//! per-minute limit — no published layer does all of this.
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::atomic::{AtomicU32, Ordering},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+use tower::{Service, ServiceBuilder, ServiceExt, layer::layer_fn};
+
+use super::{CallScope, Guard, MAX_RETRY_AFTER, breaker::Admission};
+use crate::{metrics, upstream::UpstreamError};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The request every layer passes down: one attempt of the call.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt;
+
+impl Guard {
+    /// The whole stack around `call`. Returns the outcome and the attempts made.
+    pub async fn call<T, F, Fut>(
+        &self,
+        scope: &CallScope,
+        call: F,
+    ) -> (Result<T, UpstreamError>, u32)
+    where
+        F: Fn(u32) -> Fut + Sync,
+        Fut: Future<Output = Result<T, UpstreamError>> + Send,
+        T: Send,
+    {
+        self.call_with(scope, &|| true, call).await
+    }
+
+    /// [`Guard::call`], retrying a failed attempt only while `may_retry` says so (a stream
+    /// that has reached the client cannot be asked again without repeating it).
+    pub async fn call_with<T, F, Fut>(
+        &self,
+        scope: &CallScope,
+        may_retry: &(dyn Fn() -> bool + Sync),
+        call: F,
+    ) -> (Result<T, UpstreamError>, u32)
+    where
+        F: Fn(u32) -> Fut + Sync,
+        Fut: Future<Output = Result<T, UpstreamError>> + Send,
+        T: Send,
+    {
+        let attempts = AtomicU32::new(0);
+        let attempt = |Attempt| {
+            let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            call(n)
+        };
+        let stack = self.stack(scope, may_retry, tower::service_fn(attempt));
+        let result = stack.oneshot(Attempt).await;
+        (result, attempts.load(Ordering::Relaxed).max(1))
+    }
+
+    /// The layers every upstream call goes through, outermost first.
+    fn stack<'a, S, T>(
+        &'a self,
+        scope: &'a CallScope,
+        may_retry: &'a (dyn Fn() -> bool + Sync),
+        call: S,
+    ) -> impl Service<Attempt, Response = T, Error = UpstreamError, Future: Send> + 'a
+    where
+        S: Service<Attempt, Response = T, Error = UpstreamError> + Clone + Send + 'a,
+        S::Future: Send + 'a,
+        T: Send + 'a,
+    {
+        let upstream = self.upstream;
+        let timeout = self.timeout;
+        ServiceBuilder::new()
+            .layer(tower::retry::RetryLayer::new(Backoff {
+                guard: self,
+                scope,
+                may_retry,
+                attempt: 0,
+            }))
+            .layer(layer_fn(|inner| FailFast { guard: self, inner }))
+            .layer(layer_fn(|inner| Pools {
+                guard: self,
+                scope,
+                inner,
+            }))
+            .layer(layer_fn(|inner| RateLimit { guard: self, inner }))
+            .layer(layer_fn(|inner| Breaker { guard: self, inner }))
+            .map_err(
+                move |error: tower::BoxError| match error.downcast::<UpstreamError>() {
+                    Ok(error) => *error,
+                    Err(_) => UpstreamError::Timeout {
+                        upstream,
+                        after: timeout,
+                    },
+                },
+            )
+            .layer(tower::timeout::TimeoutLayer::new(timeout))
+            .service(call)
+    }
+}
+
+/// tower's retry policy for upstream calls: retryable failures only, exponential backoff
+/// with jitter never shorter than a `Retry-After` (nor longer than [`MAX_RETRY_AFTER`]),
+/// at most the guard's attempts, and never past the job's deadline.
+#[derive(Clone)]
+struct Backoff<'a> {
+    guard: &'a Guard,
+    scope: &'a CallScope,
+    may_retry: &'a (dyn Fn() -> bool + Sync),
+    attempt: u32,
+}
+
+impl<T> tower::retry::Policy<Attempt, T, UpstreamError> for Backoff<'_> {
+    type Future = Pin<Box<tokio::time::Sleep>>;
+
+    fn retry(
+        &mut self,
+        _: &mut Attempt,
+        result: &mut Result<T, UpstreamError>,
+    ) -> Option<Self::Future> {
+        let error = result.as_ref().err()?;
+        self.attempt += 1;
+        if !(self.may_retry)() {
+            return None;
+        }
+        let delay = self.guard.backoff(self.attempt, error, self.scope)?;
+        tracing::warn!(upstream = self.guard.upstream, attempt = self.attempt, ?delay, %error, "retrying");
+        Some(Box::pin(tokio::time::sleep(delay)))
+    }
+
+    fn clone_request(&mut self, request: &Attempt) -> Option<Attempt> {
+        Some(*request)
+    }
+}
+
+impl Guard {
+    /// The wait before the next attempt, or `None` when the deadline leaves no room for it or
+    /// the upstream asks for a wait longer than [`MAX_RETRY_AFTER`].
+    pub fn backoff(
+        &self,
+        attempt: u32,
+        error: &UpstreamError,
+        scope: &CallScope,
+    ) -> Option<Duration> {
+        if !error.retryable() || attempt >= self.retry.max_attempts {
+            return None;
+        }
+        if error
+            .retry_after()
+            .is_some_and(|asked| asked > MAX_RETRY_AFTER)
+        {
+            return None;
+        }
+        let delay = self.retry.delay(attempt, error);
+        if let Some(deadline) = scope.deadline
+            && Instant::now()
+                .checked_add(delay)
+                .is_none_or(|at| at >= deadline)
+        {
+            return None;
+        }
+        self.metrics
+            .upstream_retries
+            .get_or_create(&metrics::Upstream {
+                upstream: self.upstream,
+            })
+            .inc();
+        Some(delay)
+    }
+}
+
+/// An open breaker fails the call at once, before it waits for anything.
+#[derive(Clone)]
+struct FailFast<'a, S> {
+    guard: &'a Guard,
+    inner: S,
+}
+
+impl<'a, S, T> Service<Attempt> for FailFast<'a, S>
+where
+    S: Service<Attempt, Response = T, Error = UpstreamError> + Clone + Send + 'a,
+    S::Future: Send + 'a,
+{
+    type Response = T;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'a, Result<T, UpstreamError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let (guard, inner) = (self.guard, self.inner.clone());
+        Box::pin(async move {
+            if let Some(retry_after) = guard.breaker.rejects() {
+                let refused = Err(guard.breaker_open(retry_after));
+                guard.observe(&refused, Duration::ZERO);
+                return refused;
+            }
+            inner.oneshot(attempt).await
+        })
+    }
+}
+
+/// A permit of the pool of the call's kind of work, then of the global cap, held for the
+/// whole call (a stream included).
+#[derive(Clone)]
+struct Pools<'a, S> {
+    guard: &'a Guard,
+    scope: &'a CallScope,
+    inner: S,
+}
+
+impl<'a, S, T> Service<Attempt> for Pools<'a, S>
+where
+    S: Service<Attempt, Response = T, Error = UpstreamError> + Clone + Send + 'a,
+    S::Future: Send + 'a,
+{
+    type Response = T;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'a, Result<T, UpstreamError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let (guard, pool, inner) = (self.guard, self.scope.pool, self.inner.clone());
+        Box::pin(async move {
+            let closed = |_| UpstreamError::Refused {
+                upstream: guard.upstream,
+                message: "limits closed".into(),
+            };
+            let limits = &guard.limits;
+            let _pool = limits
+                .acquire(limits.pool(pool), pool as usize + 1)
+                .await
+                .map_err(closed)?;
+            let _global = limits.acquire(&limits.global, 0).await.map_err(closed)?;
+            inner.oneshot(attempt).await
+        })
+    }
+}
+
+/// The upstream's requests-per-minute limit: a call takes its turn when it leaves the pool
+/// queue, so calls that waited there do not go out in a burst.
+#[derive(Clone)]
+struct RateLimit<'a, S> {
+    guard: &'a Guard,
+    inner: S,
+}
+
+impl<'a, S, T> Service<Attempt> for RateLimit<'a, S>
+where
+    S: Service<Attempt, Response = T, Error = UpstreamError> + Clone + Send + 'a,
+    S::Future: Send + 'a,
+{
+    type Response = T;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'a, Result<T, UpstreamError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let (guard, inner) = (self.guard, self.inner.clone());
+        Box::pin(async move {
+            if let Some(rate) = &guard.rate {
+                rate.acquire().await;
+            }
+            inner.oneshot(attempt).await
+        })
+    }
+}
+
+/// The breaker's admission right before the call (it may have opened while the call waited;
+/// after a cool-down exactly one trial goes through), the outcome recorded with it, and the
+/// attempt counted and timed from here: waiting for limits is not the upstream's time. A call
+/// dropped midway (its job cancelled) tells the breaker nothing.
+#[derive(Clone)]
+struct Breaker<'a, S> {
+    guard: &'a Guard,
+    inner: S,
+}
+
+impl<'a, S, T> Service<Attempt> for Breaker<'a, S>
+where
+    S: Service<Attempt, Response = T, Error = UpstreamError> + Clone + Send + 'a,
+    S::Future: Send + 'a,
+{
+    type Response = T;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'a, Result<T, UpstreamError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let (guard, inner) = (self.guard, self.inner.clone());
+        Box::pin(async move {
+            if let Admission::Rejected(retry_after) = guard.breaker.admit() {
+                let refused = Err(guard.breaker_open(retry_after));
+                guard.observe(&refused, Duration::ZERO);
+                return refused;
+            }
+            let trial = Trial(Some(guard));
+            let started = Instant::now();
+            let result = inner.oneshot(attempt).await;
+            trial.finish(&result);
+            guard.observe(&result, started.elapsed());
+            result
+        })
+    }
+}
+
+/// An admitted call's breaker bookkeeping: its outcome, or nothing learned if dropped.
+struct Trial<'a>(Option<&'a Guard>);
+
+impl Trial<'_> {
+    fn finish<T>(mut self, result: &Result<T, UpstreamError>) {
+        if let Some(guard) = self.0.take() {
+            guard.breaker.record(super::health(result));
+        }
+    }
+}
+
+impl Drop for Trial<'_> {
+    fn drop(&mut self) {
+        if let Some(guard) = self.0.take() {
+            guard.breaker.record(None);
+        }
+    }
+}
