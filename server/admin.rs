@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     kb::KnowledgeSource,
-    metrics::{BreakerLabels, PoolLabels},
+    metrics::{BreakerLabels, JobStateLabel, PoolLabels},
     resilience::{Guard, breaker::BreakerState},
     service::AppState,
 };
@@ -177,6 +177,20 @@ fn refresh_gauges(state: &AppState) {
     let metrics = &state.metrics;
     metrics.jobs_running.set(state.running_jobs() as i64);
     metrics.jobs_queued.set(state.queued_jobs() as i64);
+    for (label, (jobs, bytes)) in ["running", "finished"]
+        .into_iter()
+        .zip(state.jobs.retained())
+    {
+        let labels = JobStateLabel { state: label };
+        metrics
+            .jobs_retained
+            .get_or_create(&labels)
+            .set(jobs as i64);
+        metrics
+            .jobs_retained_bytes
+            .get_or_create(&labels)
+            .set(bytes as i64);
+    }
     for guard in state.upstreams.guards.all() {
         let current = guard.breaker.state();
         for breaker_state in [

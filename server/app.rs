@@ -263,6 +263,19 @@ async fn lifecycle(
             let _ = state.ready.set(ready);
             set_health(&health, ServingStatus::Serving).await;
             tracing::info!("SERVING");
+            // Finished jobs expire on a timer, not only when a new job needs their room.
+            let expiry = tokio::spawn({
+                let (jobs, shutdown) = (state.jobs.clone(), shutdown.clone());
+                async move {
+                    let mut tick = tokio::time::interval(jobs.expiry_period());
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => jobs.expire(),
+                            () = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+            });
             let breaker_watch = llm_breaker.map(|breaker| {
                 tokio::spawn(follow_llm_breaker(
                     breaker,
@@ -275,6 +288,7 @@ async fn lifecycle(
                 () = shutdown.cancelled() => {}
                 result = &mut serving => return flatten(result),
             }
+            let _ = expiry.await;
             // Stopped before the drain sets NOT_SERVING, so it cannot set SERVING again.
             if let Some(watch) = breaker_watch {
                 watch.abort();

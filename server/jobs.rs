@@ -36,14 +36,120 @@ pub struct Job {
     attachments: AtomicU64,
 }
 
-#[derive(Default)]
+/// A job's events, kept compactly: the job id once (in [`Job`]), every content delta as a
+/// 16-byte entry pointing into one growing text buffer, the article once (the `completed`
+/// event refers to it). Events are rebuilt, with their original sequence numbers and times,
+/// when a follower reads them.
 struct JobLog {
-    events: Vec<GenerateEvent>,
+    entries: Vec<Entry>,
+    /// The text of every content delta, in order.
+    text: String,
+    /// When the job started; entries keep milliseconds since.
+    started: SystemTime,
     progress: u32,
     state: JobStateKind,
     finished_at: Option<Instant>,
-    article: Option<api::Article>,
+    article: Option<Arc<api::Article>>,
     failure: Option<api::Failed>,
+}
+
+impl Default for JobLog {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            text: String::new(),
+            started: SystemTime::now(),
+            progress: 0,
+            state: JobStateKind::default(),
+            finished_at: None,
+            article: None,
+            failure: None,
+        }
+    }
+}
+
+/// One event of the log; its sequence number is its position + 1.
+enum Entry {
+    /// Any event but a content delta or the final `completed`.
+    Event(Box<Stored>),
+    /// `text[start..end]` of the log's buffer.
+    Delta {
+        start: u32,
+        end: u32,
+        at_ms: u32,
+        iteration: u8,
+        progress: u8,
+    },
+    /// `completed`, with the log's article.
+    Completed { at_ms: u32, progress: u8 },
+}
+
+struct Stored {
+    at: SystemTime,
+    progress: u8,
+    event: Event,
+}
+
+impl JobLog {
+    fn at(&self, at_ms: u32) -> SystemTime {
+        self.started + Duration::from_millis(u64::from(at_ms))
+    }
+
+    /// The event at `index`, as it was emitted.
+    fn event(&self, index: usize, job_id: &str) -> Option<GenerateEvent> {
+        let (at, progress, event) = match self.entries.get(index)? {
+            Entry::Event(stored) => (stored.at, stored.progress, stored.event.clone()),
+            Entry::Delta {
+                start,
+                end,
+                at_ms,
+                iteration,
+                progress,
+            } => (
+                self.at(*at_ms),
+                *progress,
+                Event::ContentDelta(api::ContentDelta {
+                    text: self
+                        .text
+                        .get(*start as usize..*end as usize)
+                        .unwrap_or_default()
+                        .to_string(),
+                    iteration: u32::from(*iteration),
+                }),
+            ),
+            Entry::Completed { at_ms, progress } => (
+                self.at(*at_ms),
+                *progress,
+                Event::Completed(api::Completed {
+                    article: self.article.as_deref().cloned(),
+                }),
+            ),
+        };
+        Some(GenerateEvent {
+            job_id: job_id.to_string(),
+            sequence: index as u64 + 1,
+            timestamp: Some(at.into()),
+            progress: u32::from(progress),
+            event: Some(event),
+        })
+    }
+
+    /// Bytes the log holds on the heap, approximately: what a finished job costs to keep.
+    fn retained_bytes(&self) -> usize {
+        use prost::Message as _;
+        let events: usize = self
+            .entries
+            .iter()
+            .map(|e| match e {
+                Entry::Event(stored) => std::mem::size_of::<Stored>() + stored.event.encoded_len(),
+                _ => 0,
+            })
+            .sum();
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + events
+            + self.text.capacity()
+            + self.article.as_ref().map_or(0, |a| a.encoded_len())
+    }
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -80,10 +186,51 @@ impl Job {
         if log.state != JobStateKind::Running {
             return;
         }
-        match &event {
+        log.progress = log.progress.max(progress.min(100));
+        let progress = u8::try_from(log.progress).unwrap_or(100);
+        let now = SystemTime::now();
+        let at_ms = now
+            .duration_since(log.started)
+            .ok()
+            .and_then(|d| u32::try_from(d.as_millis()).ok());
+        let stored = |event| {
+            Entry::Event(Box::new(Stored {
+                at: now,
+                progress,
+                event,
+            }))
+        };
+        let entry = match event {
+            Event::ContentDelta(delta) => {
+                let start = log.text.len();
+                log.text.push_str(&delta.text);
+                let end = log.text.len();
+                match (
+                    u32::try_from(start),
+                    u32::try_from(end),
+                    at_ms,
+                    u8::try_from(delta.iteration),
+                ) {
+                    (Ok(start), Ok(end), Some(at_ms), Ok(iteration)) => Entry::Delta {
+                        start,
+                        end,
+                        at_ms,
+                        iteration,
+                        progress,
+                    },
+                    // Beyond what the compact form holds (4 GiB of text, 49 days): as it came.
+                    _ => stored(Event::ContentDelta(delta)),
+                }
+            }
             Event::Completed(completed) => {
                 log.state = JobStateKind::Completed;
-                log.article = completed.article.clone();
+                log.article = completed.article.map(Arc::new);
+                match at_ms {
+                    Some(at_ms) => Entry::Completed { at_ms, progress },
+                    None => stored(Event::Completed(api::Completed {
+                        article: log.article.as_deref().cloned(),
+                    })),
+                }
             }
             Event::Failed(failed) => {
                 let code = Code::from_i32(failed.code);
@@ -93,24 +240,25 @@ impl Job {
                     JobStateKind::Failed
                 };
                 log.failure = Some(failed.clone());
+                stored(Event::Failed(failed))
             }
-            _ => {}
-        }
+            other => stored(other),
+        };
+        log.entries.push(entry);
         if log.state != JobStateKind::Running {
             log.finished_at = Some(Instant::now());
+            // Finished: nothing more is appended, so the spare capacity can go.
+            log.entries.shrink_to_fit();
+            log.text.shrink_to_fit();
         }
-        log.progress = log.progress.max(progress.min(100));
-        let sequence = log.events.len() as u64 + 1;
-        let event = GenerateEvent {
-            job_id: self.id.clone(),
-            sequence,
-            timestamp: Some(SystemTime::now().into()),
-            progress: log.progress,
-            event: Some(event),
-        };
-        log.events.push(event);
+        let sequence = log.entries.len() as u64;
         drop(log);
         self.last_sequence.send_replace(sequence);
+    }
+
+    /// Bytes this job's log holds, approximately.
+    pub fn retained_bytes(&self) -> usize {
+        self.log().retained_bytes()
     }
 
     /// Ends the job with `failed` unless it already ended.
@@ -151,7 +299,7 @@ impl Job {
     pub fn article(&self) -> Result<api::Article, Status> {
         let log = self.log();
         match (&log.article, &log.failure) {
-            (Some(article), _) => Ok(article.clone()),
+            (Some(article), _) => Ok((**article).clone()),
             (None, Some(failed)) => Err(failure_status(failed)),
             (None, None) => Err(Status::failed_precondition(format!(
                 "job {} is still running ({}% done); watch it with WatchJob",
@@ -160,19 +308,31 @@ impl Job {
         }
     }
 
-    /// Events with a sequence greater than `after`, and the final event once the job has
-    /// ended (also when it is not among them: a follower past the end still learns how the
-    /// job ended).
-    fn events_after(&self, after: u64) -> (Vec<GenerateEvent>, Option<GenerateEvent>) {
+    /// Up to `limit` events with a sequence greater than `after`, and the final event once the
+    /// job has ended (also when it is not among them: a follower past the end still learns how
+    /// the job ended). Read in batches, so a replay never copies the whole log at once.
+    fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> (Vec<GenerateEvent>, Option<GenerateEvent>) {
         let log = self.log();
         let start = usize::try_from(after)
             .unwrap_or(usize::MAX)
-            .min(log.events.len());
+            .min(log.entries.len());
+        let end = start.saturating_add(limit).min(log.entries.len());
+        let events = (start..end)
+            .filter_map(|i| log.event(i, &self.id))
+            .collect();
         let last = match log.state {
             JobStateKind::Running => None,
-            _ => log.events.last().cloned(),
+            _ => log
+                .entries
+                .len()
+                .checked_sub(1)
+                .and_then(|i| log.event(i, &self.id)),
         };
-        (log.events[start..].to_vec(), last)
+        (events, last)
     }
 
     /// Only a running or completed job is re-attached by its idempotency key: a job that
@@ -278,7 +438,7 @@ impl JobRegistry {
             }
             return Ok((job.clone(), false));
         }
-        self.evict(&mut registry);
+        self.evict(&mut registry, true);
         if registry.jobs.len() >= self.limits.max_jobs {
             return Err(AttachError::Full(registry.jobs.len()));
         }
@@ -294,13 +454,15 @@ impl JobRegistry {
         Ok((job, true))
     }
 
-    /// Drops finished jobs past their TTL, and the oldest finished ones while over capacity.
-    fn evict(&self, registry: &mut Registry) {
+    /// Drops finished jobs past their TTL, and the oldest finished ones while over capacity
+    /// (making room for one more when `room_for_one`).
+    fn evict(&self, registry: &mut Registry, room_for_one: bool) {
         let now = Instant::now();
+        let room = usize::from(room_for_one);
         let mut over = registry
             .jobs
             .len()
-            .saturating_sub(self.limits.max_jobs.saturating_sub(1));
+            .saturating_sub(self.limits.max_jobs.saturating_sub(room));
         let mut keep = Vec::with_capacity(registry.order.len());
         for id in std::mem::take(&mut registry.order) {
             let finished = registry.jobs.get(&id).and_then(|j| j.finished_at());
@@ -322,6 +484,28 @@ impl JobRegistry {
 
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {
         self.registry().jobs.get(id).cloned()
+    }
+
+    /// (jobs, bytes their logs hold) for running and for finished jobs.
+    pub fn retained(&self) -> [(usize, usize); 2] {
+        let jobs: Vec<Arc<Job>> = self.registry().jobs.values().cloned().collect();
+        let mut totals = [(0, 0); 2];
+        for job in jobs {
+            let slot = &mut totals[usize::from(job.is_finished())];
+            slot.0 += 1;
+            slot.1 += job.retained_bytes();
+        }
+        totals
+    }
+
+    /// Drops finished jobs past their TTL now (also done whenever a job is created).
+    pub fn expire(&self) {
+        self.evict(&mut self.registry(), false);
+    }
+
+    /// How often finished jobs are checked for expiry.
+    pub fn expiry_period(&self) -> Duration {
+        (self.limits.job_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 
     pub fn running(&self) -> usize {
@@ -353,12 +537,16 @@ impl JobRegistry {
             let mut changes = job.last_sequence.subscribe();
             let mut cursor = after;
             'follow: loop {
-                let (events, last) = job.events_after(cursor);
+                let (events, last) = job.events_after(cursor, FOLLOWER_BUFFER);
+                let caught_up = events.len() < FOLLOWER_BUFFER;
                 for event in events {
                     cursor = cursor.max(event.sequence);
                     if tx.send(Ok(event)).await.is_err() {
                         break 'follow;
                     }
+                }
+                if !caught_up {
+                    continue; // more of the log to read before waiting
                 }
                 if let Some(last) = last {
                     // Every stream ends with the final event: replayed when the follower
@@ -471,6 +659,71 @@ mod tests {
         second.emit(Event::Completed(api::Completed::default()), 100);
         let (third, created) = registry.create_or_attach(request("k"), || Ok(()))?;
         assert!(!created && third.id == second.id, "completed: re-attached");
+        Ok(())
+    }
+
+    #[test]
+    fn deltas_are_kept_as_ranges_and_replayed_with_their_sequence() -> Result<(), AttachError> {
+        let registry = registry();
+        let (job, _) = registry.create_or_attach(request("k"), || Ok(()))?;
+        job.emit(Event::PhaseStarted(api::PhaseStarted::default()), 40);
+        let words: Vec<String> = (0..2_000).map(|i| format!("word{i} ")).collect();
+        for word in &words {
+            job.emit(
+                Event::ContentDelta(api::ContentDelta {
+                    text: word.clone(),
+                    iteration: 1,
+                }),
+                50,
+            );
+        }
+        let article = api::Article {
+            markdown: words.concat(),
+            ..Default::default()
+        };
+        job.emit(
+            Event::Completed(api::Completed {
+                article: Some(article.clone()),
+            }),
+            100,
+        );
+        // Read back in batches: every delta, in order, with its original sequence number.
+        let (mut replayed, mut cursor) = (Vec::new(), 0);
+        loop {
+            let (events, last) = job.events_after(cursor, 64);
+            if events.is_empty() {
+                assert_eq!(last.map(|e| e.sequence), Some(2_002));
+                break;
+            }
+            cursor = events.last().map_or(cursor, |e| e.sequence);
+            replayed.extend(events);
+        }
+        assert_eq!(replayed.len(), 2_002);
+        assert!(
+            replayed
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.sequence == i as u64 + 1)
+        );
+        let text: String = replayed
+            .iter()
+            .filter_map(|e| match &e.event {
+                Some(Event::ContentDelta(d)) => Some(d.text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, article.markdown);
+        assert_eq!(job.article().ok(), Some(article.clone()));
+        // The article once, the streamed text once, 16 bytes a delta: under 2x the article
+        // plus the entries (one boxed event each, with its id, would be several times that).
+        use prost::Message as _;
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+        let bound = 2 * article.encoded_len() + 16 * 2_002 + 2_000;
+        assert!(
+            job.retained_bytes() < bound,
+            "{} >= {bound}",
+            job.retained_bytes()
+        );
         Ok(())
     }
 

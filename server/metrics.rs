@@ -40,6 +40,12 @@ pub struct Phase {
     pub phase: &'static str,
 }
 
+/// `running` or `finished`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobStateLabel {
+    pub state: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AgentProvider {
     pub agent: &'static str,
@@ -105,6 +111,9 @@ pub struct Metrics {
     pub jobs_failed: Family<Code, Counter>,
     pub job_duration: Histogram,
     pub jobs_running: Gauge,
+    /// Bytes the job logs in memory hold, and the jobs they belong to, by state.
+    pub jobs_retained_bytes: Family<JobStateLabel, Gauge>,
+    pub jobs_retained: Family<JobStateLabel, Gauge>,
     pub jobs_queued: Gauge,
     pub phase_duration: Histograms<Phase>,
     pub agent_duration: Histograms<AgentProvider>,
@@ -178,6 +187,18 @@ impl Metrics {
             "jobs_running",
             "Jobs holding a job slot",
             jobs_running.clone(),
+        );
+        let jobs_retained_bytes = Family::<JobStateLabel, Gauge>::default();
+        registry.register(
+            "jobs_retained_bytes",
+            "Bytes held by the event logs of the jobs kept in memory (approximate), by state",
+            jobs_retained_bytes.clone(),
+        );
+        let jobs_retained = Family::<JobStateLabel, Gauge>::default();
+        registry.register(
+            "jobs_retained",
+            "Jobs kept in memory, by state",
+            jobs_retained.clone(),
         );
         let jobs_queued = Gauge::default();
         registry.register(
@@ -266,6 +287,8 @@ impl Metrics {
             jobs_failed,
             job_duration,
             jobs_running,
+            jobs_retained_bytes,
+            jobs_retained,
             jobs_queued,
             phase_duration,
             agent_duration,

@@ -398,3 +398,42 @@ async fn events_of_an_idempotent_job_carry_its_key() {
     };
     assert_eq!(started.idempotency_key, "key-in-plan");
 }
+
+/// Finished jobs expire on a timer, with no new job needed to make room; `/metrics` shows
+/// what the kept ones hold.
+#[tokio::test]
+async fn finished_jobs_expire_on_a_timer_and_their_memory_is_reported() {
+    let mut config = common::config();
+    config.job_ttl = Duration::from_millis(300);
+    let mut server = common::start(config).await;
+    let events = server.generate(request("Factor investing")).await;
+    let job_id = events[0].job_id.clone();
+    let (_, scrape) = server.admin("/metrics").await;
+    let line = scrape
+        .lines()
+        .find(|l| l.starts_with("dakota_jobs_retained_bytes{state=\"finished\"}"))
+        .expect("retained bytes are exported");
+    let bytes: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(bytes > 1_000.0, "{line}");
+    let expired = tokio::time::timeout(common::PATIENCE, async {
+        loop {
+            let status = server
+                .client
+                .get_article(api::GetArticleRequest {
+                    job_id: job_id.clone(),
+                })
+                .await;
+            if matches!(&status, Err(s) if s.code() == Code::NotFound) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(expired.is_ok(), "the finished job expired by itself");
+    let (_, scrape) = server.admin("/metrics").await;
+    assert!(
+        scrape.contains("dakota_jobs_retained{state=\"finished\"} 0"),
+        "{scrape}"
+    );
+}
