@@ -634,14 +634,8 @@ fn write_article(
 
     // Each main section's first sentence before the lead and the lists take theirs, so that
     // scarce material never leaves a section empty.
-    let (first, _) = fill_sections(
-        topic,
-        synthesis,
-        &sections,
-        &mut used,
-        (Vec::new(), 0),
-        compact,
-    );
+    let mut pools = section_pools(topic, synthesis, &sections, compact);
+    let (first, _) = fill_sections(&mut pools, &mut used, (Vec::new(), 0));
 
     let title = if compact {
         text::title_case(topic)
@@ -735,14 +729,7 @@ fn write_article(
         + headings.iter().map(|h| text::count_words(h)).sum::<usize>();
     let budget = target.saturating_sub(fixed_words);
 
-    let (bodies, exhausted) = fill_sections(
-        topic,
-        synthesis,
-        &sections,
-        &mut used,
-        (first, budget),
-        compact,
-    );
+    let (bodies, exhausted) = fill_sections(&mut pools, &mut used, (first, budget));
 
     let mut md = format!("# {title}\n\n");
     if !lead.is_empty() {
@@ -814,23 +801,18 @@ fn main_clause(sentence: &str) -> Option<String> {
 /// A section's sentences, each with the id of its source.
 type Body = Vec<(String, String)>;
 
-/// Fills the sections round-robin, one sentence at a time: first each section's own source
-/// in its original order, then the rest of the sources by relevance. A section still empty
-/// gets a sentence whatever the budget; then sentences are added up to `budget` words beyond
-/// `bodies`. Returns the bodies and whether the sources ran out first.
-fn fill_sections(
+/// Each section's candidate sentences, best first: its own source's in their original order
+/// (shortest first in a compact article), then the other sources' by relevance to the section.
+fn section_pools(
     topic: &str,
     synthesis: &Synthesis,
     sections: &[(&OutlineSection, &SourceDoc)],
-    used: &mut HashSet<String>,
-    (mut bodies, budget): (Vec<Body>, usize),
     compact: bool,
-) -> (Vec<Body>, bool) {
-    bodies.resize(sections.len(), Vec::new());
-    let mut pools: Vec<Vec<(String, String)>> = sections
+) -> Vec<Body> {
+    sections
         .iter()
         .map(|(section, doc)| {
-            let mut pool: Vec<(String, String)> = usable_sentences(&doc.text)
+            let mut pool: Body = usable_sentences(&doc.text)
                 .into_iter()
                 .map(|s| (s, doc.source.id.clone()))
                 .collect();
@@ -851,7 +833,18 @@ fn fill_sections(
             pool.reverse(); // pop() takes from the front
             pool
         })
-        .collect();
+        .collect()
+}
+
+/// Fills the sections round-robin from their `pools`, one sentence at a time. A section
+/// still empty gets a sentence whatever the budget; then sentences are added up to `budget`
+/// words beyond `bodies`. Returns the bodies and whether the sources ran out first.
+fn fill_sections(
+    pools: &mut [Body],
+    used: &mut HashSet<String>,
+    (mut bodies, budget): (Vec<Body>, usize),
+) -> (Vec<Body>, bool) {
+    bodies.resize(pools.len(), Vec::new());
     let mut words = 0;
     loop {
         let mut progressed = false;

@@ -58,22 +58,39 @@ fn kb_dir() -> PathBuf {
 
 /// Spawns the server; returns it, its address, and the time from spawn to the SERVING log line.
 fn spawn_server() -> (Child, String, Duration) {
+    let (child, addr, _, elapsed) = spawn_server_with_admin();
+    (child, addr, elapsed)
+}
+
+/// The server, its gRPC and admin addresses, and the time from spawn to SERVING.
+fn spawn_server_with_admin() -> (Child, String, String, Duration) {
+    let server = binary("dakota-server"); // built before the clock starts
     let started = Instant::now();
-    let mut child = Command::new(binary("dakota-server"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--log-format", "json"])
+    let mut child = Command::new(server)
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .arg("--kb-dir")
         .arg(kb_dir())
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut addr = None;
+    let (mut addr, mut admin) = (None, None);
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     for line in lines.by_ref() {
         let value: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
         if let Some(a) = value["grpc_addr"].as_str() {
             addr = Some(a.to_string());
+        }
+        if let Some(a) = value["admin_addr"].as_str() {
+            admin = Some(a.to_string());
         }
         if value["message"] == "SERVING" {
             break;
@@ -82,7 +99,59 @@ fn spawn_server() -> (Child, String, Duration) {
     let elapsed = started.elapsed();
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, addr.unwrap(), elapsed)
+    (child, addr.unwrap(), admin.unwrap(), elapsed)
+}
+
+/// A sample of the server's `/metrics`.
+async fn metric(admin: &str, series: &str) -> f64 {
+    let scrape = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in the scrape"))
+}
+
+/// Memory kept per finished offline job: measured by the server (`dakota_jobs_retained_bytes`),
+/// next to what the earlier log layout (one boxed `GenerateEvent` per event, each with its own
+/// job id, and the article kept a second time) would hold for the same events, computed from
+/// a full `WatchJob` replay of one job. Returns (jobs, bytes per job, earlier layout's bytes,
+/// encoded article bytes, events).
+async fn retained(
+    client: &ContentServiceClient<Channel>,
+    admin: &str,
+) -> (f64, f64, usize, usize, usize) {
+    use prost::Message;
+    let jobs = metric(admin, "dakota_jobs_retained{state=\"finished\"}").await;
+    let bytes = metric(admin, "dakota_jobs_retained_bytes{state=\"finished\"}").await;
+    let mut client = client.clone();
+    let mut stream = client
+        .generate(api::GenerateRequest {
+            topic: TOPICS[0].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut earlier, mut article, mut events) = (0, 0, 0);
+    while let Some(event) = stream.message().await.unwrap() {
+        events += 1;
+        earlier += std::mem::size_of::<api::GenerateEvent>() + event.encoded_len();
+        if let Some(Event::Completed(done)) = &event.event {
+            article = done.article.as_ref().map_or(0, |a| a.encoded_len());
+        }
+    }
+    (
+        jobs,
+        bytes / jobs.max(1.0),
+        earlier + article,
+        article,
+        events,
+    )
 }
 
 fn stop(mut child: Child) {
@@ -136,15 +205,16 @@ fn quantiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration, Durat
 
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
+    dakota_server::upstream::install_crypto_provider(); // for the scrapes' HTTP client
     let mut start_times = Vec::new();
     for _ in 0..STARTS {
         let (child, _, elapsed) = spawn_server();
         start_times.push(elapsed);
         stop(child);
     }
-    let (child, addr, _) = spawn_server();
+    let (child, addr, admin, _) = spawn_server_with_admin();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (sequential, concurrent_wall, concurrent, words) = runtime.block_on(async {
+    let (sequential, concurrent_wall, concurrent, words, memory) = runtime.block_on(async {
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -167,7 +237,9 @@ fn main() {
         for handle in handles {
             concurrent.push(handle.await.unwrap().0);
         }
-        (sequential, wall.elapsed(), concurrent, words)
+        let wall = wall.elapsed();
+        let memory = retained(&client, &admin).await;
+        (sequential, wall, concurrent, words, memory)
     });
     stop(child);
 
@@ -213,6 +285,17 @@ fn main() {
         words.iter().min().unwrap(),
         words.iter().max().unwrap()
     );
+    let (jobs, per_job, earlier, article, events) = memory;
+    println!();
+    println!("| memory kept per finished offline 1500-word job | bytes |");
+    println!("|---|---|");
+    println!(
+        "| measured by the server, mean of {jobs} finished jobs (`dakota_jobs_retained_bytes`) | {per_job:.0} |"
+    );
+    println!(
+        "| the earlier layout for one such job ({events} events), computed from its replay | {earlier} |"
+    );
+    println!("| the job's `Article`, encoded | {article} |");
     println!();
     println!("| binary (release settings, stripped) | size MiB |");
     println!("|---|---|");
