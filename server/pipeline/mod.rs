@@ -300,6 +300,26 @@ pub async fn run(
     }
 }
 
+/// A draft and what the analysis phase found in it.
+struct Analysed {
+    draft: Draft,
+    content: api::ContentMetrics,
+    seo: api::SeoMetadata,
+    fact_check: api::FactCheckReport,
+}
+
+/// What the article is assembled from.
+struct Assembly<'a> {
+    final_article: FinalArticle,
+    analysed: Analysed,
+    problems: Vec<contract::Problem>,
+    revisions: u32,
+    synthesis: &'a Synthesis,
+    related: Vec<api::RelatedArticle>,
+    social: Option<api::SocialContent>,
+    summary: Option<api::Summary>,
+}
+
 /// State of one running job.
 struct JobRun {
     job: Arc<Job>,
@@ -573,70 +593,132 @@ impl JobRun {
         Ok(output.value)
     }
 
+    /// The phases in order: research, synthesis, writing, analysis, revisions while the
+    /// contract or the fact check fails, distribution; then the article.
     async fn execute(
         self: Arc<Self>,
         settings: PipelineSettings,
     ) -> Result<api::Article, PipelineError> {
-        let request = self.request().clone();
         // Validation, slug and job id happened before the job existed; the phase records them.
         self.phase(Phase::Setup, 1, async { Ok(()) }).await?;
+        let (input, related) = self.research().await?;
+        let synthesis = self.synthesise(&input).await?;
+        let sources = Arc::new(synthesis.sources.clone());
+        let draft = self.first_draft(&synthesis, &sources).await?;
+        let analysed = self
+            .phase(
+                Phase::Analysis,
+                1,
+                self.analyse(Phase::Analysis, 3, draft, &sources),
+            )
+            .await?;
+        let (analysed, problems, revisions) = self
+            .revise(&synthesis, &sources, analysed, settings.max_iterations)
+            .await?;
+        let title = contract::title(&analysed.draft.markdown)
+            .unwrap_or_else(|| self.request().topic.clone());
+        let final_article = FinalArticle {
+            title,
+            markdown: analysed.draft.markdown.clone(),
+            seo: analysed.seo.clone(),
+            key_themes: synthesis.key_themes.clone(),
+        };
+        let (social, summary) = self.distribute(&final_article).await?;
+        Ok(self.assemble(Assembly {
+            final_article,
+            analysed,
+            problems,
+            revisions,
+            synthesis: &synthesis,
+            related,
+            social,
+            summary,
+        }))
+    }
 
-        let agents = self.agents.clone();
-        let research_agents = if request.skip_web_search { 2 } else { 3 };
-        let (kb, web, outline_plan) = self
+    /// `kb_researcher` ∥ `web_researcher` ∥ the outline plan. Web research degrades the job
+    /// with a warning, it never fails it.
+    async fn research(&self) -> Result<(SynthesisInput, Vec<api::RelatedArticle>), PipelineError> {
+        let request = self.request();
+        let agents = &self.agents;
+        let total = if request.skip_web_search { 2 } else { 3 };
+        let web = async {
+            if request.skip_web_search {
+                return Ok(WebResearch::default());
+            }
+            let name = AgentName::WebResearcher;
+            match self
+                .agent(
+                    Phase::Research,
+                    total,
+                    name,
+                    &*agents.web_researcher,
+                    request,
+                )
+                .await
+            {
+                Err(PipelineError::Agent { source, .. }) => {
+                    let message = format!(
+                        "web research failed, continuing with the knowledge base: {source}"
+                    );
+                    self.warn(Phase::Research, Some(name), "WEB_SEARCH_FAILED", message);
+                    Ok(WebResearch::default())
+                }
+                other => other,
+            }
+        };
+        let (kb, web, plan) = self
             .phase(Phase::Research, 1, async {
-                let web = async {
-                    if request.skip_web_search {
-                        return Ok(WebResearch::default());
-                    }
-                    // Web research degrades the job, it never fails it.
-                    match self.agent(Phase::Research, research_agents, AgentName::WebResearcher, &*agents.web_researcher, &request).await {
-                        Err(PipelineError::Agent { source, .. }) => {
-                            self.warn(Phase::Research, Some(AgentName::WebResearcher), "WEB_SEARCH_FAILED", format!("web research failed, continuing with the knowledge base: {source}"));
-                            Ok(WebResearch::default())
-                        }
-                        other => other,
-                    }
-                };
                 tokio::try_join!(
-                    self.agent(Phase::Research, research_agents, AgentName::KbResearcher, &*agents.kb_researcher, &request),
+                    self.agent(
+                        Phase::Research,
+                        total,
+                        AgentName::KbResearcher,
+                        &*agents.kb_researcher,
+                        request
+                    ),
                     web,
-                    self.agent(Phase::Research, research_agents, AgentName::ResearchSynthesizer, &*agents.outline_planner, &request),
+                    self.agent(
+                        Phase::Research,
+                        total,
+                        AgentName::ResearchSynthesizer,
+                        &*agents.outline_planner,
+                        request
+                    ),
                 )
             })
             .await?;
         let related = kb.related.clone();
+        Ok((SynthesisInput { plan, kb, web }, related))
+    }
 
-        let synthesis_input = SynthesisInput {
-            plan: outline_plan,
-            kb,
-            web,
-        };
-        let synthesis: Arc<Synthesis> = Arc::new(
-            self.phase(
-                Phase::Synthesis,
-                1,
-                self.agent(
-                    Phase::Synthesis,
-                    1,
-                    AgentName::ResearchSynthesizer,
-                    &*agents.research_synthesizer,
-                    &synthesis_input,
-                ),
-            )
-            .await?,
+    async fn synthesise(&self, input: &SynthesisInput) -> Result<Arc<Synthesis>, PipelineError> {
+        let synthesizer = &*self.agents.research_synthesizer;
+        let agent = self.agent(
+            Phase::Synthesis,
+            1,
+            AgentName::ResearchSynthesizer,
+            synthesizer,
+            input,
         );
-        let sources = Arc::new(synthesis.sources.clone());
+        Ok(Arc::new(self.phase(Phase::Synthesis, 1, agent).await?))
+    }
 
+    /// The writing phase; a draft short for want of material says so at once.
+    async fn first_draft(
+        &self,
+        synthesis: &Arc<Synthesis>,
+        sources: &Arc<Vec<SourceDoc>>,
+    ) -> Result<Draft, PipelineError> {
         let brief = WritingBrief {
             synthesis: synthesis.clone(),
             revision: None,
         };
-        let mut draft = self
+        let draft = self
             .phase(
                 Phase::Writing,
                 1,
-                self.write(Phase::Writing, 1, &brief, &sources),
+                self.write(Phase::Writing, 1, &brief, sources),
             )
             .await?;
         if let Some(reachable) = draft.reachable_words {
@@ -646,87 +728,94 @@ impl JobRun {
                 "INSUFFICIENT_MATERIAL",
                 format!(
                     "the sources support about {reachable} words, not the {} asked for; the article is shorter and no revision is spent on its length",
-                    request.word_count
+                    self.request().word_count
                 ),
             );
         }
+        Ok(draft)
+    }
 
-        let (mut content, mut seo, mut fact_check) = self
-            .phase(Phase::Analysis, 1, async {
-                tokio::try_join!(
-                    self.agent(
-                        Phase::Analysis,
-                        3,
-                        AgentName::MetricsAnalyzer,
-                        &*agents.metrics_analyzer,
-                        &draft
-                    ),
-                    self.agent(
-                        Phase::Analysis,
-                        3,
-                        AgentName::SeoSpecialist,
-                        &*agents.seo_specialist,
-                        &draft
-                    ),
-                    self.fact_check(Phase::Analysis, 3, &draft, &sources),
-                )
-            })
-            .await?;
+    /// `metrics_analyzer` ∥ `seo_specialist` ∥ `fact_checker` on a draft.
+    async fn analyse(
+        &self,
+        phase: Phase,
+        total: u32,
+        draft: Draft,
+        sources: &Arc<Vec<SourceDoc>>,
+    ) -> Result<Analysed, PipelineError> {
+        let agents = &self.agents;
+        let (content, seo, fact_check) = tokio::try_join!(
+            self.agent(
+                phase,
+                total,
+                AgentName::MetricsAnalyzer,
+                &*agents.metrics_analyzer,
+                &draft
+            ),
+            self.agent(
+                phase,
+                total,
+                AgentName::SeoSpecialist,
+                &*agents.seo_specialist,
+                &draft
+            ),
+            self.fact_check(phase, total, &draft, sources),
+        )?;
+        Ok(Analysed {
+            draft,
+            content,
+            seo,
+            fact_check,
+        })
+    }
 
-        let mut problems = problems(&draft, &sources, request.word_count, &fact_check);
+    /// Revisions while the contract or the fact check fails and a revision could help, at
+    /// most `max` of them: the writer repairs, then the draft is analysed again. A draft cut
+    /// off at the model's token limit after them fails the job.
+    async fn revise(
+        &self,
+        synthesis: &Arc<Synthesis>,
+        sources: &Arc<Vec<SourceDoc>>,
+        mut analysed: Analysed,
+        max: u32,
+    ) -> Result<(Analysed, Vec<contract::Problem>, u32), PipelineError> {
+        let target = self.request().word_count;
+        let mut problems = problems(&analysed.draft, sources, target, &analysed.fact_check);
         let mut revisions = 0;
-        while needs_revision(&problems, &draft) && revisions < settings.max_iterations {
+        while needs_revision(&problems, &analysed.draft) && revisions < max {
             revisions += 1;
             let brief = WritingBrief {
                 synthesis: synthesis.clone(),
                 revision: Some(Revision {
                     iteration: revisions + 1,
-                    previous: draft.markdown.clone(),
+                    previous: analysed.draft.markdown.clone(),
                     problems: problems.clone(),
                 }),
             };
-            // Repair, then check again: metrics, SEO of the new text, the fact check.
-            (draft, content, seo, fact_check) = self
+            analysed = self
                 .phase(Phase::Revision, revisions, async {
                     let revised = self
-                        .write(Phase::Revision, revisions + 1, &brief, &sources)
+                        .write(Phase::Revision, revisions + 1, &brief, sources)
                         .await?;
-                    let (content, seo, fact_check) = tokio::try_join!(
-                        self.agent(
-                            Phase::Revision,
-                            4,
-                            AgentName::MetricsAnalyzer,
-                            &*agents.metrics_analyzer,
-                            &revised
-                        ),
-                        self.agent(
-                            Phase::Revision,
-                            4,
-                            AgentName::SeoSpecialist,
-                            &*agents.seo_specialist,
-                            &revised
-                        ),
-                        self.fact_check(Phase::Revision, 4, &revised, &sources),
-                    )?;
-                    Ok((revised, content, seo, fact_check))
+                    self.analyse(Phase::Revision, 4, revised, sources).await
                 })
                 .await?;
-            problems = self::problems(&draft, &sources, request.word_count, &fact_check);
+            problems = self::problems(&analysed.draft, sources, target, &analysed.fact_check);
         }
-        if draft.cut_off {
+        let writer = AgentName::ContentWriter.as_str();
+        if analysed.draft.cut_off {
             // Half an article is not an article: the writer failed, however often it tried.
             return Err(PipelineError::Agent {
-                agent: AgentName::ContentWriter.as_str(),
+                agent: writer,
                 source: AgentError::InvalidAnswer {
-                    agent: AgentName::ContentWriter.as_str(),
+                    agent: writer,
                     message: format!(
-                        "every draft was cut off at the model's token limit ({} revision(s))",
-                        revisions
+                        "every draft was cut off at the model's token limit ({revisions} revision(s))"
                     ),
                 },
             });
         }
-        if needs_revision(&problems, &draft) {
+        if needs_revision(&problems, &analysed.draft) {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             self.warn(
                 Phase::Revision,
@@ -738,67 +827,85 @@ impl JobRun {
                 ),
             );
         }
+        Ok((analysed, problems, revisions))
+    }
 
-        let title = contract::title(&draft.markdown)
-            .unwrap_or_else(|| request.topic.clone())
-            .to_string();
-        let final_article = FinalArticle {
-            title: title.clone(),
-            markdown: draft.markdown.clone(),
-            seo: seo.clone(),
-            key_themes: synthesis.key_themes.clone(),
+    /// `social_promoter` ∥ `summary_writer`, each only when asked for.
+    async fn distribute(
+        &self,
+        article: &FinalArticle,
+    ) -> Result<(Option<api::SocialContent>, Option<api::Summary>), PipelineError> {
+        let request = self.request();
+        let total = u32::from(request.include_social) + u32::from(request.include_summary);
+        if total == 0 {
+            return Ok((None, None));
+        }
+        let agents = &self.agents;
+        let social = async {
+            if !request.include_social {
+                return Ok(None);
+            }
+            let agent = &*agents.social_promoter;
+            self.agent(
+                Phase::Distribution,
+                total,
+                AgentName::SocialPromoter,
+                agent,
+                article,
+            )
+            .await
+            .map(Some)
         };
-        let distribution_agents =
-            u32::from(request.include_social) + u32::from(request.include_summary);
-        let (social, summary) = if distribution_agents > 0 {
-            self.phase(Phase::Distribution, 1, async {
-                let social = async {
-                    match request.include_social {
-                        true => self
-                            .agent(
-                                Phase::Distribution,
-                                distribution_agents,
-                                AgentName::SocialPromoter,
-                                &*agents.social_promoter,
-                                &final_article,
-                            )
-                            .await
-                            .map(Some),
-                        false => Ok(None),
-                    }
-                };
-                let summary = async {
-                    match request.include_summary {
-                        true => self
-                            .agent(
-                                Phase::Distribution,
-                                distribution_agents,
-                                AgentName::SummaryWriter,
-                                &*agents.summary_writer,
-                                &final_article,
-                            )
-                            .await
-                            .map(Some),
-                        false => Ok(None),
-                    }
-                };
-                tokio::try_join!(social, summary)
-            })
-            .await?
-        } else {
-            (None, None)
+        let summary = async {
+            if !request.include_summary {
+                return Ok(None);
+            }
+            let agent = &*agents.summary_writer;
+            self.agent(
+                Phase::Distribution,
+                total,
+                AgentName::SummaryWriter,
+                agent,
+                article,
+            )
+            .await
+            .map(Some)
         };
+        self.phase(Phase::Distribution, 1, async {
+            tokio::try_join!(social, summary)
+        })
+        .await
+    }
 
+    /// The finished `Article`, with its metadata and run metrics.
+    fn assemble(&self, parts: Assembly<'_>) -> api::Article {
+        let request = self.request();
+        let Assembly {
+            final_article,
+            analysed,
+            problems,
+            revisions,
+            synthesis,
+            related,
+            social,
+            summary,
+        } = parts;
+        let Analysed {
+            draft,
+            content,
+            seo,
+            fact_check,
+        } = analysed;
         let quality = metrics_analyzer::quality(&content, &problems, &fact_check, revisions);
         let mut metrics = lock(&self.metrics).clone();
         metrics.total_duration = proto_duration(self.started.elapsed());
         metrics.upstream_calls = self.cx.upstream.snapshot();
         metrics.revision_iterations = revisions;
-        Ok(api::Article {
+        api::Article {
             job_id: self.job.id.clone(),
             topic: request.topic.clone(),
             slug: request.slug.clone(),
-            title,
+            title: final_article.title,
             markdown: draft.markdown,
             metadata: Some(api::ArticleMetadata {
                 seo: Some(seo),
@@ -822,7 +929,7 @@ impl JobRun {
             sources: synthesis.sources.iter().map(|s| s.source.clone()).collect(),
             metrics: Some(metrics),
             created_at: Some(SystemTime::now().into()),
-        })
+        }
     }
 
     /// The writer's draft with its `[S<n>]` markers rendered as links to the sources.
