@@ -16,69 +16,17 @@ use crate::{
     config::UpstreamConfig,
     kb::KnowledgeSource,
     metrics::Metrics,
-    resilience::{Guard, Guards, Limits, breaker::CircuitBreaker},
+    resilience::Guards,
     upstream::{
         api_client,
         fetch::Fetcher,
         llm::{LlmClient, LlmSettings},
-        retry::RetryPolicy,
         serper::SerperClient,
         vector_store::VectorStoreClient,
     },
 };
 
 const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
-
-/// The resilience stack of each upstream (`llm`, `kb`, `web`, `fetch`), sharing one set of
-/// concurrency limits: everything a call goes through, built in one place.
-fn guards(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Guards, String> {
-    let limits = Arc::new(Limits::new(
-        config.max_concurrent_upstream,
-        config.pool_search,
-        config.pool_content,
-        config.pool_analysis,
-    ));
-    let mut rpm: std::collections::HashMap<String, u32> = DEFAULT_RPM
-        .iter()
-        .map(|(u, n)| (u.to_string(), *n))
-        .collect();
-    for (upstream, value) in &config.rate_limits {
-        if !UPSTREAMS.contains(&upstream.as_str()) {
-            return Err(format!(
-                "--rate-limits names `{upstream}`; upstreams are {}",
-                UPSTREAMS.join(", ")
-            ));
-        }
-        let value: u32 = value.parse().map_err(|_| {
-            format!("--rate-limits {upstream}={value}: not a number of requests per minute")
-        })?;
-        rpm.insert(upstream.clone(), value);
-    }
-    let guard = |upstream: &'static str, timeout| {
-        Arc::new(
-            Guard::new(
-                upstream,
-                CircuitBreaker::new(config.breaker_threshold, config.breaker_cool_down),
-                rpm.get(upstream).copied().unwrap_or(0),
-                RetryPolicy::new(config.max_attempts),
-                limits.clone(),
-                metrics.clone(),
-            )
-            .with_timeout(timeout),
-        )
-    };
-    Ok(Guards {
-        llm: guard("llm", config.llm_timeout),
-        kb: guard("kb", config.kb_timeout),
-        web: guard("web", config.web_timeout),
-        fetch: guard("fetch", config.fetch_timeout),
-        limits: limits.clone(),
-    })
-}
-
-const UPSTREAMS: [&str; 4] = ["llm", "kb", "web", "fetch"];
-/// Requests per minute per upstream unless `--rate-limits` says otherwise.
-const DEFAULT_RPM: [(&str, u32); 4] = [("llm", 600), ("kb", 1200), ("web", 300), ("fetch", 600)];
 
 /// The upstream clients and per-agent settings built from configuration, once.
 pub struct Upstreams {
@@ -143,7 +91,7 @@ impl Upstreams {
             ));
         }
         let http = api_client().map_err(|e| format!("HTTP client: {e}"))?;
-        let guards = guards(config, &metrics)?;
+        let guards = Guards::from_config(config, &metrics)?;
         let llm_configured = config.openai_api_key.is_some() || config.openai_base_url.is_some();
         let base_url = config
             .openai_base_url

@@ -16,6 +16,7 @@ use tokio::{
 
 use crate::{
     agents::AgentName,
+    config::UpstreamConfig,
     lock,
     metrics::{self, Metrics, UpstreamOutcome},
     upstream::{UpstreamError, retry::RetryPolicy},
@@ -229,6 +230,59 @@ impl Guards {
         [&self.llm, &self.kb, &self.web, &self.fetch]
     }
 }
+
+impl Guards {
+    /// The guard of each upstream (`llm`, `kb`, `web`, `fetch`) from configuration, sharing
+    /// one set of concurrency limits.
+    pub fn from_config(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Self, String> {
+        let limits = Arc::new(Limits::new(
+            config.max_concurrent_upstream,
+            config.pool_search,
+            config.pool_content,
+            config.pool_analysis,
+        ));
+        let mut rpm: std::collections::HashMap<String, u32> = DEFAULT_RPM
+            .iter()
+            .map(|(u, n)| (u.to_string(), *n))
+            .collect();
+        for (upstream, value) in &config.rate_limits {
+            if !UPSTREAMS.contains(&upstream.as_str()) {
+                return Err(format!(
+                    "--rate-limits names `{upstream}`; upstreams are {}",
+                    UPSTREAMS.join(", ")
+                ));
+            }
+            let value: u32 = value.parse().map_err(|_| {
+                format!("--rate-limits {upstream}={value}: not a number of requests per minute")
+            })?;
+            rpm.insert(upstream.clone(), value);
+        }
+        let guard = |upstream: &'static str, timeout| {
+            Arc::new(
+                Guard::new(
+                    upstream,
+                    CircuitBreaker::new(config.breaker_threshold, config.breaker_cool_down),
+                    rpm.get(upstream).copied().unwrap_or(0),
+                    RetryPolicy::new(config.max_attempts),
+                    limits.clone(),
+                    metrics.clone(),
+                )
+                .with_timeout(timeout),
+            )
+        };
+        Ok(Guards {
+            llm: guard("llm", config.llm_timeout),
+            kb: guard("kb", config.kb_timeout),
+            web: guard("web", config.web_timeout),
+            fetch: guard("fetch", config.fetch_timeout),
+            limits: limits.clone(),
+        })
+    }
+}
+
+const UPSTREAMS: [&str; 4] = ["llm", "kb", "web", "fetch"];
+/// Requests per minute per upstream unless `--rate-limits` says otherwise.
+const DEFAULT_RPM: [(&str, u32); 4] = [("llm", 600), ("kb", 1200), ("web", 300), ("fetch", 600)];
 
 /// The resilience stack of one upstream.
 #[derive(Debug)]
