@@ -31,9 +31,12 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
-    /// Connection timeout.
+    /// Connection timeout (bounds `health` as a whole).
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
+    /// API key, sent as `authorization: Bearer <key>`, when the server requires one.
+    #[arg(long, global = true, env = "DAKOTA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -161,7 +164,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     let channel = session::connect(&cli.server, cli.connect_timeout)
         .await
         .map_err(|e| e.to_string())?;
-    let client = Client::new(channel.clone());
+    let credentials =
+        session::Credentials::new(cli.api_key.as_deref()).map_err(|e| e.to_string())?;
+    let client = session::client(channel.clone(), credentials.clone());
     match cli.command {
         Command::Generate {
             topic,
@@ -279,7 +284,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { service } => {
-            let mut health = HealthClient::new(channel);
+            let mut health = HealthClient::with_interceptor(channel, credentials);
             // A probe: bounded as a whole by --connect-timeout.
             let check = health.check(HealthCheckRequest {
                 service: service.clone(),

@@ -1,17 +1,59 @@
 //! Connecting to the server and following a job to its end across dropped connections.
 use std::time::Duration;
 
-use tonic::{Code, Status, Streaming, transport::Channel};
+use tonic::{
+    Code, Status, Streaming,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
 
 use dakota::api::{self, content_service_client::ContentServiceClient, generate_event::Event};
 
 /// Re-attach attempts after a dropped stream before giving up.
 const MAX_REATTACH: u32 = 5;
 
-pub type Client = ContentServiceClient<Channel>;
+/// The typed client, sending the API key (when there is one) with every call.
+pub type Client = ContentServiceClient<InterceptedService<Channel, Credentials>>;
+
+/// `authorization: Bearer <key>` on every call, when there is a key.
+#[derive(Clone, Default)]
+pub struct Credentials(Option<MetadataValue<Ascii>>);
+
+impl Credentials {
+    /// Credentials of an API key; `None` for none.
+    pub fn new(api_key: Option<&str>) -> Result<Self, ConnectError> {
+        api_key
+            .map(|key| {
+                format!("Bearer {}", key.trim())
+                    .parse()
+                    .map_err(|_| ConnectError::BadApiKey)
+            })
+            .transpose()
+            .map(Self)
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The typed client over `channel`, with `credentials` on every call.
+pub fn client(channel: Channel, credentials: Credentials) -> Client {
+    ContentServiceClient::with_interceptor(channel, credentials)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    #[error("the API key has characters that cannot be sent in a header (use the key as issued)")]
+    BadApiKey,
     #[error("`{0}` is not a server address (expected e.g. http://127.0.0.1:50051)")]
     BadAddress(String),
     #[error(

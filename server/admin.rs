@@ -22,15 +22,46 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // Details of upstreams and their errors: for holders of an API key, when keys are set.
+    let details = Router::new()
+        .route("/health/detailed", get(detailed))
+        .route("/performance/agents", get(agents))
+        .route("/performance/kb-search", get(kb_search))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_key,
+        ));
     Router::new()
         .route("/live", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/health", get(health))
-        .route("/health/detailed", get(detailed))
         .route("/metrics", get(metrics))
-        .route("/performance/agents", get(agents))
-        .route("/performance/kb-search", get(kb_search))
+        .merge(details)
         .with_state(state)
+}
+
+/// 401 without a valid `authorization: Bearer <key>` when API keys are configured.
+async fn require_key(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let allowed = match &state.api_keys {
+        None => true,
+        Some(keys) => crate::auth::bearer(request.headers())
+            .and_then(|key| keys.principal(key))
+            .is_some(),
+    };
+    if allowed {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "an API key is required: authorization: Bearer <key>"})),
+        )
+            .into_response()
+    }
 }
 
 fn llm_breaker_open(state: &AppState) -> bool {

@@ -10,6 +10,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    auth::{ApiKeys, AuthLayer},
     metrics::Metrics,
     net,
     resilience::breaker::{BreakerState, CircuitBreaker},
@@ -65,6 +66,9 @@ impl Server {
     /// indexed, off the async executor).
     pub async fn start_with(config: Config, agents: AgentsFactory) -> Result<Self, ServerError> {
         let metrics = Arc::new(Metrics::new());
+        let api_keys = ApiKeys::from_config(&config.api_keys, config.api_keys_file.as_deref())
+            .map_err(ServerError::Startup)?
+            .map(Arc::new);
         // Bad upstream configuration fails here, before the port is taken.
         let upstreams = Arc::new(
             Upstreams::from_config(&config.upstreams, metrics.clone())
@@ -131,14 +135,20 @@ impl Server {
                 fetcher: Some(upstreams.fetcher.clone()),
             },
             output_dir: config.output_dir.clone(),
+            api_keys: api_keys.clone(),
         });
         let content = ContentServiceServer::new(ContentApi::new(state.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
         let stop_serving = CancellationToken::new();
-        let serve = tonic::transport::Server::builder()
+        // Every RPC is timed and counted (the refused ones too), then authenticated.
+        let layers = tower::ServiceBuilder::new()
             .layer(RpcMetricsLayer::new(metrics.clone()))
+            .layer(AuthLayer::new(api_keys.clone(), !config.auth_probes))
+            .into_inner();
+        let serve = tonic::transport::Server::builder()
+            .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -59,6 +59,28 @@ pub struct Config {
     #[arg(long, env = "DAKOTA_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
     pub admin_max_connections: usize,
 
+    /// API keys that may call `ContentService` (`authorization: Bearer <key>`), comma-separated;
+    /// with none here or in `--api-keys-file`, the API is open. A job belongs to the key that
+    /// started it.
+    #[arg(
+        long,
+        env = "DAKOTA_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<Secret>,
+
+    /// A file of accepted API keys' SHA-256 hashes (hex, one per line; `#` comments), so the
+    /// keys themselves are never stored: `printf %s KEY | sha256sum`.
+    #[arg(long, env = "DAKOTA_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// With API keys: require them for gRPC health checks and reflection too (open by default,
+    /// for probes). The admin port's /health/detailed and /performance/* always require one
+    /// when keys are configured; /live, /ready and /metrics stay open.
+    #[arg(long, env = "DAKOTA_AUTH_PROBES", default_value_t = false)]
+    pub auth_probes: bool,
+
     /// Also write each finished article folder (`YYYY-MM-DD-<slug>/`) here.
     #[arg(long, env = "DAKOTA_OUTPUT_DIR")]
     pub output_dir: Option<PathBuf>,

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-use crate::{lock, pipeline::JobRequest};
+use crate::{auth::Principal, lock, pipeline::JobRequest};
 use dakota::api::{self, GenerateEvent, JobState, generate_event::Event};
 
 /// Events buffered per follower before the follower's stream applies back-pressure.
@@ -24,6 +24,8 @@ const FOLLOWER_BUFFER: usize = 64;
 pub struct Job {
     pub id: String,
     pub request: Arc<JobRequest>,
+    /// The API key that started the job, when authentication is on: only it sees the job.
+    pub owner: Option<Principal>,
     /// Cancels every agent and upstream call of the job.
     pub cancel: CancellationToken,
     /// The registry's shutdown token (the parent of `cancel`), to tell a shutdown from a
@@ -162,10 +164,16 @@ enum JobStateKind {
 }
 
 impl Job {
-    fn new(id: String, request: Arc<JobRequest>, shutdown: &CancellationToken) -> Self {
+    fn new(
+        id: String,
+        request: Arc<JobRequest>,
+        owner: Option<Principal>,
+        shutdown: &CancellationToken,
+    ) -> Self {
         Self {
             id,
             request,
+            owner,
             cancel: shutdown.child_token(),
             shutdown: shutdown.clone(),
             log: Mutex::new(JobLog::default()),
@@ -423,13 +431,19 @@ impl JobRegistry {
     pub fn create_or_attach(
         &self,
         request: JobRequest,
+        owner: Option<Principal>,
         admit: impl FnOnce() -> Result<(), AttachError>,
     ) -> Result<(Arc<Job>, bool), AttachError> {
         let mut registry = self.registry();
+        // Idempotency keys are the caller's own: another API key's may be the same string.
+        let scoped_key = |key: &str| match &owner {
+            Some(owner) => format!("{}:{key}", owner.0),
+            None => key.to_string(),
+        };
         if let Some(key) = &request.idempotency_key
             && let Some(job) = registry
                 .by_key
-                .get(key)
+                .get(&scoped_key(key))
                 .and_then(|id| registry.jobs.get(id))
                 .filter(|job| job.reattachable())
         {
@@ -444,8 +458,13 @@ impl JobRegistry {
         }
         admit()?;
         let id = uuid::Uuid::new_v4().to_string();
-        let key = request.idempotency_key.clone();
-        let job = Arc::new(Job::new(id.clone(), Arc::new(request), &self.shutdown));
+        let key = request.idempotency_key.as_deref().map(scoped_key);
+        let job = Arc::new(Job::new(
+            id.clone(),
+            Arc::new(request),
+            owner,
+            &self.shutdown,
+        ));
         registry.jobs.insert(id.clone(), job.clone());
         registry.order.push(id.clone());
         if let Some(key) = key {
@@ -469,11 +488,8 @@ impl JobRegistry {
             let expired = finished.is_some_and(|at| now.duration_since(at) >= self.limits.job_ttl);
             if expired || (over > 0 && finished.is_some()) {
                 over = over.saturating_sub(1);
-                if let Some(job) = registry.jobs.remove(&id)
-                    && let Some(key) = &job.request.idempotency_key
-                    && registry.by_key.get(key) == Some(&id)
-                {
-                    registry.by_key.remove(key);
+                if registry.jobs.remove(&id).is_some() {
+                    registry.by_key.retain(|_, job| *job != id);
                 }
             } else {
                 keep.push(id);
@@ -482,8 +498,14 @@ impl JobRegistry {
         registry.order = keep;
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
-        self.registry().jobs.get(id).cloned()
+    /// The job `id`, if `caller` may see it: its owner, or anyone when it has none. Another
+    /// key's job is not found, so a job id leaked in a log is no capability.
+    pub fn get(&self, id: &str, caller: Option<&Principal>) -> Option<Arc<Job>> {
+        self.registry()
+            .jobs
+            .get(id)
+            .filter(|job| job.owner.is_none() || job.owner.as_ref() == caller)
+            .cloned()
     }
 
     /// (jobs, bytes their logs hold) for running and for finished jobs.
@@ -649,15 +671,15 @@ mod tests {
     #[test]
     fn only_running_and_completed_jobs_keep_their_key() -> Result<(), AttachError> {
         let registry = registry();
-        let (first, created) = registry.create_or_attach(request("k"), || Ok(()))?;
+        let (first, created) = registry.create_or_attach(request("k"), None, || Ok(()))?;
         assert!(created);
-        let (same, created) = registry.create_or_attach(request("k"), || Ok(()))?;
+        let (same, created) = registry.create_or_attach(request("k"), None, || Ok(()))?;
         assert!(!created && same.id == first.id, "running: re-attached");
         first.fail(Code::DeadlineExceeded, "deadline", "writing");
-        let (second, created) = registry.create_or_attach(request("k"), || Ok(()))?;
+        let (second, created) = registry.create_or_attach(request("k"), None, || Ok(()))?;
         assert!(created && second.id != first.id, "failed: a new job");
         second.emit(Event::Completed(api::Completed::default()), 100);
-        let (third, created) = registry.create_or_attach(request("k"), || Ok(()))?;
+        let (third, created) = registry.create_or_attach(request("k"), None, || Ok(()))?;
         assert!(!created && third.id == second.id, "completed: re-attached");
         Ok(())
     }
@@ -665,7 +687,7 @@ mod tests {
     #[test]
     fn deltas_are_kept_as_ranges_and_replayed_with_their_sequence() -> Result<(), AttachError> {
         let registry = registry();
-        let (job, _) = registry.create_or_attach(request("k"), || Ok(()))?;
+        let (job, _) = registry.create_or_attach(request("k"), None, || Ok(()))?;
         job.emit(Event::PhaseStarted(api::PhaseStarted::default()), 40);
         let words: Vec<String> = (0..2_000).map(|i| format!("word{i} ")).collect();
         for word in &words {
@@ -731,7 +753,7 @@ mod tests {
     fn a_job_failed_by_shutdown_answers_with_retry_info() -> Result<(), AttachError> {
         use tonic_types::StatusExt;
         let registry = registry();
-        let (job, _) = registry.create_or_attach(request("k"), || Ok(()))?;
+        let (job, _) = registry.create_or_attach(request("k"), None, || Ok(()))?;
         job.end_failed(api::Failed {
             code: Code::Unavailable as i32,
             message: "server shutting down".into(),

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod agents;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod jobs;

@@ -18,6 +18,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     agents::{Agents, select::Upstreams},
+    auth::Principal,
     error::ApiError,
     jobs::{AttachError, Job, JobRegistry},
     kb::KnowledgeSource,
@@ -62,6 +63,8 @@ pub struct AppState {
     pub capacity: usize,
     pub settings: PipelineSettings,
     pub output_dir: Option<PathBuf>,
+    /// The accepted API keys; `None` when the API is open.
+    pub api_keys: Option<Arc<crate::auth::ApiKeys>>,
 }
 
 impl AppState {
@@ -197,6 +200,7 @@ impl ContentApi {
             job_id = tracing::field::Empty,
         );
         let _ = span.set_parent(telemetry::context_from_metadata(request.metadata()));
+        let owner = caller(&request).cloned();
         let job_request = validation::generate_request(request.into_inner())?;
         let draining = self
             .state
@@ -219,7 +223,7 @@ impl ContentApi {
         let (job, created) = self
             .state
             .jobs
-            .create_or_attach(job_request, admit)
+            .create_or_attach(job_request, owner, admit)
             .map_err(ApiError::from)?;
         let events = self.state.jobs.follow(job.clone(), 0);
         if created {
@@ -238,9 +242,14 @@ impl ContentApi {
         &self,
         request: Request<api::WatchJobRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let owner = caller(&request).cloned();
         let request = request.into_inner();
         let id = validation::job_id(&request.job_id)?;
-        let job = self.state.jobs.get(&id).ok_or(ApiError::JobNotFound(id))?;
+        let job = self
+            .state
+            .jobs
+            .get(&id, owner.as_ref())
+            .ok_or(ApiError::JobNotFound(id))?;
         Ok(Response::new(
             self.state.jobs.follow(job, request.after_sequence),
         ))
@@ -250,8 +259,13 @@ impl ContentApi {
         &self,
         request: Request<api::GetArticleRequest>,
     ) -> Result<Response<api::Article>, Status> {
+        let owner = caller(&request).cloned();
         let id = validation::job_id(&request.into_inner().job_id)?;
-        let job = self.state.jobs.get(&id).ok_or(ApiError::JobNotFound(id))?;
+        let job = self
+            .state
+            .jobs
+            .get(&id, owner.as_ref())
+            .ok_or(ApiError::JobNotFound(id))?;
         Ok(Response::new(job.article()?))
     }
 
@@ -259,11 +273,12 @@ impl ContentApi {
         &self,
         request: Request<api::CancelJobRequest>,
     ) -> Result<Response<api::CancelJobResponse>, Status> {
+        let owner = caller(&request).cloned();
         let id = validation::job_id(&request.into_inner().job_id)?;
         let job = self
             .state
             .jobs
-            .get(&id)
+            .get(&id, owner.as_ref())
             .ok_or(ApiError::JobNotFound(id.clone()))?;
         if !job.is_finished() {
             job.cancel.cancel();
@@ -362,6 +377,11 @@ impl ContentService for ContentApi {
     ) -> Result<Response<api::SearchKnowledgeBaseResponse>, Status> {
         self.search_knowledge_base_rpc(request).await
     }
+}
+
+/// The API key the auth layer found on the request, when authentication is on.
+fn caller<T>(request: &Request<T>) -> Option<&Principal> {
+    request.extensions().get::<Principal>()
 }
 
 /// The caller's deadline from the `grpc-timeout` header: `<1-8 digits><H|M|S|m|u|n>` as the

@@ -216,3 +216,32 @@ async fn health_against_a_silent_server_gives_up_within_the_connect_timeout() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--connect-timeout"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_cli_sends_its_api_key() {
+    let mut config = common::config();
+    config.api_keys = vec![dakota_server::config::Secret::new("cli-key-0123456789")];
+    let server = common::start(config).await;
+    let args = [
+        "generate",
+        "Factor investing",
+        "--word-count",
+        "300",
+        "--json",
+    ];
+    let refused = run(&server.url, &args).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--api-key"),
+        "the error says how to fix it: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let mut with_key = vec!["--api-key", "cli-key-0123456789"];
+    with_key.extend(args);
+    let output = run(&server.url, &with_key).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod adversarial;
+mod auth;
 mod cli;
 mod common;
 mod generate;
