@@ -29,6 +29,8 @@ use dakota::api::{self, content_service_server::ContentServiceServer};
 
 /// How long open streams (health watches, followers) may hold the server after the drain.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Largest header block of a request.
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
 /// Largest request or response message.
 const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -136,6 +138,10 @@ impl Server {
             },
             output_dir: config.output_dir.clone(),
             api_keys: api_keys.clone(),
+            quota: crate::quota::GenerateQuota::new(
+                config.generate_per_minute,
+                config.generate_burst,
+            ),
         });
         let content = ContentServiceServer::new(ContentApi::new(state.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -147,7 +153,14 @@ impl Server {
             .layer(RpcMetricsLayer::new(metrics.clone()))
             .layer(AuthLayer::new(api_keys.clone(), !config.auth_probes))
             .into_inner();
+        let keepalive = (!config.http2_keepalive.is_zero()).then_some(config.http2_keepalive);
         let serve = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.max_streams_per_connection.max(1))
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(keepalive.map(|_| Duration::from_secs(20)))
+            // Bounded headers, and the rapid-reset flood answered by closing the connection.
+            .http2_max_header_list_size(MAX_HEADER_BYTES)
+            .http2_max_pending_accept_reset_streams(Some(100))
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)

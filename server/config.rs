@@ -81,6 +81,24 @@ pub struct Config {
     #[arg(long, env = "DAKOTA_AUTH_PROBES", default_value_t = false)]
     pub auth_probes: bool,
 
+    /// Jobs a minute each caller (API key, or peer address without keys) may start; 0 for no
+    /// quota. Beyond it `Generate` answers RESOURCE_EXHAUSTED with RetryInfo.
+    #[arg(long, env = "DAKOTA_GENERATE_PER_MINUTE", default_value_t = 120)]
+    pub generate_per_minute: u32,
+
+    /// Jobs a caller may start at once before the per-minute quota applies.
+    #[arg(long, env = "DAKOTA_GENERATE_BURST", default_value_t = 60)]
+    pub generate_burst: u32,
+
+    /// Concurrent streams (RPCs) one HTTP/2 connection may carry.
+    #[arg(long, env = "DAKOTA_MAX_STREAMS_PER_CONNECTION", default_value_t = 256)]
+    pub max_streams_per_connection: u32,
+
+    /// HTTP/2 keepalive pings on idle connections (a peer that does not answer within 20 s is
+    /// dropped); 0s for none.
+    #[arg(long, env = "DAKOTA_HTTP2_KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive: Duration,
+
     /// Also write each finished article folder (`YYYY-MM-DD-<slug>/`) here.
     #[arg(long, env = "DAKOTA_OUTPUT_DIR")]
     pub output_dir: Option<PathBuf>,

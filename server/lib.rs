@@ -19,6 +19,7 @@ pub mod kb;
 pub mod metrics;
 pub mod net;
 pub mod pipeline;
+pub mod quota;
 pub mod resilience;
 pub mod rpc_metrics;
 pub mod service;

@@ -65,6 +65,8 @@ pub struct AppState {
     pub output_dir: Option<PathBuf>,
     /// The accepted API keys; `None` when the API is open.
     pub api_keys: Option<Arc<crate::auth::ApiKeys>>,
+    /// Jobs each caller may start; `None` for no quota.
+    pub quota: Option<crate::quota::GenerateQuota>,
 }
 
 impl AppState {
@@ -201,6 +203,23 @@ impl ContentApi {
         );
         let _ = span.set_parent(telemetry::context_from_metadata(request.metadata()));
         let owner = caller(&request).cloned();
+        if let Some(quota) = &self.state.quota {
+            // Per API key, or per peer address when the API is open.
+            let who = match (&owner, request.remote_addr()) {
+                (Some(owner), _) => owner.0.clone(),
+                (None, Some(peer)) => peer.ip().to_string(),
+                (None, None) => String::new(),
+            };
+            quota
+                .take(&who)
+                .map_err(|retry_after| ApiError::Overloaded {
+                    message: format!(
+                        "this caller started its quota of jobs; the next may start in {:.1} s",
+                        retry_after.as_secs_f64()
+                    ),
+                    retry_after,
+                })?;
+        }
         let job_request = validation::generate_request(request.into_inner())?;
         let draining = self
             .state

@@ -67,6 +67,32 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// Names that reach a cloud's instance metadata service or a host's own network, whatever
+/// they resolve to from where the fetch is checked: refused by name, before DNS.
+fn is_internal_name(name: &str) -> bool {
+    const METADATA: [&str; 7] = [
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.tencentyun.com",
+        "metadata.platformequinix.com",
+    ];
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    METADATA.contains(&name.as_str())
+        || name == "localhost"
+        || [
+            ".internal",
+            ".local",
+            ".localhost",
+            ".localdomain",
+            ".home.arpa",
+        ]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+}
+
 /// The resolver's refusal, recognised again in the reqwest error that wraps it.
 #[derive(Debug)]
 struct PrivateAddress(String);
@@ -177,7 +203,14 @@ impl Fetcher {
         let literal = match url.host() {
             Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
             Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            Some(url::Host::Domain(_)) => None,
+            Some(url::Host::Domain(name)) => {
+                if !self.allow_private && is_internal_name(name) {
+                    return Err(refused(format!(
+                        "`{name}` names a private or reserved host (a cloud metadata service or an internal name)"
+                    )));
+                }
+                None
+            }
             None => return Err(refused("URL without a host")),
         };
         if let Some(ip) = literal
@@ -350,6 +383,17 @@ mod tests {
             "http://[::1]/",
             "http://169.254.169.254/latest/meta-data",
             "http://localhost:1/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[::ffff:7f00:1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "http://METADATA.GOOGLE.INTERNAL./",
+            "http://instance-data.ec2.internal/",
+            "http://db.internal/",
+            "http://0x7f000001/",
+            "http://2130706433/",
+            "http://0177.0.0.1/",
         ] {
             let error = fetcher.fetch_text(&scope, url).await.unwrap_err();
             assert!(!error.retryable(), "{url}: {error}");

@@ -130,3 +130,49 @@ async fn the_admin_ports_details_need_the_key_and_probes_do_not() {
         assert_eq!(with_key.status().as_u16(), 200, "{restricted}");
     }
 }
+
+#[tokio::test]
+async fn each_key_has_its_quota_of_jobs_and_messages_are_bounded() {
+    use tonic_types::StatusExt;
+    let mut config = config();
+    config.generate_per_minute = 60;
+    config.generate_burst = 2;
+    let mut server = common::start(config).await;
+    for _ in 0..2 {
+        let mut stream = server
+            .client
+            .generate(with_key(request("Private credit"), KEY))
+            .await
+            .unwrap()
+            .into_inner();
+        final_article(&collect(&mut stream).await);
+    }
+    let status = server
+        .client
+        .generate(with_key(request("Private credit"), KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
+    assert!(retry.is_some_and(|d| d.as_secs_f64() > 0.0), "{status:?}");
+    // Another key has its own quota.
+    assert!(
+        server
+            .client
+            .generate(with_key(request("Private credit"), OTHER))
+            .await
+            .is_ok()
+    );
+    // A message beyond the size limit is refused before it is read.
+    let mut huge = request("Private credit");
+    huge.custom_instructions = "x".repeat(9 * 1024 * 1024);
+    let status = server
+        .client
+        .generate(with_key(huge, OTHER))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
+}
