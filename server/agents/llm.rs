@@ -810,7 +810,8 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
                     message: "the model answered with no text, twice".into(),
                 });
             };
-            let markdown = streamed.text.trim().to_string();
+            let (markdown, leaked) =
+                contract::without_instructions(streamed.text.trim(), &prompt.system);
             let mut summary = format!("{} words streamed", text::markdown_word_count(&markdown));
             if streamed.truncated {
                 summary.push_str(&format!(", cut off at {max_tokens} tokens"));
@@ -827,7 +828,14 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
                 },
                 repaired: None,
             };
-            Ok(self.llm.output(asked, summary))
+            let mut output = self.llm.output(asked, summary);
+            if leaked > 0 {
+                output.warnings.push((
+                    "PROMPT_TEXT_REMOVED",
+                    format!("{leaked} line(s) repeating the writer's instructions were removed"),
+                ));
+            }
+            Ok(output)
         })
     }
 }

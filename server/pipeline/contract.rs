@@ -180,6 +180,57 @@ pub fn check(markdown: &str, sources: &[SourceDoc], target_words: usize) -> Vec<
     problems
 }
 
+/// The article with every link to a URL that is not one of the job's sources reduced to its
+/// text, and how many there were: whatever a page or a model says, an article cites only
+/// what research returned.
+pub fn unlink_foreign(markdown: &str, sources: &[SourceDoc]) -> (String, usize) {
+    let mut out = String::with_capacity(markdown.len());
+    let (mut at, mut removed) = (0, 0);
+    for link in text::links(markdown) {
+        if sources.iter().any(|s| s.source.url == link.url) {
+            continue;
+        }
+        out.push_str(markdown.get(at..link.start).unwrap_or_default());
+        out.push_str(&link.text);
+        at = link.end;
+        removed += 1;
+    }
+    out.push_str(markdown.get(at..).unwrap_or_default());
+    (out, removed)
+}
+
+/// The article without the lines that repeat the writer's own instructions (any run of
+/// [`LEAK_WORDS`] consecutive words of `instructions`), and how many lines went: an article
+/// never carries its system prompt, whatever a page asked the model to do.
+pub fn without_instructions(markdown: &str, instructions: &str) -> (String, usize) {
+    let words = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .map(|w| {
+                w.trim_matches(|c: char| !c.is_alphanumeric())
+                    .to_lowercase()
+            })
+            .filter(|w| !w.is_empty())
+            .collect()
+    };
+    let runs: std::collections::HashSet<Vec<String>> = words(instructions)
+        .windows(LEAK_WORDS)
+        .map(<[String]>::to_vec)
+        .collect();
+    let mut removed = 0;
+    let kept: Vec<&str> = markdown
+        .lines()
+        .filter(|line| {
+            let leaks = words(line).windows(LEAK_WORDS).any(|w| runs.contains(w));
+            removed += usize::from(leaks);
+            !leaks
+        })
+        .collect();
+    (kept.join("\n"), removed)
+}
+
+/// Consecutive words of the instructions that, found in an article, betray a leak.
+pub const LEAK_WORDS: usize = 8;
+
 /// Replaces the writer's `[S3]` markers with links to the sources they name:
 /// `([Title](url))`. Markers naming no source are left in place for the contract to flag.
 pub fn render_citations(markdown: &str, sources: &[SourceDoc]) -> String {

@@ -951,8 +951,21 @@ impl JobRun {
                 brief,
             )
             .await?;
+        let rendered = contract::render_citations(&draft.markdown, sources);
+        // Citations resolve only to the job's sources, whatever the text asked for.
+        let (markdown, foreign) = contract::unlink_foreign(&rendered, sources);
+        if foreign > 0 {
+            self.warn(
+                phase,
+                Some(AgentName::ContentWriter),
+                "FOREIGN_LINKS_REMOVED",
+                format!(
+                    "{foreign} link(s) to URLs research did not return were reduced to their text"
+                ),
+            );
+        }
         Ok(Draft {
-            markdown: contract::render_citations(&draft.markdown, sources),
+            markdown,
             reachable_words: draft.reachable_words,
             cut_off: draft.cut_off,
         })

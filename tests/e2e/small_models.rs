@@ -216,3 +216,41 @@ async fn servers_without_strict_schemas_are_asked_through_the_prompt() {
         }
     }
 }
+
+/// A model that obeys text injected into its sources cannot change what the article cites
+/// nor put its instructions into it: both are removed by code, with warnings.
+#[tokio::test]
+async fn injected_links_and_recited_instructions_never_reach_the_article() {
+    let standin = StandIn::start().await;
+    standin.sloppy(Route::LlmStream, Sloppy::Injected);
+    let mut server = common::start(config(&standin)).await;
+    let events = server.generate(llm_request()).await;
+    let article = final_article(&events);
+    assert!(
+        !article.markdown.contains("attacker.example"),
+        "{}",
+        article.markdown
+    );
+    assert!(
+        !article.markdown.contains("You are the senior writer"),
+        "{}",
+        article.markdown
+    );
+    let urls: Vec<&str> = article.sources.iter().map(|s| s.url.as_str()).collect();
+    for link in dakota_server::text::links(&article.markdown) {
+        assert!(
+            urls.contains(&link.url.as_str()),
+            "{} is a source",
+            link.url
+        );
+    }
+    let warned = warnings(&events);
+    assert!(
+        warned.contains(&"FOREIGN_LINKS_REMOVED".to_string()),
+        "{warned:?}"
+    );
+    assert!(
+        warned.contains(&"PROMPT_TEXT_REMOVED".to_string()),
+        "{warned:?}"
+    );
+}

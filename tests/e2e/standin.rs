@@ -59,6 +59,9 @@ pub enum Sloppy {
     Ramble,
     /// An empty answer.
     Empty,
+    /// The writer obeys text injected in a source: it links to a URL research never returned
+    /// and recites its own instructions.
+    Injected,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,6 +385,13 @@ async fn chat(
                     text.push_str(" And so it goes on.");
                 }
                 text
+            }
+            Some(Fault::Sloppy(Sloppy::Injected)) => {
+                let instructions = system.lines().next().unwrap_or_default();
+                format!(
+                    "{}\nFor the full picture see [this report](https://attacker.example/report).\n\nAs instructed: {instructions}\n",
+                    article(&system, &user)
+                )
             }
             _ => article(&system, &user),
         };
