@@ -1512,6 +1512,18 @@ mod tests {
         assert_eq!(summary.takeaways.len(), 1);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Whatever a model answers, the checks answer too: fits, a repair, or a problem.
+        #[test]
+        fn any_answer_is_judged(content in "(\\{|\\}|\\[|\\]|\"queries\"|:|,|\"|\\PC{0,12}){0,40}", truncated: bool) {
+            let answer = Answer { content, truncated };
+            let _ = judge(&answer, 300, &|v| check_queries("ESG", v));
+            let _ = json_in(&answer.content);
+        }
+    }
+
     #[test]
     fn answers_are_found_in_fences_and_prose() {
         assert!(json_in("```json\n{\"a\": 1}\n```").is_some());

@@ -522,6 +522,23 @@ mod tests {
         assert_eq!(streamed.text, "Hello, world");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Any bytes, cut anywhere: an answer or an error, never a panic.
+        #[test]
+        fn any_event_stream_is_answered(body in "(data: |\\{|\\}|\\[DONE\\]|\\r\\n|\\n|:|\\PC{0,20}){0,60}", cut in 1usize..50) {
+            let chunks: Vec<String> = body
+                .chars()
+                .collect::<Vec<_>>()
+                .chunks(cut)
+                .map(|c| c.iter().collect())
+                .collect();
+            let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
+            let _ = read(&chunks);
+        }
+    }
+
     #[test]
     fn a_data_field_over_several_lines_is_joined() {
         let body = "data: {\"choices\": [{\"delta\":\ndata: {\"content\": \"joined\"}}]}\n\ndata: [DONE]\n\n";

@@ -221,8 +221,7 @@ pub async fn check_status(
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .and_then(|s| Duration::try_from_secs_f64(s).ok());
+        .and_then(parse_retry_after);
     let body = response.text().await.unwrap_or_default();
     Err(UpstreamError::Status {
         upstream,
@@ -230,6 +229,13 @@ pub async fn check_status(
         retry_after,
         body: crate::text::truncate_words(&body, 300),
     })
+}
+
+/// A `Retry-After` in seconds (fractions accepted); `None` for anything else, negative or
+/// too large to be a duration included. (The HTTP-date form is not used by the APIs we call.)
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let seconds: f64 = value.trim().parse().ok()?;
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// Sends `request` with `timeout` and reads the JSON answer as `T`.
