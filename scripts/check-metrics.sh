@@ -7,7 +7,7 @@ grpc=127.0.0.1:${DAKOTA_CHECK_GRPC_PORT:-50071}
 admin=127.0.0.1:${DAKOTA_CHECK_ADMIN_PORT:-8071}
 ./target/debug/dakota-server --grpc-addr "$grpc" --admin-addr "$admin" 2>/tmp/dakota-check-metrics.log &
 server=$!
-trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
   ./target/debug/dakota --server "http://$grpc" health >/dev/null 2>&1 && break
   sleep 0.1
