@@ -41,49 +41,53 @@ struct Cli {
     command: Command,
 }
 
+/// `dakota generate`'s arguments.
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// What the article is about (3-500 characters).
+    topic: String,
+    /// Target length in words (100-10000).
+    #[arg(long, default_value_t = 1500)]
+    word_count: u32,
+    /// Who the article is for.
+    #[arg(long)]
+    audience: Option<String>,
+    /// Voice of the article.
+    #[arg(long)]
+    tone: Option<String>,
+    /// Extra instructions for every agent (at most 1000 characters).
+    #[arg(long)]
+    instructions: Option<String>,
+    /// Skip the social posts.
+    #[arg(long)]
+    no_social: bool,
+    /// Skip the summary.
+    #[arg(long)]
+    no_summary: bool,
+    /// Skip web research.
+    #[arg(long)]
+    skip_web_search: bool,
+    /// Upper bound on LLM tokens for the job.
+    #[arg(long)]
+    max_tokens: Option<u64>,
+    /// Write the article folder (YYYY-MM-DD-<slug>/) here instead of printing the article.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print one JSON object per event instead of progress bars.
+    #[arg(long)]
+    json: bool,
+    /// Give up (and stop the job) after this long.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Re-attach to the job started with this key instead of starting another (random by default).
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate an article, showing each phase's progress.
-    Generate {
-        /// What the article is about (3-500 characters).
-        topic: String,
-        /// Target length in words (100-10000).
-        #[arg(long, default_value_t = 1500)]
-        word_count: u32,
-        /// Who the article is for.
-        #[arg(long)]
-        audience: Option<String>,
-        /// Voice of the article.
-        #[arg(long)]
-        tone: Option<String>,
-        /// Extra instructions for every agent (at most 1000 characters).
-        #[arg(long)]
-        instructions: Option<String>,
-        /// Skip the social posts.
-        #[arg(long)]
-        no_social: bool,
-        /// Skip the summary.
-        #[arg(long)]
-        no_summary: bool,
-        /// Skip web research.
-        #[arg(long)]
-        skip_web_search: bool,
-        /// Upper bound on LLM tokens for the job.
-        #[arg(long)]
-        max_tokens: Option<u64>,
-        /// Write the article folder (YYYY-MM-DD-<slug>/) here instead of printing the article.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Print one JSON object per event instead of progress bars.
-        #[arg(long)]
-        json: bool,
-        /// Give up (and stop the job) after this long.
-        #[arg(long, value_parser = parse_duration)]
-        timeout: Option<Duration>,
-        /// Re-attach to the job started with this key instead of starting another (random by default).
-        #[arg(long)]
-        idempotency_key: Option<String>,
-    },
+    Generate(GenerateArgs),
     /// Follow a running or finished job, replaying its events after a sequence number.
     Watch {
         job_id: String,
@@ -168,35 +172,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         session::Credentials::new(cli.api_key.as_deref()).map_err(|e| e.to_string())?;
     let client = session::client(channel.clone(), credentials.clone());
     match cli.command {
-        Command::Generate {
-            topic,
-            word_count,
-            audience,
-            tone,
-            instructions,
-            no_social,
-            no_summary,
-            skip_web_search,
-            max_tokens,
-            out,
-            json,
-            timeout,
-            idempotency_key,
-        } => {
-            let request = api::GenerateRequest {
-                topic,
-                word_count: Some(word_count),
-                audience: audience.unwrap_or_default(),
-                tone: tone.unwrap_or_default(),
-                custom_instructions: instructions.unwrap_or_default(),
-                include_social: Some(!no_social),
-                include_summary: Some(!no_summary),
-                skip_web_search,
-                // A key makes it safe to re-attach after a dropped connection.
-                idempotency_key: idempotency_key
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                max_total_tokens: max_tokens,
-            };
+        Command::Generate(args) => {
+            let (request, timeout, out, json) = generate_request(args);
             let follower = JobFollower::generate(client.clone(), request, timeout)
                 .await
                 .map_err(explain)?;
@@ -243,77 +220,139 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             per_document,
             json,
         } => {
-            let mut client = client;
-            let response = client
-                .search_knowledge_base(api::SearchKnowledgeBaseRequest {
-                    queries,
-                    max_results,
-                    max_per_document: per_document,
-                })
-                .await
-                .map_err(explain)?
-                .into_inner();
-            for result in &response.results {
-                if json {
-                    let hits: Vec<_> = result
-                        .hits
-                        .iter()
-                        .map(|h| serde_json::json!({"title": h.title, "url": h.url, "section": h.section, "score": h.score, "snippet": h.snippet}))
-                        .collect();
-                    println!(
-                        "{}",
-                        serde_json::json!({"query": result.query, "hits": hits})
-                    );
-                    continue;
-                }
-                println!(
-                    "{} ({} hits)",
-                    for_terminal(&result.query),
-                    result.hits.len()
-                );
-                for hit in &result.hits {
-                    println!(
-                        "  {:>6.2}  {} / {}\n          {}",
-                        hit.score,
-                        for_terminal(&hit.title),
-                        for_terminal(&hit.section),
-                        for_terminal(&hit.url)
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            let request = api::SearchKnowledgeBaseRequest {
+                queries,
+                max_results,
+                max_per_document: per_document,
+            };
+            search(client, request, json).await
         }
         Command::Health { service } => {
-            let mut health = HealthClient::with_interceptor(channel, credentials);
+            let health = HealthClient::with_interceptor(channel, credentials);
             // A probe: bounded as a whole by --connect-timeout.
-            let check = health.check(HealthCheckRequest {
-                service: service.clone(),
-            });
             let left = cli.connect_timeout.saturating_sub(started.elapsed());
-            let response = tokio::time::timeout(left, check)
-                .await
-                .map_err(|_| {
-                    format!(
-                        "no health answer from {} within {:?} (--connect-timeout)",
-                        cli.server, cli.connect_timeout
-                    )
-                })?
-                .map_err(explain)?
-                .into_inner();
-            let status = response.status();
-            let name = if service.is_empty() {
-                "server"
-            } else {
-                service.as_str()
-            };
-            println!("{name}: {}", status.as_str_name());
-            Ok(if status == ServingStatus::Serving {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            let within = format!("{} within {:?}", cli.server, cli.connect_timeout);
+            check_health(health, service, left, &within).await
         }
     }
+}
+
+/// The request of `dakota generate`, its deadline and where its article goes.
+fn generate_request(
+    args: GenerateArgs,
+) -> (
+    api::GenerateRequest,
+    Option<Duration>,
+    Option<PathBuf>,
+    bool,
+) {
+    let GenerateArgs {
+        topic,
+        word_count,
+        audience,
+        tone,
+        instructions,
+        no_social,
+        no_summary,
+        skip_web_search,
+        max_tokens,
+        out,
+        json,
+        timeout,
+        idempotency_key,
+    } = args;
+    let request = api::GenerateRequest {
+        topic,
+        word_count: Some(word_count),
+        audience: audience.unwrap_or_default(),
+        tone: tone.unwrap_or_default(),
+        custom_instructions: instructions.unwrap_or_default(),
+        include_social: Some(!no_social),
+        include_summary: Some(!no_summary),
+        skip_web_search,
+        // A key makes it safe to re-attach after a dropped connection.
+        idempotency_key: idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        max_total_tokens: max_tokens,
+    };
+    (request, timeout, out, json)
+}
+
+/// `dakota search`: one result list per query, as lines or JSON.
+async fn search(
+    mut client: Client,
+    request: api::SearchKnowledgeBaseRequest,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let response = client
+        .search_knowledge_base(request)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    for result in &response.results {
+        if json {
+            let hits: Vec<_> = result
+                .hits
+                .iter()
+                .map(|h| serde_json::json!({"title": h.title, "url": h.url, "section": h.section, "score": h.score, "snippet": h.snippet}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"query": result.query, "hits": hits})
+            );
+            continue;
+        }
+        println!(
+            "{} ({} hits)",
+            for_terminal(&result.query),
+            result.hits.len()
+        );
+        for hit in &result.hits {
+            println!(
+                "  {:>6.2}  {} / {}\n          {}",
+                hit.score,
+                for_terminal(&hit.title),
+                for_terminal(&hit.section),
+                for_terminal(&hit.url)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dakota health`: exit 0 only when SERVING, within `limit`.
+async fn check_health<S>(
+    mut health: HealthClient<S>,
+    service: String,
+    limit: Duration,
+    within: &str,
+) -> Result<ExitCode, String>
+where
+    S: tonic::client::GrpcService<tonic::body::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <S::ResponseBody as tonic::codegen::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let check = health.check(HealthCheckRequest {
+        service: service.clone(),
+    });
+    let response = tokio::time::timeout(limit, check)
+        .await
+        .map_err(|_| format!("no health answer from {within} (--connect-timeout)"))?
+        .map_err(explain)?
+        .into_inner();
+    let status = response.status();
+    let name = if service.is_empty() {
+        "server"
+    } else {
+        service.as_str()
+    };
+    println!("{name}: {}", status.as_str_name());
+    Ok(if status == ServingStatus::Serving {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Shows a job's events to its end; Ctrl-C cancels the job.
