@@ -144,165 +144,152 @@ impl Default for Metrics {
     }
 }
 
+/// A histogram family in seconds, with the buckets of [`seconds`].
+fn seconds_family<L: Clone + std::hash::Hash + Eq>() -> Histograms<L> {
+    Histograms::new_with_constructor(seconds as fn() -> Histogram)
+}
+
+/// Registers `metric` under `name` and gives it back.
+fn counted<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Registers `metric`, in seconds, under `name` and gives it back.
+fn timed<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register_with_unit(name, help, Unit::Seconds, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("dakota");
-        let grpc_requests = Family::<MethodCode, Counter>::default();
-        registry.register(
-            "grpc_requests",
-            "gRPC requests by method and status code",
-            grpc_requests.clone(),
-        );
-        let grpc_duration =
-            Histograms::<Method>::new_with_constructor(seconds as fn() -> Histogram);
-        registry.register_with_unit(
-            "grpc_request_duration",
-            "Time to answer a gRPC request (for streams: to open the stream)",
-            Unit::Seconds,
-            grpc_duration.clone(),
-        );
-        let jobs_started = Counter::default();
-        registry.register("jobs_started", "Jobs started", jobs_started.clone());
-        let jobs_completed = Counter::default();
-        registry.register(
-            "jobs_completed",
-            "Jobs that delivered their article",
-            jobs_completed.clone(),
-        );
-        let jobs_failed = Family::<Code, Counter>::default();
-        registry.register(
-            "jobs_failed",
-            "Jobs that failed, by gRPC code",
-            jobs_failed.clone(),
-        );
-        let job_duration = job_seconds();
-        registry.register_with_unit(
-            "job_duration",
-            "Job duration, start to end",
-            Unit::Seconds,
-            job_duration.clone(),
-        );
-        let jobs_running = Gauge::default();
-        registry.register(
-            "jobs_running",
-            "Jobs holding a job slot",
-            jobs_running.clone(),
-        );
-        let jobs_retained_bytes = Family::<JobStateLabel, Gauge>::default();
-        registry.register(
-            "jobs_retained_bytes",
-            "Bytes held by the event logs of the jobs kept in memory (approximate), by state",
-            jobs_retained_bytes.clone(),
-        );
-        let jobs_retained = Family::<JobStateLabel, Gauge>::default();
-        registry.register(
-            "jobs_retained",
-            "Jobs kept in memory, by state",
-            jobs_retained.clone(),
-        );
-        let jobs_queued = Gauge::default();
-        registry.register(
-            "jobs_queued",
-            "Jobs waiting for a job slot",
-            jobs_queued.clone(),
-        );
-        let phase_duration =
-            Histograms::<Phase>::new_with_constructor(seconds as fn() -> Histogram);
-        registry.register_with_unit(
-            "phase_duration",
-            "Phase duration",
-            Unit::Seconds,
-            phase_duration.clone(),
-        );
-        let agent_duration =
-            Histograms::<AgentProvider>::new_with_constructor(seconds as fn() -> Histogram);
-        registry.register_with_unit(
-            "agent_duration",
-            "Agent run duration",
-            Unit::Seconds,
-            agent_duration.clone(),
-        );
-        let upstream_requests = Family::<UpstreamOutcome, Counter>::default();
-        registry.register(
-            "upstream_requests",
-            "Upstream call attempts by outcome",
-            upstream_requests.clone(),
-        );
-        let upstream_duration =
-            Histograms::<Upstream>::new_with_constructor(seconds as fn() -> Histogram);
-        registry.register_with_unit(
-            "upstream_request_duration",
-            "Upstream call attempt duration",
-            Unit::Seconds,
-            upstream_duration.clone(),
-        );
-        let upstream_retries = Family::<Upstream, Counter>::default();
-        registry.register(
-            "upstream_retries",
-            "Upstream call retries",
-            upstream_retries.clone(),
-        );
-        let breaker_state = Family::<BreakerLabels, Gauge>::default();
-        registry.register(
-            "circuit_breaker_state",
-            "1 for the current state of each upstream's circuit breaker",
-            breaker_state.clone(),
-        );
-        let pool_in_use = Family::<PoolLabels, Gauge>::default();
-        registry.register(
-            "pool_in_use",
-            "Upstream calls in flight by pool (global: all pools)",
-            pool_in_use.clone(),
-        );
-        let pool_waiting = Family::<PoolLabels, Gauge>::default();
-        registry.register(
-            "pool_waiting",
-            "Upstream calls waiting for a pool permit",
-            pool_waiting.clone(),
-        );
-        let pool_size = Family::<PoolLabels, Gauge>::default();
-        registry.register(
-            "pool_size",
-            "Pool sizes (global: the cap on upstream calls)",
-            pool_size.clone(),
-        );
-        let llm_tokens = Family::<TokenLabels, Counter>::default();
-        registry.register(
-            "llm_tokens",
-            "LLM tokens by agent, model and kind (input, output)",
-            llm_tokens.clone(),
-        );
-        let llm_cost = Family::<AgentModel, Counter<f64, AtomicU64>>::default();
-        registry.register(
-            "llm_estimated_cost_usd",
-            "Estimated LLM cost in USD from the price table",
-            llm_cost.clone(),
-        );
+        let mut r = Registry::with_prefix("dakota");
         Self {
-            registry,
-            grpc_requests,
-            grpc_duration,
-            jobs_started,
-            jobs_completed,
-            jobs_failed,
-            job_duration,
-            jobs_running,
-            jobs_retained_bytes,
-            jobs_retained,
-            jobs_queued,
-            phase_duration,
-            agent_duration,
-            upstream_requests,
-            upstream_duration,
-            upstream_retries,
-            breaker_state,
-            pool_in_use,
-            pool_waiting,
-            pool_size,
-            llm_tokens,
-            llm_cost,
+            grpc_requests: counted(
+                &mut r,
+                "grpc_requests",
+                "gRPC requests by method and status code",
+                Family::default(),
+            ),
+            grpc_duration: timed(
+                &mut r,
+                "grpc_request_duration",
+                "Time from a gRPC request to the end of its response (for streams, the last message)",
+                seconds_family(),
+            ),
+            jobs_started: counted(&mut r, "jobs_started", "Jobs started", Counter::default()),
+            jobs_completed: counted(
+                &mut r,
+                "jobs_completed",
+                "Jobs that delivered their article",
+                Counter::default(),
+            ),
+            jobs_failed: counted(
+                &mut r,
+                "jobs_failed",
+                "Jobs that failed, by gRPC code",
+                Family::default(),
+            ),
+            job_duration: timed(
+                &mut r,
+                "job_duration",
+                "Job duration, start to end",
+                job_seconds(),
+            ),
+            jobs_running: counted(
+                &mut r,
+                "jobs_running",
+                "Jobs holding a job slot",
+                Gauge::default(),
+            ),
+            jobs_retained_bytes: counted(
+                &mut r,
+                "jobs_retained_bytes",
+                "Bytes held by the event logs of the jobs kept in memory (approximate), by state",
+                Family::default(),
+            ),
+            jobs_retained: counted(
+                &mut r,
+                "jobs_retained",
+                "Jobs kept in memory, by state",
+                Family::default(),
+            ),
+            jobs_queued: counted(
+                &mut r,
+                "jobs_queued",
+                "Jobs waiting for a job slot",
+                Gauge::default(),
+            ),
+            phase_duration: timed(&mut r, "phase_duration", "Phase duration", seconds_family()),
+            agent_duration: timed(
+                &mut r,
+                "agent_duration",
+                "Agent run duration",
+                seconds_family(),
+            ),
+            upstream_requests: counted(
+                &mut r,
+                "upstream_requests",
+                "Upstream call attempts by outcome",
+                Family::default(),
+            ),
+            upstream_duration: timed(
+                &mut r,
+                "upstream_request_duration",
+                "Upstream call attempt duration",
+                seconds_family(),
+            ),
+            upstream_retries: counted(
+                &mut r,
+                "upstream_retries",
+                "Upstream call retries",
+                Family::default(),
+            ),
+            breaker_state: counted(
+                &mut r,
+                "circuit_breaker_state",
+                "1 for the current state of each upstream's circuit breaker",
+                Family::default(),
+            ),
+            pool_in_use: counted(
+                &mut r,
+                "pool_in_use",
+                "Upstream calls in flight by pool (global: all pools)",
+                Family::default(),
+            ),
+            pool_waiting: counted(
+                &mut r,
+                "pool_waiting",
+                "Upstream calls waiting for a pool permit",
+                Family::default(),
+            ),
+            pool_size: counted(
+                &mut r,
+                "pool_size",
+                "Pool sizes (global: the cap on upstream calls)",
+                Family::default(),
+            ),
+            llm_tokens: counted(
+                &mut r,
+                "llm_tokens",
+                "LLM tokens by agent, model and kind (input, output)",
+                Family::default(),
+            ),
+            llm_cost: counted(
+                &mut r,
+                "llm_estimated_cost_usd",
+                "Estimated LLM cost in USD from the price table",
+                Family::default(),
+            ),
             agent_samples: Mutex::default(),
             kb_samples: Mutex::default(),
+            registry: r,
         }
     }
 
