@@ -601,117 +601,27 @@ fn write_article(
     scale: f64,
 ) -> Draft {
     let target = (request.word_count as f64 * scale).round() as usize;
-    let compact = target < COMPACT_TARGET;
-    let topic = &request.topic;
-    let mut used: HashSet<String> = excluded.clone();
-    // The most relevant sentences; in a compact article, the shortest (then most relevant).
-    let pick = |text: &str, query: &str, n: usize, used: &HashSet<String>| {
-        let mut best = best_sentences(text, query, usize::MAX, used);
-        if compact {
-            best.sort_by_key(|s| text::count_words(s));
-        }
-        best.truncate(n);
-        best
+    let mut w = Writer {
+        request,
+        synthesis,
+        target,
+        compact: target < COMPACT_TARGET,
+        used: excluded.clone(),
     };
-    let source = |id: &str| synthesis.sources.iter().find(|s| s.source.id == id);
-    let max_sections = if target < THREE_SECTION_TARGET { 3 } else { 4 };
-    let sections: Vec<(&OutlineSection, &SourceDoc)> = synthesis
-        .outline
-        .iter()
-        .filter_map(|s| {
-            s.source_ids
-                .first()
-                .and_then(|id| source(id))
-                .map(|d| (s, d))
-        })
-        .take(max_sections)
-        .collect();
-    let headings: Vec<String> = if compact {
+    let sections = w.sections();
+    let headings: Vec<String> = if w.compact {
         short_headings(sections.iter().map(|(s, _)| s.heading.as_str()))
     } else {
         sections.iter().map(|(s, _)| s.heading.clone()).collect()
     };
-
     // Each main section's first sentence before the lead and the lists take theirs, so that
     // scarce material never leaves a section empty.
-    let mut pools = section_pools(topic, synthesis, &sections, compact);
-    let (first, _) = fill_sections(&mut pools, &mut used, (Vec::new(), 0));
-
-    let title = if compact {
-        text::title_case(topic)
-    } else {
-        format!(
-            "{}: A Briefing for {}",
-            text::title_case(topic),
-            audience_head(&request.audience)
-        )
-    };
-    let bullets = if compact { 1 } else { sections.len() };
-    // A tiny article's bullets are the main clause of their sentence, where it stands alone.
-    let bullet = |sentence: String| {
-        if target < TINY_TARGET {
-            main_clause(&sentence).unwrap_or(sentence)
-        } else {
-            sentence
-        }
-    };
-    // A bullet from `doc`, or from any source once `doc` has no sentence left.
-    let pick_bullet = |doc: &SourceDoc, query: &str, used: &mut HashSet<String>| {
-        std::iter::once(doc)
-            .chain(&synthesis.sources)
-            .find_map(|d| {
-                let sentence = pick(&d.text, query, 1, used).pop()?;
-                used.insert(sentence.clone());
-                Some(format!("- {}", cite_run(&[bullet(sentence)], &d.source.id)))
-            })
-    };
-    let insight_query = |heading: &str| format!("{topic} {heading}");
-    // Takeaways: sentences that advise.
-    let takeaway_query = format!("{topic} should must can consider need");
-    // The first bullet of each list before the rest, so scarce material fills both lists.
-    let mut insights: Vec<String> = Vec::new();
-    let mut takeaways: Vec<String> = Vec::new();
-    for (i, (section, doc)) in sections.iter().take(bullets).enumerate() {
-        for (list, query) in [
-            (&mut insights, insight_query(&section.heading)),
-            (&mut takeaways, takeaway_query.clone()),
-        ] {
-            if i == 0 || !list.is_empty() {
-                list.extend(pick_bullet(doc, &query, &mut used));
-            }
-        }
-    }
-
-    // The writer's own sentences carry no user text: a figure in a topic ("... in 2026")
-    // would otherwise become a claim no source can support.
-    let mut lead = Vec::new();
-    if !compact {
-        lead.push("What follows sets out the evidence, with a source for every statement.".into());
-        if let Some(first) = synthesis.sources.first() {
-            let picked = pick(&first.text, topic, 2, &used);
-            used.extend(picked.iter().cloned());
-            lead.push(cite_run(&picked, &first.source.id));
-        }
-    }
-
-    let mut conclusion = Vec::new();
-    if target < TINY_TARGET {
-        // No room for one more source sentence: a closing line that claims nothing.
-        conclusion.push("Each point above rests on the source it cites.".to_string());
-    } else if let Some(last) = synthesis.sources.get(1).or(synthesis.sources.first()) {
-        let picked = pick(&last.text, topic, 1, &used);
-        used.extend(picked.iter().cloned());
-        conclusion.push(cite_run(&picked, &last.source.id));
-    }
-    if !compact {
-        conclusion.push(
-            "Taken together, the evidence points toward disciplined governance, patient implementation and regular review."
-                .to_string(),
-        );
-    }
-
-    lead.retain(|l| !l.is_empty());
-    conclusion.retain(|c| !c.is_empty());
+    let mut pools = section_pools(&request.topic, synthesis, &sections, w.compact);
+    let (first, _) = fill_sections(&mut pools, &mut w.used, (Vec::new(), 0));
+    let title = w.title();
+    let (insights, takeaways) = w.lists(&sections);
+    let lead = w.lead();
+    let conclusion = w.conclusion();
     let fixed = format!(
         "{title} {KEY_INSIGHTS} {KEY_TAKEAWAYS} {CONCLUSION}\n{}\n{}\n{}\n{}",
         lead.join(" "),
@@ -728,8 +638,7 @@ fn write_article(
         + first_words
         + headings.iter().map(|h| text::count_words(h)).sum::<usize>();
     let budget = target.saturating_sub(fixed_words);
-
-    let (bodies, exhausted) = fill_sections(&mut pools, &mut used, (first, budget));
+    let (bodies, exhausted) = fill_sections(&mut pools, &mut w.used, (first, budget));
 
     let mut md = format!("# {title}\n\n");
     if !lead.is_empty() {
@@ -754,6 +663,136 @@ fn write_article(
         markdown: md,
         reachable_words: (exhausted && short).then_some(words),
         cut_off: false,
+    }
+}
+
+/// The offline writer's state while it builds one article: what it writes for, and the
+/// sentences already used (each is used once).
+struct Writer<'a> {
+    request: &'a JobRequest,
+    synthesis: &'a Synthesis,
+    target: usize,
+    /// A short target: one short sentence a part, no subtitle.
+    compact: bool,
+    used: HashSet<String>,
+}
+
+impl<'a> Writer<'a> {
+    /// The most relevant unused sentences of `text`; in a compact article, the shortest
+    /// (then most relevant).
+    fn pick(&self, text: &str, query: &str, n: usize) -> Vec<String> {
+        let mut best = best_sentences(text, query, usize::MAX, &self.used);
+        if self.compact {
+            best.sort_by_key(|s| text::count_words(s));
+        }
+        best.truncate(n);
+        best
+    }
+
+    /// The outline's sections that have a source, three of them for a short target.
+    fn sections(&self) -> Vec<(&'a OutlineSection, &'a SourceDoc)> {
+        let synthesis = self.synthesis;
+        let source = |id: &str| synthesis.sources.iter().find(|s| s.source.id == id);
+        let max_sections = if self.target < THREE_SECTION_TARGET {
+            3
+        } else {
+            4
+        };
+        synthesis
+            .outline
+            .iter()
+            .filter_map(|s| {
+                s.source_ids
+                    .first()
+                    .and_then(|id| source(id))
+                    .map(|d| (s, d))
+            })
+            .take(max_sections)
+            .collect()
+    }
+
+    fn title(&self) -> String {
+        let topic = text::title_case(&self.request.topic);
+        if self.compact {
+            topic
+        } else {
+            format!(
+                "{topic}: A Briefing for {}",
+                audience_head(&self.request.audience)
+            )
+        }
+    }
+
+    /// A bullet from `doc`, or from any source once `doc` has no sentence left. A tiny
+    /// article's bullets are the main clause of their sentence, where it stands alone.
+    fn bullet(&mut self, doc: &SourceDoc, query: &str) -> Option<String> {
+        let synthesis = self.synthesis;
+        let (sentence, id) = std::iter::once(doc)
+            .chain(&synthesis.sources)
+            .find_map(|d| Some((self.pick(&d.text, query, 1).pop()?, d.source.id.clone())))?;
+        self.used.insert(sentence.clone());
+        let sentence = match self.target < TINY_TARGET {
+            true => main_clause(&sentence).unwrap_or(sentence),
+            false => sentence,
+        };
+        Some(format!("- {}", cite_run(&[sentence], &id)))
+    }
+
+    /// Key insights and key takeaways (sentences that advise), one bullet per section each,
+    /// the first of each list before the rest, so scarce material fills both lists.
+    fn lists(&mut self, sections: &[(&OutlineSection, &SourceDoc)]) -> (Vec<String>, Vec<String>) {
+        let topic = self.request.topic.clone();
+        let bullets = if self.compact { 1 } else { sections.len() };
+        let takeaway_query = format!("{topic} should must can consider need");
+        let (mut insights, mut takeaways) = (Vec::new(), Vec::new());
+        for (i, (section, doc)) in sections.iter().take(bullets).enumerate() {
+            let insight_query = format!("{topic} {}", section.heading);
+            if i == 0 || !insights.is_empty() {
+                insights.extend(self.bullet(doc, &insight_query));
+            }
+            if i == 0 || !takeaways.is_empty() {
+                takeaways.extend(self.bullet(doc, &takeaway_query));
+            }
+        }
+        (insights, takeaways)
+    }
+
+    /// The lead paragraph. The writer's own sentences carry no user text: a figure in a topic
+    /// ("... in 2026") would otherwise become a claim no source can support.
+    fn lead(&mut self) -> Vec<String> {
+        let mut lead = Vec::new();
+        if self.compact {
+            return lead;
+        }
+        lead.push("What follows sets out the evidence, with a source for every statement.".into());
+        if let Some(first) = self.synthesis.sources.first() {
+            let picked = self.pick(&first.text, &self.request.topic, 2);
+            self.used.extend(picked.iter().cloned());
+            lead.push(cite_run(&picked, &first.source.id));
+        }
+        lead.retain(|l| !l.is_empty());
+        lead
+    }
+
+    fn conclusion(&mut self) -> Vec<String> {
+        let mut conclusion = Vec::new();
+        let sources = &self.synthesis.sources;
+        if self.target < TINY_TARGET {
+            // No room for one more source sentence: a closing line that claims nothing.
+            conclusion.push("Each point above rests on the source it cites.".to_string());
+        } else if let Some(last) = sources.get(1).or(sources.first()) {
+            let picked = self.pick(&last.text, &self.request.topic, 1);
+            self.used.extend(picked.iter().cloned());
+            conclusion.push(cite_run(&picked, &last.source.id));
+        }
+        if !self.compact {
+            conclusion.push(
+                "Taken together, the evidence points toward disciplined governance, patient implementation and regular review."
+                    .to_string(),
+            );
+        }
+        conclusion.retain(|c| !c.is_empty());
+        conclusion
     }
 }
 
