@@ -82,7 +82,8 @@ pub struct Config {
     pub auth_probes: bool,
 
     /// Jobs a minute each caller (API key, or peer address without keys) may start; 0 for no
-    /// quota. Beyond it `Generate` answers RESOURCE_EXHAUSTED with RetryInfo.
+    /// quota. Beyond it `Generate` answers RESOURCE_EXHAUSTED with RetryInfo. Without keys,
+    /// loopback peers (a mesh sidecar carrying everyone's calls) are not limited.
     #[arg(long, env = "DAKOTA_GENERATE_PER_MINUTE", default_value_t = 120)]
     pub generate_per_minute: u32,
 

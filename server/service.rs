@@ -203,13 +203,14 @@ impl ContentApi {
         );
         let _ = span.set_parent(telemetry::context_from_metadata(request.metadata()));
         let owner = caller(&request).cloned();
-        if let Some(quota) = &self.state.quota {
-            // Per API key, or per peer address when the API is open.
-            let who = match (&owner, request.remote_addr()) {
-                (Some(owner), _) => owner.0.clone(),
-                (None, Some(peer)) => peer.ip().to_string(),
-                (None, None) => String::new(),
-            };
+        // Per API key, or per peer address when the API is open. Behind a mesh sidecar every
+        // peer is loopback: those callers cannot be told apart, and are not limited here.
+        let who = match (&owner, request.remote_addr()) {
+            (Some(owner), _) => Some(owner.0.clone()),
+            (None, Some(peer)) if !peer.ip().is_loopback() => Some(peer.ip().to_string()),
+            _ => None,
+        };
+        if let (Some(quota), Some(who)) = (&self.state.quota, who) {
             quota
                 .take(&who)
                 .map_err(|retry_after| ApiError::Overloaded {
