@@ -89,14 +89,10 @@ impl Guard {
                 may_retry,
                 attempt: 0,
             }))
-            .layer(layer_fn(|inner| FailFast { guard: self, inner }))
-            .layer(layer_fn(|inner| Pools {
-                guard: self,
-                scope,
-                inner,
-            }))
-            .layer(layer_fn(|inner| RateLimit { guard: self, inner }))
-            .layer(layer_fn(|inner| Breaker { guard: self, inner }))
+            .layer(layer_fn(Step::FailFast.layer(self, scope)))
+            .layer(layer_fn(Step::Pools.layer(self, scope)))
+            .layer(layer_fn(Step::RateLimit.layer(self, scope)))
+            .layer(layer_fn(Step::Breaker.layer(self, scope)))
             .map_err(
                 move |error: tower::BoxError| match error.downcast::<UpstreamError>() {
                     Ok(error) => *error,
@@ -181,49 +177,45 @@ impl Guard {
     }
 }
 
-/// An open breaker fails the call at once, before it waits for anything.
-#[derive(Clone)]
-struct FailFast<'a, S> {
-    guard: &'a Guard,
-    inner: S,
+/// The stack's own steps, in the order they wrap the call.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// An open breaker fails the call at once, before it waits for anything.
+    FailFast,
+    /// A permit of the pool of the call's kind of work, then of the global cap, held for the
+    /// whole call (a stream included).
+    Pools,
+    /// The upstream's requests-per-minute limit: a call takes its turn when it leaves the
+    /// pool queue, so calls that waited there do not go out in a burst.
+    RateLimit,
+    /// The breaker's admission right before the call (it may have opened while the call
+    /// waited; after a cool-down exactly one trial goes through), the outcome recorded with
+    /// it, and the attempt counted and timed from here: waiting for limits is not the
+    /// upstream's time. A call dropped midway (its job cancelled) tells the breaker nothing.
+    Breaker,
 }
 
-impl<'a, S, T> Service<Attempt> for FailFast<'a, S>
-where
-    S: Service<Attempt, Response = T, Error = UpstreamError> + Clone + Send + 'a,
-    S::Future: Send + 'a,
-{
-    type Response = T;
-    type Error = UpstreamError;
-    type Future = BoxFuture<'a, Result<T, UpstreamError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, attempt: Attempt) -> Self::Future {
-        let (guard, inner) = (self.guard, self.inner.clone());
-        Box::pin(async move {
-            if let Some(retry_after) = guard.breaker.rejects() {
-                let refused = Err(guard.breaker_open(retry_after));
-                guard.observe(&refused, Duration::ZERO);
-                return refused;
-            }
-            inner.oneshot(attempt).await
-        })
+impl Step {
+    fn layer<'a, S>(self, guard: &'a Guard, scope: &'a CallScope) -> impl Fn(S) -> Layered<'a, S> {
+        move |inner| Layered {
+            step: self,
+            guard,
+            scope,
+            inner,
+        }
     }
 }
 
-/// A permit of the pool of the call's kind of work, then of the global cap, held for the
-/// whole call (a stream included).
+/// A [`Step`] around the inner service.
 #[derive(Clone)]
-struct Pools<'a, S> {
+struct Layered<'a, S> {
+    step: Step,
     guard: &'a Guard,
     scope: &'a CallScope,
     inner: S,
 }
 
-impl<'a, S, T> Service<Attempt> for Pools<'a, S>
+impl<'a, S, T> Service<Attempt> for Layered<'a, S>
 where
     S: Service<Attempt, Response = T, Error = UpstreamError> + Clone + Send + 'a,
     S::Future: Send + 'a,
@@ -237,93 +229,57 @@ where
     }
 
     fn call(&mut self, attempt: Attempt) -> Self::Future {
-        let (guard, pool, inner) = (self.guard, self.scope.pool, self.inner.clone());
+        let (step, guard, pool, inner) =
+            (self.step, self.guard, self.scope.pool, self.inner.clone());
         Box::pin(async move {
-            let closed = |_| UpstreamError::Refused {
-                upstream: guard.upstream,
-                message: "limits closed".into(),
-            };
-            let limits = &guard.limits;
-            let _pool = limits
-                .acquire(limits.pool(pool), pool as usize + 1)
-                .await
-                .map_err(closed)?;
-            let _global = limits.acquire(&limits.global, 0).await.map_err(closed)?;
-            inner.oneshot(attempt).await
-        })
-    }
-}
-
-/// The upstream's requests-per-minute limit: a call takes its turn when it leaves the pool
-/// queue, so calls that waited there do not go out in a burst.
-#[derive(Clone)]
-struct RateLimit<'a, S> {
-    guard: &'a Guard,
-    inner: S,
-}
-
-impl<'a, S, T> Service<Attempt> for RateLimit<'a, S>
-where
-    S: Service<Attempt, Response = T, Error = UpstreamError> + Clone + Send + 'a,
-    S::Future: Send + 'a,
-{
-    type Response = T;
-    type Error = UpstreamError;
-    type Future = BoxFuture<'a, Result<T, UpstreamError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, attempt: Attempt) -> Self::Future {
-        let (guard, inner) = (self.guard, self.inner.clone());
-        Box::pin(async move {
-            if let Some(rate) = &guard.rate {
-                rate.acquire().await;
+            match step {
+                Step::FailFast => {
+                    if let Some(retry_after) = guard.breaker.rejects() {
+                        return guard.refused(retry_after);
+                    }
+                    inner.oneshot(attempt).await
+                }
+                Step::Pools => {
+                    let closed = |_| UpstreamError::Refused {
+                        upstream: guard.upstream,
+                        message: "limits closed".into(),
+                    };
+                    let limits = &guard.limits;
+                    let _pool = limits
+                        .acquire(limits.pool(pool), pool as usize + 1)
+                        .await
+                        .map_err(closed)?;
+                    let _global = limits.acquire(&limits.global, 0).await.map_err(closed)?;
+                    inner.oneshot(attempt).await
+                }
+                Step::RateLimit => {
+                    if let Some(rate) = &guard.rate {
+                        rate.acquire().await;
+                    }
+                    inner.oneshot(attempt).await
+                }
+                Step::Breaker => {
+                    if let Admission::Rejected(retry_after) = guard.breaker.admit() {
+                        return guard.refused(retry_after);
+                    }
+                    let trial = Trial(Some(guard));
+                    let started = Instant::now();
+                    let result = inner.oneshot(attempt).await;
+                    trial.finish(&result);
+                    guard.observe(&result, started.elapsed());
+                    result
+                }
             }
-            inner.oneshot(attempt).await
         })
     }
 }
 
-/// The breaker's admission right before the call (it may have opened while the call waited;
-/// after a cool-down exactly one trial goes through), the outcome recorded with it, and the
-/// attempt counted and timed from here: waiting for limits is not the upstream's time. A call
-/// dropped midway (its job cancelled) tells the breaker nothing.
-#[derive(Clone)]
-struct Breaker<'a, S> {
-    guard: &'a Guard,
-    inner: S,
-}
-
-impl<'a, S, T> Service<Attempt> for Breaker<'a, S>
-where
-    S: Service<Attempt, Response = T, Error = UpstreamError> + Clone + Send + 'a,
-    S::Future: Send + 'a,
-{
-    type Response = T;
-    type Error = UpstreamError;
-    type Future = BoxFuture<'a, Result<T, UpstreamError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, attempt: Attempt) -> Self::Future {
-        let (guard, inner) = (self.guard, self.inner.clone());
-        Box::pin(async move {
-            if let Admission::Rejected(retry_after) = guard.breaker.admit() {
-                let refused = Err(guard.breaker_open(retry_after));
-                guard.observe(&refused, Duration::ZERO);
-                return refused;
-            }
-            let trial = Trial(Some(guard));
-            let started = Instant::now();
-            let result = inner.oneshot(attempt).await;
-            trial.finish(&result);
-            guard.observe(&result, started.elapsed());
-            result
-        })
+impl Guard {
+    /// A call the open breaker refused, counted as such.
+    fn refused<T>(&self, retry_after: Duration) -> Result<T, UpstreamError> {
+        let refused = Err(self.breaker_open(retry_after));
+        self.observe(&refused, Duration::ZERO);
+        refused
     }
 }
 
