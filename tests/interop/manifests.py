@@ -88,10 +88,10 @@ def render_k8s(directory: Path) -> tuple[str, str]:
 def fallback_render(directory: Path) -> list[dict]:
     """What this repository's kustomization.yaml uses, rendered without kustomize: its
     resources, configMapGenerator (envs, files, literals; no hash suffix, so references stay
-    as written), `namespace` and `labels`. Enough to validate the objects' schemas when kubectl
+    as written), `namespace`, `labels` and `images`. Enough to validate the objects' schemas when kubectl
     is missing; kubectl kustomize is the real renderer."""
     kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    known = {"apiVersion", "kind", "namespace", "labels", "resources", "configMapGenerator"}
+    known = {"apiVersion", "kind", "namespace", "labels", "resources", "configMapGenerator", "images"}
     unknown = set(kust) - known
     if unknown:
         raise RuntimeError(f"fallback renderer: kustomization fields it does not know: {sorted(unknown)}")
@@ -121,6 +121,14 @@ def fallback_render(directory: Path) -> list[dict]:
         if labels:
             meta["labels"] = dict(labels)
         docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data})
+    images = {i["name"]: i for i in kust.get("images", [])}
+    for doc in docs:
+        pod = (doc.get("spec") or {}).get("template", {}).get("spec", {})
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            name = c["image"].split(":")[0]
+            if name in images:
+                i = images[name]
+                c["image"] = f"{i.get('newName', name)}:{i.get('newTag', c['image'].partition(':')[2] or 'latest')}"
     cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
     for doc in docs:
         meta = doc.setdefault("metadata", {})
