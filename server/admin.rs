@@ -158,10 +158,17 @@ fn detailed_json(state: &AppState) -> Value {
             )
         })
         .collect();
+    let redis = match &upstreams.redis {
+        None => {
+            json!({"status": "not_configured", "note": "no REDIS_URL: cache and jobs are this replica's alone"})
+        }
+        Some(redis) => json!(redis.health()),
+    };
+    let (cache_entries, cache_bytes) = upstreams.cache.usage();
     let down = |v: &Value| matches!(v["status"].as_str(), Some("down" | "starting"));
     let status = if not_ready(state).is_some() || down(&llm) || down(&kb) {
         "unavailable"
-    } else if down(&web) || down(&fetch) {
+    } else if down(&web) || down(&fetch) || redis["status"] == "degraded" {
         "degraded"
     } else {
         "ok"
@@ -176,7 +183,8 @@ fn detailed_json(state: &AppState) -> Value {
             "kb": kb,
             "web": web,
             "fetch": fetch,
-            "redis": {"status": "not_configured", "note": "Redis support is not built yet; jobs and caches are in memory"},
+            "redis": redis,
+            "cache": {"entries": cache_entries, "bytes": cache_bytes},
             "breakers": breakers,
             "pools": pools,
             "jobs": {"running": state.running_jobs(), "queued": state.queued_jobs()},
@@ -297,8 +305,11 @@ async fn kb_search(State(state): State<Arc<AppState>>) -> Json<Value> {
         "knowledge_base": kb,
         "latency": state.metrics.kb_search_performance(),
         "window": "the most recent 1024 batch searches",
-        "cache_hit_ratio": null,
-        "cache": "no cache yet: every search goes to the knowledge base",
+        "cache_hit_ratio": state.metrics.cache_hit_ratio("kb"),
+        "cache": match kb {
+            Some("local") => "the local index is searched in the process, not cached",
+            _ => "answers cached in the process and, with REDIS_URL, in Redis; the ratio counts every search since start",
+        },
         "breaker": breaker,
     }))
 }

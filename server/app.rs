@@ -23,6 +23,7 @@ use crate::{
     jobs::{JobLimits, JobRegistry},
     kb::{KnowledgeBase, KnowledgeSource},
     pipeline::PipelineSettings,
+    redis::Redis,
     service::{AppState, ContentApi, Ready},
 };
 use dakota::api::{self, content_service_server::ContentServiceServer};
@@ -72,8 +73,19 @@ impl Server {
             .map_err(ServerError::Startup)?
             .map(Arc::new);
         // Bad upstream configuration fails here, before the port is taken.
+        let redis = match &config.upstreams.redis_url {
+            Some(url) => Some(Arc::new(
+                Redis::connect(
+                    url.expose(),
+                    config.upstreams.redis_timeout,
+                    metrics.clone(),
+                )
+                .map_err(ServerError::Startup)?,
+            )),
+            None => None,
+        };
         let upstreams = Arc::new(
-            Upstreams::from_config(&config.upstreams, metrics.clone())
+            Upstreams::from_config(&config.upstreams, metrics.clone(), redis.clone())
                 .map_err(ServerError::Startup)?,
         );
         let listener = TcpListener::bind(config.grpc_addr)

@@ -241,6 +241,26 @@ pub struct UpstreamConfig {
     /// default (llm=600, kb=1200, web=300, fetch=600); 0 is no limit.
     #[arg(long, env = "DAKOTA_RATE_LIMITS", value_delimiter = ',', value_parser = parse_pair)]
     pub rate_limits: Vec<(String, String)>,
+
+    /// How long answers are cached per upstream (`llm`, `kb`, `web`, `fetch`), each overriding
+    /// its default (llm=5m, kb=1h, web=1h, fetch=15m); 0s is not cached. LLM answers are cached
+    /// only for deterministic requests (temperature 0); fetched pages only for their job and
+    /// in the process.
+    #[arg(long, env = "DAKOTA_CACHE_TTLS", value_delimiter = ',', value_parser = parse_pair)]
+    pub cache_ttls: Vec<(String, String)>,
+
+    /// Bytes the in-process cache holds at most (the least used entries go first).
+    #[arg(long, env = "DAKOTA_CACHE_MAX_BYTES", default_value_t = 64 << 20)]
+    pub cache_max_bytes: u64,
+
+    /// Redis shared by the replicas: the second cache level, jobs any replica can serve, rate
+    /// limits counted across replicas. Without it each replica works alone; with it down, too.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// How long one Redis operation may take before the server goes on without it.
+    #[arg(long, env = "DAKOTA_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
 }
 
 /// A secret from the command line or environment: never printed, never logged, zeroed when

@@ -73,15 +73,14 @@ impl KnowledgeSource {
     }
 
     /// Several queries at once, one hit list per query in order, at most `per_document`
-    /// passages of any one document in a list, and the upstream attempts it took (1 for the
-    /// local index).
+    /// passages of any one document in a list.
     pub async fn search_batch(
         &self,
         scope: &CallScope,
         queries: &[String],
         limit: usize,
         per_document: usize,
-    ) -> (Result<Vec<Vec<KbHit>>, KbError>, u32) {
+    ) -> Searched {
         match self {
             Self::Local(kb) => {
                 let (kb, queries) = (kb.clone(), queries.to_vec());
@@ -91,26 +90,46 @@ impl KnowledgeSource {
                 .await
                 .map_err(|e| KbError::Task(e.to_string()))
                 .and_then(|r| r);
-                (result, 1)
+                Searched {
+                    hits: result,
+                    attempts: 1,
+                    cache_hit: false,
+                }
             }
             Self::VectorStore(store) => {
                 let searches = queries.iter().map(|q| store.search(scope, q, limit));
                 let answers = futures_util::future::join_all(searches).await;
-                let attempts = answers.iter().map(|(_, a)| *a).max().unwrap_or(1);
-                let result = answers
+                let attempts = answers.iter().map(|a| a.attempts).max().unwrap_or(0);
+                let cache_hit = answers.iter().all(|a| a.cache_hit());
+                let hits = answers
                     .into_iter()
-                    .map(|(hits, _)| {
-                        let hits: Vec<KbHit> = hits?
+                    .map(|answer| {
+                        let hits: Vec<KbHit> = answer
+                            .result?
                             .into_iter()
                             .map(|h| vector_hit(&store.store_id, h))
                             .collect();
                         Ok(at_most_per_document(hits, per_document, |h| h.url.clone()))
                     })
                     .collect();
-                (result, attempts)
+                Searched {
+                    hits,
+                    attempts,
+                    cache_hit,
+                }
             }
         }
     }
+}
+
+/// The answer of [`KnowledgeSource::search_batch`].
+#[derive(Debug)]
+pub struct Searched {
+    pub hits: Result<Vec<Vec<KbHit>>, KbError>,
+    /// Upstream attempts (1 for the local index; 0 when every query came from the cache).
+    pub attempts: u32,
+    /// Whether every query was answered by the cache.
+    pub cache_hit: bool,
 }
 
 fn vector_hit(store_id: &str, hit: VectorHit) -> KbHit {

@@ -25,6 +25,20 @@ pub struct MethodCode {
     pub code: &'static str,
 }
 
+/// A cache lookup: `layer` is `memory` or `redis`, `result` is `hit` or `miss`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub layer: &'static str,
+    pub upstream: &'static str,
+    pub result: &'static str,
+}
+
+/// A Redis operation (`get`, `set`, `lock`, `xadd`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisOp {
+    pub op: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Method {
     pub method: &'static str,
@@ -126,6 +140,12 @@ pub struct Metrics {
     pub pool_size: Family<PoolLabels, Gauge>,
     pub llm_tokens: Family<TokenLabels, Counter>,
     pub llm_cost: Family<AgentModel, Counter<f64, AtomicU64>>,
+    pub cache_requests: Family<CacheLabels, Counter>,
+    /// Calls that waited for an identical call in flight instead of making their own.
+    pub cache_coalesced: Family<Upstream, Counter>,
+    /// 1 while Redis answers (or is not configured), 0 while the server runs without it.
+    pub redis_up: Gauge,
+    pub redis_errors: Family<RedisOp, Counter>,
     /// Recent agent run durations, by agent, in seconds.
     agent_samples: Mutex<HashMap<&'static str, VecDeque<f64>>>,
     /// Recent knowledge-base search durations, in seconds.
@@ -287,6 +307,34 @@ impl Metrics {
                 "Estimated LLM cost in USD from the price table",
                 Family::default(),
             ),
+            cache_requests: counted(
+                &mut r,
+                "cache_requests",
+                "Cache lookups by layer (memory, redis), upstream and result (hit, miss)",
+                Family::default(),
+            ),
+            cache_coalesced: counted(
+                &mut r,
+                "cache_coalesced",
+                "Upstream calls saved by waiting for an identical call in flight (single-flight)",
+                Family::default(),
+            ),
+            redis_up: {
+                let up = counted(
+                    &mut r,
+                    "redis_up",
+                    "1 while Redis answers or is not configured; 0 while the server runs on its in-process cache and memory alone",
+                    Gauge::default(),
+                );
+                up.set(1);
+                up
+            },
+            redis_errors: counted(
+                &mut r,
+                "redis_errors",
+                "Redis operations that failed, timed out or were skipped by its open breaker, by operation",
+                Family::default(),
+            ),
             agent_samples: Mutex::default(),
             kb_samples: Mutex::default(),
             registry: r,
@@ -342,6 +390,23 @@ impl Metrics {
             samples.iter().map(|(a, s)| (*a, Summary::of(s))).collect();
         agents.sort_by_key(|(a, _)| *a);
         agents
+    }
+
+    /// Of the lookups of `upstream`'s answers since start, the share answered by a cache
+    /// level; `None` before the first.
+    pub fn cache_hit_ratio(&self, upstream: &'static str) -> Option<f64> {
+        let count = |layer, result| {
+            self.cache_requests
+                .get(&CacheLabels {
+                    layer,
+                    upstream,
+                    result,
+                })
+                .map_or(0, |c| c.get())
+        };
+        let lookups = count("memory", "hit") + count("memory", "miss");
+        let hits = count("memory", "hit") + count("redis", "hit");
+        (lookups > 0).then(|| hits as f64 / lookups as f64)
     }
 
     pub fn kb_search_performance(&self) -> Summary {

@@ -328,9 +328,10 @@ impl ContentApi {
             .collect();
         let scope = CallScope::new(Pool::Search);
         let started = Instant::now();
-        let (batch, _) = kb
+        let batch = kb
             .search_batch(&scope, &queries, limits.max_results, limits.per_document)
-            .await;
+            .await
+            .hits;
         self.state.metrics.observe_kb_search(started.elapsed());
         let batch = batch.map_err(|e| match e {
             crate::kb::KbError::Upstream(upstream) => Status::unavailable(upstream.to_string()),

@@ -189,7 +189,7 @@ impl LlmAgent {
                 input_tokens: completion.usage.input_tokens,
                 output_tokens: completion.usage.output_tokens,
             },
-            cache_hit: false,
+            cache_hit: completion.cached,
             attempts: completion.attempts,
             summary,
             warnings,
@@ -223,6 +223,7 @@ impl LlmAgent {
         let mut turns: Vec<(&str, String)> = Vec::new();
         let mut usage = crate::upstream::llm::Usage::default();
         let mut attempts = 0;
+        let mut cached = true;
         let mut repaired: Option<(String, T)> = None;
         let mut problem = String::new();
         for round in 0..2 {
@@ -235,10 +236,12 @@ impl LlmAgent {
             usage.input_tokens += answer.usage.input_tokens;
             usage.output_tokens += answer.usage.output_tokens;
             attempts += answer.attempts;
+            cached &= answer.cached;
             let done = |value| Completion {
                 value,
                 usage,
                 attempts,
+                cached,
             };
             match judge(&answer.value, max_tokens, &check) {
                 Checked::Fits(value) => {
@@ -279,6 +282,7 @@ impl LlmAgent {
                     value,
                     usage,
                     attempts,
+                    cached,
                 },
                 repaired: Some(found),
             }),
@@ -382,12 +386,11 @@ impl Agent<JobRequest, KbResearch> for LlmKbResearcher {
                     .cloned(),
             );
             let searched = offline::search_kb(cx, &self.kb, queries).await?;
+            let cached = asked.completion.cached && searched.cache_hit;
+            let mut completion = asked.completion.with(searched.value);
+            completion.cached = cached;
             let asked = Asked {
-                completion: Completion {
-                    value: searched.value,
-                    usage: asked.completion.usage,
-                    attempts: asked.completion.attempts,
-                },
+                completion,
                 repaired: asked.repaired,
             };
             let mut output = self.llm.output(asked, searched.summary);
@@ -705,7 +708,7 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
                 completion,
                 repaired,
             } = answer;
-            let (outline, key_themes) = completion.value;
+            let (outline, key_themes) = completion.value.clone();
             let synthesis = Synthesis {
                 outline,
                 key_themes,
@@ -718,11 +721,7 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
             );
             let mut output = self.llm.output(
                 Asked {
-                    completion: Completion {
-                        value: synthesis,
-                        usage: completion.usage,
-                        attempts: completion.attempts,
-                    },
+                    completion: completion.with(synthesis),
                     repaired,
                 },
                 summary,
@@ -825,6 +824,7 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
                     },
                     usage,
                     attempts,
+                    cached: false,
                 },
                 repaired: None,
             };
@@ -1150,11 +1150,7 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
             } = answer;
             Ok(self.llm.output(
                 Asked {
-                    completion: Completion {
-                        value: report,
-                        usage: completion.usage,
-                        attempts: completion.attempts,
-                    },
+                    completion: completion.with(report),
                     repaired,
                 },
                 summary,

@@ -97,9 +97,7 @@ impl Agent<JobRequest, KbResearch> for KbResearcher {
     ) -> AgentFuture<'a, KbResearch> {
         Box::pin(async move {
             let queries = kb_queries(&request.topic);
-            let mut output = search_kb(cx, &self.kb, queries).await?;
-            output.attempts = output.attempts.max(1);
-            Ok(output)
+            search_kb(cx, &self.kb, queries).await
         })
     }
 }
@@ -113,12 +111,14 @@ pub(super) async fn search_kb(
 ) -> Result<AgentOutput<KbResearch>, AgentError> {
     let started = std::time::Instant::now();
     // The best passage of each document: one document cannot take every place.
-    let (batch, attempts) = kb
+    let searched = kb
         .search_batch(&cx.scope, &queries, HITS_PER_QUERY, 1)
         .await;
     cx.metrics.observe_kb_search(started.elapsed());
-    cx.upstream.record("kb", batch.is_ok());
-    let batch = batch?;
+    if !searched.cache_hit {
+        cx.upstream.record("kb", searched.hits.is_ok());
+    }
+    let batch = searched.hits?;
     let hit_count: usize = batch.iter().map(Vec::len).sum();
     let research = research_from_hits(&queries, batch);
     let summary = format!(
@@ -127,7 +127,8 @@ pub(super) async fn search_kb(
         research.sources.len()
     );
     let mut output = AgentOutput::local(research, summary);
-    output.attempts = attempts;
+    output.attempts = searched.attempts;
+    output.cache_hit = searched.cache_hit;
     Ok(output)
 }
 

@@ -26,6 +26,8 @@ use crate::{
     },
 };
 
+use crate::{cache::Cache, redis::Redis};
+
 const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 
 /// The upstream clients and per-agent settings built from configuration, once.
@@ -33,6 +35,9 @@ pub struct Upstreams {
     /// The resilience stacks, for health and metrics.
     pub guards: Guards,
     pub metrics: Arc<Metrics>,
+    /// The cache of upstream answers, and the shared Redis behind it (if configured).
+    pub cache: Arc<Cache>,
+    pub redis: Option<Arc<Redis>>,
     pub llm: Option<Arc<LlmClient>>,
     pub serper: Option<Arc<SerperClient>>,
     pub vector_store: Option<Arc<VectorStoreClient>>,
@@ -80,7 +85,13 @@ impl Models {
 }
 
 impl Upstreams {
-    pub fn from_config(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+    /// The clients of configuration `config`; their answers cached in the process and, when
+    /// configured, in `redis`.
+    pub fn from_config(
+        config: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+        redis: Option<Arc<Redis>>,
+    ) -> Result<Self, String> {
         if let Some((agent, _)) = config
             .agent_models
             .iter()
@@ -91,7 +102,12 @@ impl Upstreams {
             ));
         }
         let http = api_client().map_err(|e| format!("HTTP client: {e}"))?;
-        let guards = Guards::from_config(config, &metrics)?;
+        let cache = Arc::new(Cache::new(
+            config.cache_max_bytes,
+            redis.clone(),
+            metrics.clone(),
+        ));
+        let guards = Guards::from_config(config, &metrics, &cache)?;
         let llm_configured = config.openai_api_key.is_some() || config.openai_base_url.is_some();
         let base_url = config
             .openai_base_url
@@ -140,6 +156,8 @@ impl Upstreams {
         Ok(Self {
             guards,
             metrics,
+            cache,
+            redis,
             llm,
             serper,
             vector_store,
@@ -276,7 +294,8 @@ mod tests {
             "--agent-models",
             "seo_specialist=special,content_writer=writer-model",
         ]);
-        let upstreams = Upstreams::from_config(&config.upstreams, Default::default()).unwrap();
+        let upstreams =
+            Upstreams::from_config(&config.upstreams, Default::default(), None).unwrap();
         let model = |a| upstreams.models.for_agent(a);
         assert_eq!(model(AgentName::KbResearcher), "n");
         assert_eq!(model(AgentName::SocialPromoter), "n");
@@ -288,8 +307,8 @@ mod tests {
         assert_eq!(model(AgentName::ContentWriter), "writer-model");
 
         let typo = Config::parse_from(["dakota-server", "--agent-models", "seo=x"]);
-        assert!(Upstreams::from_config(&typo.upstreams, Default::default()).is_err());
+        assert!(Upstreams::from_config(&typo.upstreams, Default::default(), None).is_err());
         let bad_price = Config::parse_from(["dakota-server", "--prices", "gpt-4.1=free"]);
-        assert!(Upstreams::from_config(&bad_price.upstreams, Default::default()).is_err());
+        assert!(Upstreams::from_config(&bad_price.upstreams, Default::default(), None).is_err());
     }
 }

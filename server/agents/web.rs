@@ -8,7 +8,7 @@ use super::{
     llm::{self, LlmAgent},
     offline::domain_of,
 };
-use crate::{pipeline::JobRequest, text, upstream::serper::SerperClient};
+use crate::{pipeline::JobRequest, resilience::Called, text, upstream::serper::SerperClient};
 use dakota::api;
 
 /// Results asked per query.
@@ -135,11 +135,7 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
                     let queries = asked.completion.value.clone();
                     let output = llm.output(
                         llm::Asked {
-                            completion: crate::upstream::llm::Completion {
-                                value: WebResearch::default(),
-                                usage: asked.completion.usage,
-                                attempts: asked.completion.attempts,
-                            },
+                            completion: asked.completion.with(WebResearch::default()),
                             repaired: asked.repaired,
                         },
                         String::new(),
@@ -152,7 +148,10 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
                         format!("{} regulation", request.topic),
                         format!("{} outlook", request.topic),
                     ],
-                    AgentOutput::local(WebResearch::default(), ""),
+                    AgentOutput {
+                        cache_hit: true,
+                        ..AgentOutput::local(WebResearch::default(), "")
+                    },
                 ),
             };
             let searches = queries
@@ -161,10 +160,15 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
             let answers = futures_util::future::join_all(searches).await;
             let mut results = Vec::new();
             let mut failures = Vec::new();
-            for (answer, attempts) in answers {
-                output.attempts = output.attempts.max(attempts);
-                cx.upstream.record("web", answer.is_ok());
-                match answer {
+            // A cache hit only if nothing went upstream: neither the searches nor the
+            // query-writing LLM call (the local queries start as a hit).
+            output.cache_hit &= answers.iter().all(Called::cache_hit);
+            for answer in answers {
+                output.attempts = output.attempts.max(answer.attempts);
+                if !answer.cache_hit() {
+                    cx.upstream.record("web", answer.result.is_ok());
+                }
+                match answer.result {
                     Ok(organic) => results.extend(organic.into_iter().enumerate()),
                     Err(error) => failures.push(error),
                 }

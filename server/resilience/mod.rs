@@ -16,6 +16,7 @@ use tokio::{
 
 use crate::{
     agents::AgentName,
+    cache::{Cache, Key},
     config::UpstreamConfig,
     lock,
     metrics::{self, Metrics, UpstreamOutcome},
@@ -25,7 +26,7 @@ use crate::{
 pub mod breaker;
 mod stack;
 
-pub use stack::Attempt;
+pub use stack::{Attempt, Called};
 
 use breaker::CircuitBreaker;
 
@@ -234,30 +235,33 @@ impl Guards {
 impl Guards {
     /// The guard of each upstream (`llm`, `kb`, `web`, `fetch`) from configuration, sharing
     /// one set of concurrency limits.
-    pub fn from_config(config: &UpstreamConfig, metrics: &Arc<Metrics>) -> Result<Self, String> {
+    pub fn from_config(
+        config: &UpstreamConfig,
+        metrics: &Arc<Metrics>,
+        cache: &Arc<Cache>,
+    ) -> Result<Self, String> {
         let limits = Arc::new(Limits::new(
             config.max_concurrent_upstream,
             config.pool_search,
             config.pool_content,
             config.pool_analysis,
         ));
-        let mut rpm: std::collections::HashMap<String, u32> = DEFAULT_RPM
-            .iter()
-            .map(|(u, n)| (u.to_string(), *n))
-            .collect();
-        for (upstream, value) in &config.rate_limits {
-            if !UPSTREAMS.contains(&upstream.as_str()) {
-                return Err(format!(
-                    "--rate-limits names `{upstream}`; upstreams are {}",
-                    UPSTREAMS.join(", ")
-                ));
-            }
-            let value: u32 = value.parse().map_err(|_| {
-                format!("--rate-limits {upstream}={value}: not a number of requests per minute")
-            })?;
-            rpm.insert(upstream.clone(), value);
-        }
+        let rpm = per_upstream(
+            &config.rate_limits,
+            "--rate-limits",
+            "a number of requests per minute",
+            DEFAULT_RPM,
+            |v| v.parse::<u32>().ok(),
+        )?;
+        let ttls = per_upstream(
+            &config.cache_ttls,
+            "--cache-ttls",
+            "a duration (5m, 1h, 0s)",
+            DEFAULT_TTL,
+            |v| humantime::parse_duration(v).ok(),
+        )?;
         let guard = |upstream: &'static str, timeout| {
+            let ttl = ttls.get(upstream).copied().unwrap_or_default();
             Arc::new(
                 Guard::new(
                     upstream,
@@ -267,7 +271,8 @@ impl Guards {
                     limits.clone(),
                     metrics.clone(),
                 )
-                .with_timeout(timeout),
+                .with_timeout(timeout)
+                .with_cache(cache.clone(), ttl),
             )
         };
         Ok(Guards {
@@ -280,7 +285,39 @@ impl Guards {
     }
 }
 
+/// `defaults` overridden by `upstream=value` pairs of the flag `flag`.
+fn per_upstream<T: Copy>(
+    pairs: &[(String, String)],
+    flag: &str,
+    expected: &str,
+    defaults: [(&str, T); 4],
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<std::collections::HashMap<String, T>, String> {
+    let mut values: std::collections::HashMap<String, T> =
+        defaults.iter().map(|(u, v)| (u.to_string(), *v)).collect();
+    for (upstream, value) in pairs {
+        if !UPSTREAMS.contains(&upstream.as_str()) {
+            return Err(format!(
+                "{flag} names `{upstream}`; upstreams are {}",
+                UPSTREAMS.join(", ")
+            ));
+        }
+        let parsed =
+            parse(value).ok_or_else(|| format!("{flag} {upstream}={value}: not {expected}"))?;
+        values.insert(upstream.clone(), parsed);
+    }
+    Ok(values)
+}
+
 const UPSTREAMS: [&str; 4] = ["llm", "kb", "web", "fetch"];
+/// How long answers are cached per upstream unless `--cache-ttls` says otherwise (SPEC §6).
+/// The LLM's only when the request is deterministic; fetched pages only for the job.
+const DEFAULT_TTL: [(&str, Duration); 4] = [
+    ("llm", Duration::from_secs(300)),
+    ("kb", Duration::from_secs(3600)),
+    ("web", Duration::from_secs(3600)),
+    ("fetch", Duration::from_secs(900)),
+];
 /// Requests per minute per upstream unless `--rate-limits` says otherwise.
 const DEFAULT_RPM: [(&str, u32); 4] = [("llm", 600), ("kb", 1200), ("web", 300), ("fetch", 600)];
 
@@ -295,6 +332,9 @@ pub struct Guard {
     timeout: Duration,
     pub limits: Arc<Limits>,
     metrics: Arc<Metrics>,
+    /// The cache in front of the stack, and how long this upstream's answers are kept
+    /// (none: not cached).
+    cache: Option<(Arc<Cache>, Duration)>,
     /// The latest failure, for detailed health.
     last_error: std::sync::Mutex<Option<(String, SystemTime)>>,
 }
@@ -316,8 +356,24 @@ impl Guard {
             timeout: DEFAULT_TIMEOUT,
             limits,
             metrics,
+            cache: None,
             last_error: Default::default(),
         }
+    }
+
+    /// The guard with `cache` in front, keeping answers for `ttl` (zero: not cached).
+    pub fn with_cache(self, cache: Arc<Cache>, ttl: Duration) -> Self {
+        Self {
+            cache: (!ttl.is_zero()).then_some((cache, ttl)),
+            ..self
+        }
+    }
+
+    /// The cache key of a call whose answer depends on `parts`; `None` when this upstream's
+    /// answers are not cached.
+    pub fn cache_key(&self, parts: &[&[u8]]) -> Option<Key> {
+        let (_, ttl) = self.cache.as_ref()?;
+        Some(Key::new(self.upstream, *ttl, parts))
     }
 
     /// The guard with this whole-call timeout per attempt.

@@ -1,5 +1,6 @@
 //! The resilience stack of one upstream call, as tower layers assembled in [`Guard::stack`]:
 //!
+//! cache (when the call is cacheable: two levels and single-flight, [`crate::cache`]) ->
 //! retry (backoff, `Retry-After`, the job's deadline) -> breaker fail-fast -> the pool of the
 //! call's kind of work and the global cap -> the rate limit -> breaker admission and outcome,
 //! metrics -> timeout -> the call.
@@ -21,14 +22,35 @@ use std::{
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, layer::layer_fn};
 
+use serde::{Serialize, de::DeserializeOwned};
+
 use super::{CallScope, Guard, MAX_RETRY_AFTER, breaker::Admission};
-use crate::{metrics, upstream::UpstreamError};
+use crate::{
+    cache::{Key, Layer},
+    metrics,
+    upstream::UpstreamError,
+};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The request every layer passes down: one attempt of the call.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt;
+
+/// A call through the cache and the stack: its outcome, the attempts it made, and the cache
+/// layer that answered it (`None`: the upstream did).
+#[derive(Debug)]
+pub struct Called<T> {
+    pub result: Result<T, UpstreamError>,
+    pub attempts: u32,
+    pub cached: Option<Layer>,
+}
+
+impl<T> Called<T> {
+    pub fn cache_hit(&self) -> bool {
+        self.cached.is_some()
+    }
+}
 
 impl Guard {
     /// The whole stack around `call`. Returns the outcome and the attempts made.
@@ -68,13 +90,43 @@ impl Guard {
         (result, attempts.load(Ordering::Relaxed).max(1))
     }
 
+    /// [`Guard::call`] behind the cache: with a `key` (from [`Guard::cache_key`]) a cached
+    /// answer is returned without a call, and identical calls in flight share one.
+    pub async fn cached<T, F, Fut>(&self, scope: &CallScope, key: Option<Key>, call: F) -> Called<T>
+    where
+        F: Fn(u32) -> Fut + Sync,
+        Fut: Future<Output = Result<T, UpstreamError>> + Send,
+        T: Serialize + DeserializeOwned + Send,
+    {
+        let (Some(key), Some((cache, _))) = (key, self.cache.as_ref()) else {
+            let (result, attempts) = self.call(scope, call).await;
+            return Called {
+                result,
+                attempts,
+                cached: None,
+            };
+        };
+        let attempts = AtomicU32::new(0);
+        let attempt = |Attempt| {
+            let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            call(n)
+        };
+        let stack = self.stack(scope, &|| true, tower::service_fn(attempt));
+        let (result, cached) = cache.get_or_load(&key, stack.oneshot(Attempt)).await;
+        Called {
+            result,
+            attempts: attempts.load(Ordering::Relaxed),
+            cached,
+        }
+    }
+
     /// The layers every upstream call goes through, outermost first.
     fn stack<'a, S, T>(
         &'a self,
         scope: &'a CallScope,
         may_retry: &'a (dyn Fn() -> bool + Sync),
         call: S,
-    ) -> impl Service<Attempt, Response = T, Error = UpstreamError, Future: Send> + 'a
+    ) -> impl Service<Attempt, Response = T, Error = UpstreamError, Future: Send> + Clone + Send + 'a
     where
         S: Service<Attempt, Response = T, Error = UpstreamError> + Clone + Send + 'a,
         S::Future: Send + 'a,

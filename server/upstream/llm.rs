@@ -28,12 +28,26 @@ impl Usage {
     }
 }
 
-/// A finished call: its value, tokens over every attempt, attempts made.
+/// A finished call: its value, tokens over every attempt, attempts made, and whether the
+/// answer came from the cache (no tokens spent).
 #[derive(Debug, Clone)]
 pub struct Completion<T> {
     pub value: T,
     pub usage: Usage,
     pub attempts: u32,
+    pub cached: bool,
+}
+
+impl<T> Completion<T> {
+    /// The same accounting with another value (what the caller made of the answer).
+    pub fn with<U>(self, value: U) -> Completion<U> {
+        Completion {
+            value,
+            usage: self.usage,
+            attempts: self.attempts,
+            cached: self.cached,
+        }
+    }
 }
 
 /// What to ask: the agent's system and user messages.
@@ -66,7 +80,7 @@ pub struct Ask<'a> {
 }
 
 /// A structured answer as the model gave it; judging it is the caller's business.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Answer {
     pub content: String,
     /// `finish_reason: length`: cut off at `max_tokens`.
@@ -269,19 +283,28 @@ impl LlmClient {
         };
         body["messages"] = Self::messages(&system, prompt, turns);
         let usage = std::sync::Mutex::new(Usage::default());
-        let (result, attempts) = self
+        // Only a deterministic request has one answer worth keeping.
+        let key = (self.temperature == 0.0)
+            .then(|| {
+                self.guard
+                    .cache_key(&[self.base_url.as_bytes(), body.to_string().as_bytes()])
+            })
+            .flatten();
+        let called = self
             .guard
-            .call(scope, |_| {
+            .cached(scope, key, |_| {
                 self.structured_once(&body, &usage)
                     .instrument(self.chat_span(ask.model))
                     .map(|r| r.map_err(|e| e.redact(self.api_key.as_ref())))
             })
             .await;
         let usage = *crate::lock(&usage);
-        result.map(|value| Completion {
+        let cached = called.cache_hit();
+        called.result.map(|value| Completion {
             value,
             usage,
-            attempts,
+            attempts: called.attempts,
+            cached,
         })
     }
 
@@ -363,6 +386,7 @@ impl LlmClient {
             value,
             usage,
             attempts,
+            cached: false,
         })
     }
 

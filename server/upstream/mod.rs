@@ -13,7 +13,7 @@ pub mod serper;
 pub mod vector_store;
 
 /// Why an upstream call failed; [`UpstreamError::retryable`] decides whether to try again.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("{upstream}: cannot connect: {message}")]
     Connect {

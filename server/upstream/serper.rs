@@ -1,17 +1,17 @@
 //! Serper web search: `POST {base}/search` with `X-API-KEY`, body `{"q", "num"}`.
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{UpstreamError, send_json};
+use super::send_json;
 use crate::config::Secret;
-use crate::resilience::{CallScope, Guard};
+use crate::resilience::{CallScope, Called, Guard};
 
 const UPSTREAM: &str = "web";
 
 /// One organic result.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Organic {
     pub title: String,
     pub link: String,
@@ -60,20 +60,19 @@ impl SerperClient {
         value
     }
 
-    /// Organic results of one query, and the attempts it took.
-    pub async fn search(
-        &self,
-        scope: &CallScope,
-        query: &str,
-        num: u32,
-    ) -> (Result<Vec<Organic>, UpstreamError>, u32) {
+    /// Organic results of one query (cached for the web TTL), and the attempts it took.
+    pub async fn search(&self, scope: &CallScope, query: &str, num: u32) -> Called<Vec<Organic>> {
+        let body = json!({"q": query, "num": num});
+        let key = self
+            .guard
+            .cache_key(&[self.base_url.as_bytes(), body.to_string().as_bytes()]);
         self.guard
-            .call(scope, |_| async {
+            .cached(scope, key, |_| async {
                 let request = self
                     .http
                     .post(format!("{}/search", self.base_url))
                     .header("X-API-KEY", self.api_key_header())
-                    .json(&json!({"q": query, "num": num}));
+                    .json(&body);
                 let answer: SearchResponse =
                     send_json(UPSTREAM, "{base}/search", request, self.timeout)
                         .await

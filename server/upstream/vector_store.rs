@@ -1,16 +1,16 @@
 //! OpenAI vector-store search: `POST {base}/vector_stores/{id}/search`.
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{UpstreamError, send_json};
+use super::send_json;
 use crate::config::Secret;
-use crate::resilience::{CallScope, Guard};
+use crate::resilience::{CallScope, Called, Guard};
 
 const UPSTREAM: &str = "kb";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct VectorHit {
     pub file_id: String,
     #[serde(default)]
@@ -23,7 +23,7 @@ pub struct VectorHit {
     pub content: Vec<ContentPart>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ContentPart {
     #[serde(default)]
     pub text: String,
@@ -80,21 +80,28 @@ impl VectorStoreClient {
         }
     }
 
+    /// The hits of one query (cached for the knowledge-base TTL), and the attempts it took.
     pub async fn search(
         &self,
         scope: &CallScope,
         query: &str,
         max_results: usize,
-    ) -> (Result<Vec<VectorHit>, UpstreamError>, u32) {
+    ) -> Called<Vec<VectorHit>> {
+        let body = json!({"query": query, "max_num_results": max_results.clamp(1, 50)});
+        let key = self.guard.cache_key(&[
+            self.base_url.as_bytes(),
+            self.store_id.as_bytes(),
+            body.to_string().as_bytes(),
+        ]);
         self.guard
-            .call(scope, |_| async {
+            .cached(scope, key, |_| async {
                 let mut request = self
                     .http
                     .post(format!(
                         "{}/vector_stores/{}/search",
                         self.base_url, self.store_id
                     ))
-                    .json(&json!({"query": query, "max_num_results": max_results.clamp(1, 50)}));
+                    .json(&body);
                 if let Some(key) = &self.api_key {
                     request = request.bearer_auth(key.expose());
                 }

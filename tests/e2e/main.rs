@@ -3,6 +3,7 @@
 
 mod adversarial;
 mod auth;
+mod caching;
 mod cli;
 mod common;
 mod generate;
@@ -10,6 +11,7 @@ mod jobs;
 mod lifecycle;
 mod messy_kb;
 mod observability;
+mod redis_server;
 mod resilience;
 mod small_models;
 mod standin;

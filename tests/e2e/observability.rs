@@ -109,7 +109,12 @@ async fn one_trace_per_job_from_the_callers_traceparent_down_to_each_upstream_ca
         attr(search, "url.template").as_deref(),
         Some("{base}/search")
     );
-    assert_eq!(by_id[search.parent_span_id.as_str()].name, "web_researcher");
+    // Under the cache's span, which says no cache level answered.
+    let cache = by_id[search.parent_span_id.as_str()];
+    assert_eq!(cache.name, "cache");
+    assert_eq!(attr(cache, "cache.layer").as_deref(), Some("none"));
+    assert_eq!(attr(cache, "upstream").as_deref(), Some("web"));
+    assert_eq!(by_id[cache.parent_span_id.as_str()].name, "web_researcher");
 
     // Every upstream request carried the job's trace.
     let requests = standin.requests();
