@@ -263,6 +263,39 @@ pub struct UpstreamConfig {
     pub redis_timeout: Duration,
 }
 
+impl Config {
+    /// The configuration from the command line and environment. A variable set to nothing
+    /// (`OPENAI_API_KEY=`, as a Secret or ConfigMap with blank values gives it) counts as
+    /// unset: blank keys must not select upstreams that cannot authenticate.
+    pub fn load() -> Self {
+        use clap::Parser;
+        let mut config = Self::parse();
+        config.upstreams.clear_blank();
+        config
+    }
+}
+
+impl UpstreamConfig {
+    fn clear_blank(&mut self) {
+        let blank = |s: &str| s.trim().is_empty();
+        if self.openai_base_url.as_deref().is_some_and(blank) {
+            self.openai_base_url = None;
+        }
+        if self.openai_vector_store_id.as_deref().is_some_and(blank) {
+            self.openai_vector_store_id = None;
+        }
+        for secret in [
+            &mut self.openai_api_key,
+            &mut self.serper_api_key,
+            &mut self.redis_url,
+        ] {
+            if secret.as_ref().is_some_and(|s| blank(s.expose())) {
+                *secret = None;
+            }
+        }
+    }
+}
+
 /// A secret from the command line or environment: never printed, never logged, zeroed when
 /// dropped (`secrecy`).
 #[derive(Clone)]

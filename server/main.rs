@@ -1,12 +1,11 @@
 //! `dakota-server`: configuration, logging, serve until SIGTERM/SIGINT, drain, exit.
 use std::process::ExitCode;
 
-use clap::Parser;
 use dakota_server::{app::Server, config::Config, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = Config::load();
     let telemetry = telemetry::Telemetry::init(config.log_format);
     let server = match Server::start(config).await {
         Ok(server) => server,

@@ -244,3 +244,41 @@ fn a_second_sigterm_during_the_drain_exits_at_once() {
         "{log:?}"
     );
 }
+
+/// Keys set to nothing (a Secret or ConfigMap with blank values) count as unset: the server
+/// stays on its offline agents instead of calling upstreams with no credentials.
+#[test]
+fn blank_upstream_variables_count_as_unset() {
+    let server = common::ServerProcess::spawn(
+        &[],
+        &[
+            ("OPENAI_API_KEY", ""),
+            ("OPENAI_BASE_URL", ""),
+            ("OPENAI_VECTOR_STORE_ID", ""),
+            ("SERPER_API_KEY", ""),
+            ("REDIS_URL", ""),
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = server.client().await;
+        let events = common::collect(
+            &mut client
+                .generate(common::request("Pension risk transfer"))
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+        .await;
+        let article = common::final_article(&events);
+        let agents = article.metrics.unwrap().agents;
+        assert!(
+            agents.iter().all(|a| a.provider == "offline"),
+            "every agent offline: {agents:?}"
+        );
+        let kb = agents.iter().find(|a| a.agent == "kb_researcher").unwrap();
+        assert_eq!(kb.model, "local", "the local knowledge base");
+    });
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
