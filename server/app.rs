@@ -20,6 +20,7 @@ use crate::{
 use crate::{
     agents::{Agents, AgentsFactory, select::Upstreams},
     config::Config,
+    jobs::shared::SharedJobs,
     jobs::{JobLimits, JobRegistry},
     kb::{KnowledgeBase, KnowledgeSource},
     pipeline::PipelineSettings,
@@ -149,6 +150,13 @@ impl Server {
                 fetcher: Some(upstreams.fetcher.clone()),
             },
             output_dir: config.output_dir.clone(),
+            shared_jobs: redis.clone().map(|redis| {
+                Arc::new(SharedJobs::new(
+                    redis,
+                    config.job_ttl,
+                    config.job_lease.max(Duration::from_millis(300)),
+                ))
+            }),
             api_keys: api_keys.clone(),
             quota: crate::quota::GenerateQuota::new(
                 config.generate_per_minute,

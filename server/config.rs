@@ -33,6 +33,12 @@ pub struct Config {
     #[arg(long, env = "DAKOTA_JOB_TTL", default_value = "1h", value_parser = parse_duration)]
     pub job_ttl: Duration,
 
+    /// With Redis: how long a replica's hold on a job it runs lasts unless renewed (every
+    /// third of it). When a replica dies, watchers on the others learn it within about this
+    /// long, and the job's idempotency key may start it again.
+    #[arg(long, env = "DAKOTA_JOB_LEASE", default_value = "5s", value_parser = parse_duration)]
+    pub job_lease: Duration,
+
     /// Jobs running at once; more wait in the queue.
     #[arg(long, env = "DAKOTA_MAX_RUNNING_JOBS", default_value_t = 8)]
     pub max_running_jobs: usize,

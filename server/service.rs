@@ -20,10 +20,13 @@ use crate::{
     agents::{Agents, select::Upstreams},
     auth::Principal,
     error::ApiError,
-    jobs::{AttachError, Job, JobRegistry},
+    jobs::{
+        self, AttachError, Job, JobRegistry,
+        shared::{Reattach, RemoteJob, SharedJobs},
+    },
     kb::KnowledgeSource,
     metrics::Metrics,
-    pipeline::{self, PipelineSettings},
+    pipeline::{self, JobRequest, PipelineSettings},
     resilience::{CallScope, Pool},
     telemetry, validation,
 };
@@ -65,6 +68,8 @@ pub struct AppState {
     pub output_dir: Option<PathBuf>,
     /// The accepted API keys; `None` when the API is open.
     pub api_keys: Option<Arc<crate::auth::ApiKeys>>,
+    /// Jobs in Redis, for every replica to serve; `None` without Redis.
+    pub shared_jobs: Option<Arc<SharedJobs>>,
     /// Jobs each caller may start; `None` for no quota.
     pub quota: Option<crate::quota::GenerateQuota>,
 }
@@ -164,6 +169,12 @@ impl AppState {
     }
 }
 
+/// Where a job runs (or ran).
+enum Located {
+    Here(Arc<Job>),
+    Elsewhere(Arc<SharedJobs>, RemoteJob),
+}
+
 /// A job's place among the admitted (running or queued) jobs, given back when dropped.
 struct Admitted(Arc<AtomicUsize>);
 
@@ -222,40 +233,104 @@ impl ContentApi {
                 })?;
         }
         let job_request = validation::generate_request(request.into_inner())?;
-        let draining = self
-            .state
-            .draining
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let ready = self
-            .state
-            .ready
-            .get()
-            .ok_or(ApiError::Unavailable("starting"))?;
-        // While draining, a retry may still re-attach to its job; nothing new starts.
-        let admit = || {
-            if *draining {
-                Err(AttachError::Draining)
-            } else {
-                self.state.admit()
-            }
-        };
-        let (job, created) = self
-            .state
-            .jobs
-            .create_or_attach(job_request, owner, admit)
-            .map_err(ApiError::from)?;
-        let events = self.state.jobs.follow(job.clone(), 0);
-        if created {
-            tracing::info!(job_id = %job.id, topic = %job.request.topic, "job started");
-            span.record("job_id", job.id.as_str());
-            self.state
-                .spawn_job(job, ready.agents.clone(), deadline, span);
-        } else {
-            tracing::info!(job_id = %job.id, "re-attached by idempotency key");
+        self.state.ready()?;
+        let id = uuid::Uuid::new_v4().to_string();
+        if let Some(elsewhere) = self
+            .attach_elsewhere(&job_request, owner.as_ref(), &id)
+            .await?
+        {
+            tracing::info!("re-attached by idempotency key to a job of another replica");
+            return Ok(Response::new(elsewhere));
         }
-        drop(draining);
+        // Admitted and spawned under the read lock: shutdown cannot start between the two.
+        let (job, created, events) = {
+            let draining = self
+                .state
+                .draining
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            let ready = self
+                .state
+                .ready
+                .get()
+                .ok_or(ApiError::Unavailable("starting"))?;
+            // While draining, a retry may still re-attach to its job; nothing new starts.
+            let admit = || {
+                if *draining {
+                    Err(AttachError::Draining)
+                } else {
+                    self.state.admit()
+                }
+            };
+            let (job, created) = self
+                .state
+                .jobs
+                .create_or_attach(job_request, owner.clone(), id, admit)
+                .map_err(ApiError::from)?;
+            let events = self.state.jobs.follow(job.clone(), 0);
+            if created {
+                tracing::info!(job_id = %job.id, topic = %job.request.topic, "job started");
+                span.record("job_id", job.id.as_str());
+                self.state
+                    .spawn_job(job.clone(), ready.agents.clone(), deadline, span);
+            } else {
+                tracing::info!(job_id = %job.id, "re-attached by idempotency key");
+            }
+            (job, created, events)
+        };
+        if created && let Some(shared) = &self.state.shared_jobs {
+            // Known to every replica before its id reaches the caller.
+            let registered = shared.register(&job, owner.as_ref()).await;
+            self.state
+                .tasks
+                .spawn(shared.clone().publish(job, owner, registered));
+        }
         Ok(Response::new(events))
+    }
+
+    /// With shared jobs, a `Generate` whose idempotency key another replica's job holds
+    /// follows that job (running on a live replica, or completed). Otherwise the key is
+    /// claimed for `id`, the job this replica is about to start.
+    async fn attach_elsewhere(
+        &self,
+        request: &JobRequest,
+        owner: Option<&Principal>,
+        id: &str,
+    ) -> Result<Option<EventStream>, Status> {
+        let (Some(shared), Some(key)) = (&self.state.shared_jobs, &request.idempotency_key) else {
+            return Ok(None);
+        };
+        let scoped = jobs::scoped_key(owner, key);
+        if self.state.jobs.holds_key(&scoped) {
+            return Ok(None);
+        }
+        let Some(holder) = shared.claim_key(&scoped, id).await else {
+            return Ok(None);
+        };
+        if let Some(job) = shared.find(&holder).await.filter(|j| j.visible_to(owner)) {
+            match shared.reattachable(&job, request).await {
+                Reattach::Yes => return Ok(Some(shared.follow(job, 0))),
+                Reattach::KeyReused => {
+                    return Err(ApiError::from(AttachError::KeyReused(holder)).into());
+                }
+                Reattach::No => {}
+            }
+        }
+        shared.replace_key(&scoped, id).await;
+        Ok(None)
+    }
+
+    /// The job `id` where it is: in this process, or (with shared jobs) on another replica.
+    async fn locate(&self, id: &str, owner: Option<&Principal>) -> Result<Located, Status> {
+        if let Some(job) = self.state.jobs.get(id, owner) {
+            return Ok(Located::Here(job));
+        }
+        if let Some(shared) = &self.state.shared_jobs
+            && let Some(job) = shared.find(id).await.filter(|j| j.visible_to(owner))
+        {
+            return Ok(Located::Elsewhere(shared.clone(), job));
+        }
+        Err(ApiError::JobNotFound(id.to_string()).into())
     }
 
     async fn watch_job_rpc(
@@ -265,13 +340,11 @@ impl ContentApi {
         let owner = caller(&request).cloned();
         let request = request.into_inner();
         let id = validation::job_id(&request.job_id)?;
-        let job = self
-            .state
-            .jobs
-            .get(&id, owner.as_ref())
-            .ok_or(ApiError::JobNotFound(id))?;
         Ok(Response::new(
-            self.state.jobs.follow(job, request.after_sequence),
+            match self.locate(&id, owner.as_ref()).await? {
+                Located::Here(job) => self.state.jobs.follow(job, request.after_sequence),
+                Located::Elsewhere(shared, job) => shared.follow(job, request.after_sequence),
+            },
         ))
     }
 
@@ -281,12 +354,12 @@ impl ContentApi {
     ) -> Result<Response<api::Article>, Status> {
         let owner = caller(&request).cloned();
         let id = validation::job_id(&request.into_inner().job_id)?;
-        let job = self
-            .state
-            .jobs
-            .get(&id, owner.as_ref())
-            .ok_or(ApiError::JobNotFound(id))?;
-        Ok(Response::new(job.article()?))
+        Ok(Response::new(
+            match self.locate(&id, owner.as_ref()).await? {
+                Located::Here(job) => job.article()?,
+                Located::Elsewhere(shared, job) => shared.article(&job).await?,
+            },
+        ))
     }
 
     async fn cancel_job_rpc(
@@ -295,21 +368,23 @@ impl ContentApi {
     ) -> Result<Response<api::CancelJobResponse>, Status> {
         let owner = caller(&request).cloned();
         let id = validation::job_id(&request.into_inner().job_id)?;
-        let job = self
-            .state
-            .jobs
-            .get(&id, owner.as_ref())
-            .ok_or(ApiError::JobNotFound(id.clone()))?;
+        let mut response = api::CancelJobResponse {
+            job_id: id.clone(),
+            ..Default::default()
+        };
+        let job = match self.locate(&id, owner.as_ref()).await? {
+            Located::Here(job) => job,
+            Located::Elsewhere(shared, job) => {
+                response.set_state(shared.cancel(&job).await?);
+                return Ok(Response::new(response));
+            }
+        };
         if !job.is_finished() {
             job.cancel.cancel();
             // The pipeline records the cancellation as it unwinds; give it a moment so the
             // answer says what the job ended as.
             job.wait_finished(Duration::from_secs(2)).await;
         }
-        let mut response = api::CancelJobResponse {
-            job_id: id,
-            ..Default::default()
-        };
         response.set_state(job.state());
         Ok(Response::new(response))
     }

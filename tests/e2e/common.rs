@@ -131,11 +131,30 @@ impl TestServer {
 
     /// Every event of a job, replayed with `WatchJob` from the start.
     pub async fn replay(&mut self, job_id: String) -> Vec<GenerateEvent> {
+        collect(&mut self.watch(job_id, 0).await).await
+    }
+
+    /// A `WatchJob` stream of the events after `after_sequence`.
+    pub async fn watch(&mut self, job_id: String, after_sequence: u64) -> Streaming<GenerateEvent> {
         let request = api::WatchJobRequest {
             job_id,
-            after_sequence: 0,
+            after_sequence,
         };
-        collect(&mut self.client.watch_job(request).await.unwrap().into_inner()).await
+        self.client
+            .watch_job(request)
+            .await
+            .expect("WatchJob answers")
+            .into_inner()
+    }
+
+    /// The finished article of a job, by `GetArticle`.
+    pub async fn article(&mut self, job_id: String) -> api::Article {
+        let request = api::GetArticleRequest { job_id };
+        self.client
+            .get_article(request)
+            .await
+            .expect("GetArticle answers")
+            .into_inner()
     }
 }
 
@@ -433,6 +452,12 @@ impl ServerProcess {
     pub fn terminate(self) -> (std::process::ExitStatus, Vec<String>) {
         self.sigterm();
         self.wait()
+    }
+
+    /// `SIGKILL`: the process vanishes mid-job, as when its node dies.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM without waiting.

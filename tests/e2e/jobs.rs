@@ -52,13 +52,7 @@ async fn watch_job_replays_after_a_dropped_stream_and_follows_live() {
     // A finished job replays every event, identical to the live ones.
     let replay = server.replay(job_id.clone()).await;
     assert_eq!(replay, seen);
-    let fetched = server
-        .client
-        .get_article(api::GetArticleRequest { job_id })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(fetched, article);
+    assert_eq!(server.article(job_id).await, article);
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ mod messy_kb;
 mod observability;
 mod redis_server;
 mod resilience;
+mod shared_jobs;
 mod small_models;
 mod standin;
 mod upstreams;

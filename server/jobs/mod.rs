@@ -17,6 +17,8 @@ use tonic::{Code, Status};
 use crate::{auth::Principal, lock, pipeline::JobRequest};
 use dakota::api::{self, GenerateEvent, JobState, generate_event::Event};
 
+pub mod shared;
+
 /// Events buffered per follower before the follower's stream applies back-pressure.
 const FOLLOWER_BUFFER: usize = 64;
 
@@ -373,6 +375,14 @@ fn failure_status(failed: &api::Failed) -> Status {
     }
 }
 
+/// An idempotency key as the caller's own: another API key's may be the same string.
+pub fn scoped_key(owner: Option<&Principal>, key: &str) -> String {
+    match owner {
+        Some(owner) => format!("{}:{key}", owner.0),
+        None => key.to_string(),
+    }
+}
+
 /// Limits of the registry.
 #[derive(Debug, Clone)]
 pub struct JobLimits {
@@ -428,18 +438,16 @@ impl JobRegistry {
     /// The job of this request's idempotency key if there is one (`false`), else a new
     /// job (`true`) that the caller must start, when `accept_new`.
     /// `admit` runs only when a new job is needed, and may refuse it (draining, queue full).
+    /// A new job is called `id`.
     pub fn create_or_attach(
         &self,
         request: JobRequest,
         owner: Option<Principal>,
+        id: String,
         admit: impl FnOnce() -> Result<(), AttachError>,
     ) -> Result<(Arc<Job>, bool), AttachError> {
         let mut registry = self.registry();
-        // Idempotency keys are the caller's own: another API key's may be the same string.
-        let scoped_key = |key: &str| match &owner {
-            Some(owner) => format!("{}:{key}", owner.0),
-            None => key.to_string(),
-        };
+        let scoped_key = |key: &str| scoped_key(owner.as_ref(), key);
         if let Some(key) = &request.idempotency_key
             && let Some(job) = registry
                 .by_key
@@ -457,7 +465,6 @@ impl JobRegistry {
             return Err(AttachError::Full(registry.jobs.len()));
         }
         admit()?;
-        let id = uuid::Uuid::new_v4().to_string();
         let key = request.idempotency_key.as_deref().map(scoped_key);
         let job = Arc::new(Job::new(
             id.clone(),
@@ -496,6 +503,16 @@ impl JobRegistry {
             }
         }
         registry.order = keep;
+    }
+
+    /// Whether a job of this process holds the (scoped) idempotency key.
+    pub fn holds_key(&self, scoped: &str) -> bool {
+        let registry = self.registry();
+        registry
+            .by_key
+            .get(scoped)
+            .and_then(|id| registry.jobs.get(id))
+            .is_some_and(|job| job.reattachable())
     }
 
     /// The job `id`, if `caller` may see it: its owner, or anyone when it has none. Another
@@ -657,6 +674,10 @@ mod tests {
         }
     }
 
+    fn new_id() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
     fn registry() -> Arc<JobRegistry> {
         JobRegistry::new(
             JobLimits {
@@ -671,15 +692,18 @@ mod tests {
     #[test]
     fn only_running_and_completed_jobs_keep_their_key() -> Result<(), AttachError> {
         let registry = registry();
-        let (first, created) = registry.create_or_attach(request("k"), None, || Ok(()))?;
+        let (first, created) =
+            registry.create_or_attach(request("k"), None, new_id(), || Ok(()))?;
         assert!(created);
-        let (same, created) = registry.create_or_attach(request("k"), None, || Ok(()))?;
+        let (same, created) = registry.create_or_attach(request("k"), None, new_id(), || Ok(()))?;
         assert!(!created && same.id == first.id, "running: re-attached");
         first.fail(Code::DeadlineExceeded, "deadline", "writing");
-        let (second, created) = registry.create_or_attach(request("k"), None, || Ok(()))?;
+        let (second, created) =
+            registry.create_or_attach(request("k"), None, new_id(), || Ok(()))?;
         assert!(created && second.id != first.id, "failed: a new job");
         second.emit(Event::Completed(api::Completed::default()), 100);
-        let (third, created) = registry.create_or_attach(request("k"), None, || Ok(()))?;
+        let (third, created) =
+            registry.create_or_attach(request("k"), None, new_id(), || Ok(()))?;
         assert!(!created && third.id == second.id, "completed: re-attached");
         Ok(())
     }
@@ -687,7 +711,7 @@ mod tests {
     #[test]
     fn deltas_are_kept_as_ranges_and_replayed_with_their_sequence() -> Result<(), AttachError> {
         let registry = registry();
-        let (job, _) = registry.create_or_attach(request("k"), None, || Ok(()))?;
+        let (job, _) = registry.create_or_attach(request("k"), None, new_id(), || Ok(()))?;
         job.emit(Event::PhaseStarted(api::PhaseStarted::default()), 40);
         let words: Vec<String> = (0..2_000).map(|i| format!("word{i} ")).collect();
         for word in &words {
@@ -753,7 +777,7 @@ mod tests {
     fn a_job_failed_by_shutdown_answers_with_retry_info() -> Result<(), AttachError> {
         use tonic_types::StatusExt;
         let registry = registry();
-        let (job, _) = registry.create_or_attach(request("k"), None, || Ok(()))?;
+        let (job, _) = registry.create_or_attach(request("k"), None, new_id(), || Ok(()))?;
         job.end_failed(api::Failed {
             code: Code::Unavailable as i32,
             message: "server shutting down".into(),
