@@ -107,7 +107,7 @@ impl Upstreams {
             redis.clone(),
             metrics.clone(),
         ));
-        let guards = Guards::from_config(config, &metrics, &cache)?;
+        let guards = Guards::from_config(config, &metrics, &cache, redis.as_ref())?;
         let llm_configured = config.openai_api_key.is_some() || config.openai_base_url.is_some();
         let base_url = config
             .openai_base_url

@@ -290,3 +290,40 @@ async fn a_malformed_redis_url_is_a_clear_start_up_error() {
         "the URL's password is not echoed: {error}"
     );
 }
+
+#[tokio::test]
+async fn the_rate_limit_is_counted_across_replicas_sharing_redis() {
+    let redis = RedisServer::start();
+    let standin = StandIn::start().await;
+    let limited = || {
+        let mut config = with_redis(cached_config(&standin), &redis);
+        config.upstreams.rate_limits = vec![("kb".into(), "3".into())];
+        config
+    };
+    let first = common::start(limited()).await;
+    let second = common::start(limited()).await;
+    // The count is per minute: start well inside one.
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if into_minute > 45 {
+        tokio::time::sleep(Duration::from_secs(61 - into_minute)).await;
+    }
+    let search = |server: &common::TestServer, query: &'static str| {
+        let mut client = server.client.clone();
+        async move { client.search_knowledge_base(search_request(query)).await }
+    };
+    // Three calls, the account's limit for this minute, spread over two replicas.
+    search(&first, "pension liquidity").await.unwrap();
+    search(&second, "annuity pricing").await.unwrap();
+    search(&first, "private credit").await.unwrap();
+    assert_eq!(standin.requests_of(Route::VectorStore).len(), 3);
+    // A fourth waits for the next minute, whichever replica it goes to.
+    let fourth =
+        tokio::time::timeout(Duration::from_secs(2), search(&second, "liability hedging")).await;
+    assert!(fourth.is_err(), "over the shared limit the call waits");
+    assert_eq!(standin.requests_of(Route::VectorStore).len(), 3);
+    assert_eq!(redis.keys("dakota:v1:rate:kb:*").len(), 1);
+}
