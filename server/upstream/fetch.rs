@@ -12,6 +12,7 @@ use tokio_stream::StreamExt;
 use tracing::Instrument;
 
 use super::{UpstreamError, check_status};
+use crate::cache::Key;
 use crate::resilience::{CallScope, Guard};
 
 const UPSTREAM: &str = "fetch";
@@ -236,10 +237,13 @@ impl Fetcher {
             );
             span
         };
+        // Kept in this process only (for the fetch TTL): a page is read once however many
+        // jobs cite it, and pages never travel to Redis.
+        let key = self.guard.cache_key(&[url.as_bytes()]).map(Key::local);
         self.guard
-            .call(scope, |_| self.fetch_once(url).instrument(span()))
+            .cached(scope, key, |_| self.fetch_once(url).instrument(span()))
             .await
-            .0
+            .result
     }
 
     async fn fetch_once(&self, url: &str) -> Result<String, UpstreamError> {

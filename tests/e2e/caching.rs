@@ -78,6 +78,8 @@ async fn a_repeated_topic_makes_no_search_requests_and_reports_its_hits() {
     };
     let (kb_before, web_before, llm_before) = searches(&standin);
     assert!(kb_before > 0 && web_before > 0 && llm_before > 0);
+    let pages_before = standin.requests_of(Route::Page).len();
+    assert!(pages_before > 0, "the fact check fetched its sources");
 
     let second = server.generate(llm_request()).await;
     let article = final_article(&second);
