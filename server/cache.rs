@@ -77,6 +77,14 @@ impl Key {
         }
     }
 
+    /// An answer kept under this key, decoded.
+    pub fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, UpstreamError> {
+        serde_json::from_slice(bytes).map_err(|e| UpstreamError::Malformed {
+            upstream: self.upstream,
+            message: format!("a cached answer does not decode: {e}"),
+        })
+    }
+
     /// The key kept in this process only.
     pub fn local(self) -> Self {
         Self {
@@ -160,6 +168,16 @@ impl Cache {
     where
         T: Serialize + DeserializeOwned,
     {
+        let (bytes, layer) = self.get_or_load_bytes(key, load).await;
+        (bytes.and_then(|bytes| key.decode(&bytes)), layer)
+    }
+
+    /// [`Cache::get_or_load`], the answer as the bytes both levels keep (JSON).
+    pub async fn get_or_load_bytes<T: Serialize>(
+        &self,
+        key: &Key,
+        load: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> (Result<Bytes, UpstreamError>, Option<Layer>) {
         let span = tracing::info_span!(
             "cache",
             upstream = key.upstream,
@@ -167,13 +185,7 @@ impl Cache {
         );
         let (loaded, layer) = self.resolve(key, load).instrument(span.clone()).await;
         span.record("cache.layer", layer.map_or("none", Layer::as_str));
-        let value = loaded.and_then(|bytes| {
-            serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Malformed {
-                upstream: key.upstream,
-                message: format!("a cached answer does not decode: {e}"),
-            })
-        });
-        (value, layer)
+        (loaded, layer)
     }
 
     async fn resolve<T: Serialize>(

@@ -111,6 +111,9 @@ impl Guard {
             let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
             call(n)
         };
+        // The cache wraps the stack as a function, not as a `tower::Layer`: a boxed layer
+        // future over this stack trips rustc's higher-ranked `Send` inference in the agents'
+        // futures (rust-lang/rust#102211), so the lookup awaits the stack's own future.
         let stack = self.stack(scope, &|| true, tower::service_fn(attempt));
         let (result, cached) = cache.get_or_load(&key, stack.oneshot(Attempt)).await;
         Called {
