@@ -37,6 +37,10 @@ struct Cli {
     /// API key, sent as `authorization: Bearer <key>`, when the server requires one.
     #[arg(long, global = true, env = "DAKOTA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// A certificate authority (PEM) to trust for an `https://` server, besides the system's
+    /// (a private CA, or a test one).
+    #[arg(long, global = true, env = "DAKOTA_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -165,7 +169,16 @@ fn explain(status: Status) -> String {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let started = std::time::Instant::now();
-    let channel = session::connect(&cli.server, cli.connect_timeout)
+    let ca = match &cli.ca_cert {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            format!(
+                "--ca-cert {}: {e} (a PEM file of the CA that signed the server's certificate)",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    let channel = session::connect_with(&cli.server, cli.connect_timeout, ca.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let credentials =

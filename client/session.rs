@@ -5,7 +5,7 @@ use tonic::{
     Code, Status, Streaming,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
+    transport::{Certificate, Channel, ClientTlsConfig},
 };
 
 use dakota::api::{self, content_service_client::ContentServiceClient, generate_event::Event};
@@ -56,6 +56,10 @@ pub enum ConnectError {
     BadApiKey,
     #[error("`{0}` is not a server address (expected e.g. http://127.0.0.1:50051)")]
     BadAddress(String),
+    #[error("TLS settings refused: {0}")]
+    Tls(String),
+    #[error("--ca-cert is for a TLS server, but `{0}` is plaintext: use https://")]
+    CaWithoutTls(String),
     #[error(
         "cannot reach the Dakota server at {server}: {reason}. Start it with `cargo run --bin dakota-server`, or point --server / DAKOTA_SERVER at a running one"
     )]
@@ -66,10 +70,31 @@ pub enum ConnectError {
 /// bounds the whole connection, the HTTP/2 handshake included: a server that accepts and
 /// then says nothing is unreachable too.
 pub async fn connect(server: &str, timeout: Duration) -> Result<Channel, ConnectError> {
-    let endpoint = Channel::from_shared(server.to_string())
+    connect_with(server, timeout, None).await
+}
+
+/// [`connect`], trusting the certificate authority `ca_pem` (PEM) for an `https://` server
+/// besides the system's roots.
+pub async fn connect_with(
+    server: &str,
+    timeout: Duration,
+    ca_pem: Option<&[u8]>,
+) -> Result<Channel, ConnectError> {
+    let mut endpoint = Channel::from_shared(server.to_string())
         .map_err(|_| ConnectError::BadAddress(server.to_string()))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
+    if server.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(pem) = ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| ConnectError::Tls(root_cause(&e)))?;
+    } else if ca_pem.is_some() {
+        return Err(ConnectError::CaWithoutTls(server.to_string()));
+    }
     let unreachable = |reason: String| ConnectError::Unreachable {
         server: server.to_string(),
         reason,

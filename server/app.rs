@@ -26,6 +26,7 @@ use crate::{
     pipeline::PipelineSettings,
     redis::Redis,
     service::{AppState, ContentApi, Ready},
+    tls::{self, Certificates, TlsFiles},
 };
 use dakota::api::{self, content_service_server::ContentServiceServer};
 
@@ -73,6 +74,17 @@ impl Server {
         let api_keys = ApiKeys::from_config(&config.api_keys, config.api_keys_file.as_deref())
             .map_err(ServerError::Startup)?
             .map(Arc::new);
+        let certificates = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                Certificates::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    check_every: config.tls_reload_check.max(Duration::from_millis(100)),
+                })
+                .map_err(ServerError::Startup)?,
+            ),
+            _ => None,
+        };
         // Bad upstream configuration fails here, before the port is taken.
         let redis = match &config.upstreams.redis_url {
             Some(url) => Some(Arc::new(
@@ -187,10 +199,13 @@ impl Server {
             .add_service(reflection_v1alpha)
             .add_service(content)
             .serve_with_incoming_shutdown(
-                net::incoming(listener),
+                tls::incoming(listener, certificates.clone()),
                 stop_serving.clone().cancelled_owned(),
             );
-        tracing::info!(%grpc_addr, %admin_addr, "gRPC and admin HTTP listening (NOT_SERVING until ready)");
+        if let Some(certificates) = &certificates {
+            tokio::spawn(certificates.clone().watch(stop_serving.clone()));
+        }
+        tracing::info!(%grpc_addr, %admin_addr, tls = certificates.is_some(), "gRPC and admin HTTP listening (NOT_SERVING until ready)");
         // The admin port outlives the drain (so /ready can say 503) and stops with the server.
         let admin_stop = CancellationToken::new();
         tokio::spawn(net::serve_admin(

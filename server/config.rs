@@ -56,6 +56,20 @@ pub struct Config {
     #[arg(long, env = "DAKOTA_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// TLS on the gRPC port: the certificate chain (PEM). With `--tls-key`; without both the
+    /// port speaks plaintext (for a mesh sidecar that terminates TLS). Reloaded when the file
+    /// changes.
+    #[arg(long, env = "DAKOTA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS on the gRPC port: the certificate's private key (PEM, PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "DAKOTA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often the TLS files are checked for a new certificate (cert-manager rotations).
+    #[arg(long, env = "DAKOTA_TLS_RELOAD_CHECK", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_check: Duration,
+
     /// Admin port: how long a client may take to send a request's headers, and how long an
     /// idle keep-alive connection stays open.
     #[arg(long, env = "DAKOTA_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]

@@ -27,6 +27,7 @@ pub mod rpc_metrics;
 pub mod service;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod upstream;
 pub mod validation;
 
@@ -34,4 +35,13 @@ pub mod validation;
 /// cannot leave it half-written and a poisoned lock is still safe to use.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`lock`] for a read-write lock.
+pub(crate) fn read<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn write<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }

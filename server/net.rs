@@ -38,16 +38,6 @@ pub async fn accept(listener: &TcpListener) -> TcpStream {
     }
 }
 
-/// The gRPC port's connections, for `serve_with_incoming`.
-pub fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<TcpStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let stream = accept(&listener).await;
-        Some((Ok(stream), listener))
-    })
-}
-
 /// Limits of the admin HTTP server.
 #[derive(Debug, Clone, Copy)]
 pub struct AdminLimits {

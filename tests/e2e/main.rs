@@ -16,4 +16,5 @@ mod resilience;
 mod shared_jobs;
 mod small_models;
 mod standin;
+mod tls;
 mod upstreams;
