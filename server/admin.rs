@@ -216,6 +216,11 @@ fn refresh_gauges(state: &AppState) {
     let metrics = &state.metrics;
     metrics.jobs_running.set(state.running_jobs() as i64);
     metrics.jobs_queued.set(state.queued_jobs() as i64);
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        metrics
+            .tokio_tasks
+            .set(runtime.metrics().num_alive_tasks() as i64);
+    }
     for (label, (jobs, bytes)) in ["running", "finished"]
         .into_iter()
         .zip(state.jobs.retained())

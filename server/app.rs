@@ -74,56 +74,15 @@ impl Server {
         let api_keys = ApiKeys::from_config(&config.api_keys, config.api_keys_file.as_deref())
             .map_err(ServerError::Startup)?
             .map(Arc::new);
-        let certificates = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                Certificates::load(TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    check_every: config.tls_reload_check.max(Duration::from_millis(100)),
-                })
-                .map_err(ServerError::Startup)?,
-            ),
-            _ => None,
-        };
+        let certificates = certificates(&config)?;
         // Bad upstream configuration fails here, before the port is taken.
-        let redis = match &config.upstreams.redis_url {
-            Some(url) => Some(Arc::new(
-                Redis::connect(
-                    url.expose(),
-                    config.upstreams.redis_timeout,
-                    metrics.clone(),
-                )
-                .map_err(ServerError::Startup)?,
-            )),
-            None => None,
-        };
+        let redis = redis(&config, &metrics)?;
         let upstreams = Arc::new(
             Upstreams::from_config(&config.upstreams, metrics.clone(), redis.clone())
                 .map_err(ServerError::Startup)?,
         );
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.grpc_addr,
-                source,
-            })?;
-        let grpc_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.grpc_addr,
-            source,
-        })?;
-
-        let admin_listener = TcpListener::bind(config.admin_addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.admin_addr,
-                source,
-            })?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: config.admin_addr,
-                source,
-            })?;
+        let (listener, grpc_addr) = bind(config.grpc_addr).await?;
+        let (admin_listener, admin_addr) = bind(config.admin_addr).await?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
@@ -137,44 +96,13 @@ impl Server {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let shutdown = CancellationToken::new();
-        let state = Arc::new(AppState {
-            jobs: JobRegistry::new(
-                JobLimits {
-                    max_jobs: config.max_jobs,
-                    job_ttl: config.job_ttl,
-                    detach_grace: config.detach_grace,
-                },
-                CancellationToken::new(),
-            ),
-            ready: OnceLock::new(),
-            draining: RwLock::new(false),
-            tasks: TaskTracker::new(),
-            metrics: metrics.clone(),
-            upstreams: upstreams.clone(),
-            slots: Arc::new(tokio::sync::Semaphore::new(config.max_running_jobs.max(1))),
-            max_running: config.max_running_jobs.max(1),
-            admitted: Default::default(),
-            capacity: config.max_running_jobs.max(1) + config.max_queued_jobs,
-            settings: PipelineSettings {
-                max_iterations: config.max_iterations,
-                prices: upstreams.prices.clone(),
-                metrics: metrics.clone(),
-                fetcher: Some(upstreams.fetcher.clone()),
-            },
-            output_dir: config.output_dir.clone(),
-            shared_jobs: redis.clone().map(|redis| {
-                Arc::new(SharedJobs::new(
-                    redis,
-                    config.job_ttl,
-                    config.job_lease.max(Duration::from_millis(300)),
-                ))
-            }),
-            api_keys: api_keys.clone(),
-            quota: crate::quota::GenerateQuota::new(
-                config.generate_per_minute,
-                config.generate_burst,
-            ),
-        });
+        let state = app_state(
+            &config,
+            (&metrics, &upstreams),
+            redis,
+            api_keys.clone(),
+            &shutdown,
+        );
         let content = ContentServiceServer::new(ContentApi::new(state.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -255,6 +183,88 @@ impl Server {
             .await
             .map_err(|e| ServerError::Startup(e.to_string()))?
     }
+}
+
+/// The TLS certificate store, when `--tls-cert` and `--tls-key` are set.
+fn certificates(config: &Config) -> Result<Option<Arc<Certificates>>, ServerError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    Certificates::load(TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        check_every: config.tls_reload_check.max(Duration::from_millis(100)),
+    })
+    .map(Some)
+    .map_err(ServerError::Startup)
+}
+
+/// The shared Redis, when `REDIS_URL` is set (a malformed URL is a start-up error).
+fn redis(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<Arc<Redis>>, ServerError> {
+    let Some(url) = &config.upstreams.redis_url else {
+        return Ok(None);
+    };
+    Redis::connect(
+        url.expose(),
+        config.upstreams.redis_timeout,
+        metrics.clone(),
+    )
+    .map(|redis| Some(Arc::new(redis)))
+    .map_err(ServerError::Startup)
+}
+
+/// A listener on `addr`, and the address it got (the port, when `addr` asked for any).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
+/// What every RPC shares: jobs, limits, upstreams, settings.
+fn app_state(
+    config: &Config,
+    (metrics, upstreams): (&Arc<Metrics>, &Arc<Upstreams>),
+    redis: Option<Arc<Redis>>,
+    api_keys: Option<Arc<ApiKeys>>,
+    shutdown: &CancellationToken,
+) -> Arc<AppState> {
+    Arc::new(AppState {
+        jobs: JobRegistry::new(
+            JobLimits {
+                max_jobs: config.max_jobs,
+                job_ttl: config.job_ttl,
+                detach_grace: config.detach_grace,
+            },
+            CancellationToken::new(),
+        ),
+        ready: OnceLock::new(),
+        draining: RwLock::new(false),
+        tasks: TaskTracker::new(),
+        metrics: metrics.clone(),
+        upstreams: upstreams.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(config.max_running_jobs.max(1))),
+        max_running: config.max_running_jobs.max(1),
+        admitted: Default::default(),
+        capacity: config.max_running_jobs.max(1) + config.max_queued_jobs,
+        settings: PipelineSettings {
+            max_iterations: config.max_iterations,
+            prices: upstreams.prices.clone(),
+            metrics: metrics.clone(),
+            fetcher: Some(upstreams.fetcher.clone()),
+        },
+        output_dir: config.output_dir.clone(),
+        shared_jobs: redis.map(|redis| {
+            Arc::new(SharedJobs::new(
+                redis,
+                config.job_ttl,
+                config.job_lease.max(Duration::from_millis(300)),
+                shutdown.clone(),
+            ))
+        }),
+        api_keys,
+        quota: crate::quota::GenerateQuota::new(config.generate_per_minute, config.generate_burst),
+    })
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

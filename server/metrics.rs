@@ -143,6 +143,8 @@ pub struct Metrics {
     pub cache_requests: Family<CacheLabels, Counter>,
     /// Calls that waited for an identical call in flight instead of making their own.
     pub cache_coalesced: Family<Upstream, Counter>,
+    /// Tasks alive in the async runtime, read at scrape time: a leak shows as steady growth.
+    pub tokio_tasks: Gauge,
     /// 1 while Redis answers (or is not configured), 0 while the server runs without it.
     pub redis_up: Gauge,
     pub redis_errors: Family<RedisOp, Counter>,
@@ -318,6 +320,12 @@ impl Metrics {
                 "cache_coalesced",
                 "Upstream calls saved by waiting for an identical call in flight (single-flight)",
                 Family::default(),
+            ),
+            tokio_tasks: counted(
+                &mut r,
+                "tokio_tasks_alive",
+                "Tasks alive in the server's async runtime",
+                Gauge::default(),
             ),
             redis_up: {
                 let up = counted(

@@ -34,7 +34,7 @@ const BATCH: usize = 256;
 /// would stall the shared multiplexed connection, so watchers poll.
 const POLL: Duration = Duration::from_millis(100);
 /// How long the runner goes on trying to publish a finished job's last events while Redis
-/// does not answer.
+/// does not answer (not past the server's shutdown, which waits for the publishers).
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct SharedJobs {
@@ -43,6 +43,8 @@ pub struct SharedJobs {
     replica: String,
     ttl: Duration,
     lease: Duration,
+    /// The server's shutdown: a finished job's publisher stops waiting for Redis then.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// A job as Redis knows it.
@@ -78,12 +80,18 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl SharedJobs {
-    pub fn new(redis: Arc<Redis>, ttl: Duration, lease: Duration) -> Self {
+    pub fn new(
+        redis: Arc<Redis>,
+        ttl: Duration,
+        lease: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Self {
         Self {
             redis,
             replica: uuid::Uuid::new_v4().to_string(),
             ttl,
             lease,
+            stop,
         }
     }
 
@@ -260,7 +268,7 @@ impl SharedJobs {
             if job.is_finished() {
                 let published = job.events_after(cursor, 1).0.is_empty();
                 let at = *finished_at.get_or_insert_with(tokio::time::Instant::now);
-                if published || at.elapsed() > PUBLISH_PATIENCE {
+                if published || at.elapsed() > PUBLISH_PATIENCE || self.stop.is_cancelled() {
                     self.release(&job.id).await;
                     return;
                 }

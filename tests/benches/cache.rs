@@ -11,7 +11,6 @@
 
 use std::{
     net::TcpListener,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -38,20 +37,17 @@ mod standin;
 
 /// What the stand-in needs of the e2e tests' fixtures.
 mod common {
-    pub fn kb_dir() -> std::path::PathBuf {
-        super::kb_dir()
-    }
+    pub use super::support::kb_dir;
 }
+
+mod support;
+use support::kb_dir;
 
 use standin::{Route, StandIn};
 
 const LOOKUPS: usize = 5_000;
 const BURST: usize = 1_000;
 const TOPIC: &str = "Private credit and liquidity for pension funds";
-
-fn kb_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../knowledge")
-}
 
 fn start_redis() -> (Child, String) {
     let port = TcpListener::bind("127.0.0.1:0")

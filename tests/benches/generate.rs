@@ -8,14 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use dakota::api::{self, content_service_client::ContentServiceClient, generate_event::Event};
 use tonic::transport::Channel;
+
+mod support;
+use support::{binary, kb_dir, metric};
 
 const STARTS: usize = 5;
 const SEQUENTIAL_JOBS: usize = 20;
@@ -26,35 +27,6 @@ const TOPICS: [&str; 4] = [
     "Infrastructure investing for institutions",
     "Stress testing and scenario analysis",
 ];
-
-/// A workspace binary of this profile, built first (a bench builds only its own package).
-fn binary(name: &str) -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    BUILT.call_once(|| {
-        let release = dir.ends_with("release");
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--bins", "--workspace"]);
-        if release {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().unwrap().success(),
-            "cargo build of the binaries"
-        );
-    });
-    dir.join(name)
-}
-
-fn kb_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../knowledge")
-}
 
 /// Spawns the server; returns it, its address, and the time from spawn to the SERVING log line.
 fn spawn_server() -> (Child, String, Duration) {
@@ -81,39 +53,8 @@ fn spawn_server_with_admin() -> (Child, String, String, Duration) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (mut addr, mut admin) = (None, None);
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        let value: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if let Some(a) = value["grpc_addr"].as_str() {
-            addr = Some(a.to_string());
-        }
-        if let Some(a) = value["admin_addr"].as_str() {
-            admin = Some(a.to_string());
-        }
-        if value["message"] == "SERVING" {
-            break;
-        }
-    }
-    let elapsed = started.elapsed();
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr.unwrap(), admin.unwrap(), elapsed)
-}
-
-/// A sample of the server's `/metrics`.
-async fn metric(admin: &str, series: &str) -> f64 {
-    let scrape = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in the scrape"))
+    let (addr, admin) = support::addresses(&mut child);
+    (child, addr, admin, started.elapsed())
 }
 
 /// Memory kept per finished offline job: measured by the server (`dakota_jobs_retained_bytes`),

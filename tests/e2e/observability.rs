@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::{
     common::{self, Gate, admin_get, final_article, next, request},
     standin::{Fault, Route, StandIn},
-    upstreams::{config, llm_request},
+    upstreams::{OPENAI_KEY, SERPER_KEY, config, llm_request},
 };
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -42,6 +42,14 @@ async fn one_trace_per_job_from_the_callers_traceparent_down_to_each_upstream_ca
     telemetry.force_flush();
     let spans = collector.exported_spans(30, Duration::from_secs(20)).await;
 
+    let exported = format!("{spans:?}");
+    for key in [OPENAI_KEY, SERPER_KEY] {
+        assert!(!exported.contains(key), "a key in the exported spans");
+        assert!(
+            !exported.contains(&key[..12]),
+            "part of a key in the exported spans"
+        );
+    }
     let by_id: BTreeMap<&str, &ExportedSpan> =
         spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
     let job: Vec<&ExportedSpan> = spans.iter().filter(|s| s.trace_id == TRACE_ID).collect();

@@ -14,8 +14,8 @@ use crate::{
     standin::{Fault, Route, StandIn},
 };
 
-const OPENAI_KEY: &str = "sk-test-openai-0123456789";
-const SERPER_KEY: &str = "serper-test-key-9876543210";
+pub const OPENAI_KEY: &str = "sk-test-openai-0123456789";
+pub const SERPER_KEY: &str = "serper-test-key-9876543210";
 const TOPIC: &str = "Private credit and liquidity for pension funds";
 
 pub fn config(standin: &StandIn) -> Config {
@@ -379,9 +379,13 @@ async fn private_addresses_are_not_fetched_unless_allowed() {
 
 #[test]
 fn secrets_never_reach_the_logs() {
+    dakota_server::upstream::install_crypto_provider(); // for the admin port's HTTP client
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let standin = runtime.block_on(StandIn::start());
     let (openai_url, serper_url) = (standin.openai_url(), standin.url.clone());
+    // A Redis that does not answer, with a password in its URL: degraded, and never echoed.
+    const REDIS_PASSWORD: &str = "redis-pw-4b1d7c0e9f";
+    let redis_url = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:1/0");
     let server = common::ServerProcess::spawn(
         &["--fetch-allow-private"],
         &[
@@ -390,14 +394,38 @@ fn secrets_never_reach_the_logs() {
             ("OPENAI_API_KEY", OPENAI_KEY),
             ("SERPER_API_KEY", SERPER_KEY),
             ("SERPER_BASE_URL", &serper_url),
+            ("REDIS_URL", &redis_url),
         ],
     );
-    runtime.block_on(async {
+    let admin = server
+        .log
+        .iter()
+        .find_map(|l| {
+            let line: serde_json::Value = serde_json::from_str(l).ok()?;
+            line["admin_addr"].as_str().map(str::to_string)
+        })
+        .expect("the admin address is logged");
+    let admin: std::net::SocketAddr = admin.parse().unwrap();
+    let (health, scrape) = runtime.block_on(async {
         let mut client = server.client().await;
         final_article(
             &collect(&mut client.generate(llm_request()).await.unwrap().into_inner()).await,
         );
+        (
+            common::admin_get(admin, "/health/detailed").await.1,
+            common::admin_get(admin, "/metrics").await.1,
+        )
     });
+    assert!(
+        health.contains("degraded"),
+        "Redis shows as degraded: {health}"
+    );
+    for secret in [OPENAI_KEY, SERPER_KEY, REDIS_PASSWORD] {
+        assert!(
+            !health.contains(secret) && !scrape.contains(secret),
+            "a secret in /health/detailed or /metrics"
+        );
+    }
     let (_, log) = server.terminate();
     let log = log.join("\n");
     assert!(
@@ -405,7 +433,7 @@ fn secrets_never_reach_the_logs() {
         "the log is the real one:\n{log}"
     );
     assert!(
-        !log.contains(OPENAI_KEY) && !log.contains(SERPER_KEY),
+        !log.contains(OPENAI_KEY) && !log.contains(SERPER_KEY) && !log.contains(REDIS_PASSWORD),
         "a key leaked into the log"
     );
     assert!(

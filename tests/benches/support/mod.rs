@@ -1,0 +1,75 @@
+//! What the benchmarks share: the knowledge base, the workspace's binaries, a spawned
+//! server's addresses, a metric off its scrape.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command},
+};
+
+pub fn kb_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../knowledge")
+}
+
+/// A workspace binary of this profile, built first (a bench builds only its own package).
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    BUILT.call_once(|| {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--bins", "--workspace"]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().unwrap().success(),
+            "cargo build of the binaries"
+        );
+    });
+    dir.join(name)
+}
+
+/// Reads a server's JSON log (its stderr, piped) up to `SERVING`: its gRPC and admin
+/// addresses. The rest of the log is drained by a thread, so the server never blocks on a
+/// full pipe.
+pub fn addresses(child: &mut Child) -> (String, String) {
+    let (mut addr, mut admin) = (None, None);
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let value: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if let Some(a) = value["grpc_addr"].as_str() {
+            addr = Some(a.to_string());
+        }
+        if let Some(a) = value["admin_addr"].as_str() {
+            admin = Some(a.to_string());
+        }
+        if value["message"] == "SERVING" {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (addr.unwrap(), admin.unwrap())
+}
+
+/// The sum of the samples of `series` (a name, or a name and the start of its labels) in the
+/// server's `/metrics`.
+pub async fn metric(admin: &str, series: &str) -> f64 {
+    let scrape = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
