@@ -118,9 +118,31 @@ impl Recorded {
     }
 }
 
+/// How long the stand-in takes to answer, as real upstreams do (benchmarks); zero by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    /// Before a structured chat answer, and before a stream's first chunk.
+    pub llm: Duration,
+    /// Streamed text, in tokens a second (a 40-character chunk counts 10); 0 for no pacing.
+    pub tokens_per_second: u32,
+    /// Vector-store and Serper searches.
+    pub search: Duration,
+    /// Pages.
+    pub fetch: Duration,
+}
+
+async fn pause(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     requests: Mutex<Vec<Recorded>>,
+    latency: Mutex<Latency>,
+    /// (route, start, end) of every request answered, the end when its response was done.
+    intervals: Mutex<Vec<(Route, std::time::Instant, std::time::Instant)>>,
     faults: Mutex<Vec<(Route, VecDeque<Fault>)>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -139,20 +161,22 @@ pub struct StandIn {
     shared: Arc<Shared>,
 }
 
-/// Counts a request in flight for as long as it lives.
-struct InFlight(Arc<Shared>);
+/// Counts a request in flight for as long as it lives, and records its interval.
+struct InFlight(Arc<Shared>, Route, std::time::Instant);
 
 impl InFlight {
-    fn new(shared: &Arc<Shared>) -> Self {
+    fn new(shared: &Arc<Shared>, route: Route) -> Self {
         let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        Self(shared.clone())
+        Self(shared.clone(), route, std::time::Instant::now())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let interval = (self.1, self.2, std::time::Instant::now());
+        self.0.intervals.lock().unwrap().push(interval);
     }
 }
 
@@ -219,6 +243,18 @@ impl StandIn {
 
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// From now on, answers take this long.
+    #[allow(dead_code)] // the benchmarks' (tests/benches/llm.rs)
+    pub fn latency(&self, latency: Latency) {
+        *self.shared.latency.lock().unwrap() = latency;
+    }
+
+    /// (route, start, end) of every request answered so far, in the order they ended.
+    #[allow(dead_code)] // the benchmarks'
+    pub fn intervals(&self) -> Vec<(Route, std::time::Instant, std::time::Instant)> {
+        self.shared.intervals.lock().unwrap().clone()
     }
 
     /// The most requests it ever held open at once.
@@ -335,7 +371,8 @@ async fn chat(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let _in_flight = InFlight::new(&shared);
+    let _in_flight = InFlight::new(&shared, Route::Llm);
+    let latency = *shared.latency.lock().unwrap();
     let fault = record(
         &shared,
         Route::Llm,
@@ -401,13 +438,21 @@ async fn chat(
         } else {
             text
         };
-        return stream_article(text, cut, stall_after, _in_flight);
+        pause(latency.llm).await;
+        return stream_article(
+            text,
+            cut,
+            stall_after,
+            _in_flight,
+            latency.tokens_per_second,
+        );
     }
     if let Some(fault) = &fault
         && let Some(response) = generic_fault(fault).await
     {
         return response;
     }
+    pause(latency.llm).await;
     let schema = &body["response_format"]["json_schema"];
     let name = schema["name"].as_str().unwrap_or_default();
     let content = if matches!(fault, Some(Fault::SchemaViolation)) {
@@ -682,7 +727,14 @@ fn stream_article(
     cut: bool,
     stall_after: Option<usize>,
     in_flight: InFlight,
+    tokens_per_second: u32,
 ) -> Response {
+    // A 40-character chunk is about 10 tokens.
+    let per_chunk = if tokens_per_second > 0 {
+        Duration::from_secs_f64(10.0 / f64::from(tokens_per_second))
+    } else {
+        Duration::ZERO
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         let _in_flight = in_flight;
@@ -692,6 +744,9 @@ fn stream_article(
                 // Keep the connection open and silent until the client gives up.
                 tx.closed().await;
                 return;
+            }
+            if i > 0 {
+                pause(per_chunk).await;
             }
             let chunk = json!({"choices": [{"index": 0, "delta": {"content": piece.iter().collect::<String>()}}]});
             if tx
@@ -723,7 +778,9 @@ async fn vector_search(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let _in_flight = InFlight::new(&shared);
+    let _in_flight = InFlight::new(&shared, Route::VectorStore);
+    let latency = *shared.latency.lock().unwrap();
+    pause(latency.search).await;
     if let Some(fault) = record(
         &shared,
         Route::VectorStore,
@@ -768,7 +825,9 @@ async fn serper(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let _in_flight = InFlight::new(&shared);
+    let _in_flight = InFlight::new(&shared, Route::Serper);
+    let latency = *shared.latency.lock().unwrap();
+    pause(latency.search).await;
     if let Some(fault) = record(
         &shared,
         Route::Serper,
@@ -799,7 +858,9 @@ async fn page(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let _in_flight = InFlight::new(&shared);
+    let _in_flight = InFlight::new(&shared, Route::Page);
+    let latency = *shared.latency.lock().unwrap();
+    pause(latency.fetch).await;
     if let Some(fault) = record(
         &shared,
         Route::Page,
