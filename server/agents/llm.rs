@@ -781,20 +781,41 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
             let prompt = self.prompt(cx, brief);
             let max_tokens = budget::writer(cx.request.word_count);
             let deltas = cx.deltas.clone();
-            let on_delta = move |delta: &str| deltas(delta);
+            // Whether this attempt's text reached the client.
+            let reached = std::sync::atomic::AtomicBool::new(false);
+            let on_delta = |delta: &str| {
+                reached.store(true, std::sync::atomic::Ordering::Relaxed);
+                deltas(delta)
+            };
             let mut usage = crate::upstream::llm::Usage::default();
             let mut attempts = 0;
+            let mut restarted = None;
             // An empty answer streamed nothing, so it can be asked again without repeating
-            // text; a second empty answer is the model's failure, not the network's.
+            // text; a second empty answer is the model's failure, not the network's. A stream
+            // that broke midway is asked again once, as a new iteration whose text replaces
+            // what the client got so far.
             let mut streamed = None;
-            for _ in 0..2 {
+            for round in 0..2 {
+                reached.store(false, std::sync::atomic::Ordering::Relaxed);
                 let result = self
                     .llm
                     .client
                     .stream(&cx.scope, &self.llm.model, &prompt, max_tokens, &on_delta)
                     .await;
                 cx.upstream.record("llm", result.is_ok());
-                let completion = result.map_err(unavailable)?;
+                let completion = match result {
+                    Err(error)
+                        if round == 0
+                            && error.retryable()
+                            && reached.load(std::sync::atomic::Ordering::Relaxed) =>
+                    {
+                        cx.text_iteration
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        restarted = Some(error.to_string());
+                        continue;
+                    }
+                    result => result.map_err(unavailable)?,
+                };
                 usage.input_tokens += completion.usage.input_tokens;
                 usage.output_tokens += completion.usage.output_tokens;
                 attempts += completion.attempts;
@@ -829,6 +850,14 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
                 repaired: None,
             };
             let mut output = self.llm.output(asked, summary);
+            if let Some(error) = restarted {
+                output.warnings.push((
+                    "WRITER_RESTARTED",
+                    format!(
+                        "the writer's stream broke midway ({error}); the draft was written again, its text (a new iteration) replacing the broken one"
+                    ),
+                ));
+            }
             if leaked > 0 {
                 output.warnings.push((
                     "PROMPT_TEXT_REMOVED",

@@ -218,6 +218,9 @@ pub struct AgentContext {
     pub request: Arc<JobRequest>,
     pub cancel: CancellationToken,
     pub deltas: DeltaSink,
+    /// The iteration the `deltas` carry: a higher one replaces the text so far (a revision,
+    /// or a writer's stream started over after it broke midway).
+    pub text_iteration: Arc<AtomicU32>,
     pub upstream: Arc<UpstreamCounters>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The pool this agent's upstream calls count against, and the job's deadline.

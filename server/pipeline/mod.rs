@@ -361,6 +361,7 @@ impl JobRun {
                     progress,
                 );
             }),
+            text_iteration: writer_iteration.clone(),
             upstream: Arc::new(UpstreamCounters::default()),
             metrics: settings.metrics.clone(),
             // Retries never reach past the caller's deadline.
@@ -941,7 +942,11 @@ impl JobRun {
         sources: &[SourceDoc],
     ) -> Result<Draft, PipelineError> {
         let total = if phase == Phase::Writing { 1 } else { 4 };
-        self.writer_iteration.store(iteration, Ordering::Relaxed);
+        // Each pass's text replaces the earlier passes' (and a restarted stream's): a pass
+        // after the first takes the next iteration.
+        if iteration > 1 {
+            self.writer_iteration.fetch_add(1, Ordering::Relaxed);
+        }
         let draft = self
             .agent(
                 phase,
