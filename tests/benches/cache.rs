@@ -31,19 +31,10 @@ use dakota_server::{
 };
 use futures_util::future::join_all;
 
-#[allow(dead_code)]
-#[path = "../e2e/standin.rs"]
-mod standin;
-
-/// What the stand-in needs of the e2e tests' fixtures.
-mod common {
-    pub use super::support::kb_dir;
-}
-
 mod support;
 use support::kb_dir;
 
-use standin::{Route, StandIn};
+use dakota_tests::standin::{Route, StandIn};
 
 const LOOKUPS: usize = 5_000;
 const BURST: usize = 1_000;

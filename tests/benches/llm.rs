@@ -24,17 +24,8 @@ use dakota_server::{
 };
 use futures_util::future::join_all;
 
-#[allow(dead_code)]
-#[path = "../e2e/standin.rs"]
-mod standin;
-
-/// What the stand-in needs of the e2e tests' fixtures.
-mod common {
-    pub use super::support::kb_dir;
-}
-
 mod support;
-use standin::{Latency, StandIn};
+use dakota_tests::standin::{Latency, StandIn};
 use support::{binary, kb_dir};
 
 /// The latency model: a structured answer (or a stream's first token) after 300 ms, streamed
@@ -238,6 +229,9 @@ async fn overhead(standin: &StandIn, in_flight: usize, calls: usize) -> [(Durati
         http.get(&url).send().await.unwrap().bytes().await.unwrap();
         started.elapsed()
     };
+    // Warm-up: the connections `in_flight` calls need are opened before either is measured,
+    // so neither side pays for them.
+    join_all((0..in_flight).map(|_| bare(http.clone(), url.clone()))).await;
     let mut results = [(Duration::ZERO, Duration::ZERO); 2];
     for (slot, guarded) in [(0, false), (1, true)] {
         let mut samples = Vec::with_capacity(calls);

@@ -22,19 +22,10 @@ use std::{
 
 use dakota::api::{self, content_service_client::ContentServiceClient, generate_event::Event};
 
-#[allow(dead_code)]
-#[path = "../e2e/standin.rs"]
-mod standin;
-
-/// What the stand-in needs of the e2e tests' fixtures.
-mod common {
-    pub use super::support::kb_dir;
-}
-
 mod support;
 use support::{binary, kb_dir, metric};
 
-use standin::{Fault, Route, StandIn};
+use dakota_tests::standin::{Fault, Route, StandIn};
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(15);
 const TOPICS: [&str; 4] = [

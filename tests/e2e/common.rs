@@ -47,9 +47,7 @@ pub fn binary(name: &str) -> PathBuf {
 /// Upper bound on any single wait in a test, so a bug shows as a failure, not a hang.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-pub fn kb_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../knowledge")
-}
+pub use dakota_tests::kb_dir;
 
 pub fn config() -> Config {
     use clap::Parser;

@@ -3,6 +3,8 @@
 
 mod adversarial;
 mod auth;
+use dakota_tests::standin;
+
 mod caching;
 mod cli;
 mod common;
@@ -15,6 +17,5 @@ mod redis_server;
 mod resilience;
 mod shared_jobs;
 mod small_models;
-mod standin;
 mod tls;
 mod upstreams;

@@ -8,9 +8,7 @@ use std::{
     process::{Child, Command},
 };
 
-pub fn kb_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../knowledge")
-}
+pub use dakota_tests::kb_dir;
 
 /// A workspace binary of this profile, built first (a bench builds only its own package).
 pub fn binary(name: &str) -> PathBuf {

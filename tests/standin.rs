@@ -246,13 +246,11 @@ impl StandIn {
     }
 
     /// From now on, answers take this long.
-    #[allow(dead_code)] // the benchmarks' (tests/benches/llm.rs)
     pub fn latency(&self, latency: Latency) {
         *self.shared.latency.lock().unwrap() = latency;
     }
 
     /// (route, start, end) of every request answered so far, in the order they ended.
-    #[allow(dead_code)] // the benchmarks'
     pub fn intervals(&self) -> Vec<(Route, std::time::Instant, std::time::Instant)> {
         self.shared.intervals.lock().unwrap().clone()
     }
@@ -794,7 +792,7 @@ async fn vector_search(
     let query = body["query"].as_str().unwrap_or_default().to_lowercase();
     let limit = body["max_num_results"].as_u64().unwrap_or(5) as usize;
     let mut hits: Vec<(usize, Value)> = Vec::new();
-    for entry in std::fs::read_dir(crate::common::kb_dir()).unwrap() {
+    for entry in std::fs::read_dir(crate::kb_dir()).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
