@@ -304,8 +304,10 @@ async fn lifecycle(
         let kb = match &upstreams.vector_store {
             Some(store) => KnowledgeSource::VectorStore(store.clone()),
             None => {
+                let started = std::time::Instant::now();
                 let kb = KnowledgeBase::load(&kb_dir)?;
-                tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %kb_dir.display(), "knowledge base indexed");
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %kb_dir.display(), elapsed_ms, "knowledge base indexed");
                 KnowledgeSource::Local(Arc::new(kb))
             }
         };

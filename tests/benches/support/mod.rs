@@ -38,10 +38,17 @@ pub fn binary(name: &str) -> PathBuf {
 /// addresses. The rest of the log is drained by a thread, so the server never blocks on a
 /// full pipe.
 pub fn addresses(child: &mut Child) -> (String, String) {
-    let (mut addr, mut admin) = (None, None);
+    let (addr, admin, _) = startup_log(child);
+    (addr, admin)
+}
+
+/// [`addresses`], and every log line up to `SERVING`.
+pub fn startup_log(child: &mut Child) -> (String, String, Vec<serde_json::Value>) {
+    let (mut addr, mut admin, mut log) = (None, None, Vec::new());
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     for line in lines.by_ref() {
         let value: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        log.push(value.clone());
         if let Some(a) = value["grpc_addr"].as_str() {
             addr = Some(a.to_string());
         }
@@ -53,7 +60,7 @@ pub fn addresses(child: &mut Child) -> (String, String) {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    (addr.unwrap(), admin.unwrap())
+    (addr.unwrap(), admin.unwrap(), log)
 }
 
 /// The sum of the samples of `series` (a name, or a name and the start of its labels) in the
