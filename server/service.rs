@@ -214,24 +214,7 @@ impl ContentApi {
         );
         let _ = span.set_parent(telemetry::context_from_metadata(request.metadata()));
         let owner = caller(&request).cloned();
-        // Per API key, or per peer address when the API is open. Behind a mesh sidecar every
-        // peer is loopback: those callers cannot be told apart, and are not limited here.
-        let who = match (&owner, request.remote_addr()) {
-            (Some(owner), _) => Some(owner.0.clone()),
-            (None, Some(peer)) if !peer.ip().is_loopback() => Some(peer.ip().to_string()),
-            _ => None,
-        };
-        if let (Some(quota), Some(who)) = (&self.state.quota, who) {
-            quota
-                .take(&who)
-                .map_err(|retry_after| ApiError::Overloaded {
-                    message: format!(
-                        "this caller started its quota of jobs; the next may start in {:.1} s",
-                        retry_after.as_secs_f64()
-                    ),
-                    retry_after,
-                })?;
-        }
+        self.take_quota(owner.as_ref(), request.remote_addr())?;
         let job_request = validation::generate_request(request.into_inner())?;
         self.state.ready()?;
         let id = uuid::Uuid::new_v4().to_string();
@@ -286,6 +269,33 @@ impl ContentApi {
                 .spawn(shared.clone().publish(job, owner, registered));
         }
         Ok(Response::new(events))
+    }
+
+    /// One of the caller's jobs of the `Generate` quota: per API key, or per peer address
+    /// when the API is open. Behind a mesh sidecar every peer is loopback: those callers
+    /// cannot be told apart, and are not limited here.
+    fn take_quota(
+        &self,
+        owner: Option<&Principal>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(), ApiError> {
+        let who = match (owner, peer) {
+            (Some(owner), _) => owner.0.clone(),
+            (None, Some(peer)) if !peer.ip().is_loopback() => peer.ip().to_string(),
+            _ => return Ok(()),
+        };
+        let Some(quota) = &self.state.quota else {
+            return Ok(());
+        };
+        quota
+            .take(&who)
+            .map_err(|retry_after| ApiError::Overloaded {
+                message: format!(
+                    "this caller started its quota of jobs; the next may start in {:.1} s",
+                    retry_after.as_secs_f64()
+                ),
+                retry_after,
+            })
     }
 
     /// With shared jobs, a `Generate` whose idempotency key another replica's job holds

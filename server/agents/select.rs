@@ -68,6 +68,25 @@ const AGENTS_WITH_MODELS: [AgentName; 8] = [
 ];
 
 impl Models {
+    /// Each tier's model and the per-agent overrides, which must name LLM agents.
+    fn from_config(config: &UpstreamConfig) -> Result<Self, String> {
+        if let Some((agent, _)) = config
+            .agent_models
+            .iter()
+            .find(|(agent, _)| !AGENTS_WITH_MODELS.iter().any(|a| a.as_str() == agent))
+        {
+            return Err(format!(
+                "--agent-models names `{agent}`, which is not an LLM agent"
+            ));
+        }
+        Ok(Self {
+            nano: config.model_nano.clone(),
+            mini: config.model_mini.clone(),
+            full: config.model_full.clone(),
+            overrides: config.agent_models.clone(),
+        })
+    }
+
     fn for_agent(&self, agent: AgentName) -> String {
         if let Some((_, model)) = self.overrides.iter().find(|(a, _)| a == agent.as_str()) {
             return model.clone();
@@ -84,6 +103,30 @@ impl Models {
     }
 }
 
+/// The LLM client, when an endpoint or a key is configured (else the agents run offline).
+fn llm_client(
+    config: &UpstreamConfig,
+    http: &reqwest::Client,
+    base_url: &str,
+    guards: &Guards,
+) -> Option<Arc<LlmClient>> {
+    let llm_configured = config.openai_api_key.is_some() || config.openai_base_url.is_some();
+    llm_configured.then(|| {
+        Arc::new(LlmClient::new(
+            http.clone(),
+            LlmSettings {
+                base_url: base_url.to_string(),
+                api_key: config.openai_api_key.clone(),
+                timeout: config.llm_timeout,
+                idle_timeout: config.llm_idle_timeout,
+                temperature: config.llm_temperature,
+                structured_output: config.llm_structured_output,
+            },
+            guards.llm.clone(),
+        ))
+    })
+}
+
 impl Upstreams {
     /// The clients of configuration `config`; their answers cached in the process and, when
     /// configured, in `redis`.
@@ -92,15 +135,7 @@ impl Upstreams {
         metrics: Arc<Metrics>,
         redis: Option<Arc<Redis>>,
     ) -> Result<Self, String> {
-        if let Some((agent, _)) = config
-            .agent_models
-            .iter()
-            .find(|(agent, _)| !AGENTS_WITH_MODELS.iter().any(|a| a.as_str() == agent))
-        {
-            return Err(format!(
-                "--agent-models names `{agent}`, which is not an LLM agent"
-            ));
-        }
+        let models = Models::from_config(config)?;
         let http = api_client().map_err(|e| format!("HTTP client: {e}"))?;
         let cache = Arc::new(Cache::new(
             config.cache_max_bytes,
@@ -108,25 +143,11 @@ impl Upstreams {
             metrics.clone(),
         ));
         let guards = Guards::from_config(config, &metrics, &cache, redis.as_ref())?;
-        let llm_configured = config.openai_api_key.is_some() || config.openai_base_url.is_some();
         let base_url = config
             .openai_base_url
             .clone()
             .unwrap_or_else(|| DEFAULT_OPENAI_BASE_URL.to_string());
-        let llm = llm_configured.then(|| {
-            Arc::new(LlmClient::new(
-                http.clone(),
-                LlmSettings {
-                    base_url: base_url.clone(),
-                    api_key: config.openai_api_key.clone(),
-                    timeout: config.llm_timeout,
-                    idle_timeout: config.llm_idle_timeout,
-                    temperature: config.llm_temperature,
-                    structured_output: config.llm_structured_output,
-                },
-                guards.llm.clone(),
-            ))
-        });
+        let llm = llm_client(config, &http, &base_url, &guards);
         let vector_store = config.openai_vector_store_id.clone().map(|id| {
             Arc::new(VectorStoreClient::new(
                 http.clone(),
@@ -166,12 +187,7 @@ impl Upstreams {
                 Prompts::load(config.prompts_dir.as_deref()).map_err(|e| e.to_string())?,
             ),
             prices: Arc::new(PriceTable::new(&config.prices)?),
-            models: Models {
-                nano: config.model_nano.clone(),
-                mini: config.model_mini.clone(),
-                full: config.model_full.clone(),
-                overrides: config.agent_models.clone(),
-            },
+            models,
         })
     }
 

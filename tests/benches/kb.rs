@@ -5,7 +5,7 @@
 //!     cargo bench --bench kb
 //!
 //! The generated documents are Markdown of the shape exported collections have: front matter,
-//! a title, four to six sections with paragraphs, a bullet list and a table, ~4 kB each, made
+//! a title, four to six sections with paragraphs, a bullet list and a table, ~7 kB each, made
 //! from the sample documents' vocabulary (deterministic: the same files every run). Prints
 //! Markdown for BENCHMARKS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -178,7 +178,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     for (name, dir) in [
         ("sample (`knowledge/`)", kb_dir()),
-        ("generated, ~4 kB each", generated.clone()),
+        ("generated, ~7 kB each", generated.clone()),
     ] {
         let n = documents(&dir);
         let (mut serving, mut index) = (Vec::new(), Vec::new());
