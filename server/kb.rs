@@ -122,6 +122,31 @@ impl KnowledgeSource {
     }
 }
 
+/// `work` on each item, on every core (at most 4 threads), the results in the items' order;
+/// the first error, if any.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    work: impl Fn(&T) -> Result<R, KbError> + Sync,
+) -> Result<Vec<R>, KbError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let per_thread = items.len().div_ceil(threads).max(1);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || part.iter().map(work).collect::<Result<Vec<R>, _>>()))
+            .collect();
+        let mut results = Vec::with_capacity(items.len());
+        for handle in handles {
+            let part = handle
+                .join()
+                .map_err(|_| KbError::Task("a knowledge-base worker panicked".into()))??;
+            results.extend(part);
+        }
+        Ok(results)
+    })
+}
+
 /// The answer of [`KnowledgeSource::search_batch`].
 #[derive(Debug)]
 pub struct Searched {
@@ -197,8 +222,9 @@ impl KnowledgeBase {
             })
             .collect();
         paths.sort();
-        let mut parsed = Vec::with_capacity(paths.len());
-        for path in &paths {
+        let started = std::time::Instant::now();
+        // Documents are read and parsed on every core, in order.
+        let parsed = in_parallel(&paths, |path| {
             let raw = fs::read_to_string(path).map_err(|source| KbError::Io {
                 path: path.clone(),
                 source,
@@ -207,20 +233,32 @@ impl KnowledgeBase {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .unwrap_or("document");
-            parsed.push(parse(stem, &raw));
-        }
+            Ok(parse(stem, &raw))
+        })?;
+        let parsed_at = started.elapsed();
         let boilerplate = boilerplate(parsed.iter().map(|p| p.blocks.as_slice()));
+        let boilerplate_at = started.elapsed();
         if !boilerplate.is_empty() {
             tracing::info!(
                 units = boilerplate.len(),
                 "boilerplate recognised across documents; left out of the index"
             );
         }
-        let chunks = parsed
-            .iter()
-            .flat_map(|p| chunks_of(p, &boilerplate))
+        let chunks: Vec<Chunk> = in_parallel(&parsed, |p| Ok(chunks_of(p, &boilerplate)))?
+            .into_iter()
+            .flatten()
             .collect();
-        Self::from_chunks(chunks, paths.len())
+        let chunked_at = started.elapsed();
+        let kb = Self::from_chunks(chunks, paths.len());
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            read_and_parse_ms = ms(parsed_at),
+            boilerplate_ms = ms(boilerplate_at - parsed_at),
+            chunk_ms = ms(chunked_at - boilerplate_at),
+            index_ms = ms(started.elapsed() - chunked_at),
+            "knowledge base load, by step"
+        );
+        kb
     }
 
     fn from_chunks(chunks: Vec<Chunk>, documents: usize) -> Result<Self, KbError> {
@@ -228,7 +266,8 @@ impl KnowledgeBase {
         let text_options = TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
                 .set_tokenizer(TOKENIZER)
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+                // Queries are words only (see `search`): no phrase queries, so no positions.
+                .set_index_option(IndexRecordOption::WithFreqs),
         );
         let title = schema.add_text_field("title", text_options.clone());
         let section = schema.add_text_field("section", text_options.clone());
@@ -246,8 +285,10 @@ impl KnowledgeBase {
                 .filter(Stemmer::new(Language::English))
                 .build(),
         );
+        // One indexing thread per core (tantivy wants at least 15 MB of budget each).
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let mut writer: IndexWriter<TantivyDocument> =
-            index.writer_with_num_threads(1, 32_000_000)?;
+            index.writer_with_num_threads(threads, threads * 20_000_000)?;
         for (i, chunk) in chunks.iter().enumerate() {
             let mut doc = TantivyDocument::default();
             doc.add_text(title, &chunk.title);
@@ -535,12 +576,16 @@ fn normalise(unit: &str) -> String {
 /// Sentences and lines found in at least a quarter of the documents (and in three at least):
 /// calls to action, footers, share bars. They are never indexed nor used as evidence.
 fn boilerplate<'a>(documents: impl Iterator<Item = &'a [Block]>) -> HashSet<String> {
+    let documents: Vec<&[Block]> = documents.collect();
+    let total = documents.len();
+    // Each document's units on every core; counted across documents after.
+    let distinct = in_parallel(&documents, |blocks| {
+        Ok(units(blocks).into_iter().collect::<HashSet<String>>())
+    })
+    .unwrap_or_default();
     let mut counts: HashMap<String, usize> = HashMap::new();
-    let mut total = 0;
-    for blocks in documents {
-        total += 1;
-        let distinct: HashSet<String> = units(blocks).into_iter().collect();
-        for unit in distinct {
+    for units in distinct {
+        for unit in units {
             *counts.entry(unit).or_default() += 1;
         }
     }
