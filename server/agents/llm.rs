@@ -774,62 +774,93 @@ impl LlmWriter {
     }
 }
 
+/// The writer's streamed draft, with what it cost and whether it was started over.
+struct Written {
+    streamed: crate::upstream::llm::Streamed,
+    usage: crate::upstream::llm::Usage,
+    attempts: u32,
+    /// Why the first stream broke midway, when the draft was asked again.
+    restarted: Option<String>,
+}
+
+impl LlmWriter {
+    /// Streams the draft to the client as it comes. An empty answer streamed nothing, so it
+    /// can be asked again without repeating text (a second empty answer is the model's
+    /// failure, not the network's); a stream that broke midway is asked again once, as a new
+    /// iteration whose text replaces what the client got so far.
+    async fn stream_draft(
+        &self,
+        cx: &AgentContext,
+        prompt: &crate::upstream::llm::Prompt,
+        max_tokens: u32,
+    ) -> Result<Written, AgentError> {
+        let deltas = cx.deltas.clone();
+        // Whether this attempt's text reached the client.
+        let reached = std::sync::atomic::AtomicBool::new(false);
+        let on_delta = |delta: &str| {
+            reached.store(true, std::sync::atomic::Ordering::Relaxed);
+            deltas(delta)
+        };
+        let mut usage = crate::upstream::llm::Usage::default();
+        let mut attempts = 0;
+        let mut restarted = None;
+        let mut streamed = None;
+        for round in 0..2 {
+            reached.store(false, std::sync::atomic::Ordering::Relaxed);
+            let result = self
+                .llm
+                .client
+                .stream(&cx.scope, &self.llm.model, prompt, max_tokens, &on_delta)
+                .await;
+            cx.upstream.record("llm", result.is_ok());
+            let completion = match result {
+                Err(error)
+                    if round == 0
+                        && error.retryable()
+                        && reached.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    cx.text_iteration
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    restarted = Some(error.to_string());
+                    continue;
+                }
+                result => result.map_err(unavailable)?,
+            };
+            usage.input_tokens += completion.usage.input_tokens;
+            usage.output_tokens += completion.usage.output_tokens;
+            attempts += completion.attempts;
+            if !completion.value.text.trim().is_empty() {
+                streamed = Some(completion.value);
+                break;
+            }
+        }
+        let Some(streamed) = streamed else {
+            return Err(AgentError::InvalidAnswer {
+                agent: self.llm.name.as_str(),
+                message: "the model answered with no text, twice".into(),
+            });
+        };
+        Ok(Written {
+            streamed,
+            usage,
+            attempts,
+            restarted,
+        })
+    }
+}
+
 impl Agent<WritingBrief, Draft> for LlmWriter {
     llm_agent!(llm);
     fn run<'a>(&'a self, cx: &'a AgentContext, brief: &'a WritingBrief) -> AgentFuture<'a, Draft> {
         Box::pin(async move {
             let prompt = self.prompt(cx, brief);
             let max_tokens = budget::writer(cx.request.word_count);
-            let deltas = cx.deltas.clone();
-            // Whether this attempt's text reached the client.
-            let reached = std::sync::atomic::AtomicBool::new(false);
-            let on_delta = |delta: &str| {
-                reached.store(true, std::sync::atomic::Ordering::Relaxed);
-                deltas(delta)
-            };
-            let mut usage = crate::upstream::llm::Usage::default();
-            let mut attempts = 0;
-            let mut restarted = None;
-            // An empty answer streamed nothing, so it can be asked again without repeating
-            // text; a second empty answer is the model's failure, not the network's. A stream
-            // that broke midway is asked again once, as a new iteration whose text replaces
-            // what the client got so far.
-            let mut streamed = None;
-            for round in 0..2 {
-                reached.store(false, std::sync::atomic::Ordering::Relaxed);
-                let result = self
-                    .llm
-                    .client
-                    .stream(&cx.scope, &self.llm.model, &prompt, max_tokens, &on_delta)
-                    .await;
-                cx.upstream.record("llm", result.is_ok());
-                let completion = match result {
-                    Err(error)
-                        if round == 0
-                            && error.retryable()
-                            && reached.load(std::sync::atomic::Ordering::Relaxed) =>
-                    {
-                        cx.text_iteration
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        restarted = Some(error.to_string());
-                        continue;
-                    }
-                    result => result.map_err(unavailable)?,
-                };
-                usage.input_tokens += completion.usage.input_tokens;
-                usage.output_tokens += completion.usage.output_tokens;
-                attempts += completion.attempts;
-                if !completion.value.text.trim().is_empty() {
-                    streamed = Some(completion.value);
-                    break;
-                }
-            }
-            let Some(streamed) = streamed else {
-                return Err(AgentError::InvalidAnswer {
-                    agent: self.llm.name.as_str(),
-                    message: "the model answered with no text, twice".into(),
-                });
-            };
+            let Written {
+                streamed,
+                usage,
+                attempts,
+                restarted,
+            } = self.stream_draft(cx, &prompt, max_tokens).await?;
             let (markdown, leaked) =
                 contract::without_instructions(streamed.text.trim(), &prompt.system);
             let mut summary = format!("{} words streamed", text::markdown_word_count(&markdown));
