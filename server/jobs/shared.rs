@@ -153,20 +153,19 @@ impl SharedJobs {
     /// Whether a retried `Generate` re-attaches to `job` (running on a live replica, or
     /// completed), and whether it asked for the same thing.
     pub async fn reattachable(&self, job: &RemoteJob, request: &JobRequest) -> Reattach {
-        match self.last_event(&job.id).await {
-            Some(Some(event)) if final_event(&event) => match event.event {
-                Some(Event::Completed(_)) => Reattach::Yes,
-                _ => Reattach::No,
-            },
-            // Running: only while its runner lives.
-            Some(_) if self.lease_held(&job.id).await != Some(false) => {
-                if job.fingerprint == fingerprint(request) {
-                    Reattach::Yes
-                } else {
-                    Reattach::KeyReused
-                }
+        let live = match self.last_event(&job.id).await {
+            Some(Some(event)) if final_event(&event) => {
+                matches!(event.event, Some(Event::Completed(_)))
             }
-            _ => Reattach::No,
+            // Running: only while its runner lives.
+            Some(_) => self.lease_held(&job.id).await != Some(false),
+            None => false,
+        };
+        // As in one process: a live job's key used for another request is refused.
+        match (live, job.fingerprint == fingerprint(request)) {
+            (false, _) => Reattach::No,
+            (true, true) => Reattach::Yes,
+            (true, false) => Reattach::KeyReused,
         }
     }
 
@@ -439,9 +438,7 @@ impl SharedJobs {
             let _ = tx.send(Ok(self.with_article(id, last).await)).await;
             return Ok(());
         }
-        let (sequence, progress, phase) = last.map_or((1, 0, String::new()), |e| {
-            (e.sequence + 1, e.progress, String::new())
-        });
+        let (sequence, progress) = last.map_or((1, 0), |e| (e.sequence + 1, e.progress));
         let failed = GenerateEvent {
             job_id: id.to_string(),
             sequence,
@@ -450,7 +447,7 @@ impl SharedJobs {
             event: Some(Event::Failed(api::Failed {
                 code: Code::Unavailable as i32,
                 message: "the replica running the job stopped before it finished; start it again (the same idempotency key starts a new attempt)".into(),
-                phase,
+                phase: String::new(),
                 retry_delay: Some(prost_types::Duration {
                     seconds: 1,
                     nanos: 0,

@@ -137,24 +137,35 @@ async fn a_repeated_topic_makes_no_search_requests_and_reports_its_hits() {
 
 #[tokio::test]
 async fn a_changed_model_is_a_miss() {
+    // Replicas sharing Redis, so the second finds the first's answers: only the model differs
+    // for the third.
+    let redis = RedisServer::start();
     let standin = StandIn::start().await;
-    let mut config = cached_config(&standin);
-    let mut server = common::start(config.clone()).await;
-    server.generate(llm_request()).await;
-    let structured = |standin: &StandIn| {
+    let mut config = with_redis(cached_config(&standin), &redis);
+    let seo_requests = |standin: &StandIn| {
         standin
             .requests_of(Route::Llm)
             .iter()
             .filter(|r| r.llm_kind() == "seo_specialist")
             .count()
     };
-    let before = structured(&standin);
-    drop(server);
-    // The same cache keys would be found in Redis; here a new process and a new model.
+    common::start(config.clone())
+        .await
+        .generate(llm_request())
+        .await;
+    let first = seo_requests(&standin);
+    common::start(config.clone())
+        .await
+        .generate(llm_request())
+        .await;
+    assert_eq!(
+        seo_requests(&standin),
+        first,
+        "the same model: answered by Redis"
+    );
     config.upstreams.model_nano = "test-nano-2".into();
-    let mut server = common::start(config).await;
-    server.generate(llm_request()).await;
-    assert!(structured(&standin) > before, "a new model is asked again");
+    common::start(config).await.generate(llm_request()).await;
+    assert!(seo_requests(&standin) > first, "a new model is asked again");
 }
 
 #[tokio::test]

@@ -52,10 +52,7 @@ async fn a_job_started_on_one_replica_is_watched_and_fetched_on_another() {
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     gate.open();
 
-    let mut here = vec![];
-    while let Some(event) = next(&mut stream).await {
-        here.push(event);
-    }
+    let here = collect(&mut stream).await;
     let there = collect(&mut watched).await;
     // `held_job` read the first event (sequence 1) off the first stream.
     assert_eq!(there[0].sequence, 1);
@@ -93,10 +90,7 @@ async fn a_cancel_sent_to_another_replica_stops_the_job_where_it_runs() {
         .into_inner();
     assert_eq!(response.state(), JobState::Cancelled);
     assert!(gate.wait_dropped().await, "the held agent was dropped");
-    let mut events = vec![];
-    while let Some(event) = next(&mut stream).await {
-        events.push(event);
-    }
+    let events = collect(&mut stream).await;
     assert_eq!(common::failed(&events).code, Code::Cancelled as i32);
 }
 
