@@ -169,15 +169,7 @@ fn explain(status: Status) -> String {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let started = std::time::Instant::now();
-    let ca = match &cli.ca_cert {
-        Some(path) => Some(std::fs::read(path).map_err(|e| {
-            format!(
-                "--ca-cert {}: {e} (a PEM file of the CA that signed the server's certificate)",
-                path.display()
-            )
-        })?),
-        None => None,
-    };
+    let ca = cli.ca_cert.as_deref().map(read_ca).transpose()?;
     let channel = session::connect_with(&cli.server, cli.connect_timeout, ca.as_deref())
         .await
         .map_err(|e| e.to_string())?;
@@ -204,8 +196,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             follow(client, follower, out, json).await
         }
         Command::Get { job_id, out, json } => {
-            let mut client = client;
             let article = client
+                .clone()
                 .get_article(api::GetArticleRequest { job_id })
                 .await
                 .map_err(explain)?
@@ -213,20 +205,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             deliver(&article, out.as_deref(), json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cancel { job_id } => {
-            let mut client = client;
-            let response = client
-                .cancel_job(api::CancelJobRequest { job_id })
-                .await
-                .map_err(explain)?
-                .into_inner();
-            println!(
-                "job {}: {}",
-                for_terminal(&response.job_id),
-                response.state().as_str_name()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Cancel { job_id } => cancel(client, job_id).await,
         Command::Search {
             queries,
             max_results,
@@ -248,6 +227,31 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             check_health(health, service, left, &within).await
         }
     }
+}
+
+/// The PEM file of `--ca-cert`.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| {
+        format!(
+            "--ca-cert {}: {e} (a PEM file of the CA that signed the server's certificate)",
+            path.display()
+        )
+    })
+}
+
+/// `dakota cancel`: the job's state after the request.
+async fn cancel(mut client: session::Client, job_id: String) -> Result<ExitCode, String> {
+    let response = client
+        .cancel_job(api::CancelJobRequest { job_id })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!(
+        "job {}: {}",
+        for_terminal(&response.job_id),
+        response.state().as_str_name()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The request of `dakota generate`, its deadline and where its article goes.

@@ -8,6 +8,7 @@ use std::{
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
     auth::{ApiKeys, AuthLayer},
@@ -86,15 +87,6 @@ impl Server {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
-        // v1 and v1alpha: grpcurl 1.8 and Python's grpcio-reflection speak only v1alpha.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
-
         let shutdown = CancellationToken::new();
         let state = app_state(
             &config,
@@ -103,29 +95,9 @@ impl Server {
             api_keys.clone(),
             &shutdown,
         );
-        let content = ContentServiceServer::new(ContentApi::new(state.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-
         let stop_serving = CancellationToken::new();
-        // Every RPC is timed and counted (the refused ones too), then authenticated.
-        let layers = tower::ServiceBuilder::new()
-            .layer(RpcMetricsLayer::new(metrics.clone()))
-            .layer(AuthLayer::new(api_keys.clone(), !config.auth_probes))
-            .into_inner();
-        let keepalive = (!config.http2_keepalive.is_zero()).then_some(config.http2_keepalive);
-        let serve = tonic::transport::Server::builder()
-            .max_concurrent_streams(config.max_streams_per_connection.max(1))
-            .http2_keepalive_interval(keepalive)
-            .http2_keepalive_timeout(keepalive.map(|_| Duration::from_secs(20)))
-            // Bounded headers, and the rapid-reset flood answered by closing the connection.
-            .http2_max_header_list_size(MAX_HEADER_BYTES)
-            .http2_max_pending_accept_reset_streams(Some(100))
-            .layer(layers)
+        let serve = grpc_server(&config, &state, api_keys)?
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(content)
             .serve_with_incoming_shutdown(
                 tls::incoming(listener, certificates.clone()),
                 stop_serving.clone().cancelled_owned(),
@@ -279,6 +251,43 @@ struct Startup {
     upstreams: Arc<Upstreams>,
     agents: AgentsFactory,
     admin_stop: CancellationToken,
+}
+/// The gRPC server's tower layers: every RPC is timed and counted (the refused ones too),
+/// then authenticated.
+type RpcLayers = Stack<Stack<AuthLayer, Stack<RpcMetricsLayer, Identity>>, Identity>;
+
+/// The gRPC server with its layers and services, all but health (whose reporter the
+/// lifecycle keeps).
+fn grpc_server(
+    config: &Config,
+    state: &Arc<AppState>,
+    api_keys: Option<Arc<ApiKeys>>,
+) -> Result<tonic::transport::server::Router<RpcLayers>, ServerError> {
+    // v1 and v1alpha: grpcurl 1.8 and Python's grpcio-reflection speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let content = ContentServiceServer::new(ContentApi::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let layers = tower::ServiceBuilder::new()
+        .layer(RpcMetricsLayer::new(state.metrics.clone()))
+        .layer(AuthLayer::new(api_keys, !config.auth_probes))
+        .into_inner();
+    let keepalive = (!config.http2_keepalive.is_zero()).then_some(config.http2_keepalive);
+    Ok(tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection.max(1))
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(keepalive.map(|_| Duration::from_secs(20)))
+        // Bounded headers, and the rapid-reset flood answered by closing the connection.
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(100))
+        .layer(layers)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(content))
 }
 
 async fn lifecycle(

@@ -618,26 +618,8 @@ fn parse(stem: &str, raw: &str) -> Parsed {
 /// kept whole and on lines of their own, boilerplate left out. Front matter gives title,
 /// url and date and is never text.
 fn chunks_of(parsed: &Parsed, boilerplate: &HashSet<String>) -> Vec<Chunk> {
-    let field = |key: &str| {
-        parsed
-            .front
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-            .filter(|v| !v.is_empty())
-    };
     let stem = parsed.stem.as_str();
-    let title = field("title")
-        .or_else(|| {
-            parsed.blocks.iter().find_map(|b| match b {
-                Block::Heading(1, t) => Some(t.clone()),
-                _ => None,
-            })
-        })
-        .unwrap_or_else(|| text::title_case(&stem.replace(['-', '_'], " ")));
-    let url = field("url").unwrap_or_else(|| format!("kb://{stem}"));
-    let date = field("date");
-
+    let (title, url, date) = document_meta(parsed);
     let mut chunks = Vec::new();
     let mut section = title.clone();
     let mut passage = String::new();
@@ -659,47 +641,33 @@ fn chunks_of(parsed: &Parsed, boilerplate: &HashSet<String>) -> Vec<Chunk> {
     let mut previous_was_line = false;
     for block in &parsed.blocks {
         let piece = match block {
-            Block::Heading(level, heading) => {
+            Block::Heading(level, heading) if *level <= 2 => {
                 table_head = None;
-                if *level <= 2 {
-                    flush(&section, &mut passage);
-                    // The title's own `#` line starts no section; any other `#` or `##` does,
-                    // unless it is one of the headings that name nothing.
-                    section =
-                        if heading.is_empty() || *heading == title || is_generic_heading(heading) {
-                            title.clone()
-                        } else {
-                            heading.clone()
-                        };
-                    continue;
-                }
-                // A sub-heading (a ranked entry, "### 3. Firm") stays inside its section.
-                format!("### {heading}\n")
+                flush(&section, &mut passage);
+                // The title's own `#` line starts no section; any other `#` or `##` does,
+                // unless it is one of the headings that name nothing.
+                section = if heading.is_empty() || *heading == title || is_generic_heading(heading)
+                {
+                    title.clone()
+                } else {
+                    heading.clone()
+                };
+                continue;
             }
-            Block::Prose(prose) => {
-                let kept: Vec<String> = text::sentences(prose)
-                    .into_iter()
-                    .filter(|s| !boilerplate.contains(&normalise(s)))
-                    .collect();
-                if kept.is_empty() {
-                    continue;
-                }
-                format!("{}\n", kept.join(" "))
+            Block::Heading(..) => {
+                table_head = None;
+                passage_piece(block, boilerplate)
             }
-            Block::Item(line) | Block::Row(line, _) => {
-                if boilerplate.contains(&normalise(line)) {
-                    continue;
-                }
-                if let Block::Row(_, true) = block {
+            Block::Row(line, true) => {
+                let piece = passage_piece(block, boilerplate);
+                if piece.is_some() {
                     table_head = Some(line.clone());
                 }
-                if matches!(block, Block::Item(_)) {
-                    format!("- {line}\n")
-                } else {
-                    format!("{line}\n")
-                }
+                piece
             }
+            _ => passage_piece(block, boilerplate),
         };
+        let Some(piece) = piece else { continue };
         let line = matches!(block, Block::Item(_) | Block::Row(..));
         if passage.len() + piece.len() > MAX_PASSAGE_CHARS && !passage.is_empty() {
             flush(&section, &mut passage);
@@ -716,6 +684,48 @@ fn chunks_of(parsed: &Parsed, boilerplate: &HashSet<String>) -> Vec<Chunk> {
     }
     flush(&section, &mut passage);
     chunks
+}
+
+/// A document's title (front matter, else its `#` heading, else its file name), url
+/// (front matter, else `kb://<stem>`) and date.
+fn document_meta(parsed: &Parsed) -> (String, String, Option<String>) {
+    let field = |key: &str| {
+        parsed
+            .front
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    };
+    let stem = parsed.stem.as_str();
+    let title = field("title")
+        .or_else(|| {
+            parsed.blocks.iter().find_map(|b| match b {
+                Block::Heading(1, t) => Some(t.clone()),
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| text::title_case(&stem.replace(['-', '_'], " ")));
+    let url = field("url").unwrap_or_else(|| format!("kb://{stem}"));
+    (title, url, field("date"))
+}
+
+/// What a block adds to its passage, boilerplate left out (`None`: nothing). Sub-headings (a
+/// ranked entry, "### 3. Firm") stay inside their section as text.
+fn passage_piece(block: &Block, boilerplate: &HashSet<String>) -> Option<String> {
+    match block {
+        Block::Heading(_, heading) => Some(format!("### {heading}\n")),
+        Block::Prose(prose) => {
+            let kept: Vec<String> = text::sentences(prose)
+                .into_iter()
+                .filter(|s| !boilerplate.contains(&normalise(s)))
+                .collect();
+            (!kept.is_empty()).then(|| format!("{}\n", kept.join(" ")))
+        }
+        Block::Item(line) | Block::Row(line, _) if boilerplate.contains(&normalise(line)) => None,
+        Block::Item(line) => Some(format!("- {line}\n")),
+        Block::Row(line, _) => Some(format!("{line}\n")),
+    }
 }
 
 /// One document parsed alone (no boilerplate known): for tests and single files.

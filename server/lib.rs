@@ -8,28 +8,31 @@
 //! - [`kb`]: the knowledge base: local (tantivy BM25) or an OpenAI vector store.
 //! - [`upstream`]: HTTP clients of the LLM, vector store, web search and source fetch.
 
-pub mod admin;
+mod admin;
 pub mod agents;
 pub mod app;
-pub mod auth;
+mod auth;
 pub mod cache;
 pub mod config;
-pub mod error;
-pub mod jobs;
-pub mod kb;
+mod error;
+mod jobs;
+mod kb;
 pub mod metrics;
-pub mod net;
+mod net;
 pub mod pipeline;
-pub mod quota;
+mod quota;
 pub mod redis;
 pub mod resilience;
-pub mod rpc_metrics;
-pub mod service;
+mod rpc_metrics;
+mod service;
 pub mod telemetry;
 pub mod text;
-pub mod tls;
+mod tls;
 pub mod upstream;
-pub mod validation;
+mod validation;
+
+#[cfg(test)]
+mod hostile_input;
 
 /// Locks a mutex whose every update is a single assignment or push, so a panic elsewhere
 /// cannot leave it half-written and a poisoned lock is still safe to use.

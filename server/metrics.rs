@@ -116,44 +116,6 @@ fn job_seconds() -> Histogram {
 /// Latency samples kept per series for `/performance/*` quantiles.
 const SAMPLES: usize = 1024;
 
-pub struct Metrics {
-    registry: Registry,
-    pub grpc_requests: Family<MethodCode, Counter>,
-    pub grpc_duration: Histograms<Method>,
-    pub jobs_started: Counter,
-    pub jobs_completed: Counter,
-    pub jobs_failed: Family<Code, Counter>,
-    pub job_duration: Histogram,
-    pub jobs_running: Gauge,
-    /// Bytes the job logs in memory hold, and the jobs they belong to, by state.
-    pub jobs_retained_bytes: Family<JobStateLabel, Gauge>,
-    pub jobs_retained: Family<JobStateLabel, Gauge>,
-    pub jobs_queued: Gauge,
-    pub phase_duration: Histograms<Phase>,
-    pub agent_duration: Histograms<AgentProvider>,
-    pub upstream_requests: Family<UpstreamOutcome, Counter>,
-    pub upstream_duration: Histograms<Upstream>,
-    pub upstream_retries: Family<Upstream, Counter>,
-    pub breaker_state: Family<BreakerLabels, Gauge>,
-    pub pool_in_use: Family<PoolLabels, Gauge>,
-    pub pool_waiting: Family<PoolLabels, Gauge>,
-    pub pool_size: Family<PoolLabels, Gauge>,
-    pub llm_tokens: Family<TokenLabels, Counter>,
-    pub llm_cost: Family<AgentModel, Counter<f64, AtomicU64>>,
-    pub cache_requests: Family<CacheLabels, Counter>,
-    /// Calls that waited for an identical call in flight instead of making their own.
-    pub cache_coalesced: Family<Upstream, Counter>,
-    /// Tasks alive in the async runtime, read at scrape time: a leak shows as steady growth.
-    pub tokio_tasks: Gauge,
-    /// 1 while Redis answers (or is not configured), 0 while the server runs without it.
-    pub redis_up: Gauge,
-    pub redis_errors: Family<RedisOp, Counter>,
-    /// Recent agent run durations, by agent, in seconds.
-    agent_samples: Mutex<HashMap<&'static str, VecDeque<f64>>>,
-    /// Recent knowledge-base search durations, in seconds.
-    kb_samples: Mutex<VecDeque<f64>>,
-}
-
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
@@ -189,166 +151,74 @@ where
     metric
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        let mut r = Registry::with_prefix("dakota");
-        Self {
-            grpc_requests: counted(
-                &mut r,
-                "grpc_requests",
-                "gRPC requests by method and status code",
-                Family::default(),
-            ),
-            grpc_duration: timed(
-                &mut r,
-                "grpc_request_duration",
-                "Time from a gRPC request to the end of its response (for streams, the last message)",
-                seconds_family(),
-            ),
-            jobs_started: counted(&mut r, "jobs_started", "Jobs started", Counter::default()),
-            jobs_completed: counted(
-                &mut r,
-                "jobs_completed",
-                "Jobs that delivered their article",
-                Counter::default(),
-            ),
-            jobs_failed: counted(
-                &mut r,
-                "jobs_failed",
-                "Jobs that failed, by gRPC code",
-                Family::default(),
-            ),
-            job_duration: timed(
-                &mut r,
-                "job_duration",
-                "Job duration, start to end",
-                job_seconds(),
-            ),
-            jobs_running: counted(
-                &mut r,
-                "jobs_running",
-                "Jobs holding a job slot",
-                Gauge::default(),
-            ),
-            jobs_retained_bytes: counted(
-                &mut r,
-                "jobs_retained_bytes",
-                "Bytes held by the event logs of the jobs kept in memory (approximate), by state",
-                Family::default(),
-            ),
-            jobs_retained: counted(
-                &mut r,
-                "jobs_retained",
-                "Jobs kept in memory, by state",
-                Family::default(),
-            ),
-            jobs_queued: counted(
-                &mut r,
-                "jobs_queued",
-                "Jobs waiting for a job slot",
-                Gauge::default(),
-            ),
-            phase_duration: timed(&mut r, "phase_duration", "Phase duration", seconds_family()),
-            agent_duration: timed(
-                &mut r,
-                "agent_duration",
-                "Agent run duration",
-                seconds_family(),
-            ),
-            upstream_requests: counted(
-                &mut r,
-                "upstream_requests",
-                "Upstream call attempts by outcome",
-                Family::default(),
-            ),
-            upstream_duration: timed(
-                &mut r,
-                "upstream_request_duration",
-                "Upstream call attempt duration",
-                seconds_family(),
-            ),
-            upstream_retries: counted(
-                &mut r,
-                "upstream_retries",
-                "Upstream call retries",
-                Family::default(),
-            ),
-            breaker_state: counted(
-                &mut r,
-                "circuit_breaker_state",
-                "1 for the current state of each upstream's circuit breaker",
-                Family::default(),
-            ),
-            pool_in_use: counted(
-                &mut r,
-                "pool_in_use",
-                "Upstream calls in flight by pool (global: all pools)",
-                Family::default(),
-            ),
-            pool_waiting: counted(
-                &mut r,
-                "pool_waiting",
-                "Upstream calls waiting for a pool permit",
-                Family::default(),
-            ),
-            pool_size: counted(
-                &mut r,
-                "pool_size",
-                "Pool sizes (global: the cap on upstream calls)",
-                Family::default(),
-            ),
-            llm_tokens: counted(
-                &mut r,
-                "llm_tokens",
-                "LLM tokens by agent, model and kind (input, output)",
-                Family::default(),
-            ),
-            llm_cost: counted(
-                &mut r,
-                "llm_estimated_cost_usd",
-                "Estimated LLM cost in USD from the price table",
-                Family::default(),
-            ),
-            cache_requests: counted(
-                &mut r,
-                "cache_requests",
-                "Cache lookups by layer (memory, redis), upstream and result (hit, miss)",
-                Family::default(),
-            ),
-            cache_coalesced: counted(
-                &mut r,
-                "cache_coalesced",
-                "Upstream calls saved by waiting for an identical call in flight (single-flight)",
-                Family::default(),
-            ),
-            tokio_tasks: counted(
-                &mut r,
-                "tokio_tasks_alive",
-                "Tasks alive in the server's async runtime",
-                Gauge::default(),
-            ),
-            redis_up: {
-                let up = counted(
-                    &mut r,
-                    "redis_up",
-                    "1 while Redis answers or is not configured; 0 while the server runs on its in-process cache and memory alone",
-                    Gauge::default(),
-                );
-                up.set(1);
-                up
-            },
-            redis_errors: counted(
-                &mut r,
-                "redis_errors",
-                "Redis operations that failed, timed out or were skipped by its open breaker, by operation",
-                Family::default(),
-            ),
-            agent_samples: Mutex::default(),
-            kb_samples: Mutex::default(),
-            registry: r,
+/// Declares each registered metric once: its field, its type, and its registration:
+/// `counted` (no unit) or `timed` (seconds), its name under the `dakota_` prefix, its help, and
+/// its initial value when not the default.
+macro_rules! registered_metrics {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty = $register:ident($name:literal, $help:literal $(, $init:expr)?),)*) => {
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[$doc])* pub $field: $ty,)*
+            /// Recent agent run durations, by agent, in seconds.
+            agent_samples: Mutex<HashMap<&'static str, VecDeque<f64>>>,
+            /// Recent knowledge-base search durations, in seconds.
+            kb_samples: Mutex<VecDeque<f64>>,
         }
-    }
 
+        impl Metrics {
+            pub fn new() -> Self {
+                let mut r = Registry::with_prefix("dakota");
+                $(let $field: $ty = $register(&mut r, $name, $help, registered_metrics!(@init $($init)?));)*
+                let metrics = Self {
+                    registry: r,
+                    $($field,)*
+                    agent_samples: Mutex::default(),
+                    kb_samples: Mutex::default(),
+                };
+                // Up until an operation fails, and always when Redis is not configured.
+                metrics.redis_up.set(1);
+                metrics
+            }
+        }
+    };
+    (@init) => { Default::default() };
+    (@init $init:expr) => { $init };
+}
+
+registered_metrics! {
+    grpc_requests: Family<MethodCode, Counter> = counted("grpc_requests", "gRPC requests by method and status code"),
+    grpc_duration: Histograms<Method> = timed("grpc_request_duration", "Time from a gRPC request to the end of its response (for streams, the last message)", seconds_family()),
+    jobs_started: Counter = counted("jobs_started", "Jobs started"),
+    jobs_completed: Counter = counted("jobs_completed", "Jobs that delivered their article"),
+    jobs_failed: Family<Code, Counter> = counted("jobs_failed", "Jobs that failed, by gRPC code"),
+    job_duration: Histogram = timed("job_duration", "Job duration, start to end", job_seconds()),
+    jobs_running: Gauge = counted("jobs_running", "Jobs holding a job slot"),
+    /// Bytes the job logs in memory hold, and the jobs they belong to, by state.
+    jobs_retained_bytes: Family<JobStateLabel, Gauge> = counted("jobs_retained_bytes", "Bytes held by the event logs of the jobs kept in memory (approximate), by state"),
+    jobs_retained: Family<JobStateLabel, Gauge> = counted("jobs_retained", "Jobs kept in memory, by state"),
+    jobs_queued: Gauge = counted("jobs_queued", "Jobs waiting for a job slot"),
+    phase_duration: Histograms<Phase> = timed("phase_duration", "Phase duration", seconds_family()),
+    agent_duration: Histograms<AgentProvider> = timed("agent_duration", "Agent run duration", seconds_family()),
+    upstream_requests: Family<UpstreamOutcome, Counter> = counted("upstream_requests", "Upstream call attempts by outcome"),
+    upstream_duration: Histograms<Upstream> = timed("upstream_request_duration", "Upstream call attempt duration", seconds_family()),
+    upstream_retries: Family<Upstream, Counter> = counted("upstream_retries", "Upstream call retries"),
+    breaker_state: Family<BreakerLabels, Gauge> = counted("circuit_breaker_state", "1 for the current state of each upstream's circuit breaker"),
+    pool_in_use: Family<PoolLabels, Gauge> = counted("pool_in_use", "Upstream calls in flight by pool (global: all pools)"),
+    pool_waiting: Family<PoolLabels, Gauge> = counted("pool_waiting", "Upstream calls waiting for a pool permit"),
+    pool_size: Family<PoolLabels, Gauge> = counted("pool_size", "Pool sizes (global: the cap on upstream calls)"),
+    llm_tokens: Family<TokenLabels, Counter> = counted("llm_tokens", "LLM tokens by agent, model and kind (input, output)"),
+    llm_cost: Family<AgentModel, Counter<f64, AtomicU64>> = counted("llm_estimated_cost_usd", "Estimated LLM cost in USD from the price table"),
+    cache_requests: Family<CacheLabels, Counter> = counted("cache_requests", "Cache lookups by layer (memory, redis), upstream and result (hit, miss)"),
+    /// Calls that waited for an identical call in flight instead of making their own.
+    cache_coalesced: Family<Upstream, Counter> = counted("cache_coalesced", "Upstream calls saved by waiting for an identical call in flight (single-flight)"),
+    /// Tasks alive in the async runtime, read at scrape time: a leak shows as steady growth.
+    tokio_tasks: Gauge = counted("tokio_tasks_alive", "Tasks alive in the server's async runtime"),
+    /// 1 while Redis answers (or is not configured), 0 while the server runs without it.
+    redis_up: Gauge = counted("redis_up", "1 while Redis answers or is not configured; 0 while the server runs on its in-process cache and memory alone"),
+    redis_errors: Family<RedisOp, Counter> = counted("redis_errors", "Redis operations that failed, timed out or were skipped by its open breaker, by operation"),
+}
+
+impl Metrics {
     /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();

@@ -221,9 +221,13 @@ impl LlmAgent {
             max_tokens,
         };
         let mut turns: Vec<(&str, String)> = Vec::new();
-        let mut usage = crate::upstream::llm::Usage::default();
-        let mut attempts = 0;
-        let mut cached = true;
+        // The accounting of both rounds together.
+        let mut total = Completion {
+            value: (),
+            usage: crate::upstream::llm::Usage::default(),
+            attempts: 0,
+            cached: true,
+        };
         let mut repaired: Option<(String, T)> = None;
         let mut problem = String::new();
         for round in 0..2 {
@@ -233,20 +237,14 @@ impl LlmAgent {
                 .await;
             cx.upstream.record("llm", result.is_ok());
             let answer = result.map_err(unavailable)?;
-            usage.input_tokens += answer.usage.input_tokens;
-            usage.output_tokens += answer.usage.output_tokens;
-            attempts += answer.attempts;
-            cached &= answer.cached;
-            let done = |value| Completion {
-                value,
-                usage,
-                attempts,
-                cached,
-            };
+            total.usage.input_tokens += answer.usage.input_tokens;
+            total.usage.output_tokens += answer.usage.output_tokens;
+            total.attempts += answer.attempts;
+            total.cached &= answer.cached;
             match judge(&answer.value, max_tokens, &check) {
                 Checked::Fits(value) => {
                     return Ok(Asked {
-                        completion: done(value),
+                        completion: total.with(value),
                         repaired: None,
                     });
                 }
@@ -261,29 +259,12 @@ impl LlmAgent {
             }
             tracing::info!(agent = self.name.as_str(), round, %problem, "answer does not fit");
             if round == 0 {
-                let shown: String = answer
-                    .value
-                    .content
-                    .chars()
-                    .take(ECHOED_ANSWER_CHARS)
-                    .collect();
-                turns.push(("assistant", shown));
-                turns.push((
-                    "user",
-                    format!(
-                        "Your answer was not accepted: {problem}. Answer again with one JSON object that follows the schema and fixes exactly this."
-                    ),
-                ));
+                turns.extend(corrective_turns(&answer.value.content, &problem));
             }
         }
         match repaired {
             Some((found, value)) => Ok(Asked {
-                completion: Completion {
-                    value,
-                    usage,
-                    attempts,
-                    cached,
-                },
+                completion: total.with(value),
                 repaired: Some(found),
             }),
             None => Err(AgentError::InvalidAnswer {
@@ -292,6 +273,20 @@ impl LlmAgent {
             }),
         }
     }
+}
+
+/// The re-ask after an answer that did not fit: the answer (its start) and what was wrong.
+fn corrective_turns(answer: &str, problem: &str) -> [(&'static str, String); 2] {
+    let shown: String = answer.chars().take(ECHOED_ANSWER_CHARS).collect();
+    [
+        ("assistant", shown),
+        (
+            "user",
+            format!(
+                "Your answer was not accepted: {problem}. Answer again with one JSON object that follows the schema and fixes exactly this."
+            ),
+        ),
+    ]
 }
 
 macro_rules! llm_agent {
@@ -556,8 +551,50 @@ fn check_synthesis(
     plan: &[String],
 ) -> Checked<(Vec<OutlineSection>, Vec<String>)> {
     let mut problems = Vec::new();
+    let mut outline = usable_sections(answer.outline, ids, &mut problems);
+    let n = outline.len();
+    if !(3..=4).contains(&n) {
+        problems.push(format!("{n} usable sections, expected 3-4"));
+    }
+    if outline.iter().any(|s| s.source_ids.is_empty()) {
+        problems.push("a section names no source".into());
+    }
+    let mut themes: Vec<String> = answer
+        .key_themes
+        .iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if !(3..=4).contains(&themes.len()) {
+        problems.push(format!("{} key themes, expected 3-4", themes.len()));
+    }
+    if problems.is_empty() {
+        return Checked::Fits((outline, themes));
+    }
+    repair_outline(&mut outline, ids, plan);
+    themes.truncate(4);
+    for section in &outline {
+        if themes.len() >= 3 {
+            break;
+        }
+        themes.push(section.heading.clone());
+    }
+    Checked::Repairable {
+        problem: problems.join("; "),
+        repaired: (outline, themes),
+    }
+}
+
+/// The model's sections with usable headings (cut to [`HEADING_CHARS`]; neither empty,
+/// fixed, forbidden nor repeated) and only known source ids; what was wrong goes to
+/// `problems`.
+fn usable_sections(
+    sections: Vec<SectionAnswer>,
+    ids: &[String],
+    problems: &mut Vec<String>,
+) -> Vec<OutlineSection> {
     let mut outline: Vec<OutlineSection> = Vec::new();
-    for section in answer.outline {
+    for section in sections {
         let mut heading = section.heading.trim().to_string();
         if heading.chars().count() > HEADING_CHARS {
             problems.push(format!(
@@ -572,12 +609,6 @@ fn check_synthesis(
             ));
             continue;
         }
-        let known: Vec<String> = section
-            .source_ids
-            .iter()
-            .filter(|id| ids.contains(id))
-            .cloned()
-            .collect();
         if let Some(unknown) = section.source_ids.iter().find(|id| !ids.contains(id)) {
             problems.push(format!("source id {unknown} is not one of the sources"));
         }
@@ -588,31 +619,18 @@ fn check_synthesis(
             problems.push(format!("the heading `{heading}` appears twice"));
             continue;
         }
+        let known = section.source_ids.into_iter().filter(|id| ids.contains(id));
         outline.push(OutlineSection {
             heading,
-            source_ids: known,
+            source_ids: known.collect(),
         });
     }
-    let n = outline.len();
-    if !(3..=4).contains(&n) {
-        problems.push(format!("{n} usable sections, expected 3-4"));
-    }
-    if outline.iter().any(|s| s.source_ids.is_empty()) {
-        problems.push("a section names no source".into());
-    }
-    let themes: Vec<String> = answer
-        .key_themes
-        .iter()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if !(3..=4).contains(&themes.len()) {
-        problems.push(format!("{} key themes, expected 3-4", themes.len()));
-    }
-    if problems.is_empty() {
-        return Checked::Fits((outline, themes));
-    }
-    // The repair.
+    outline
+}
+
+/// Three or four sections: extras merged into the fourth, missing ones from the planned
+/// headings; each with one to four distinct sources (the best one when it named none).
+fn repair_outline(outline: &mut Vec<OutlineSection>, ids: &[String], plan: &[String]) {
     while outline.len() > 4 {
         if let Some(extra) = outline.pop()
             && let Some(last) = outline.last_mut()
@@ -643,18 +661,6 @@ fn check_synthesis(
         {
             section.source_ids.push(id.clone());
         }
-    }
-    let mut themes = themes;
-    themes.truncate(4);
-    for section in &outline {
-        if themes.len() >= 3 {
-            break;
-        }
-        themes.push(section.heading.clone());
-    }
-    Checked::Repairable {
-        problem: problems.join("; "),
-        repaired: (outline, themes),
     }
 }
 
@@ -1092,6 +1098,80 @@ fn check_verdicts(answer: VerdictsAnswer, count: usize) -> Checked<VerdictsAnswe
     }
 }
 
+/// The numbered claims of the fact checker's prompt, each with excerpts of its candidate
+/// sources.
+fn claims_listing(candidates: &[fact_check::ClaimCandidate], sources: &[SourceDoc]) -> String {
+    let excerpt = |s: &&SourceDoc| {
+        let text: String = s.text.chars().take(SOURCE_EXCERPT_CHARS).collect();
+        format!("  [{}] {}", s.source.id, text.replace('\n', " "))
+    };
+    candidates
+        .iter()
+        .enumerate()
+        .map(|(i, claim)| {
+            let excerpts = fact_check::candidate_sources(claim, sources)
+                .iter()
+                .map(excerpt)
+                .collect::<Vec<_>>()
+                .join("\n");
+            let excerpts = if excerpts.is_empty() {
+                "  (no source text)".into()
+            } else {
+                excerpts
+            };
+            format!("{}. {}\n{}", i + 1, claim.text, excerpts)
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// The fact checker's answer: at most one verdict per claim of `count`.
+fn verdicts_schema(count: usize) -> Value {
+    object(
+        json!({"verdicts": {"type": "array", "maxItems": count, "items": object(json!({
+            "claim": {"type": "integer", "minimum": 1, "maximum": count},
+            "verdict": {"type": "string", "enum": ["supported", "unsupported", "unverifiable"]},
+            "evidence": {"type": "string"},
+        }))}}),
+    )
+}
+
+/// The model's verdict on one claim, taken only as far as the sources bear it out:
+/// "supported" needs its evidence in a candidate source and no invalid citation, and
+/// "unverifiable" needs the candidates to have no text.
+fn apply_verdict(
+    claim: &mut api::Claim,
+    candidate: &fact_check::ClaimCandidate,
+    verdict: &VerdictAnswer,
+    all: &[SourceDoc],
+) {
+    let sources = fact_check::candidate_sources(candidate, all);
+    let invalid_citation = candidate
+        .cited_urls
+        .iter()
+        .any(|u| !all.iter().any(|s| &s.source.url == u));
+    let evidence_source = sources.iter().find(|s| {
+        !verdict.evidence.trim().is_empty()
+            && normalise(&s.text).contains(&normalise(&verdict.evidence))
+    });
+    match (verdict.verdict.as_str(), evidence_source) {
+        ("supported", Some(source)) if !invalid_citation => {
+            claim.set_verdict(Verdict::Supported);
+            claim.source_id = source.source.id.clone();
+            claim.source_url = source.source.url.clone();
+            claim.evidence = verdict.evidence.trim().to_string();
+        }
+        ("unverifiable", _) if sources.iter().all(|s| s.text.trim().is_empty()) => {
+            claim.set_verdict(Verdict::Unverifiable)
+        }
+        // "Supported" without evidence found in the source is not taken on trust.
+        _ => {
+            claim.set_verdict(Verdict::Unsupported);
+            claim.evidence.clear();
+        }
+    }
+}
+
 impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
     llm_agent!(llm);
     fn run<'a>(
@@ -1106,46 +1186,7 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
                 return Ok(AgentOutput::local(report, "no checkable claims"));
             }
             let candidates = fact_check::extract_claims(&input.markdown);
-            let listing = candidates
-                .iter()
-                .enumerate()
-                .map(|(i, claim)| {
-                    let excerpts = fact_check::candidate_sources(claim, &input.sources)
-                        .iter()
-                        .map(|s| {
-                            format!(
-                                "  [{}] {}",
-                                s.source.id,
-                                s.text
-                                    .chars()
-                                    .take(SOURCE_EXCERPT_CHARS)
-                                    .collect::<String>()
-                                    .replace('\n', " ")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    format!(
-                        "{}. {}\n{}",
-                        i + 1,
-                        claim.text,
-                        if excerpts.is_empty() {
-                            "  (no source text)".into()
-                        } else {
-                            excerpts
-                        }
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n\n");
             let count = candidates.len();
-            let schema = object(
-                json!({"verdicts": {"type": "array", "maxItems": count, "items": object(json!({
-                    "claim": {"type": "integer", "minimum": 1, "maximum": count},
-                    "verdict": {"type": "string", "enum": ["supported", "unsupported", "unverifiable"]},
-                    "evidence": {"type": "string"},
-                }))}}),
-            );
             let max_tokens = u32::try_from(count)
                 .unwrap_or(u32::MAX)
                 .saturating_mul(budget::PER_VERDICT)
@@ -1156,8 +1197,8 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
                 .ask(
                     cx,
                     "fact_checker",
-                    &[("claims", listing)],
-                    schema,
+                    &[("claims", claims_listing(&candidates, &input.sources))],
+                    verdicts_schema(count),
                     max_tokens,
                     |v| match parse::<VerdictsAnswer>(v) {
                         Ok(answer) => check_verdicts(answer, count),
@@ -1166,34 +1207,9 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
                 )
                 .await?;
             for verdict in &answer.completion.value.verdicts {
-                let Some(claim) = report.claims.get_mut(verdict.claim - 1) else {
-                    continue;
-                };
-                let candidate = &candidates[verdict.claim - 1];
-                let sources = fact_check::candidate_sources(candidate, &input.sources);
-                let invalid_citation = candidate
-                    .cited_urls
-                    .iter()
-                    .any(|u| !input.sources.iter().any(|s| &s.source.url == u));
-                let evidence_source = sources.iter().find(|s| {
-                    !verdict.evidence.trim().is_empty()
-                        && normalise(&s.text).contains(&normalise(&verdict.evidence))
-                });
-                match (verdict.verdict.as_str(), evidence_source) {
-                    ("supported", Some(source)) if !invalid_citation => {
-                        claim.set_verdict(Verdict::Supported);
-                        claim.source_id = source.source.id.clone();
-                        claim.source_url = source.source.url.clone();
-                        claim.evidence = verdict.evidence.trim().to_string();
-                    }
-                    ("unverifiable", _) if sources.iter().all(|s| s.text.trim().is_empty()) => {
-                        claim.set_verdict(Verdict::Unverifiable)
-                    }
-                    // "Supported" without evidence found in the source is not taken on trust.
-                    _ => {
-                        claim.set_verdict(Verdict::Unsupported);
-                        claim.evidence.clear();
-                    }
+                if let Some(claim) = report.claims.get_mut(verdict.claim - 1) {
+                    let candidate = &candidates[verdict.claim - 1];
+                    apply_verdict(claim, candidate, verdict, &input.sources);
                 }
             }
             fact_check::recount(&mut report);
@@ -1238,6 +1254,38 @@ const THREAD_POST_CHARS: usize = 280;
 /// 3 LinkedIn posts, 10 thread posts of at most 280 characters, the rest non-empty. Repairs:
 /// extra posts dropped, long posts cut, missing ones from the offline social content.
 fn check_social(a: SocialAnswer, fallback: &api::SocialContent) -> Checked<api::SocialContent> {
+    let problems = social_problems(&a);
+    if problems.is_empty() {
+        return Checked::Fits(api::SocialContent {
+            linkedin_posts: a.linkedin_posts,
+            thread: a.thread,
+            email_snippet: a.email_snippet,
+            instagram_post: a.instagram_post,
+            facebook_post: a.facebook_post,
+        });
+    }
+    let pointer = format!("Read the full article: {}", fallback.email_snippet.trim());
+    let or = |text: String, fallback: &str| {
+        if text.trim().is_empty() {
+            fallback.to_string()
+        } else {
+            text
+        }
+    };
+    Checked::Repairable {
+        problem: problems.join("; "),
+        repaired: api::SocialContent {
+            linkedin_posts: fill(a.linkedin_posts, &fallback.linkedin_posts, 3, &pointer),
+            thread: numbered(fill(a.thread, &fallback.thread, 10, &pointer)),
+            email_snippet: or(a.email_snippet, &fallback.email_snippet),
+            instagram_post: or(a.instagram_post, &fallback.instagram_post),
+            facebook_post: or(a.facebook_post, &fallback.facebook_post),
+        },
+    }
+}
+
+/// What the social answer gets wrong, for the re-ask.
+fn social_problems(a: &SocialAnswer) -> Vec<String> {
     let mut problems = Vec::new();
     if a.linkedin_posts.len() != 3 {
         problems.push(format!("{} LinkedIn posts (3)", a.linkedin_posts.len()));
@@ -1263,68 +1311,40 @@ fn check_social(a: SocialAnswer, fallback: &api::SocialContent) -> Checked<api::
     if empty {
         problems.push("an empty post or snippet".into());
     }
-    if problems.is_empty() {
-        return Checked::Fits(api::SocialContent {
-            linkedin_posts: a.linkedin_posts,
-            thread: a.thread,
-            email_snippet: a.email_snippet,
-            instagram_post: a.instagram_post,
-            facebook_post: a.facebook_post,
-        });
+    problems
+}
+
+/// Exactly `n` non-empty items: the model's, then the offline version's, then `pointer` (a
+/// pointer to the article; the offline version may itself have fewer).
+fn fill(mut items: Vec<String>, from: &[String], n: usize, pointer: &str) -> Vec<String> {
+    items.retain(|p| !p.trim().is_empty());
+    items.truncate(n);
+    for extra in from.iter().filter(|p| !p.trim().is_empty()) {
+        if items.len() >= n {
+            break;
+        }
+        if !items.contains(extra) {
+            items.push(extra.clone());
+        }
     }
-    // Exactly `n` non-empty items: the model's, then the offline version's, then a pointer
-    // to the article (the offline version may itself have fewer).
-    let fill = |mut items: Vec<String>, from: &[String], n: usize| {
-        items.retain(|p| !p.trim().is_empty());
-        items.truncate(n);
-        for extra in from.iter().filter(|p| !p.trim().is_empty()) {
-            if items.len() >= n {
-                break;
-            }
-            if !items.contains(extra) {
-                items.push(extra.clone());
-            }
-        }
-        while items.len() < n {
-            items.push(format!(
-                "Read the full article: {}",
-                fallback.email_snippet.trim()
-            ));
-        }
-        items
-    };
-    // Thread posts numbered anew, "1/10 ...", whatever numbering they came with.
-    let numbered = |posts: Vec<String>| -> Vec<String> {
-        let total = posts.len();
-        posts
-            .iter()
-            .enumerate()
-            .map(|(i, post)| {
-                let text = post
-                    .trim()
-                    .trim_start_matches(|c: char| c.is_ascii_digit() || c == '/')
-                    .trim_start();
-                cut_at_word(&format!("{}/{total} {text}", i + 1), THREAD_POST_CHARS)
-            })
-            .collect()
-    };
-    let or = |text: String, fallback: &str| {
-        if text.trim().is_empty() {
-            fallback.to_string()
-        } else {
-            text
-        }
-    };
-    Checked::Repairable {
-        problem: problems.join("; "),
-        repaired: api::SocialContent {
-            linkedin_posts: fill(a.linkedin_posts, &fallback.linkedin_posts, 3),
-            thread: numbered(fill(a.thread, &fallback.thread, 10)),
-            email_snippet: or(a.email_snippet, &fallback.email_snippet),
-            instagram_post: or(a.instagram_post, &fallback.instagram_post),
-            facebook_post: or(a.facebook_post, &fallback.facebook_post),
-        },
-    }
+    items.resize(n.max(items.len()), pointer.to_string());
+    items
+}
+
+/// Thread posts numbered anew, "1/10 ...", whatever numbering they came with.
+fn numbered(posts: Vec<String>) -> Vec<String> {
+    let total = posts.len();
+    posts
+        .iter()
+        .enumerate()
+        .map(|(i, post)| {
+            let text = post
+                .trim()
+                .trim_start_matches(|c: char| c.is_ascii_digit() || c == '/')
+                .trim_start();
+            cut_at_word(&format!("{}/{total} {text}", i + 1), THREAD_POST_CHARS)
+        })
+        .collect()
 }
 
 impl Agent<FinalArticle, api::SocialContent> for LlmSocial {

@@ -8,7 +8,12 @@ use super::{
     llm::{self, LlmAgent},
     offline::domain_of,
 };
-use crate::{pipeline::JobRequest, resilience::Called, text, upstream::serper::SerperClient};
+use crate::{
+    pipeline::JobRequest,
+    resilience::Called,
+    text,
+    upstream::serper::{Organic, SerperClient},
+};
 use dakota::api;
 
 /// Results asked per query.
@@ -129,31 +134,7 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
         request: &'a JobRequest,
     ) -> AgentFuture<'a, WebResearch> {
         Box::pin(async move {
-            let (queries, mut output) = match &self.llm {
-                Some(llm) => {
-                    let asked = llm::ask_queries(llm, cx, "web_researcher").await?;
-                    let queries = asked.completion.value.clone();
-                    let output = llm.output(
-                        llm::Asked {
-                            completion: asked.completion.with(WebResearch::default()),
-                            repaired: asked.repaired,
-                        },
-                        String::new(),
-                    );
-                    (queries, output)
-                }
-                None => (
-                    vec![
-                        request.topic.clone(),
-                        format!("{} regulation", request.topic),
-                        format!("{} outlook", request.topic),
-                    ],
-                    AgentOutput {
-                        cache_hit: true,
-                        ..AgentOutput::local(WebResearch::default(), "")
-                    },
-                ),
-            };
+            let (queries, mut output) = self.queries(cx, request).await?;
             let searches = queries
                 .iter()
                 .map(|q| self.serper.search(&cx.scope, q, RESULTS_PER_QUERY));
@@ -190,36 +171,7 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
                     ),
                 ));
             }
-            // Best-ranked first across queries; deduplicated; at most three per domain.
-            results.sort_by_key(|(rank, _)| *rank);
-            let mut sources: Vec<SourceDoc> = Vec::new();
-            for (rank, result) in results {
-                let domain = domain_of(&result.link);
-                let from_domain = sources.iter().filter(|s| s.source.domain == domain).count();
-                if sources.len() == MAX_WEB_SOURCES
-                    || from_domain >= MAX_PER_DOMAIN
-                    || sources.iter().any(|s| s.source.url == result.link)
-                    || !(result.link.starts_with("http://") || result.link.starts_with("https://"))
-                {
-                    continue;
-                }
-                sources.push(SourceDoc {
-                    source: api::Source {
-                        title: result.title.clone(),
-                        url: result.link.clone(),
-                        snippet: text::truncate_words(&result.snippet, 300),
-                        kind: api::SourceKind::Web as i32,
-                        authority_tier: authority_tier(&domain),
-                        domain,
-                        published: result.date.clone().unwrap_or_default(),
-                        relevance: 1.0 / (1.0 + rank as f64 * 0.25),
-                        ..Default::default()
-                    },
-                    section: result.title.clone(),
-                    // The snippet until the fact checker fetches the page.
-                    text: result.snippet.clone(),
-                });
-            }
+            let sources = web_sources(results);
             let domains: std::collections::BTreeSet<&str> =
                 sources.iter().map(|s| s.source.domain.as_str()).collect();
             output.summary = format!(
@@ -236,6 +188,74 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
             Ok(output)
         })
     }
+}
+
+impl SerperWebResearcher {
+    /// The queries to search, from the model when one is configured (its output carries the
+    /// call's accounting), else from the topic.
+    async fn queries(
+        &self,
+        cx: &AgentContext,
+        request: &JobRequest,
+    ) -> Result<(Vec<String>, AgentOutput<WebResearch>), AgentError> {
+        let Some(llm) = &self.llm else {
+            let queries = vec![
+                request.topic.clone(),
+                format!("{} regulation", request.topic),
+                format!("{} outlook", request.topic),
+            ];
+            let output = AgentOutput {
+                cache_hit: true,
+                ..AgentOutput::local(WebResearch::default(), "")
+            };
+            return Ok((queries, output));
+        };
+        let asked = llm::ask_queries(llm, cx, "web_researcher").await?;
+        let queries = asked.completion.value.clone();
+        let output = llm.output(
+            llm::Asked {
+                completion: asked.completion.with(WebResearch::default()),
+                repaired: asked.repaired,
+            },
+            String::new(),
+        );
+        Ok((queries, output))
+    }
+}
+
+/// The search results as sources: best-ranked first across queries, deduplicated, web
+/// links only, at most three per domain and ten in all.
+fn web_sources(mut results: Vec<(usize, Organic)>) -> Vec<SourceDoc> {
+    results.sort_by_key(|(rank, _)| *rank);
+    let mut sources: Vec<SourceDoc> = Vec::new();
+    for (rank, result) in results {
+        let domain = domain_of(&result.link);
+        let from_domain = sources.iter().filter(|s| s.source.domain == domain).count();
+        if sources.len() == MAX_WEB_SOURCES
+            || from_domain >= MAX_PER_DOMAIN
+            || sources.iter().any(|s| s.source.url == result.link)
+            || !(result.link.starts_with("http://") || result.link.starts_with("https://"))
+        {
+            continue;
+        }
+        sources.push(SourceDoc {
+            source: api::Source {
+                title: result.title.clone(),
+                url: result.link.clone(),
+                snippet: text::truncate_words(&result.snippet, 300),
+                kind: api::SourceKind::Web as i32,
+                authority_tier: authority_tier(&domain),
+                domain,
+                published: result.date.clone().unwrap_or_default(),
+                relevance: 1.0 / (1.0 + rank as f64 * 0.25),
+                ..Default::default()
+            },
+            section: result.title.clone(),
+            // The snippet until the fact checker fetches the page.
+            text: result.snippet.clone(),
+        });
+    }
+    sources
 }
 
 #[cfg(test)]

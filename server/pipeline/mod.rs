@@ -16,9 +16,9 @@ use tracing::Instrument;
 use crate::{
     agents::pricing::PriceTable,
     agents::{
-        Agent, AgentContext, AgentError, AgentName, Agents, Draft, FactCheckInput, FinalArticle,
-        Revision, SourceDoc, Synthesis, SynthesisInput, UpstreamCounters, WebResearch,
-        WritingBrief, metrics_analyzer,
+        Agent, AgentContext, AgentError, AgentName, AgentOutput, Agents, Draft, FactCheckInput,
+        FinalArticle, Revision, SourceDoc, Synthesis, SynthesisInput, UpstreamCounters,
+        WebResearch, WritingBrief, metrics_analyzer,
     },
     jobs::Job,
     lock,
@@ -218,24 +218,7 @@ pub async fn run(
     let work = async {
         // A job slot for the whole run; while none is free the job waits in the queue
         // (cancellation and the deadline apply there too).
-        let _slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                run.warn(
-                    Phase::Setup,
-                    None,
-                    "QUEUED",
-                    "every job slot is taken; waiting in the queue".into(),
-                );
-                slots
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| PipelineError::Agent {
-                        agent: "scheduler",
-                        source: AgentError::Internal("job slots closed".into()),
-                    })?
-            }
-        };
+        let _slot = run.job_slot(slots).await?;
         run.clone().execute(settings).await
     };
     // A panic anywhere in the pipeline ends the job with INTERNAL instead of leaving its
@@ -267,35 +250,66 @@ pub async fn run(
     metrics
         .job_duration
         .observe(started.elapsed().as_secs_f64());
-    match ended {
-        Ok(article) => {
-            metrics.jobs_completed.inc();
-            job.emit(
-                Event::Completed(api::Completed {
-                    article: Some(article.clone()),
-                }),
-                100,
-            );
-            Some(article)
+    run.end(ended)
+}
+
+impl JobRun {
+    /// A job slot for the whole run; while none is free the job waits in the queue.
+    async fn job_slot(
+        &self,
+        slots: Arc<tokio::sync::Semaphore>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, PipelineError> {
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            return Ok(slot);
         }
-        Err((code, message)) => {
-            let name = dakota::output::code_name(code);
-            metrics
-                .jobs_failed
-                .get_or_create(&metrics::Code { code: name })
-                .inc();
-            // A job stopped by a shutdown can succeed elsewhere: the caller is told when to
-            // retry, and its idempotency key starts the job again.
-            let retry_delay = (code == Code::Unavailable && job.stopped_by_shutdown())
-                .then(|| proto_duration(SHUTDOWN_RETRY_DELAY))
-                .flatten();
-            job.end_failed(api::Failed {
-                code: code as i32,
-                message,
-                phase: run.current_phase().to_string(),
-                retry_delay,
-            });
-            None
+        self.warn(
+            Phase::Setup,
+            None,
+            "QUEUED",
+            "every job slot is taken; waiting in the queue".into(),
+        );
+        slots
+            .acquire_owned()
+            .await
+            .map_err(|_| PipelineError::Agent {
+                agent: "scheduler",
+                source: AgentError::Internal("job slots closed".into()),
+            })
+    }
+
+    /// The job's final event and its metrics: `completed` with the article, or `failed`.
+    fn end(&self, ended: Result<api::Article, (Code, String)>) -> Option<api::Article> {
+        let (job, metrics) = (&self.job, &self.settings.metrics);
+        match ended {
+            Ok(article) => {
+                metrics.jobs_completed.inc();
+                job.emit(
+                    Event::Completed(api::Completed {
+                        article: Some(article.clone()),
+                    }),
+                    100,
+                );
+                Some(article)
+            }
+            Err((code, message)) => {
+                let name = dakota::output::code_name(code);
+                metrics
+                    .jobs_failed
+                    .get_or_create(&metrics::Code { code: name })
+                    .inc();
+                // A job stopped by a shutdown can succeed elsewhere: the caller is told when
+                // to retry, and its idempotency key starts the job again.
+                let retry_delay = (code == Code::Unavailable && job.stopped_by_shutdown())
+                    .then(|| proto_duration(SHUTDOWN_RETRY_DELAY))
+                    .flatten();
+                job.end_failed(api::Failed {
+                    code: code as i32,
+                    message,
+                    phase: self.current_phase().to_string(),
+                    retry_delay,
+                });
+                None
+            }
         }
     }
 }
@@ -532,7 +546,42 @@ impl JobRun {
         for (code, message) in &output.warnings {
             self.warn(phase, Some(name), code, message.clone());
         }
-        // Who really produced the output: the offline version, when it stood in.
+        let (record, used) = self.book(phase, name, &output, (provider, model), elapsed);
+        self.done_in_phase.fetch_add(1, Ordering::Relaxed);
+        self.emit(
+            Event::AgentCompleted(api::AgentCompleted {
+                agent: record.agent,
+                phase: record.phase,
+                duration: record.duration,
+                usage: record.usage,
+                cache_hit: record.cache_hit,
+                attempts: record.attempts,
+                provider: record.provider,
+                model: record.model,
+                summary: output.summary,
+                estimated_cost_usd: record.estimated_cost_usd,
+            }),
+            self.progress(phase, phase_agents),
+        );
+        if let Some(budget) = self.request().max_total_tokens
+            && used > budget
+        {
+            return Err(PipelineError::Budget { budget, used });
+        }
+        Ok(output.value)
+    }
+
+    /// Books a finished agent into the run metrics and Prometheus: who really produced its
+    /// output (the offline version, when it stood in, is also a degraded part), its tokens
+    /// and cost. Returns its record and the job's tokens so far.
+    fn book<O>(
+        &self,
+        phase: Phase,
+        name: AgentName,
+        output: &AgentOutput<O>,
+        (provider, model): (String, String),
+        elapsed: Duration,
+    ) -> (api::AgentMetrics, u64) {
         let (provider, model) = match &output.degraded {
             Some(degraded) => {
                 lock(&self.metrics).degraded.push(api::DegradedPart {
@@ -551,47 +600,27 @@ impl JobRun {
             output.usage.output_tokens,
         );
         self.record_agent_metrics(name, &provider, &model, output.usage, cost, elapsed);
-        let used = {
-            let mut metrics = lock(&self.metrics);
-            metrics.estimated_cost_usd += cost;
-            metrics.total_input_tokens += output.usage.input_tokens;
-            metrics.total_output_tokens += output.usage.output_tokens;
-            metrics.cache_hits += u32::from(output.cache_hit);
-            metrics.agents.push(api::AgentMetrics {
-                agent: name.as_str().into(),
-                phase: phase.as_str().into(),
-                duration: proto_duration(elapsed),
-                usage: Some(output.usage),
-                provider: provider.clone(),
-                model: model.clone(),
-                cache_hit: output.cache_hit,
-                attempts: output.attempts,
-                estimated_cost_usd: cost,
-            });
-            metrics.total_input_tokens + metrics.total_output_tokens
+        let record = api::AgentMetrics {
+            agent: name.as_str().into(),
+            phase: phase.as_str().into(),
+            duration: proto_duration(elapsed),
+            usage: Some(output.usage),
+            provider,
+            model,
+            cache_hit: output.cache_hit,
+            attempts: output.attempts,
+            estimated_cost_usd: cost,
         };
-        self.done_in_phase.fetch_add(1, Ordering::Relaxed);
-        self.emit(
-            Event::AgentCompleted(api::AgentCompleted {
-                agent: name.as_str().into(),
-                phase: phase.as_str().into(),
-                duration: proto_duration(elapsed),
-                usage: Some(output.usage),
-                cache_hit: output.cache_hit,
-                attempts: output.attempts,
-                provider,
-                model,
-                summary: output.summary,
-                estimated_cost_usd: cost,
-            }),
-            self.progress(phase, phase_agents),
-        );
-        if let Some(budget) = self.request().max_total_tokens
-            && used > budget
-        {
-            return Err(PipelineError::Budget { budget, used });
-        }
-        Ok(output.value)
+        let mut metrics = lock(&self.metrics);
+        metrics.estimated_cost_usd += cost;
+        metrics.total_input_tokens += output.usage.input_tokens;
+        metrics.total_output_tokens += output.usage.output_tokens;
+        metrics.cache_hits += u32::from(output.cache_hit);
+        metrics.agents.push(record.clone());
+        (
+            record,
+            metrics.total_input_tokens + metrics.total_output_tokens,
+        )
     }
 
     /// The phases in order: research, synthesis, writing, analysis, revisions while the

@@ -531,7 +531,7 @@ mod tests {
         let calls = AtomicUsize::new(0);
         for _ in 0..4 {
             let (result, _) = guard
-                .call(&scope, |_| {
+                .call(&scope, &tracing::Span::none, |_| {
                     calls.fetch_add(1, Ordering::Relaxed);
                     async {
                         Err::<(), _>(UpstreamError::Status {
@@ -550,7 +550,9 @@ mod tests {
             2,
             "the breaker opened after two failures"
         );
-        let (result, _) = guard.call(&scope, |_| async { Ok(()) }).await;
+        let (result, _) = guard
+            .call(&scope, &tracing::Span::none, |_| async { Ok(()) })
+            .await;
         assert!(matches!(result, Err(UpstreamError::BreakerOpen { .. })));
     }
 
@@ -569,7 +571,7 @@ mod tests {
             deadline: Some(Instant::now() + Duration::from_millis(50)),
         };
         let (result, attempts) = guard
-            .call(&scope, |_| async {
+            .call(&scope, &tracing::Span::none, |_| async {
                 Err::<(), _>(UpstreamError::Status {
                     upstream: "llm",
                     status: 429,
@@ -639,7 +641,7 @@ mod tests {
         let guard = Guard::unlimited("kb").with_timeout(Duration::from_millis(20));
         let scope = CallScope::new(Pool::Search);
         let (result, attempts) = guard
-            .call(&scope, |_| async {
+            .call(&scope, &tracing::Span::none, |_| async {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 Ok(())
             })
@@ -669,7 +671,7 @@ mod tests {
             tokio::spawn(async move {
                 let scope = CallScope::new(Pool::Search);
                 guard
-                    .call(&scope, |_| async {
+                    .call(&scope, &tracing::Span::none, |_| async {
                         lock(&started).push(Instant::now());
                         tokio::time::sleep(hold).await;
                         Ok(())

@@ -2,8 +2,8 @@
 //!
 //! cache (when the call is cacheable: two levels and single-flight, [`crate::cache`]) ->
 //! retry (backoff, `Retry-After`, the job's deadline) -> breaker fail-fast -> the pool of the
-//! call's kind of work and the global cap -> the rate limit -> breaker admission and outcome,
-//! metrics -> timeout -> the call.
+//! call's kind of work and the global cap -> the rate limit -> breaker admission and outcome
+//! -> metrics -> the attempt's client span -> timeout -> the call.
 //!
 //! tower's own `Retry` and `Timeout` are used as they are. The breaker, the pools and the rate
 //! limit are small layers of this module: the breaker's state must be readable by health and
@@ -21,6 +21,7 @@ use std::{
 
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, layer::layer_fn};
+use tracing::Instrument;
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -53,10 +54,12 @@ impl<T> Called<T> {
 }
 
 impl Guard {
-    /// The whole stack around `call`. Returns the outcome and the attempts made.
+    /// The whole stack around `call`, each attempt in a client span from `span`. Returns the
+    /// outcome and the attempts made.
     pub async fn call<T, F, Fut>(
         &self,
         scope: &CallScope,
+        span: &Spans<'_>,
         call: F,
     ) -> (Result<T, UpstreamError>, u32)
     where
@@ -64,7 +67,7 @@ impl Guard {
         Fut: Future<Output = Result<T, UpstreamError>> + Send,
         T: Send,
     {
-        self.call_with(scope, &|| true, call).await
+        self.call_with(scope, span, &|| true, call).await
     }
 
     /// [`Guard::call`], retrying a failed attempt only while `may_retry` says so (a stream
@@ -72,6 +75,7 @@ impl Guard {
     pub async fn call_with<T, F, Fut>(
         &self,
         scope: &CallScope,
+        span: &Spans<'_>,
         may_retry: &(dyn Fn() -> bool + Sync),
         call: F,
     ) -> (Result<T, UpstreamError>, u32)
@@ -85,21 +89,27 @@ impl Guard {
             let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
             call(n)
         };
-        let stack = self.stack(scope, may_retry, tower::service_fn(attempt));
+        let stack = self.stack(scope, span, may_retry, tower::service_fn(attempt));
         let result = stack.oneshot(Attempt).await;
         (result, attempts.load(Ordering::Relaxed).max(1))
     }
 
     /// [`Guard::call`] behind the cache: with a `key` (from [`Guard::cache_key`]) a cached
     /// answer is returned without a call, and identical calls in flight share one.
-    pub async fn cached<T, F, Fut>(&self, scope: &CallScope, key: Option<Key>, call: F) -> Called<T>
+    pub async fn cached<T, F, Fut>(
+        &self,
+        scope: &CallScope,
+        key: Option<Key>,
+        span: &Spans<'_>,
+        call: F,
+    ) -> Called<T>
     where
         F: Fn(u32) -> Fut + Sync,
         Fut: Future<Output = Result<T, UpstreamError>> + Send,
         T: Serialize + DeserializeOwned + Send,
     {
         let (Some(key), Some((cache, _))) = (key, self.cache.as_ref()) else {
-            let (result, attempts) = self.call(scope, call).await;
+            let (result, attempts) = self.call(scope, span, call).await;
             return Called {
                 result,
                 attempts,
@@ -114,7 +124,7 @@ impl Guard {
         // The cache wraps the stack as a function, not as a `tower::Layer`: a boxed layer
         // future over this stack trips rustc's higher-ranked `Send` inference in the agents'
         // futures (rust-lang/rust#102211), so the lookup awaits the stack's own future.
-        let stack = self.stack(scope, &|| true, tower::service_fn(attempt));
+        let stack = self.stack(scope, span, &|| true, tower::service_fn(attempt));
         let (result, cached) = cache.get_or_load(&key, stack.oneshot(Attempt)).await;
         Called {
             result,
@@ -127,6 +137,7 @@ impl Guard {
     fn stack<'a, S, T>(
         &'a self,
         scope: &'a CallScope,
+        span: &'a Spans<'a>,
         may_retry: &'a (dyn Fn() -> bool + Sync),
         call: S,
     ) -> impl Service<Attempt, Response = T, Error = UpstreamError, Future: Send> + Clone + Send + 'a
@@ -148,6 +159,8 @@ impl Guard {
             .layer(layer_fn(Step::Pools.layer(self, scope)))
             .layer(layer_fn(Step::RateLimit.layer(self, scope)))
             .layer(layer_fn(Step::Breaker.layer(self, scope)))
+            .layer(layer_fn(Step::Metrics.layer(self, scope)))
+            .layer(layer_fn(move |inner| Traced { span, inner }))
             .map_err(
                 move |error: tower::BoxError| match error.downcast::<UpstreamError>() {
                     Ok(error) => *error,
@@ -244,10 +257,12 @@ enum Step {
     /// pool queue, so calls that waited there do not go out in a burst.
     RateLimit,
     /// The breaker's admission right before the call (it may have opened while the call
-    /// waited; after a cool-down exactly one trial goes through), the outcome recorded with
-    /// it, and the attempt counted and timed from here: waiting for limits is not the
-    /// upstream's time. A call dropped midway (its job cancelled) tells the breaker nothing.
+    /// waited; after a cool-down exactly one trial goes through) and the outcome recorded
+    /// with it. A call dropped midway (its job cancelled) tells the breaker nothing.
     Breaker,
+    /// The attempt counted by outcome and timed from here: waiting for limits is not the
+    /// upstream's time.
+    Metrics,
 }
 
 impl Step {
@@ -318,14 +333,50 @@ where
                         return guard.refused(retry_after);
                     }
                     let trial = Trial(Some(guard));
-                    let started = Instant::now();
                     let result = inner.oneshot(attempt).await;
                     trial.finish(&result);
+                    result
+                }
+                Step::Metrics => {
+                    let started = Instant::now();
+                    let result = inner.oneshot(attempt).await;
                     guard.observe(&result, started.elapsed());
                     result
                 }
             }
         })
+    }
+}
+
+/// Makes the client span of one attempt (`http.request.method`, `url.template`, and the
+/// GenAI attributes for chat calls); the attempt records its response status into it.
+pub type Spans<'a> = dyn Fn() -> tracing::Span + Sync + 'a;
+
+/// The innermost layer: each attempt runs in its own client span, the timeout included, so
+/// a span ends when its attempt does.
+#[derive(Clone)]
+struct Traced<'a, S> {
+    span: &'a Spans<'a>,
+    inner: S,
+}
+
+impl<'a, S> Service<Attempt> for Traced<'a, S>
+where
+    S: Service<Attempt> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<tower::util::Oneshot<S, Attempt>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        self.inner
+            .clone()
+            .oneshot(attempt)
+            .instrument((self.span)())
     }
 }
 

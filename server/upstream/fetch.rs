@@ -9,7 +9,6 @@ use std::{
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio_stream::StreamExt;
-use tracing::Instrument;
 
 use super::{UpstreamError, check_status};
 use crate::cache::Key;
@@ -241,7 +240,7 @@ impl Fetcher {
         // jobs cite it, and pages never travel to Redis.
         let key = self.guard.cache_key(&[url.as_bytes()]).map(Key::local);
         self.guard
-            .cached(scope, key, |_| self.fetch_once(url).instrument(span()))
+            .cached(scope, key, &span, |_| self.fetch_once(url))
             .await
             .result
     }

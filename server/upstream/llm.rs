@@ -6,7 +6,6 @@ use futures_util::FutureExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
-use tracing::Instrument;
 
 use super::{UpstreamError, check_status};
 use crate::config::Secret;
@@ -292,9 +291,8 @@ impl LlmClient {
             .flatten();
         let called = self
             .guard
-            .cached(scope, key, |_| {
+            .cached(scope, key, &|| self.chat_span(ask.model), |_| {
                 self.structured_once(&body, &usage)
-                    .instrument(self.chat_span(ask.model))
                     .map(|r| r.map_err(|e| e.redact(self.api_key.as_ref())))
             })
             .await;
@@ -373,10 +371,9 @@ impl LlmClient {
         // The same stack as every call; the pool permit is held for the whole stream.
         let (result, attempts) = self
             .guard
-            .call_with(scope, &may_retry, |_| async {
+            .call_with(scope, &|| self.chat_span(model), &may_retry, |_| async {
                 let (mut streamed, mut usage) = (Streamed::default(), Usage::default());
                 self.stream_once(&body, &mut streamed, &mut usage, &tracked)
-                    .instrument(self.chat_span(model))
                     .await
                     .map_err(|e| e.redact(self.api_key.as_ref()))?;
                 Ok((streamed, usage))

@@ -2,8 +2,6 @@
 //! pooled HTTP clients, with timeouts and retries.
 use std::time::Duration;
 
-use tracing::Instrument;
-
 use crate::telemetry::inject_trace_context;
 
 pub mod fetch;
@@ -238,27 +236,23 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(seconds).ok()
 }
 
-/// Sends `request` with `timeout` and reads the JSON answer as `T`.
+/// Sends `request` with `timeout` and reads the JSON answer as `T` (in the attempt's client
+/// span, which the resilience stack opens).
 pub async fn send_json<T: serde::de::DeserializeOwned>(
     upstream: &'static str,
-    url_template: &str,
     request: reqwest::RequestBuilder,
     timeout: Duration,
 ) -> Result<T, UpstreamError> {
-    async {
-        let response = inject_trace_context(request)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| UpstreamError::from_reqwest(upstream, timeout, e))?;
-        let response = check_status(upstream, response).await?;
-        response.json().await.map_err(|e| UpstreamError::Malformed {
-            upstream,
-            message: e.to_string(),
-        })
-    }
-    .instrument(client_span(upstream, "POST", url_template))
-    .await
+    let response = inject_trace_context(request)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| UpstreamError::from_reqwest(upstream, timeout, e))?;
+    let response = check_status(upstream, response).await?;
+    response.json().await.map_err(|e| UpstreamError::Malformed {
+        upstream,
+        message: e.to_string(),
+    })
 }
 
 /// One pooled HTTP client for the API upstreams (LLM, vector store, Serper). TLS through

@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::send_json;
+use super::{client_span, send_json};
 use crate::config::Secret;
 use crate::resilience::{CallScope, Called, Guard};
 
@@ -67,18 +67,22 @@ impl SerperClient {
             .guard
             .cache_key(&[self.base_url.as_bytes(), body.to_string().as_bytes()]);
         self.guard
-            .cached(scope, key, |_| async {
-                let request = self
-                    .http
-                    .post(format!("{}/search", self.base_url))
-                    .header("X-API-KEY", self.api_key_header())
-                    .json(&body);
-                let answer: SearchResponse =
-                    send_json(UPSTREAM, "{base}/search", request, self.timeout)
+            .cached(
+                scope,
+                key,
+                &|| client_span(UPSTREAM, "POST", "{base}/search"),
+                |_| async {
+                    let request = self
+                        .http
+                        .post(format!("{}/search", self.base_url))
+                        .header("X-API-KEY", self.api_key_header())
+                        .json(&body);
+                    let answer: SearchResponse = send_json(UPSTREAM, request, self.timeout)
                         .await
                         .map_err(|e| e.redact(Some(&self.api_key)))?;
-                Ok(answer.organic)
-            })
+                    Ok(answer.organic)
+                },
+            )
             .await
     }
 }

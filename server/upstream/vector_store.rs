@@ -4,11 +4,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::send_json;
+use super::{client_span, send_json};
 use crate::config::Secret;
 use crate::resilience::{CallScope, Called, Guard};
 
 const UPSTREAM: &str = "kb";
+const SEARCH_URL: &str = "{base}/vector_stores/{id}/search";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct VectorHit {
@@ -94,27 +95,27 @@ impl VectorStoreClient {
             body.to_string().as_bytes(),
         ]);
         self.guard
-            .cached(scope, key, |_| async {
-                let mut request = self
-                    .http
-                    .post(format!(
-                        "{}/vector_stores/{}/search",
-                        self.base_url, self.store_id
-                    ))
-                    .json(&body);
-                if let Some(key) = &self.api_key {
-                    request = request.bearer_auth(key.expose());
-                }
-                let page: SearchPage = send_json(
-                    UPSTREAM,
-                    "{base}/vector_stores/{id}/search",
-                    request,
-                    self.timeout,
-                )
-                .await
-                .map_err(|e| e.redact(self.api_key.as_ref()))?;
-                Ok(page.data)
-            })
+            .cached(
+                scope,
+                key,
+                &|| client_span(UPSTREAM, "POST", SEARCH_URL),
+                |_| async {
+                    let mut request = self
+                        .http
+                        .post(format!(
+                            "{}/vector_stores/{}/search",
+                            self.base_url, self.store_id
+                        ))
+                        .json(&body);
+                    if let Some(key) = &self.api_key {
+                        request = request.bearer_auth(key.expose());
+                    }
+                    let page: SearchPage = send_json(UPSTREAM, request, self.timeout)
+                        .await
+                        .map_err(|e| e.redact(self.api_key.as_ref()))?;
+                    Ok(page.data)
+                },
+            )
             .await
     }
 }

@@ -20,7 +20,7 @@ use dakota::api::{self, content_service_client::ContentServiceClient, generate_e
 use dakota_server::{
     metrics::Metrics,
     resilience::{CallScope, Guard, Limits, Pool, breaker::CircuitBreaker},
-    upstream::{UpstreamError, retry::RetryPolicy},
+    upstream::{UpstreamError, client_span, retry::RetryPolicy},
 };
 use futures_util::future::join_all;
 
@@ -243,8 +243,9 @@ async fn overhead(standin: &StandIn, in_flight: usize, calls: usize) -> [(Durati
                         return bare(http, url).await;
                     }
                     let started = Instant::now();
+                    let span = || client_span("fetch", "GET", "{page}");
                     let (result, _) = guard
-                        .call(scope, |_| {
+                        .call(scope, &span, |_| {
                             let (http, url) = (http.clone(), url.clone());
                             async move {
                                 http.get(&url)

@@ -1,8 +1,7 @@
 //! Property tests: every parser of client or upstream data, fed arbitrary input, answers
 //! without panicking and within bounds. (Few cases each, so they run in every CI pass.)
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use crate::{kb::KnowledgeBase, pipeline::contract, text, upstream, validation};
 use dakota::api;
-use dakota_server::{kb::KnowledgeBase, pipeline::contract, text, upstream, validation};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
