@@ -10,7 +10,7 @@ use std::{
 
 use futures_util::FutureExt;
 use tokio::sync::Semaphore;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::Instrument;
@@ -194,7 +194,9 @@ impl ContentApi {
     }
 }
 
-type EventStream = ReceiverStream<Result<api::GenerateEvent, Status>>;
+/// A job's events for one client: from this replica's log, or from another replica's
+/// through Redis.
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<api::GenerateEvent, Status>> + Send>>;
 
 /// The RPCs, as [`ContentService`] below answers them.
 impl ContentApi {
@@ -250,7 +252,7 @@ impl ContentApi {
                 .jobs
                 .create_or_attach(job_request, owner.clone(), id, admit)
                 .map_err(ApiError::from)?;
-            let events = self.state.jobs.follow(job.clone(), 0);
+            let events = Box::pin(self.state.jobs.follow(job.clone(), 0));
             if created {
                 tracing::info!(job_id = %job.id, topic = %job.request.topic, "job started");
                 span.record("job_id", job.id.as_str());
@@ -319,7 +321,7 @@ impl ContentApi {
         };
         if let Some(job) = shared.find(&holder).await.filter(|j| j.visible_to(owner)) {
             match shared.reattachable(&job, request).await {
-                Reattach::Yes => return Ok(Some(shared.follow(job, 0))),
+                Reattach::Yes => return Ok(Some(Box::pin(shared.follow(job, 0)))),
                 Reattach::KeyReused => {
                     return Err(ApiError::from(AttachError::KeyReused(holder)).into());
                 }
@@ -352,8 +354,10 @@ impl ContentApi {
         let id = validation::job_id(&request.job_id)?;
         Ok(Response::new(
             match self.locate(&id, owner.as_ref()).await? {
-                Located::Here(job) => self.state.jobs.follow(job, request.after_sequence),
-                Located::Elsewhere(shared, job) => shared.follow(job, request.after_sequence),
+                Located::Here(job) => Box::pin(self.state.jobs.follow(job, request.after_sequence)),
+                Located::Elsewhere(shared, job) => {
+                    Box::pin(shared.follow(job, request.after_sequence))
+                }
             },
         ))
     }

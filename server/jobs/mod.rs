@@ -1,7 +1,7 @@
 //! Jobs in memory: each job's event log, its live followers, idempotent re-attach,
 //! cancellation when abandoned, and eviction of finished jobs.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -9,8 +9,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
@@ -563,46 +563,29 @@ impl JobRegistry {
     /// A stream of the job's events after `after`, live until the job ends. When the last
     /// follower of a running job goes away, the job is cancelled: at once, or after the
     /// detach grace if it has an idempotency key (its client said it would come back).
+    ///
+    /// The stream reads the log as the client takes events (HTTP/2 flow control is the
+    /// backpressure): no task and no channel per follower.
     pub fn follow(
         self: &Arc<Self>,
         job: Arc<Job>,
         after: u64,
-    ) -> ReceiverStream<Result<GenerateEvent, Status>> {
-        let (tx, rx) = mpsc::channel(FOLLOWER_BUFFER);
+    ) -> impl Stream<Item = Result<GenerateEvent, Status>> + Send + 'static {
         job.watchers.fetch_add(1, Ordering::SeqCst);
         job.attachments.fetch_add(1, Ordering::SeqCst);
-        let registry = self.clone();
-        tokio::spawn(async move {
-            let mut changes = job.last_sequence.subscribe();
-            let mut cursor = after;
-            'follow: loop {
-                let (events, last) = job.events_after(cursor, FOLLOWER_BUFFER);
-                let caught_up = events.len() < FOLLOWER_BUFFER;
-                for event in events {
-                    cursor = cursor.max(event.sequence);
-                    if tx.send(Ok(event)).await.is_err() {
-                        break 'follow;
-                    }
-                }
-                if !caught_up {
-                    continue; // more of the log to read before waiting
-                }
-                if let Some(last) = last {
-                    // Every stream ends with the final event: replayed when the follower
-                    // asked for events after it.
-                    if last.sequence <= after {
-                        let _ = tx.send(Ok(last)).await;
-                    }
-                    break;
-                }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { break },
-                    () = tx.closed() => break,
-                }
-            }
-            registry.unfollow(&job);
-        });
-        ReceiverStream::new(rx)
+        let follower = Follower {
+            changes: job.last_sequence.subscribe(),
+            registry: self.clone(),
+            job,
+            after,
+            cursor: after,
+            pending: VecDeque::new(),
+            ended: false,
+        };
+        futures_util::stream::unfold(follower, |mut follower| async move {
+            let event = follower.next().await?;
+            Some((Ok(event), follower))
+        })
     }
 
     fn unfollow(&self, job: &Arc<Job>) {
@@ -636,6 +619,56 @@ impl JobRegistry {
                 job.cancel.cancel();
             }
         });
+    }
+}
+
+/// One follower's place in a job's log. Dropped (the stream ended, or its client went
+/// away), it counts itself out of the job's watchers.
+struct Follower {
+    registry: Arc<JobRegistry>,
+    job: Arc<Job>,
+    changes: watch::Receiver<u64>,
+    /// Where the follower asked to start: the final event is replayed if it is not after it.
+    after: u64,
+    cursor: u64,
+    /// Events read from the log and not yet taken.
+    pending: VecDeque<GenerateEvent>,
+    ended: bool,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<GenerateEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.cursor = self.cursor.max(event.sequence);
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            let (events, last) = self.job.events_after(self.cursor, FOLLOWER_BUFFER);
+            let caught_up = events.len() < FOLLOWER_BUFFER;
+            self.pending.extend(events);
+            if !caught_up {
+                continue; // more of the log to read before waiting
+            }
+            if let Some(last) = last {
+                // Every stream ends with the final event: replayed when the follower asked
+                // for events after it.
+                if last.sequence <= self.after {
+                    self.pending.push_back(last);
+                }
+                self.ended = true;
+            } else if self.pending.is_empty() && self.changes.changed().await.is_err() {
+                self.ended = true;
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.registry.unfollow(&self.job);
     }
 }
 

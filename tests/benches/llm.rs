@@ -4,6 +4,7 @@
 //!
 //!     cargo bench --bench llm                              # 100 and 1000 jobs at once
 //!     cargo bench --bench llm -- --concurrency 100,1000,10000
+//!     cargo bench --bench llm -- --only overhead           # or: jobs, load
 //!
 //! The stand-in (the e2e tests' `standin.rs`, a real HTTP server on 127.0.0.1) answers with
 //! the latency model below; the optimised `dakota-server` runs as its own process, so its RSS
@@ -53,8 +54,17 @@ fn concurrency() -> Vec<usize> {
         .unwrap_or_else(|| vec![100, 1000])
 }
 
-/// The server with limits raised for `jobs` jobs at once.
-fn spawn_server(standin: &StandIn, jobs: usize) -> (Child, String) {
+/// Whether the run includes `part` (`jobs`, `overhead`, `load`): all unless `--only` names one.
+fn part(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .is_none_or(|only| only.split(',').any(|p| p == name))
+}
+
+/// The server with limits raised for `jobs` jobs at once; its gRPC and admin addresses.
+fn spawn_server(standin: &StandIn, jobs: usize) -> (Child, String, String) {
     let many = (jobs * 4).max(64).to_string();
     let jobs = jobs.max(1).to_string();
     let mut child = Command::new(binary("dakota-server"))
@@ -77,8 +87,17 @@ fn spawn_server(standin: &StandIn, jobs: usize) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (addr, _) = support::addresses(&mut child);
-    (child, addr)
+    let (addr, admin) = support::addresses(&mut child);
+    (child, addr, admin)
+}
+
+/// The server's job logs by state (`running` or `finished`): (bytes retained, jobs).
+async fn retained(admin: &str, state: &str) -> (f64, f64) {
+    let labels = format!("{{state=\"{state}\"}}");
+    (
+        support::metric(admin, &format!("dakota_jobs_retained_bytes{labels}")).await,
+        support::metric(admin, &format!("dakota_jobs_retained{labels}")).await,
+    )
 }
 
 fn stop(mut child: Child) {
@@ -281,10 +300,25 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let standin = runtime.block_on(StandIn::start());
 
+    let single_p50 = part("jobs").then(|| jobs(&runtime, &standin));
+    if part("overhead") {
+        per_call(&runtime, &standin);
+    }
+    if part("load") {
+        load(&runtime, &standin, &levels, single_p50);
+    }
+}
+
+/// A single job: its result, the upstream busy time within it, its upstream requests.
+type Single = (JobResult, Duration, usize);
+
+/// Single jobs, one at a time: wall time against the time some upstream call was in flight,
+/// what the server keeps of them, their calls and tokens. Returns the median wall time.
+fn jobs(runtime: &tokio::runtime::Runtime, standin: &StandIn) -> Duration {
     // One job at a time: wall time against the time some upstream call was in flight.
-    let (child, addr) = spawn_server(&standin, 1);
+    let (child, addr, admin) = spawn_server(standin, 1);
     standin.latency(LATENCY);
-    let singles: Vec<(JobResult, Duration, usize)> = runtime.block_on(async {
+    let (singles, finished): (Vec<Single>, (f64, f64)) = runtime.block_on(async {
         let client = connect(&addr).await;
         let mut singles = Vec::new();
         for i in 0..SINGLE_JOBS {
@@ -301,7 +335,7 @@ fn main() {
             let busy = busy(&intervals, result.started, result.ended);
             singles.push((result, busy, intervals.len()));
         }
-        singles
+        (singles, retained(&admin, "finished").await)
     });
     stop(child);
     let mut walls: Vec<Duration> = singles.iter().map(|(r, _, _)| r.elapsed).collect();
@@ -328,6 +362,24 @@ fn main() {
             result.elapsed.as_secs_f64() / busy.as_secs_f64()
         );
     }
+
+    // What the server keeps of a finished LLM job, against the article it delivered.
+    let articles: Vec<usize> = singles
+        .iter()
+        .filter_map(|(r, _, _)| r.article.as_ref())
+        .map(prost::Message::encoded_len)
+        .collect();
+    let article_mean = articles.iter().sum::<usize>() as f64 / articles.len().max(1) as f64;
+    let kept = finished.0 / finished.1.max(1.0);
+    println!();
+    println!("| kept per finished 1500-word LLM job | bytes |");
+    println!("|---|---|");
+    println!(
+        "| measured by the server, mean of {} finished jobs (`dakota_jobs_retained_bytes`) | {kept:.0} |",
+        finished.1
+    );
+    println!("| the job's `Article`, encoded (mean) | {article_mean:.0} |");
+    println!("| kept / article | {:.2} |", kept / article_mean.max(1.0));
 
     // Calls and tokens per article, by agent, from the last job's run metrics.
     if let Some(metrics) = singles
@@ -360,6 +412,11 @@ fn main() {
         }
     }
 
+    single_p50
+}
+
+/// The latency the resilience stack adds to one call.
+fn per_call(runtime: &tokio::runtime::Runtime, standin: &StandIn) {
     // The stack's own latency per call.
     standin.latency(Latency::default());
     println!();
@@ -369,7 +426,7 @@ fn main() {
     println!("|---|---|---|---|---|");
     for in_flight in [1, 100, 1000] {
         let [bare, guarded] =
-            runtime.block_on(overhead(&standin, in_flight, (in_flight * 20).max(2000)));
+            runtime.block_on(overhead(standin, in_flight, (in_flight * 20).max(2000)));
         println!(
             "| GET /pages/overhead | {in_flight} | {} / {} | {} / {} | {} / {} |",
             ms(bare.0),
@@ -380,18 +437,42 @@ fn main() {
             ms(guarded.1.saturating_sub(bare.1))
         );
     }
+}
 
-    // Many jobs at once.
+/// Many jobs at once, at each of `levels`.
+fn load(
+    runtime: &tokio::runtime::Runtime,
+    standin: &StandIn,
+    levels: &[usize],
+    single_p50: Option<Duration>,
+) {
     standin.latency(LATENCY);
     println!();
     println!(
-        "| jobs at once | completed | errors | p50 s | p99 s | p50 / single p50 | peak RSS MiB | RSS per running job KiB | CPU ms per job |"
+        "| jobs at once | completed | errors | p50 s | p99 s | p50 / single p50 | peak RSS MiB | RSS per running job KiB | job log per running job KiB | CPU ms per job |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for n in levels {
-        let (child, addr) = spawn_server(&standin, n);
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &n in levels {
+        let (child, addr, admin) = spawn_server(standin, n);
         let pid = child.id();
         let (idle_rss, _, cpu_before) = usage(pid);
+        // The job logs of the running jobs, sampled while the jobs run: the sample with the
+        // most jobs running.
+        let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = runtime.spawn({
+            let (admin, stop) = (admin.clone(), sampling.clone());
+            async move {
+                let mut most = (0.0, 0.0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (bytes, jobs) = retained(&admin, "running").await;
+                    if jobs > most.1 {
+                        most = (bytes, jobs);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                most
+            }
+        });
         let results = runtime.block_on(async {
             // A connection per 100 streams, as a fleet of clients would open.
             let mut clients = Vec::new();
@@ -408,6 +489,8 @@ fn main() {
             join_all(jobs).await
         });
         let (_, peak_rss, cpu_after) = usage(pid);
+        sampling.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (log_bytes, log_jobs) = runtime.block_on(sampler).unwrap();
         stop(child);
         let results: Vec<JobResult> = results.into_iter().map(Result::unwrap).collect();
         let errors = results.iter().filter(|r| r.error.is_some()).count();
@@ -418,17 +501,18 @@ fn main() {
             .collect();
         let completed = times.len();
         if completed == 0 {
-            println!("| {n} | 0 | {errors} | - | - | - | - | - | - |");
+            println!("| {n} | 0 | {errors} | - | - | - | - | - | - | - |");
             continue;
         }
         let (p50, p99) = (quantile(&mut times, 0.5), quantile(&mut times, 0.99));
         println!(
-            "| {n} | {completed} | {errors} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} |",
+            "| {n} | {completed} | {errors} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.1} |",
             p50.as_secs_f64(),
             p99.as_secs_f64(),
-            p50.as_secs_f64() / single_p50.as_secs_f64(),
+            single_p50.map_or(f64::NAN, |single| p50.as_secs_f64() / single.as_secs_f64()),
             peak_rss as f64 / 1024.0,
             (peak_rss.saturating_sub(idle_rss)) as f64 / n as f64,
+            log_bytes / log_jobs.max(1.0) / 1024.0,
             (cpu_after - cpu_before) * 1000.0 / completed as f64
         );
         let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
@@ -436,7 +520,7 @@ fn main() {
             *kinds.entry(error).or_default() += 1;
         }
         if !kinds.is_empty() {
-            println!("|  | errors: {kinds:?} | | | | | | | |");
+            println!("|  | errors: {kinds:?} | | | | | | | | |");
         }
     }
 }
