@@ -13,9 +13,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let well_known = protoc_bin_vendored::include_path()?;
 
     // No `connect` helper in the generated client: the API crate carries no transport; the
-    // client crate brings its own channel.
+    // client crate brings its own channel. The codec keeps a small encode buffer per stream.
     tonic_prost_build::configure()
         .build_transport(false)
+        .codec_path("crate::codec::LeanCodec")
         .file_descriptor_set_path(out_dir.join("dakota_descriptor.bin"))
         .compile_with_config(
             config,

@@ -23,6 +23,27 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.call_once(|| {
         let mut build = Command::new(env!("CARGO"));
         build.args(["build", "--bins", "--workspace"]);
+        // What cargo sets for the bench it runs (not the user's CARGO_HOME, CARGO_TARGET_DIR,
+        // ...): a build script that tracks one (ring's tracks CARGO_MANIFEST_DIR) would see
+        // it changed and rebuild the whole tree twice per run.
+        let set_by_cargo = |n: &str| {
+            n.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&n)
+        };
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(set_by_cargo) {
+                build.env_remove(name);
+            }
+        }
         if dir.ends_with("release") {
             build.arg("--release");
         }
