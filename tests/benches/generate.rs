@@ -16,11 +16,14 @@ use dakota::api::{self, content_service_client::ContentServiceClient, generate_e
 use tonic::transport::Channel;
 
 mod support;
-use support::{binary, kb_dir, metric};
+use support::{binary, kb_dir, metric, usage};
 
 const STARTS: usize = 5;
 const SEQUENTIAL_JOBS: usize = 20;
 const CONCURRENT_JOBS: usize = 16;
+/// The throughput stage: this many jobs, [`THROUGHPUT_IN_FLIGHT`] at a time.
+const THROUGHPUT_JOBS: usize = 400;
+const THROUGHPUT_IN_FLIGHT: usize = 32;
 const TOPICS: [&str; 4] = [
     "Private credit and liquidity for pension funds",
     "Currency hedging for international portfolios",
@@ -36,9 +39,15 @@ fn spawn_server() -> (Child, String, Duration) {
 
 /// The server, its gRPC and admin addresses, and the time from spawn to SERVING.
 fn spawn_server_with_admin() -> (Child, String, String, Duration) {
+    spawn_server_with(&[])
+}
+
+/// [`spawn_server_with_admin`] with more arguments.
+fn spawn_server_with(extra: &[&str]) -> (Child, String, String, Duration) {
     let server = binary("dakota-server"); // built before the clock starts
     let started = Instant::now();
     let mut child = Command::new(server)
+        .args(extra)
         .args([
             "--grpc-addr",
             "127.0.0.1:0",
@@ -237,9 +246,82 @@ fn main() {
         "| the earlier layout for one such job ({events} events), computed from its replay | {earlier} |"
     );
     println!("| the job's `Article`, encoded | {article} |");
+    throughput();
     println!();
     println!("| binary (release settings, stripped) | size MiB |");
     println!("|---|---|");
     println!("| dakota-server | {:.1} |", size(&binary("dakota-server")));
     println!("| dakota | {:.1} |", size(&binary("dakota")));
+}
+
+/// Offline jobs per second: [`THROUGHPUT_JOBS`] jobs, [`THROUGHPUT_IN_FLIGHT`] at a time
+/// (job slots raised to match), against a server of its own. Per core two ways: the wall
+/// rate over the machine's cores (the client shares them), and the server's own CPU time
+/// per job (`/proc/PID/stat`), whose inverse is jobs per second of one busy core.
+fn throughput() {
+    let in_flight = THROUGHPUT_IN_FLIGHT.to_string();
+    let (child, addr, _, _) = spawn_server_with(&[
+        "--max-running-jobs",
+        &in_flight,
+        "--max-queued-jobs",
+        "1000",
+        "--max-jobs",
+        "2000",
+    ]);
+    let pid = child.id();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (cpu, wall) = runtime.block_on(async {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let client = ContentServiceClient::new(channel);
+        for i in 0..THROUGHPUT_IN_FLIGHT {
+            generate(client.clone(), TOPICS[i % TOPICS.len()]).await; // warm-up
+        }
+        let (_, _, cpu_before) = usage(pid);
+        let started = Instant::now();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..THROUGHPUT_IN_FLIGHT)
+            .map(|_| {
+                let (client, next) = (client.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= THROUGHPUT_JOBS {
+                            break;
+                        }
+                        generate(client.clone(), TOPICS[i % TOPICS.len()]).await;
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let wall = started.elapsed();
+        let (_, _, cpu_after) = usage(pid);
+        (cpu_after - cpu_before, wall)
+    });
+    stop(child);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rate = THROUGHPUT_JOBS as f64 / wall.as_secs_f64();
+    let cpu_ms = cpu * 1000.0 / THROUGHPUT_JOBS as f64;
+    println!();
+    println!(
+        "| offline throughput: {THROUGHPUT_JOBS} jobs, {THROUGHPUT_IN_FLIGHT} at a time | value |"
+    );
+    println!("|---|---|");
+    println!("| wall time s | {:.2} |", wall.as_secs_f64());
+    println!("| jobs/s | {rate:.1} |");
+    println!(
+        "| jobs/s per core (wall rate / {cores} cores, client included) | {:.1} |",
+        rate / cores as f64
+    );
+    println!("| server CPU ms per job | {cpu_ms:.2} |");
+    println!(
+        "| jobs/s per busy server core (1000 / CPU ms per job) | {:.1} |",
+        1000.0 / cpu_ms
+    );
 }

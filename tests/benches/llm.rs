@@ -27,7 +27,7 @@ use futures_util::future::join_all;
 
 mod support;
 use dakota_tests::standin::{Latency, StandIn};
-use support::{binary, kb_dir};
+use support::{binary, kb_dir, usage};
 
 /// The latency model: a structured answer (or a stream's first token) after 300 ms, streamed
 /// text at 500 tokens a second, searches and page fetches 30 ms.
@@ -66,14 +66,18 @@ fn part(name: &str) -> bool {
 /// The server with limits raised for `jobs` jobs at once; its gRPC and admin addresses.
 fn spawn_server(standin: &StandIn, jobs: usize) -> (Child, String, String) {
     let many = (jobs * 4).max(64).to_string();
+    // Upstream calls in flight: each is a connection to the stand-in (plain HTTP/1.1), two
+    // file descriptors on this machine; capped so 10,000 jobs stay within `ulimit -n`
+    // (20,000 here), the rest wait for a permit as they would behind any provider's limit.
+    let calls = (jobs * 4).clamp(64, 4000).to_string();
     let jobs = jobs.max(1).to_string();
     let mut child = Command::new(binary("dakota-server"))
         .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
         .args(["--log-format", "json", "--fetch-allow-private"])
         .args(["--max-running-jobs", &jobs, "--max-queued-jobs", &jobs])
         .args(["--max-jobs", &many, "--max-streams-per-connection", &many])
-        .args(["--max-concurrent-upstream", &many, "--pool-search", &many])
-        .args(["--pool-content", &many, "--pool-analysis", &many])
+        .args(["--max-concurrent-upstream", &calls, "--pool-search", &calls])
+        .args(["--pool-content", &calls, "--pool-analysis", &calls])
         .args(["--rate-limits", "llm=0,kb=0,web=0,fetch=0"])
         .args(["--generate-per-minute", "0", "--llm-timeout", "300s"])
         .arg("--kb-dir")
@@ -105,25 +109,6 @@ fn stop(mut child: Child) {
         .args(["-c", &format!("kill -TERM {}", child.id())])
         .status();
     let _ = child.wait();
-}
-
-/// (VmRSS, VmHWM) in KiB, and CPU seconds (user + system) of a process.
-fn usage(pid: u32) -> (u64, u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime is the 14th field overall.
-    let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|t| t.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|t| t.parse().ok()).unwrap_or(0.0);
-    (field("VmRSS:"), field("VmHWM:"), ticks / 100.0)
 }
 
 struct JobResult {
