@@ -2,8 +2,9 @@
 //! `response_format: json_schema` (strict), and streamed text (SSE) for the writer.
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::FutureExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
@@ -12,6 +13,22 @@ use crate::config::Secret;
 use crate::resilience::{CallScope, Guard};
 
 const UPSTREAM: &str = "llm";
+
+/// One chat message of a request, borrowing its text.
+#[derive(Serialize)]
+struct Said<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+/// A chat completion request: the parameters (model, limits, response format) and the
+/// messages.
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    #[serde(flatten)]
+    params: &'a Value,
+    messages: &'a [Said<'a>],
+}
 
 /// Tokens a call used, as the endpoint reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -221,30 +238,40 @@ impl LlmClient {
         span.record("gen_ai.usage.output_tokens", usage.output_tokens);
     }
 
-    fn request(&self, body: &Value) -> reqwest::RequestBuilder {
+    fn request(&self, body: &Bytes) -> reqwest::RequestBuilder {
         let request = crate::telemetry::inject_trace_context(
             self.http
                 .post(format!("{}/chat/completions", self.base_url)),
         )
-        .json(body);
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.clone());
         match &self.api_key {
             Some(key) => request.bearer_auth(key.expose()),
             None => request,
         }
     }
 
-    /// The system and user messages, then any further turns (a corrective re-ask).
-    fn messages(system: &str, prompt: &Prompt, turns: &[(&str, String)]) -> Value {
+    /// The request body: `params`, and the system and user messages, then any further turns
+    /// (a corrective re-ask). Serialized once, straight from the prompt's text (no copy of it
+    /// in a JSON tree): every attempt sends the same bytes and the cache key hashes them.
+    fn body(params: &Value, system: &str, prompt: &Prompt, turns: &[(&str, String)]) -> Bytes {
         let mut messages = vec![
-            json!({"role": "system", "content": system}),
-            json!({"role": "user", "content": prompt.user}),
+            Said {
+                role: "system",
+                content: system,
+            },
+            Said {
+                role: "user",
+                content: &prompt.user,
+            },
         ];
-        messages.extend(
-            turns
-                .iter()
-                .map(|(role, content)| json!({"role": role, "content": content})),
-        );
-        Value::Array(messages)
+        messages.extend(turns.iter().map(|(role, content)| Said { role, content }));
+        let body = ChatBody {
+            params,
+            messages: &messages,
+        };
+        // A map with string keys and strings: serializing it cannot fail.
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
     /// A structured answer to `prompt` (and `turns`, for a re-ask), asked the way
@@ -257,14 +284,14 @@ impl LlmClient {
         prompt: &Prompt,
         turns: &[(&str, String)],
     ) -> Result<Completion<Answer>, UpstreamError> {
-        let mut body = json!({
+        let mut params = json!({
             "model": ask.model,
             "temperature": self.temperature,
         });
-        body[self.max_tokens_field()] = json!(ask.max_tokens);
+        params[self.max_tokens_field()] = json!(ask.max_tokens);
         let system = match self.structured_output {
             StructuredOutput::JsonSchema => {
-                body["response_format"] = json!({
+                params["response_format"] = json!({
                     "type": "json_schema",
                     "json_schema": {"name": ask.name, "strict": true, "schema": ask.schema},
                 });
@@ -272,7 +299,7 @@ impl LlmClient {
             }
             mode => {
                 if mode == StructuredOutput::JsonObject {
-                    body["response_format"] = json!({"type": "json_object"});
+                    params["response_format"] = json!({"type": "json_object"});
                 }
                 format!(
                     "{}\n\nAnswer with one JSON object, and nothing else, that fits this JSON Schema:\n{}",
@@ -280,14 +307,12 @@ impl LlmClient {
                 )
             }
         };
-        body["messages"] = Self::messages(&system, prompt, turns);
+        let body = Self::body(&params, &system, prompt, turns);
+        drop((params, system));
         let usage = std::sync::Mutex::new(Usage::default());
         // Only a deterministic request has one answer worth keeping.
         let key = (self.temperature == 0.0)
-            .then(|| {
-                self.guard
-                    .cache_key(&[self.base_url.as_bytes(), body.to_string().as_bytes()])
-            })
+            .then(|| self.guard.cache_key(&[self.base_url.as_bytes(), &body]))
             .flatten();
         let called = self
             .guard
@@ -308,7 +333,7 @@ impl LlmClient {
 
     async fn structured_once(
         &self,
-        body: &Value,
+        body: &Bytes,
         usage: &std::sync::Mutex<Usage>,
     ) -> Result<Answer, UpstreamError> {
         let response = self
@@ -353,14 +378,14 @@ impl LlmClient {
         max_tokens: u32,
         on_delta: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Completion<Streamed>, UpstreamError> {
-        let mut body = json!({
+        let mut params = json!({
             "model": model,
-            "messages": Self::messages(&prompt.system, prompt, &[]),
             "temperature": self.temperature,
             "stream": true,
             "stream_options": {"include_usage": true},
         });
-        body[self.max_tokens_field()] = json!(max_tokens);
+        params[self.max_tokens_field()] = json!(max_tokens);
+        let body = Self::body(&params, &prompt.system, prompt, &[]);
         // Once text has reached the caller, a retry would repeat it: no retry then.
         let reached_client = std::sync::atomic::AtomicBool::new(false);
         let tracked = |delta: &str| {
@@ -389,7 +414,7 @@ impl LlmClient {
 
     async fn stream_once(
         &self,
-        body: &Value,
+        body: &Bytes,
         streamed: &mut Streamed,
         usage: &mut Usage,
         on_delta: &(dyn Fn(&str) + Send + Sync),
