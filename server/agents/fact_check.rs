@@ -104,35 +104,76 @@ pub fn figures(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// A source's sentences with their figures and terms, split once per check (on first use)
+/// rather than once per claim: an article has dozens of claims against the same sources.
+struct Evidence<'a> {
+    source: &'a SourceDoc,
+    sentences: std::cell::OnceCell<Vec<Sentence>>,
+}
+
+struct Sentence {
+    text: String,
+    figures: BTreeSet<String>,
+    terms: BTreeSet<String>,
+}
+
+impl<'a> Evidence<'a> {
+    fn of(sources: &'a [SourceDoc]) -> Vec<Self> {
+        sources
+            .iter()
+            .map(|source| Evidence {
+                source,
+                sentences: std::cell::OnceCell::new(),
+            })
+            .collect()
+    }
+
+    fn sentences(&self) -> &[Sentence] {
+        self.sentences.get_or_init(|| {
+            text::sentences(&self.source.text)
+                .into_iter()
+                .map(|text| Sentence {
+                    figures: figures(&text),
+                    terms: text::terms(&text).collect(),
+                    text,
+                })
+                .collect()
+        })
+    }
+}
+
 /// Checks one claim against the sources: those it cites, else those its paragraph cites,
 /// else all of them. Supported when one source sentence holds the claim's figures and
 /// most of its terms.
-pub fn check_claim(claim: &ClaimCandidate, sources: &[SourceDoc]) -> api::Claim {
+fn check_claim(claim: &ClaimCandidate, evidence: &[Evidence<'_>]) -> api::Claim {
     let cited = if claim.cited_urls.is_empty() {
         &claim.paragraph_urls
     } else {
         &claim.cited_urls
     };
-    let candidates = candidate_sources(claim, sources);
+    let candidates: Vec<&Evidence> = evidence
+        .iter()
+        .filter(|e| cited.is_empty() || cited.contains(&e.source.source.url))
+        .collect();
     let claim_terms: BTreeSet<String> = text::terms(&claim.text).collect();
     let claim_figures = figures(&claim.text);
-    let mut best: Option<(f64, &SourceDoc, String)> = None;
-    for source in &candidates {
-        for sentence in text::sentences(&source.text) {
-            if !claim_figures.is_subset(&figures(&sentence)) {
+    let mut best: Option<(f64, &SourceDoc, &str)> = None;
+    for candidate in &candidates {
+        for sentence in candidate.sentences() {
+            if !claim_figures.is_subset(&sentence.figures) {
                 continue;
             }
-            let terms: BTreeSet<String> = text::terms(&sentence).collect();
             let overlap = if claim_terms.is_empty() {
                 1.0
             } else {
-                claim_terms.intersection(&terms).count() as f64 / claim_terms.len() as f64
+                claim_terms.intersection(&sentence.terms).count() as f64 / claim_terms.len() as f64
             };
             if best.as_ref().is_none_or(|(score, _, _)| overlap > *score) {
-                best = Some((overlap, source, sentence));
+                best = Some((overlap, candidate.source, &sentence.text));
             }
         }
     }
+    let candidates: Vec<&SourceDoc> = candidates.iter().map(|e| e.source).collect();
     let mut result = api::Claim {
         text: claim.text.clone(),
         kind: claim.kind.to_string(),
@@ -143,7 +184,7 @@ pub fn check_claim(claim: &ClaimCandidate, sources: &[SourceDoc]) -> api::Claim 
             result.set_verdict(Verdict::Supported);
             result.source_id = source.source.id.clone();
             result.source_url = source.source.url.clone();
-            result.evidence = sentence;
+            result.evidence = sentence.to_string();
         }
         // Cited, but to nothing research returned: the citation itself is wrong.
         _ if candidates.is_empty() && !cited.is_empty() => result.set_verdict(Verdict::Unsupported),
@@ -193,9 +234,10 @@ pub fn recount(report: &mut api::FactCheckReport) {
 
 /// The full report: every claim checked, citations that name no source listed.
 pub fn check_article(markdown: &str, sources: &[SourceDoc]) -> api::FactCheckReport {
+    let evidence = Evidence::of(sources);
     let claims: Vec<api::Claim> = extract_claims(markdown)
         .iter()
-        .map(|c| check_claim(c, sources))
+        .map(|c| check_claim(c, &evidence))
         .collect();
     let invalid_citations: Vec<String> = text::links(markdown)
         .iter()

@@ -849,6 +849,20 @@ fn section_pools(
     sections: &[(&OutlineSection, &SourceDoc)],
     compact: bool,
 ) -> Vec<Body> {
+    // Each source's usable sentences and their terms, once for all the sections.
+    let usable: Vec<Vec<(String, Vec<String>)>> = synthesis
+        .sources
+        .iter()
+        .map(|o| {
+            let sentences = usable_sentences(&o.text).into_iter();
+            sentences
+                .map(|s| {
+                    let terms = text::terms(&s).collect();
+                    (s, terms)
+                })
+                .collect()
+        })
+        .collect();
     sections
         .iter()
         .map(|(section, doc)| {
@@ -860,15 +874,23 @@ fn section_pools(
                 // Shortest first, so the one sentence a compact section gets is a short one.
                 pool.sort_by_key(|(s, _)| text::count_words(s));
             }
-            for other in synthesis
-                .sources
-                .iter()
-                .filter(|o| o.source.id != doc.source.id)
-            {
-                let query = format!("{topic} {}", section.heading);
-                for s in best_sentences(&other.text, &query, usize::MAX, &HashSet::new()) {
-                    pool.push((s, other.source.id.clone()));
+            let query: BTreeSet<String> =
+                text::terms(&format!("{topic} {}", section.heading)).collect();
+            for (other, sentences) in synthesis.sources.iter().zip(&usable) {
+                if other.source.id == doc.source.id {
+                    continue;
                 }
+                // Most terms shared with the section first, in source order among equals.
+                let mut ranked: Vec<(usize, &String)> = sentences
+                    .iter()
+                    .map(|(s, terms)| (terms.iter().filter(|t| query.contains(*t)).count(), s))
+                    .collect();
+                ranked.sort_by_key(|(overlap, _)| std::cmp::Reverse(*overlap));
+                pool.extend(
+                    ranked
+                        .into_iter()
+                        .map(|(_, s)| (s.clone(), other.source.id.clone())),
+                );
             }
             pool.reverse(); // pop() takes from the front
             pool
