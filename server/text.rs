@@ -19,8 +19,11 @@ const ABBREVIATIONS: &[&str] = &[
     "dec",
 ];
 
+/// The longest of [`STOPWORDS`], in bytes: a longer word is no stopword, without a search.
+const LONGEST_STOPWORD: usize = 7;
+
 pub fn is_stopword(word: &str) -> bool {
-    STOPWORDS.binary_search(&word).is_ok()
+    word.len() <= LONGEST_STOPWORD && STOPWORDS.binary_search(&word).is_ok()
 }
 
 /// The slug of SPEC §4: lower-case, non-word characters removed, spaces to `-`, at most 50 chars.
@@ -113,6 +116,10 @@ pub struct Link {
 pub fn links(text: &str) -> Vec<Link> {
     use pulldown_cmark::{Event, Parser, Tag, TagEnd};
     let mut found = Vec::new();
+    // Every link starts with `[` or `<`: most lines have neither and need no parser.
+    if !text.contains(['[', '<']) {
+        return found;
+    }
     let mut open: Option<Link> = None;
     for (event, range) in Parser::new(text).into_offset_iter() {
         match event {
@@ -283,6 +290,13 @@ pub fn flesch_reading_ease(prose: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stopwords_are_sorted_and_none_is_longer_than_the_bound() {
+        assert!(STOPWORDS.is_sorted());
+        let longest = STOPWORDS.iter().map(|w| w.len()).max();
+        assert_eq!(longest, Some(LONGEST_STOPWORD));
+    }
 
     #[test]
     fn links_are_parsed_as_commonmark() {

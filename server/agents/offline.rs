@@ -1,7 +1,7 @@
 //! The offline agents: deterministic, extractive implementations that build every artifact
 //! from the retrieved sources. The embedded default when no LLM is configured.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -383,18 +383,60 @@ fn usable_sentences(text: &str) -> Vec<String> {
 
 /// The `n` sentences of `text` sharing most terms with `query`, not in `used`, best first.
 fn best_sentences(text: &str, query: &str, n: usize, used: &HashSet<String>) -> Vec<String> {
-    let query_terms: BTreeSet<String> = text::terms(query).collect();
-    let mut scored: Vec<(usize, usize, String)> = usable_sentences(text)
+    best_of(&with_terms(text), query, n, used)
+}
+
+/// A text's usable sentences, each with its terms.
+type Termed = Vec<(String, Vec<String>)>;
+
+fn with_terms(text: &str) -> Termed {
+    usable_sentences(text)
         .into_iter()
+        .map(|s| {
+            let terms = text::terms(&s).collect();
+            (s, terms)
+        })
+        .collect()
+}
+
+/// [`best_sentences`] of sentences already split.
+fn best_of(sentences: &Termed, query: &str, n: usize, used: &HashSet<String>) -> Vec<String> {
+    let query_terms: BTreeSet<String> = text::terms(query).collect();
+    let mut scored: Vec<(usize, usize, &String)> = sentences
+        .iter()
         .enumerate()
-        .filter(|(_, s)| !used.contains(s))
-        .map(|(i, s)| {
-            let overlap = text::terms(&s).filter(|t| query_terms.contains(t)).count();
+        .filter(|(_, (s, _))| !used.contains(s))
+        .map(|(i, (s, terms))| {
+            let overlap = terms.iter().filter(|t| query_terms.contains(*t)).count();
             (overlap, i, s)
         })
         .collect();
     scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    scored.into_iter().take(n).map(|(_, _, s)| s).collect()
+    scored
+        .into_iter()
+        .take(n)
+        .map(|(_, _, s)| s.clone())
+        .collect()
+}
+
+/// Each source's usable sentences with their terms, split once per article: the writer
+/// draws on the same sources for every section, list and paragraph.
+struct Usable(HashMap<String, Termed>);
+
+impl Usable {
+    fn of(sources: &[SourceDoc]) -> Self {
+        let split = sources
+            .iter()
+            .map(|s| (s.source.id.clone(), with_terms(&s.text)));
+        Self(split.collect())
+    }
+
+    fn get(&self, doc: &SourceDoc) -> std::borrow::Cow<'_, Termed> {
+        match self.0.get(&doc.source.id) {
+            Some(sentences) => std::borrow::Cow::Borrowed(sentences),
+            None => std::borrow::Cow::Owned(with_terms(&doc.text)),
+        }
+    }
 }
 
 /// Merges research: dedupe by URL, rank by relevance, authority and freshness, keep the best
@@ -608,6 +650,7 @@ fn write_article(
         target,
         compact: target < COMPACT_TARGET,
         used: excluded.clone(),
+        usable: Usable::of(&synthesis.sources),
     };
     let sections = w.sections();
     let headings: Vec<String> = if w.compact {
@@ -617,7 +660,7 @@ fn write_article(
     };
     // Each main section's first sentence before the lead and the lists take theirs, so that
     // scarce material never leaves a section empty.
-    let mut pools = section_pools(&request.topic, synthesis, &sections, w.compact);
+    let mut pools = section_pools(&request.topic, synthesis, &sections, &w);
     let (first, _) = fill_sections(&mut pools, &mut w.used, (Vec::new(), 0));
     let title = w.title();
     let (insights, takeaways) = w.lists(&sections);
@@ -676,13 +719,14 @@ struct Writer<'a> {
     /// A short target: one short sentence a part, no subtitle.
     compact: bool,
     used: HashSet<String>,
+    usable: Usable,
 }
 
 impl<'a> Writer<'a> {
     /// The most relevant unused sentences of `text`; in a compact article, the shortest
     /// (then most relevant).
-    fn pick(&self, text: &str, query: &str, n: usize) -> Vec<String> {
-        let mut best = best_sentences(text, query, usize::MAX, &self.used);
+    fn pick(&self, doc: &SourceDoc, query: &str, n: usize) -> Vec<String> {
+        let mut best = best_of(&self.usable.get(doc), query, usize::MAX, &self.used);
         if self.compact {
             best.sort_by_key(|s| text::count_words(s));
         }
@@ -730,7 +774,7 @@ impl<'a> Writer<'a> {
         let synthesis = self.synthesis;
         let (sentence, id) = std::iter::once(doc)
             .chain(&synthesis.sources)
-            .find_map(|d| Some((self.pick(&d.text, query, 1).pop()?, d.source.id.clone())))?;
+            .find_map(|d| Some((self.pick(d, query, 1).pop()?, d.source.id.clone())))?;
         self.used.insert(sentence.clone());
         let sentence = match self.target < TINY_TARGET {
             true => main_clause(&sentence).unwrap_or(sentence),
@@ -767,7 +811,7 @@ impl<'a> Writer<'a> {
         }
         lead.push("What follows sets out the evidence, with a source for every statement.".into());
         if let Some(first) = self.synthesis.sources.first() {
-            let picked = self.pick(&first.text, &self.request.topic, 2);
+            let picked = self.pick(first, &self.request.topic, 2);
             self.used.extend(picked.iter().cloned());
             lead.push(cite_run(&picked, &first.source.id));
         }
@@ -782,7 +826,7 @@ impl<'a> Writer<'a> {
             // No room for one more source sentence: a closing line that claims nothing.
             conclusion.push("Each point above rests on the source it cites.".to_string());
         } else if let Some(last) = sources.get(1).or(sources.first()) {
-            let picked = self.pick(&last.text, &self.request.topic, 1);
+            let picked = self.pick(last, &self.request.topic, 1);
             self.used.extend(picked.iter().cloned());
             conclusion.push(cite_run(&picked, &last.source.id));
         }
@@ -847,50 +891,33 @@ fn section_pools(
     topic: &str,
     synthesis: &Synthesis,
     sections: &[(&OutlineSection, &SourceDoc)],
-    compact: bool,
+    writer: &Writer<'_>,
 ) -> Vec<Body> {
-    // Each source's usable sentences and their terms, once for all the sections.
-    let usable: Vec<Vec<(String, Vec<String>)>> = synthesis
-        .sources
-        .iter()
-        .map(|o| {
-            let sentences = usable_sentences(&o.text).into_iter();
-            sentences
-                .map(|s| {
-                    let terms = text::terms(&s).collect();
-                    (s, terms)
-                })
-                .collect()
-        })
-        .collect();
+    let compact = writer.compact;
     sections
         .iter()
         .map(|(section, doc)| {
-            let mut pool: Body = usable_sentences(&doc.text)
-                .into_iter()
-                .map(|s| (s, doc.source.id.clone()))
+            let own = writer.usable.get(doc);
+            let mut pool: Body = own
+                .iter()
+                .map(|(s, _)| (s.clone(), doc.source.id.clone()))
                 .collect();
             if compact {
                 // Shortest first, so the one sentence a compact section gets is a short one.
                 pool.sort_by_key(|(s, _)| text::count_words(s));
             }
-            let query: BTreeSet<String> =
-                text::terms(&format!("{topic} {}", section.heading)).collect();
-            for (other, sentences) in synthesis.sources.iter().zip(&usable) {
+            let query = format!("{topic} {}", section.heading);
+            for other in &synthesis.sources {
                 if other.source.id == doc.source.id {
                     continue;
                 }
-                // Most terms shared with the section first, in source order among equals.
-                let mut ranked: Vec<(usize, &String)> = sentences
-                    .iter()
-                    .map(|(s, terms)| (terms.iter().filter(|t| query.contains(*t)).count(), s))
-                    .collect();
-                ranked.sort_by_key(|(overlap, _)| std::cmp::Reverse(*overlap));
-                pool.extend(
-                    ranked
-                        .into_iter()
-                        .map(|(_, s)| (s.clone(), other.source.id.clone())),
+                let best = best_of(
+                    &writer.usable.get(other),
+                    &query,
+                    usize::MAX,
+                    &HashSet::new(),
                 );
+                pool.extend(best.into_iter().map(|s| (s, other.source.id.clone())));
             }
             pool.reverse(); // pop() takes from the front
             pool
