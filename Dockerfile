@@ -28,7 +28,8 @@ RUN mkdir -p api server client tests/e2e tests/benches \
     && echo 'fn main() {}' > client/main.rs \
     && echo 'fn main() {}' > tests/e2e/main.rs \
     && echo 'fn main() {}' > tests/benches/generate.rs \
-    && cargo build --release --locked -p dakota-server -p dakota-client
+    && cargo build --release --locked -p dakota-server \
+    && cargo build --profile release-cli --locked -p dakota-client
 
 # 2. The real sources. `touch` makes them newer than the stubs' build outputs whatever times the
 #    build context carried, so cargo rebuilds the three crates (and only them).
@@ -38,9 +39,10 @@ COPY api api
 COPY server server
 COPY client client
 RUN touch build.rs api/lib.rs server/lib.rs server/main.rs client/lib.rs client/main.rs \
-    && cargo build --release --locked -p dakota-server -p dakota-client \
+    && cargo build --release --locked -p dakota-server \
+    && cargo build --profile release-cli --locked -p dakota-client \
     && install -D -m 0755 target/release/dakota-server /out/dakota-server \
-    && install -D -m 0755 target/release/dakota /out/dakota
+    && install -D -m 0755 target/release-cli/dakota /out/dakota
 
 # ---- runtime ---------------------------------------------------------------------------------
 # distroless/cc: glibc, libgcc, CA certificates (rustls-platform-verifier reads them), no shell
