@@ -55,6 +55,83 @@ struct JobLog {
     finished_at: Option<Instant>,
     article: Option<Arc<api::Article>>,
     failure: Option<api::Failed>,
+    /// A finished log, compressed: then `entries`, `text` and `article` are empty.
+    sealed: Option<Sealed>,
+}
+
+/// A finished job's log, sealed: its events protobuf-encoded (without the job id, and the
+/// `completed` event without its article), each behind its length, the whole compressed with
+/// LZ4; the article compressed on its own. A finished job's events are read again only by a
+/// replay and its article by `GetArticle`, so it is kept in a fraction of the space (most of
+/// an LLM job's log is the text of its drafts, streamed as deltas) and decoded when asked.
+struct Sealed {
+    events: Vec<u8>,
+    count: usize,
+    article: Option<Vec<u8>>,
+}
+
+impl Sealed {
+    fn seal(log: &JobLog) -> Self {
+        use prost::Message as _;
+        let mut frames = Vec::new();
+        let count = log.entries.len();
+        for index in 0..count {
+            if let Some(mut event) = log.event(index, "") {
+                if let Some(Event::Completed(completed)) = &mut event.event {
+                    completed.article = None;
+                }
+                // Writing to a Vec cannot fail.
+                let _ = event.encode_length_delimited(&mut frames);
+            }
+        }
+        Self {
+            events: lz4_flex::compress_prepend_size(&frames),
+            count,
+            article: log
+                .article
+                .as_ref()
+                .map(|a| lz4_flex::compress_prepend_size(&a.encode_to_vec())),
+        }
+    }
+
+    fn article(&self) -> Option<api::Article> {
+        use prost::Message as _;
+        let bytes = lz4_flex::decompress_size_prepended(self.article.as_ref()?).ok()?;
+        api::Article::decode(bytes.as_slice()).ok()
+    }
+
+    /// The events at `range` of the log, as emitted, with `job_id`.
+    fn events(&self, range: std::ops::Range<usize>, job_id: &str) -> Vec<GenerateEvent> {
+        use prost::Message as _;
+        let Ok(frames) = lz4_flex::decompress_size_prepended(&self.events) else {
+            return Vec::new();
+        };
+        let mut buffer = frames.as_slice();
+        let mut events = Vec::with_capacity(range.len());
+        for index in 0..range.end.min(self.count) {
+            if index < range.start {
+                // Skipped without decoding: past its length.
+                let Ok(len) = prost::decode_length_delimiter(&mut buffer) else {
+                    break;
+                };
+                buffer = buffer.get(len..).unwrap_or_default();
+                continue;
+            }
+            let Ok(mut event) = GenerateEvent::decode_length_delimited(&mut buffer) else {
+                break;
+            };
+            event.job_id = job_id.to_string();
+            if let Some(Event::Completed(completed)) = &mut event.event {
+                completed.article = self.article();
+            }
+            events.push(event);
+        }
+        events
+    }
+
+    fn retained_bytes(&self) -> usize {
+        self.events.capacity() + self.article.as_ref().map_or(0, Vec::capacity)
+    }
 }
 
 impl Default for JobLog {
@@ -68,6 +145,7 @@ impl Default for JobLog {
             finished_at: None,
             article: None,
             failure: None,
+            sealed: None,
         }
     }
 }
@@ -153,6 +231,7 @@ impl JobLog {
             + events
             + self.text.capacity()
             + self.article.as_ref().map_or(0, |a| a.encoded_len())
+            + self.sealed.as_ref().map_or(0, Sealed::retained_bytes)
     }
 }
 
@@ -255,13 +334,15 @@ impl Job {
             other => stored(other),
         };
         log.entries.push(entry);
+        let sequence = log.entries.len() as u64;
         if log.state != JobStateKind::Running {
             log.finished_at = Some(Instant::now());
-            // Finished: nothing more is appended, so the spare capacity can go.
-            log.entries.shrink_to_fit();
-            log.text.shrink_to_fit();
+            // Finished: nothing more is appended; the log is sealed.
+            log.sealed = Some(Sealed::seal(&log));
+            log.entries = Vec::new();
+            log.text = String::new();
+            log.article = None;
         }
-        let sequence = log.entries.len() as u64;
         drop(log);
         self.last_sequence.send_replace(sequence);
     }
@@ -308,6 +389,9 @@ impl Job {
     /// The finished article, or why there is none.
     pub fn article(&self) -> Result<api::Article, Status> {
         let log = self.log();
+        if let Some(article) = log.sealed.as_ref().and_then(Sealed::article) {
+            return Ok(article);
+        }
         match (&log.article, &log.failure) {
             (Some(article), _) => Ok((**article).clone()),
             (None, Some(failed)) => Err(failure_status(failed)),
@@ -327,6 +411,22 @@ impl Job {
         limit: usize,
     ) -> (Vec<GenerateEvent>, Option<GenerateEvent>) {
         let log = self.log();
+        if let Some(sealed) = &log.sealed {
+            let start = usize::try_from(after)
+                .unwrap_or(usize::MAX)
+                .min(sealed.count);
+            let end = start.saturating_add(limit).min(sealed.count);
+            let last = sealed.count.checked_sub(1);
+            let events = sealed.events(start..end, &self.id);
+            let last = match (last, events.last()) {
+                (Some(last), Some(event)) if event.sequence == last as u64 + 1 => {
+                    Some(event.clone())
+                }
+                (Some(last), _) => sealed.events(last..last + 1, &self.id).pop(),
+                (None, _) => None,
+            };
+            return (events, last);
+        }
         let start = usize::try_from(after)
             .unwrap_or(usize::MAX)
             .min(log.entries.len());
@@ -760,6 +860,7 @@ mod tests {
             markdown: words.concat(),
             ..Default::default()
         };
+        let (running, _) = job.events_after(0, usize::MAX);
         job.emit(
             Event::Completed(api::Completed {
                 article: Some(article.clone()),
@@ -793,11 +894,17 @@ mod tests {
             .collect();
         assert_eq!(text, article.markdown);
         assert_eq!(job.article().ok(), Some(article.clone()));
-        // The article once, the streamed text once, 16 bytes a delta: under 2x the article
-        // plus the entries (one boxed event each, with its id, would be several times that).
+        // The sealed log replays what the running log did, times and progress included.
+        assert_eq!(running.len(), 2_001);
+        assert_eq!(replayed[..2_001], running[..]);
+        assert!(matches!(
+            &replayed[2_001].event,
+            Some(Event::Completed(c)) if c.article.as_ref() == Some(&article)
+        ));
+        // Running: 16 bytes a delta and the text once. Sealed: under 2x the article, all in.
         use prost::Message as _;
         assert_eq!(std::mem::size_of::<Entry>(), 16);
-        let bound = 2 * article.encoded_len() + 16 * 2_002 + 2_000;
+        let bound = 2 * article.encoded_len();
         assert!(
             job.retained_bytes() < bound,
             "{} >= {bound}",
