@@ -85,12 +85,9 @@ impl Sealed {
             }
         }
         Self {
-            events: lz4_flex::compress_prepend_size(&frames),
+            events: compressed(&frames),
             count,
-            article: log
-                .article
-                .as_ref()
-                .map(|a| lz4_flex::compress_prepend_size(&a.encode_to_vec())),
+            article: log.article.as_ref().map(|a| compressed(&a.encode_to_vec())),
         }
     }
 
@@ -132,6 +129,14 @@ impl Sealed {
     fn retained_bytes(&self) -> usize {
         self.events.capacity() + self.article.as_ref().map_or(0, Vec::capacity)
     }
+}
+
+/// `bytes` in LZ4's block format, its length first; no spare capacity kept (the compressor
+/// allocates for the worst case, about the input's size).
+fn compressed(bytes: &[u8]) -> Vec<u8> {
+    let mut block = lz4_flex::compress_prepend_size(bytes);
+    block.shrink_to_fit();
+    block
 }
 
 impl Default for JobLog {
