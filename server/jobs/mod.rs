@@ -19,7 +19,7 @@ use dakota::api::{self, GenerateEvent, JobState, generate_event::Event};
 
 pub mod shared;
 
-/// Events buffered per follower before the follower's stream applies back-pressure.
+/// Events a follower reads from the log at a time (HTTP/2 flow control paces the reading).
 const FOLLOWER_BUFFER: usize = 64;
 
 /// One job: its request, its event log and what it ended with.

@@ -16,7 +16,7 @@ use dakota::api::{self, content_service_client::ContentServiceClient, generate_e
 use tonic::transport::Channel;
 
 mod support;
-use support::{binary, kb_dir, metric, usage};
+use support::{binary, connect, kb_dir, metric, usage};
 
 const STARTS: usize = 5;
 const SEQUENTIAL_JOBS: usize = 20;
@@ -165,12 +165,7 @@ fn main() {
     let (child, addr, admin, _) = spawn_server_with_admin();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (sequential, concurrent_wall, concurrent, words, memory) = runtime.block_on(async {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let client = ContentServiceClient::new(channel);
+        let client = connect(&addr).await;
         generate(client.clone(), TOPICS[0]).await; // warm-up
         let mut sequential = Vec::new();
         let mut words = Vec::new();
@@ -271,12 +266,7 @@ fn throughput() {
     let pid = child.id();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (cpu, wall) = runtime.block_on(async {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let client = ContentServiceClient::new(channel);
+        let client = connect(&addr).await;
         for i in 0..THROUGHPUT_IN_FLIGHT {
             generate(client.clone(), TOPICS[i % TOPICS.len()]).await; // warm-up
         }

@@ -27,7 +27,7 @@ use futures_util::future::join_all;
 
 mod support;
 use dakota_tests::standin::{Latency, StandIn};
-use support::{binary, kb_dir, usage};
+use support::{binary, connect, kb_dir, usage};
 
 /// The latency model: a structured answer (or a stream's first token) after 300 ms, streamed
 /// text at 500 tokens a second, searches and page fetches 30 ms.
@@ -209,15 +209,6 @@ fn quantile(samples: &mut [Duration], q: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
-
-async fn connect(addr: &str) -> ContentServiceClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    ContentServiceClient::new(channel)
 }
 
 /// Per-call latency of the resilience stack (a guard with limits raised) against a bare

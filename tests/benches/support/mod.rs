@@ -118,3 +118,15 @@ pub fn usage(pid: u32) -> (u64, u64, f64) {
         + fields.get(12).and_then(|t| t.parse().ok()).unwrap_or(0.0);
     (field("VmRSS:"), field("VmHWM:"), ticks / 100.0)
 }
+
+/// The typed client on a plain connection to `addr`.
+pub async fn connect(
+    addr: &str,
+) -> dakota::api::content_service_client::ContentServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    dakota::api::content_service_client::ContentServiceClient::new(channel)
+}
