@@ -285,22 +285,35 @@ impl Cache {
             })
             .await;
         if locked != Some(false) {
-            return None;
+            // Another replica may have stored the answer and freed the lock between our
+            // lookup and our lock: look once more before calling.
+            let found = if locked == Some(true) {
+                self.lookup(redis, key).await
+            } else {
+                None
+            };
+            if found.is_some() {
+                self.store(key, None).await;
+                self.coalesced(key);
+            }
+            return found;
         }
         // Another replica is calling: wait for its answer while its lock holds.
         let give_up = tokio::time::Instant::now() + LOCK_TTL;
         while tokio::time::Instant::now() < give_up {
             tokio::time::sleep(LOCK_POLL).await;
-            if let Some(bytes) = self.lookup(redis, key).await {
-                self.coalesced(key);
-                return Some(bytes);
-            }
+            // The lock first, then the answer: the holder stores the answer before it frees
+            // the lock, so a freed lock seen here means the answer (if any) is already there.
             let held: Option<bool> = redis
                 .run("lock", |mut c| {
                     let lock = lock.clone();
                     async move { c.exists(lock).await }
                 })
                 .await;
+            if let Some(bytes) = self.lookup(redis, key).await {
+                self.coalesced(key);
+                return Some(bytes);
+            }
             if held != Some(true) {
                 // Its call failed (or Redis went away): make our own.
                 return None;
