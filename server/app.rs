@@ -304,7 +304,7 @@ async fn lifecycle(
     serve: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
 ) -> Result<(), ServerError> {
     let mut serving = tokio::spawn(serve);
-    let kb_dir = config.kb_dir.clone();
+    let (kb_dir, kb_index_dir) = (config.kb_dir.clone(), config.kb_index_dir.clone());
     let llm_breaker = upstreams
         .llm
         .as_ref()
@@ -314,9 +314,10 @@ async fn lifecycle(
             Some(store) => KnowledgeSource::VectorStore(store.clone()),
             None => {
                 let started = std::time::Instant::now();
-                let kb = KnowledgeBase::load(&kb_dir)?;
+                let kb = KnowledgeBase::load(&kb_dir, kb_index_dir.as_deref())?;
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-                tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %kb_dir.display(), elapsed_ms, "knowledge base indexed");
+                let index = if kb.opened() { "opened" } else { "built" };
+                tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %kb_dir.display(), index, elapsed_ms, "knowledge base indexed");
                 KnowledgeSource::Local(Arc::new(kb))
             }
         };

@@ -20,6 +20,13 @@ pub struct Config {
     #[arg(long, env = "DAKOTA_KB_DIR", default_value = "knowledge")]
     pub kb_dir: PathBuf,
 
+    /// Folder where the local knowledge base's index is kept between starts, named by a
+    /// fingerprint of the documents: a start with the same documents opens it instead of
+    /// indexing them again (a changed document builds a new one). Unset: the index is built
+    /// in memory at every start.
+    #[arg(long, env = "DAKOTA_KB_INDEX_DIR")]
+    pub kb_index_dir: Option<PathBuf>,
+
     /// Revision passes allowed when the contract or the fact check fails.
     #[arg(long, env = "DAKOTA_MAX_ITERATIONS", default_value_t = 2)]
     pub max_iterations: u32,

@@ -92,7 +92,7 @@ proptest! {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.md"), &doc).unwrap();
         std::fs::write(dir.join("b.md"), &other).unwrap();
-        let kb = KnowledgeBase::load(&dir).unwrap();
+        let kb = KnowledgeBase::load(&dir, None).unwrap();
         let _ = kb.search(&doc, 5, 1).unwrap();
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -19,6 +19,8 @@ use tantivy::{
     },
 };
 
+mod stored;
+
 use crate::{
     resilience::CallScope,
     text,
@@ -175,15 +177,22 @@ fn vector_hit(store_id: &str, hit: VectorHit) -> KbHit {
 }
 
 /// One heading-delimited piece of a document: the unit that is indexed, found and cited.
-#[derive(Debug, Clone)]
+/// A protobuf message too: a kept index stores its chunks so (see [`stored`]).
+#[derive(Clone, prost::Message)]
 pub struct Chunk {
     /// File stem of the document, unique in the knowledge base.
+    #[prost(string, tag = "1")]
     pub document: String,
+    #[prost(string, tag = "2")]
     pub title: String,
+    #[prost(string, tag = "3")]
     pub url: String,
+    #[prost(string, optional, tag = "4")]
     pub date: Option<String>,
     /// The heading the chunk sits under (the title for text before the first `##`).
+    #[prost(string, tag = "5")]
     pub section: String,
+    #[prost(string, tag = "6")]
     pub text: String,
 }
 
@@ -200,115 +209,112 @@ pub struct KnowledgeBase {
     chunk_field: Field,
     chunks: Vec<Chunk>,
     documents: usize,
+    /// Opened from `--kb-index-dir` rather than built at this start.
+    opened: bool,
 }
 
 impl KnowledgeBase {
-    /// Reads every `.md`, `.markdown` and `.txt` file in `dir` and indexes it in memory.
-    /// Blocking: run it off the async executor.
-    pub fn load(dir: &Path) -> Result<Self, KbError> {
-        let io_error = |source| KbError::Io {
-            path: dir.to_path_buf(),
-            source,
-        };
-        let mut paths: Vec<PathBuf> = fs::read_dir(dir)
-            .map_err(io_error)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && matches!(
-                        p.extension().and_then(|e| e.to_str()),
-                        Some("md" | "markdown" | "txt")
-                    )
-            })
-            .collect();
-        paths.sort();
+    /// Reads every `.md`, `.markdown` and `.txt` file in `dir` and indexes it: in memory, or
+    /// with `store` (`--kb-index-dir`) on disk, where a later start with the same documents
+    /// opens it instead. Blocking: run it off the async executor.
+    pub fn load(dir: &Path, store: Option<&Path>) -> Result<Self, KbError> {
+        let paths = document_paths(dir)?;
         let started = std::time::Instant::now();
-        // Documents are read and parsed on every core, in order.
-        let parsed = in_parallel(&paths, |path| {
-            let raw = fs::read_to_string(path).map_err(|source| KbError::Io {
+        // Documents are read on every core, in order.
+        let raws = in_parallel(&paths, |path| {
+            fs::read_to_string(path).map_err(|source| KbError::Io {
                 path: path.clone(),
                 source,
-            })?;
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("document");
-            Ok(parse(stem, &raw))
+            })
         })?;
-        let parsed_at = started.elapsed();
-        let boilerplate = boilerplate(parsed.iter().map(|p| p.blocks.as_slice()));
-        let boilerplate_at = started.elapsed();
-        if !boilerplate.is_empty() {
-            tracing::info!(
-                units = boilerplate.len(),
-                "boilerplate recognised across documents; left out of the index"
-            );
+        let fingerprint = store.map(|_| stored::fingerprint(&paths, &raws));
+        if let (Some(store), Some(fingerprint)) = (store, &fingerprint) {
+            match stored::open(store, fingerprint) {
+                Ok(Some(kb)) => return Ok(kb),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(
+                        %error, store = %store.display(),
+                        "the kept knowledge-base index cannot be opened; indexing again"
+                    );
+                    stored::discard(store, fingerprint);
+                }
+            }
         }
-        let chunks: Vec<Chunk> = in_parallel(&parsed, |p| Ok(chunks_of(p, &boilerplate)))?
-            .into_iter()
-            .flatten()
-            .collect();
+        let chunks = chunk_documents(&paths, &raws)?;
         let chunked_at = started.elapsed();
-        let kb = Self::from_chunks(chunks, paths.len());
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let kb = match (store, fingerprint) {
+            (Some(store), Some(fingerprint)) => {
+                stored::build(store, &fingerprint, chunks, paths.len())
+            }
+            _ => Self::in_memory(chunks, paths.len()),
+        };
         tracing::debug!(
-            read_and_parse_ms = ms(parsed_at),
-            boilerplate_ms = ms(boilerplate_at - parsed_at),
-            chunk_ms = ms(chunked_at - boilerplate_at),
-            index_ms = ms(started.elapsed() - chunked_at),
+            chunk_ms = chunked_at.as_secs_f64() * 1000.0,
+            index_ms = (started.elapsed() - chunked_at).as_secs_f64() * 1000.0,
             "knowledge base load, by step"
         );
         kb
     }
 
-    fn from_chunks(chunks: Vec<Chunk>, documents: usize) -> Result<Self, KbError> {
-        let mut schema = Schema::builder();
-        let text_options = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(TOKENIZER)
-                // Queries are words only (see `search`): no phrase queries, so no positions.
-                .set_index_option(IndexRecordOption::WithFreqs),
-        );
-        let title = schema.add_text_field("title", text_options.clone());
-        let section = schema.add_text_field("section", text_options.clone());
-        let body = schema.add_text_field("body", text_options);
-        let chunk_field = schema.add_u64_field("chunk", STORED | INDEXED);
-        let index = Index::create_in_ram(schema.build());
-        index.tokenizers().register(
-            TOKENIZER,
-            TextAnalyzer::builder(SimpleTokenizer::default())
-                .filter(RemoveLongFilter::limit(40))
-                .filter(LowerCaser)
-                .filter(StopWordFilter::new(Language::English).ok_or_else(|| {
-                    tantivy::TantivyError::InvalidArgument("no English stop words".into())
-                })?)
-                .filter(Stemmer::new(Language::English))
-                .build(),
-        );
+    fn in_memory(chunks: Vec<Chunk>, documents: usize) -> Result<Self, KbError> {
+        let index = Index::create_in_ram(schema().0);
+        Self::index_into(&index, &chunks)?;
+        Self::with_index(&index, chunks, documents, false)
+    }
+
+    /// Indexes `chunks` into the empty `index` (in memory or in a folder), the chunk's
+    /// number beside each.
+    fn index_into(index: &Index, chunks: &[Chunk]) -> Result<(), KbError> {
+        register_tokenizer(index)?;
+        let fields = Fields::of(&index.schema())?;
         // One indexing thread per core (tantivy wants at least 15 MB of budget each).
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let mut writer: IndexWriter<TantivyDocument> =
             index.writer_with_num_threads(threads, threads * 20_000_000)?;
         for (i, chunk) in chunks.iter().enumerate() {
             let mut doc = TantivyDocument::default();
-            doc.add_text(title, &chunk.title);
-            doc.add_text(section, &chunk.section);
-            doc.add_text(body, &chunk.text);
-            doc.add_u64(chunk_field, i as u64);
+            doc.add_text(fields.title, &chunk.title);
+            doc.add_text(fields.section, &chunk.section);
+            doc.add_text(fields.body, &chunk.text);
+            doc.add_u64(fields.chunk, i as u64);
             writer.add_document(doc)?;
         }
         writer.commit()?;
-        let reader = index.reader()?;
-        let mut parser = QueryParser::for_index(&index, vec![title, section, body]);
-        parser.set_field_boost(title, 2.0);
-        parser.set_field_boost(section, 1.5);
+        Ok(())
+    }
+
+    /// The knowledge base over an index already built of `chunks`.
+    fn with_index(
+        index: &Index,
+        chunks: Vec<Chunk>,
+        documents: usize,
+        opened: bool,
+    ) -> Result<Self, KbError> {
+        register_tokenizer(index)?;
+        let fields = Fields::of(&index.schema())?;
+        // The index never changes once built: no watcher on its files.
+        let reader = index
+            .reader_builder()
+            .reload_policy(tantivy::ReloadPolicy::Manual)
+            .try_into()?;
+        let mut parser =
+            QueryParser::for_index(index, vec![fields.title, fields.section, fields.body]);
+        parser.set_field_boost(fields.title, 2.0);
+        parser.set_field_boost(fields.section, 1.5);
         Ok(Self {
             reader,
             parser,
-            chunk_field,
+            chunk_field: fields.chunk,
             chunks,
             documents,
+            opened,
         })
+    }
+
+    /// Whether the index was opened from `--kb-index-dir` (else it was built at this start).
+    pub fn opened(&self) -> bool {
+        self.opened
     }
 
     /// BM25 search over title, section and text, at most `per_document` passages of one
@@ -429,6 +435,103 @@ impl KnowledgeBase {
     pub fn document_count(&self) -> usize {
         self.documents
     }
+}
+
+/// The documents of `dir`, by name.
+fn document_paths(dir: &Path) -> Result<Vec<PathBuf>, KbError> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|source| KbError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("md" | "markdown" | "txt")
+                )
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// The passages of every document, in order: parsed on every core, boilerplate found across
+/// them, then chunked.
+fn chunk_documents(paths: &[PathBuf], raws: &[String]) -> Result<Vec<Chunk>, KbError> {
+    let documents: Vec<(&PathBuf, &String)> = paths.iter().zip(raws).collect();
+    let parsed = in_parallel(&documents, |(path, raw)| {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("document");
+        Ok(parse(stem, raw))
+    })?;
+    let boilerplate = boilerplate(parsed.iter().map(|p| p.blocks.as_slice()));
+    if !boilerplate.is_empty() {
+        tracing::info!(
+            units = boilerplate.len(),
+            "boilerplate recognised across documents; left out of the index"
+        );
+    }
+    Ok(in_parallel(&parsed, |p| Ok(chunks_of(p, &boilerplate)))?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// The index's schema: title, section and text searched; the chunk's number kept.
+fn schema() -> (Schema, Fields) {
+    let mut schema = Schema::builder();
+    let text_options = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(TOKENIZER)
+            // Queries are words only (see `search`): no phrase queries, so no positions.
+            .set_index_option(IndexRecordOption::WithFreqs),
+    );
+    let fields = Fields {
+        title: schema.add_text_field("title", text_options.clone()),
+        section: schema.add_text_field("section", text_options.clone()),
+        body: schema.add_text_field("body", text_options),
+        chunk: schema.add_u64_field("chunk", STORED | INDEXED),
+    };
+    (schema.build(), fields)
+}
+
+struct Fields {
+    title: Field,
+    section: Field,
+    body: Field,
+    chunk: Field,
+}
+
+impl Fields {
+    /// The fields of an index built with [`schema`] (one opened from disk included).
+    fn of(schema: &Schema) -> Result<Self, KbError> {
+        Ok(Self {
+            title: schema.get_field("title")?,
+            section: schema.get_field("section")?,
+            body: schema.get_field("body")?,
+            chunk: schema.get_field("chunk")?,
+        })
+    }
+}
+
+/// English words: lower case, stop words out, stemmed (the same at indexing and query time).
+fn register_tokenizer(index: &Index) -> Result<(), KbError> {
+    index.tokenizers().register(
+        TOKENIZER,
+        TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(RemoveLongFilter::limit(40))
+            .filter(LowerCaser)
+            .filter(StopWordFilter::new(Language::English).ok_or_else(|| {
+                tantivy::TantivyError::InvalidArgument("no English stop words".into())
+            })?)
+            .filter(Stemmer::new(Language::English))
+            .build(),
+    );
+    Ok(())
 }
 
 /// `hits` (best first) with at most `per_document` of any one document, as `document` names it.
@@ -782,7 +885,7 @@ mod tests {
 
     #[test]
     fn search_ranks_matching_chunks_and_tolerates_syntax() -> Result<(), KbError> {
-        let kb = KnowledgeBase::from_chunks(parse_document("pc", DOC), 1)?;
+        let kb = KnowledgeBase::in_memory(parse_document("pc", DOC), 1)?;
         let hits = kb.search("liquidity: (downturn", 5, 5)?;
         let first = hits
             .first()
