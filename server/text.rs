@@ -157,34 +157,40 @@ pub fn links(text: &str) -> Vec<Link> {
     found
 }
 
-/// Splits prose into sentences, keeping abbreviations (`e.g.`) and decimals (`2.5%`) whole.
+/// Splits prose into sentences, keeping abbreviations (`e.g.`) and decimals (`2.5%`) whole;
+/// a blank line ends a sentence too. Each sentence's whitespace is collapsed to single spaces.
 pub fn sentences(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut current = String::new();
-    let chars: Vec<char> = text.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        if c == '\n' && chars.get(i + 1) == Some(&'\n') {
-            push_sentence(&mut out, &mut current);
+    // The byte where the current sentence starts.
+    let mut start = 0;
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if !matches!(c, '.' | '!' | '?' | '\n') {
             continue;
         }
-        current.push(if c == '\n' { ' ' } else { c });
-        if !matches!(c, '.' | '!' | '?') {
+        let mut ahead = chars.clone().map(|(_, c)| c);
+        let (next, after) = (ahead.next(), ahead.next());
+        if c == '\n' {
+            if next == Some('\n') {
+                push_sentence(&mut out, &text[start..i]);
+                start = i + 1;
+            }
             continue;
         }
-        let next = chars.get(i + 1);
-        let after = chars.get(i + 2);
         let ends = match (next, after) {
             (None, _) => true,
             (Some(n), Some(a)) if n.is_whitespace() => {
-                a.is_uppercase() || a.is_ascii_digit() || *a == '"' || *a == '('
+                a.is_uppercase() || a.is_ascii_digit() || a == '"' || a == '('
             }
             _ => false,
         };
-        if ends && !(c == '.' && ends_with_abbreviation(&current)) {
-            push_sentence(&mut out, &mut current);
+        let end = i + c.len_utf8();
+        if ends && !(c == '.' && ends_with_abbreviation(&text[start..end])) {
+            push_sentence(&mut out, &text[start..end]);
+            start = end;
         }
     }
-    push_sentence(&mut out, &mut current);
+    push_sentence(&mut out, &text[start..]);
     out
 }
 
@@ -193,17 +199,23 @@ fn ends_with_abbreviation(sentence: &str) -> bool {
         .trim_end_matches('.')
         .rsplit(char::is_whitespace)
         .next()
-        .unwrap_or("")
-        .to_lowercase();
-    ABBREVIATIONS.contains(&last.as_str())
+        .unwrap_or("");
+    ABBREVIATIONS.iter().any(|a| last.eq_ignore_ascii_case(a))
 }
 
-fn push_sentence(out: &mut Vec<String>, current: &mut String) {
-    let sentence = current.split_whitespace().collect::<Vec<_>>().join(" ");
-    if sentence.chars().any(char::is_alphanumeric) {
-        out.push(sentence);
+/// `raw` with its whitespace collapsed, when it has a letter or a digit.
+fn push_sentence(out: &mut Vec<String>, raw: &str) {
+    if !raw.chars().any(char::is_alphanumeric) {
+        return;
     }
-    current.clear();
+    let mut sentence = String::with_capacity(raw.len());
+    for word in raw.split_whitespace() {
+        if !sentence.is_empty() {
+            sentence.push(' ');
+        }
+        sentence.push_str(word);
+    }
+    out.push(sentence);
 }
 
 /// Title Case for headings: small words stay lower-case except at the start.

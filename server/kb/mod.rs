@@ -14,11 +14,11 @@ use tantivy::{
         Field, INDEXED, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions, Value,
     },
     tokenizer::{
-        Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter,
-        TextAnalyzer,
+        Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, StopWordFilter, TextAnalyzer,
     },
 };
 
+mod stem;
 mod stored;
 
 use crate::{
@@ -528,7 +528,7 @@ fn register_tokenizer(index: &Index) -> Result<(), KbError> {
             .filter(StopWordFilter::new(Language::English).ok_or_else(|| {
                 tantivy::TantivyError::InvalidArgument("no English stop words".into())
             })?)
-            .filter(Stemmer::new(Language::English))
+            .filter(stem::MemoStemmer)
             .build(),
     );
     Ok(())
@@ -583,11 +583,33 @@ const MAX_PASSAGE_CHARS: usize = 1_500;
 #[derive(Debug, Clone, PartialEq)]
 enum Block {
     Heading(u8, String),
-    Prose(String),
+    /// A paragraph, as its sentences.
+    Prose(Vec<Unit>),
     /// A list item, nested items flattened, each on its own line.
-    Item(String),
+    Item(Unit),
     /// A table row; `true` for the header row.
-    Row(String, bool),
+    Row(Unit, bool),
+}
+
+/// A sentence, list item or table row, whitespace collapsed, with the key that finds it
+/// again across documents (its lower-case text, hashed): boilerplate is counted and left out
+/// by key, so each unit is normalised once.
+#[derive(Debug, Clone, PartialEq)]
+struct Unit {
+    text: String,
+    key: u64,
+}
+
+impl Unit {
+    /// `text` (whitespace already collapsed); `scratch` is reused for its lower case.
+    fn new(text: String, scratch: &mut String) -> Self {
+        scratch.clear();
+        scratch.extend(text.chars().flat_map(char::to_lowercase));
+        Self {
+            key: xxhash_rust::xxh3::xxh3_64(scratch.as_bytes()),
+            text,
+        }
+    }
 }
 
 /// The blocks of a Markdown body, parsed with pulldown-cmark: headings, paragraphs, list
@@ -600,10 +622,11 @@ fn blocks(body: &str) -> Vec<Block> {
     // Open list items: text of an item is flushed when a nested item or its end comes.
     let mut items = 0usize;
     let mut in_head = false;
-    let flush_item = |text: &mut String, out: &mut Vec<Block>| {
+    let mut scratch = String::new();
+    let flush_item = |text: &mut String, out: &mut Vec<Block>, scratch: &mut String| {
         let item = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if !item.is_empty() {
-            out.push(Block::Item(item));
+            out.push(Block::Item(Unit::new(item, scratch)));
         }
         text.clear();
     };
@@ -611,7 +634,7 @@ fn blocks(body: &str) -> Vec<Block> {
         match event {
             Event::Start(Tag::Item) => {
                 if items > 0 {
-                    flush_item(&mut text, &mut out);
+                    flush_item(&mut text, &mut out, &mut scratch);
                 }
                 text.clear();
                 items += 1;
@@ -620,7 +643,7 @@ fn blocks(body: &str) -> Vec<Block> {
             Event::Start(Tag::CodeBlock(_)) | Event::End(TagEnd::CodeBlock) => text.clear(),
             Event::Start(Tag::Table(_)) => text.clear(),
             Event::End(TagEnd::Item) => {
-                flush_item(&mut text, &mut out);
+                flush_item(&mut text, &mut out, &mut scratch);
                 items = items.saturating_sub(1);
             }
             Event::Start(Tag::Heading { .. } | Tag::Paragraph) if items == 0 => text.clear(),
@@ -630,20 +653,25 @@ fn blocks(body: &str) -> Vec<Block> {
             }
             Event::End(TagEnd::Paragraph) if items == 0 => {
                 let prose = text.split_whitespace().collect::<Vec<_>>().join(" ");
-                if !prose.is_empty() {
-                    out.push(Block::Prose(prose));
+                let sentences: Vec<Unit> = text::sentences(&prose)
+                    .into_iter()
+                    .map(|s| Unit::new(s, &mut scratch))
+                    .collect();
+                if !sentences.is_empty() {
+                    out.push(Block::Prose(sentences));
                 }
                 text.clear();
             }
             Event::End(TagEnd::Paragraph) => text.push(' '),
             Event::Start(Tag::TableHead) => in_head = true,
             Event::End(TagEnd::TableCell) => {
-                cells.push(text.trim().to_string());
+                cells.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
                 text.clear();
             }
             Event::End(TagEnd::TableHead | TagEnd::TableRow) => {
                 if cells.iter().any(|c| !c.is_empty()) {
-                    out.push(Block::Row(format!("| {} |", cells.join(" | ")), in_head));
+                    let row = format!("| {} |", cells.join(" | "));
+                    out.push(Block::Row(Unit::new(row, &mut scratch), in_head));
                 }
                 cells.clear();
                 in_head = false;
@@ -656,47 +684,32 @@ fn blocks(body: &str) -> Vec<Block> {
     out
 }
 
-/// Units that recur across documents: each prose sentence and each list item or table row.
-fn units(blocks: &[Block]) -> Vec<String> {
-    let mut out = Vec::new();
-    for block in blocks {
-        match block {
-            Block::Prose(prose) => out.extend(text::sentences(prose).iter().map(|s| normalise(s))),
-            Block::Item(line) | Block::Row(line, false) => out.push(normalise(line)),
-            _ => {}
-        }
-    }
-    out
-}
-
-fn normalise(unit: &str) -> String {
-    unit.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
+/// The keys of a document's units: each prose sentence and each list item or table row.
+fn unit_keys(blocks: &[Block]) -> impl Iterator<Item = u64> + '_ {
+    blocks.iter().flat_map(|block| match block {
+        Block::Prose(sentences) => sentences.iter().map(|s| s.key).collect(),
+        Block::Item(unit) | Block::Row(unit, false) => vec![unit.key],
+        _ => Vec::new(),
+    })
 }
 
 /// Sentences and lines found in at least a quarter of the documents (and in three at least):
 /// calls to action, footers, share bars. They are never indexed nor used as evidence.
-fn boilerplate<'a>(documents: impl Iterator<Item = &'a [Block]>) -> HashSet<String> {
-    let documents: Vec<&[Block]> = documents.collect();
-    let total = documents.len();
-    // Each document's units on every core; counted across documents after.
-    let distinct = in_parallel(&documents, |blocks| {
-        Ok(units(blocks).into_iter().collect::<HashSet<String>>())
-    })
-    .unwrap_or_default();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for units in distinct {
-        for unit in units {
-            *counts.entry(unit).or_default() += 1;
+fn boilerplate<'a>(documents: impl Iterator<Item = &'a [Block]>) -> HashSet<u64> {
+    let mut total = 0;
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    for blocks in documents {
+        total += 1;
+        let distinct: HashSet<u64> = unit_keys(blocks).collect();
+        for key in distinct {
+            *counts.entry(key).or_default() += 1;
         }
     }
     let threshold = (total / 4).max(3);
     counts
         .into_iter()
         .filter(|(_, n)| *n >= threshold)
-        .map(|(unit, _)| unit)
+        .map(|(key, _)| key)
         .collect()
 }
 
@@ -720,7 +733,7 @@ fn parse(stem: &str, raw: &str) -> Parsed {
 /// headings do not count), at most [`MAX_PASSAGE_CHARS`] each, list items and table rows
 /// kept whole and on lines of their own, boilerplate left out. Front matter gives title,
 /// url and date and is never text.
-fn chunks_of(parsed: &Parsed, boilerplate: &HashSet<String>) -> Vec<Chunk> {
+fn chunks_of(parsed: &Parsed, boilerplate: &HashSet<u64>) -> Vec<Chunk> {
     let stem = parsed.stem.as_str();
     let (title, url, date) = document_meta(parsed);
     let mut chunks = Vec::new();
@@ -764,7 +777,7 @@ fn chunks_of(parsed: &Parsed, boilerplate: &HashSet<String>) -> Vec<Chunk> {
             Block::Row(line, true) => {
                 let piece = passage_piece(block, boilerplate);
                 if piece.is_some() {
-                    table_head = Some(line.clone());
+                    table_head = Some(line.text.clone());
                 }
                 piece
             }
@@ -815,19 +828,20 @@ fn document_meta(parsed: &Parsed) -> (String, String, Option<String>) {
 
 /// What a block adds to its passage, boilerplate left out (`None`: nothing). Sub-headings (a
 /// ranked entry, "### 3. Firm") stay inside their section as text.
-fn passage_piece(block: &Block, boilerplate: &HashSet<String>) -> Option<String> {
+fn passage_piece(block: &Block, boilerplate: &HashSet<u64>) -> Option<String> {
     match block {
         Block::Heading(_, heading) => Some(format!("### {heading}\n")),
-        Block::Prose(prose) => {
-            let kept: Vec<String> = text::sentences(prose)
-                .into_iter()
-                .filter(|s| !boilerplate.contains(&normalise(s)))
+        Block::Prose(sentences) => {
+            let kept: Vec<&str> = sentences
+                .iter()
+                .filter(|s| !boilerplate.contains(&s.key))
+                .map(|s| s.text.as_str())
                 .collect();
             (!kept.is_empty()).then(|| format!("{}\n", kept.join(" ")))
         }
-        Block::Item(line) | Block::Row(line, _) if boilerplate.contains(&normalise(line)) => None,
-        Block::Item(line) => Some(format!("- {line}\n")),
-        Block::Row(line, _) => Some(format!("{line}\n")),
+        Block::Item(line) | Block::Row(line, _) if boilerplate.contains(&line.key) => None,
+        Block::Item(line) => Some(format!("- {}\n", line.text)),
+        Block::Row(line, _) => Some(format!("{}\n", line.text)),
     }
 }
 

@@ -18,7 +18,7 @@ use super::{Chunk, KbError, KnowledgeBase, schema};
 
 /// The index format: change it when parsing, chunking, the tokenizer or the schema change, so
 /// indexes kept by an older build are not opened by this one.
-const FORMAT: &str = "dakota-kb-index-2";
+const FORMAT: &str = "dakota-kb-index-1";
 /// The chunks of a kept index, next to tantivy's files.
 const CHUNKS_FILE: &str = "dakota-chunks.pb";
 const BUILDING_PREFIX: &str = ".building-";
