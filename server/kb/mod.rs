@@ -227,8 +227,9 @@ impl KnowledgeBase {
                 source,
             })
         })?;
-        let fingerprint = store.map(|_| stored::fingerprint(&paths, &raws));
-        if let (Some(store), Some(fingerprint)) = (store, &fingerprint) {
+        // With a store, the kept index's name: a fingerprint of these documents.
+        let kept = store.map(|store| (store, stored::fingerprint(&paths, &raws)));
+        if let Some((store, fingerprint)) = &kept {
             match stored::open(store, fingerprint) {
                 Ok(Some(kb)) => return Ok(kb),
                 Ok(None) => {}
@@ -243,11 +244,9 @@ impl KnowledgeBase {
         }
         let chunks = chunk_documents(&paths, &raws)?;
         let chunked_at = started.elapsed();
-        let kb = match (store, fingerprint) {
-            (Some(store), Some(fingerprint)) => {
-                stored::build(store, &fingerprint, chunks, paths.len())
-            }
-            _ => Self::in_memory(chunks, paths.len()),
+        let kb = match kept {
+            Some((store, fingerprint)) => stored::build(store, &fingerprint, chunks, paths.len()),
+            None => Self::in_memory(chunks, paths.len()),
         };
         tracing::debug!(
             chunk_ms = chunked_at.as_secs_f64() * 1000.0,

@@ -7,6 +7,7 @@
 //! under a temporary name and renamed, so replicas sharing the folder never read half of one.
 use std::{
     fs,
+    io::Write as _,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -60,22 +61,24 @@ pub(super) fn open(store: &Path, fingerprint: &str) -> Result<Option<KnowledgeBa
     if !folder.is_dir() {
         return Ok(None);
     }
-    let io = |source| KbError::Io {
-        path: folder.join(CHUNKS_FILE),
-        source,
+    let file = folder.join(CHUNKS_FILE);
+    let invalid = |message: String| KbError::Io {
+        path: file.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, message),
     };
-    let bytes = fs::read(folder.join(CHUNKS_FILE)).map_err(io)?;
-    let stored = StoredChunks::decode(bytes.as_slice())
-        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    let bytes = fs::read(&file).map_err(|source| KbError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let stored = StoredChunks::decode(bytes.as_slice()).map_err(|e| invalid(e.to_string()))?;
     let index = Index::open_in_dir(&folder)?;
     let documents = usize::try_from(stored.documents).unwrap_or(usize::MAX);
     let kb = KnowledgeBase::with_index(&index, stored.chunks, documents, true)?;
-    // A stored index whose chunk numbers do not match its chunks is not this build's.
-    if kb.reader.searcher().num_docs() != kb.chunks.len() as u64 {
-        return Err(KbError::Task(format!(
-            "{} holds {} passages for {} chunks",
-            folder.display(),
-            kb.reader.searcher().num_docs(),
+    // A stored index whose passages do not match its chunks is not one this build wrote.
+    let passages = kb.reader.searcher().num_docs();
+    if passages != kb.chunks.len() as u64 {
+        return Err(invalid(format!(
+            "{passages} indexed passages for {} chunks",
             kb.chunks.len()
         )));
     }
@@ -143,10 +146,9 @@ fn write(folder: &Path, stored: &StoredChunks) -> Result<(), KbError> {
     let index = Index::create_in_dir(folder, schema().0)?;
     // Built like the in-memory index; only the chunks are written here.
     KnowledgeBase::index_into(&index, &stored.chunks)?;
-    let file = folder.join(CHUNKS_FILE);
-    fs::write(&file, stored.encode_to_vec()).map_err(io)?;
-    fs::File::open(&file)
-        .and_then(|f| f.sync_all())
+    let mut file = fs::File::create(folder.join(CHUNKS_FILE)).map_err(io)?;
+    file.write_all(&stored.encode_to_vec())
+        .and_then(|()| file.sync_all())
         .map_err(io)?;
     Ok(())
 }
