@@ -31,12 +31,12 @@ use crate::{
 };
 use dakota::api::{self, content_service_server::ContentServiceServer};
 
+use crate::pipeline::MAX_MESSAGE_BYTES;
+
 /// How long open streams (health watches, followers) may hold the server after the drain.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Largest header block of a request.
 const MAX_HEADER_BYTES: u32 = 16 * 1024;
-/// Largest request or response message.
-const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

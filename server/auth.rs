@@ -36,9 +36,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl ApiKeys {
-    /// The keys of `--api-keys` and the hashes of `--api-keys-file` (one lower-case hex
-    /// SHA-256 per line; `#` comments and blank lines ignored); `None` when there are none
-    /// (authentication off).
+    /// The keys of `--api-keys` and the hashes of `--api-keys-file` (one SHA-256 in hex per
+    /// line, as `sha256sum` prints it, `<hash>  -` included; `#` comments and blank lines
+    /// ignored); `None` when neither is given (authentication off). A source that is given but
+    /// holds no key is an error: an empty Secret mount must not open the API.
     pub fn from_config(keys: &[Secret], file: Option<&Path>) -> Result<Option<Self>, String> {
         let mut hashes: Vec<[u8; 32]> = keys
             .iter()
@@ -46,22 +47,18 @@ impl ApiKeys {
             .filter(|k| !k.is_empty())
             .map(sha256)
             .collect();
+        if !keys.is_empty() && hashes.is_empty() {
+            return Err("--api-keys / DAKOTA_API_KEYS is set but holds no key (only separators or blanks); give at least one key, or unset it to run without authentication".into());
+        }
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("--api-keys-file {}: {e}", path.display()))?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                hashes.push(parse_hash(line).ok_or_else(|| {
-                    format!(
-                        "--api-keys-file {} line {}: expected a SHA-256 in hex (64 characters), e.g. from `printf %s KEY | sha256sum`",
-                        path.display(),
-                        n + 1
-                    )
-                })?);
+            let from_file = hashes_of_file(path)?;
+            if from_file.is_empty() {
+                return Err(format!(
+                    "--api-keys-file {} holds no key hash (empty, or only comments); add one per line (`printf %s KEY | sha256sum`), or leave the option unset to run without authentication",
+                    path.display()
+                ));
             }
+            hashes.extend(from_file);
         }
         Ok((!hashes.is_empty()).then_some(Self { hashes }))
     }
@@ -85,15 +82,40 @@ fn equal_in_constant_time(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The hashes of an `--api-keys-file`.
+fn hashes_of_file(path: &Path) -> Result<Vec<[u8; 32]>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--api-keys-file {}: {e}", path.display()))?;
+    let mut hashes = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        hashes.push(parse_hash(line).ok_or_else(|| {
+            format!(
+                "--api-keys-file {} line {}: expected a SHA-256 in hex (64 characters), e.g. from `printf %s KEY | sha256sum`",
+                path.display(),
+                n + 1
+            )
+        })?);
+    }
+    Ok(hashes)
+}
+
+/// A hash line: 64 hex digits, optionally followed (as `sha256sum` prints it) by blanks and
+/// the input's name (`-`, or `*name` in binary mode).
 fn parse_hash(line: &str) -> Option<[u8; 32]> {
-    if line.len() != 64 {
+    let (hash, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim();
+    if hash.len() != 64 || !(rest.is_empty() || rest == "-" || rest.starts_with('*')) {
         return None;
     }
-    let mut hash = [0; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(line.get(2 * i..2 * i + 2)?, 16).ok()?;
+    let mut hash_bytes = [0; 32];
+    for (i, byte) in hash_bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hash.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    Some(hash)
+    Some(hash_bytes)
 }
 
 /// The key presented in `authorization: Bearer <key>`, if any.
@@ -195,6 +217,45 @@ mod tests {
         std::fs::write(&file, "not-a-hash\n").map_err(|e| e.to_string())?;
         assert!(ApiKeys::from_config(&[], Some(&file)).is_err());
         assert!(ApiKeys::from_config(&[], None)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_key_source_that_is_named_but_empty_is_an_error() -> Result<(), String> {
+        let dir = std::env::temp_dir().join(format!("dakota-nokeys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let file = dir.join("keys");
+        for empty in ["", "\n\n", "# no keys yet\n  \n"] {
+            std::fs::write(&file, empty).map_err(|e| e.to_string())?;
+            let error = ApiKeys::from_config(&[], Some(&file)).unwrap_err();
+            assert!(error.contains("holds no key"), "{error}");
+        }
+        // `DAKOTA_API_KEYS=","` and `" "` reach the server as blank entries.
+        for blanks in [vec!["", ""], vec![" "]] {
+            let keys: Vec<Secret> = blanks.into_iter().map(Secret::new).collect();
+            let error = ApiKeys::from_config(&keys, None).unwrap_err();
+            assert!(error.contains("DAKOTA_API_KEYS"), "{error}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn hashes_as_sha256sum_prints_them_are_accepted() -> Result<(), String> {
+        let dir = std::env::temp_dir().join(format!("dakota-sumkeys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let file = dir.join("keys");
+        let hashed = hex(&sha256("team-key"));
+        // `printf %s team-key | sha256sum` and `sha256sum -b` output.
+        std::fs::write(
+            &file,
+            format!("{hashed}  -\n{}  *key.txt\n", hex(&sha256("other"))),
+        )
+        .map_err(|e| e.to_string())?;
+        let keys = ApiKeys::from_config(&[], Some(&file))?.ok_or("keys configured")?;
+        assert!(keys.principal("team-key").is_some());
+        assert!(keys.principal("other").is_some());
+        std::fs::write(&file, format!("{hashed} and more\n")).map_err(|e| e.to_string())?;
+        assert!(ApiKeys::from_config(&[], Some(&file)).is_err());
         Ok(())
     }
 

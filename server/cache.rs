@@ -51,6 +51,8 @@ pub struct Key {
     /// Whether the answer may go to Redis (a job's fetched pages stay in the process).
     shared: bool,
     ttl: Duration,
+    /// The largest value taken from Redis (what is there may have been put by anyone).
+    max_bytes: usize,
 }
 
 impl Key {
@@ -74,7 +76,13 @@ impl Key {
             name: Redis::key("cache", &format!("{upstream}:{hex}")),
             shared: true,
             ttl,
+            max_bytes: DEFAULT_MAX_VALUE_BYTES,
         }
+    }
+
+    /// The key with this limit on a value taken from Redis.
+    pub fn with_max_bytes(self, max_bytes: usize) -> Self {
+        Self { max_bytes, ..self }
     }
 
     /// An answer kept under this key, decoded.
@@ -93,6 +101,9 @@ impl Key {
         }
     }
 }
+
+/// Whether bytes found in Redis are a value this process can use.
+pub type Valid<'a> = &'a (dyn Fn(&[u8]) -> bool + Sync);
 
 #[derive(Clone)]
 struct Entry {
@@ -113,6 +124,9 @@ impl moka::Expiry<String, Entry> for PerEntryTtl {
         Some(entry.ttl)
     }
 }
+
+/// The largest value taken from Redis unless the key says otherwise.
+const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
 
 /// How long a replica's lock on a key lasts: the longest a replica waits for another one's
 /// call before it makes its own. Also how long a waiter waits at most.
@@ -168,14 +182,19 @@ impl Cache {
     where
         T: Serialize + DeserializeOwned,
     {
-        let (bytes, layer) = self.get_or_load_bytes(key, load).await;
+        // What Redis holds may be from an older build or planted: a value that does not
+        // decode is a miss, and the answer called for overwrites it.
+        let decodes = |bytes: &[u8]| key.decode::<T>(bytes).is_ok();
+        let (bytes, layer) = self.get_or_load_bytes(key, &decodes, load).await;
         (bytes.and_then(|bytes| key.decode(&bytes)), layer)
     }
 
-    /// [`Cache::get_or_load`], the answer as the bytes both levels keep (JSON).
+    /// [`Cache::get_or_load`], the answer as the bytes both levels keep (JSON); a value in
+    /// Redis that `valid` refuses counts as a miss.
     pub async fn get_or_load_bytes<T: Serialize>(
         &self,
         key: &Key,
+        valid: Valid<'_>,
         load: impl Future<Output = Result<T, UpstreamError>>,
     ) -> (Result<Bytes, UpstreamError>, Option<Layer>) {
         let span = tracing::info_span!(
@@ -183,7 +202,10 @@ impl Cache {
             upstream = key.upstream,
             cache.layer = tracing::field::Empty
         );
-        let (loaded, layer) = self.resolve(key, load).instrument(span.clone()).await;
+        let (loaded, layer) = self
+            .resolve(key, valid, load)
+            .instrument(span.clone())
+            .await;
         span.record("cache.layer", layer.map_or("none", Layer::as_str));
         (loaded, layer)
     }
@@ -191,6 +213,7 @@ impl Cache {
     async fn resolve<T: Serialize>(
         &self,
         key: &Key,
+        valid: Valid<'_>,
         load: impl Future<Output = Result<T, UpstreamError>>,
     ) -> (Result<Bytes, UpstreamError>, Option<Layer>) {
         if let Some(entry) = self.memory.get(&key.name).await {
@@ -205,7 +228,7 @@ impl Cache {
             .memory
             .try_get_with(key.name.clone(), async {
                 ran.store(true, Ordering::Relaxed);
-                let bytes = match self.shared(key).await {
+                let bytes = match self.shared(key, valid).await {
                     Some(bytes) => {
                         from_redis.store(true, Ordering::Relaxed);
                         bytes
@@ -260,9 +283,9 @@ impl Cache {
 
     /// The answer in Redis, waiting a little when another replica holds the key's lock (it
     /// is making the same call). `None`: this process makes the call (and holds the lock).
-    async fn shared(&self, key: &Key) -> Option<Bytes> {
+    async fn shared(&self, key: &Key, valid: Valid<'_>) -> Option<Bytes> {
         let redis = self.redis.as_ref().filter(|_| key.shared)?;
-        let found = self.lookup(redis, key).await;
+        let found = self.lookup(redis, key, valid).await;
         self.count(Layer::Redis, key, found.is_some());
         if found.is_some() {
             return found;
@@ -288,7 +311,7 @@ impl Cache {
             // Another replica may have stored the answer and freed the lock between our
             // lookup and our lock: look once more before calling.
             let found = if locked == Some(true) {
-                self.lookup(redis, key).await
+                self.lookup(redis, key, valid).await
             } else {
                 None
             };
@@ -310,7 +333,7 @@ impl Cache {
                     async move { c.exists(lock).await }
                 })
                 .await;
-            if let Some(bytes) = self.lookup(redis, key).await {
+            if let Some(bytes) = self.lookup(redis, key, valid).await {
                 self.coalesced(key);
                 return Some(bytes);
             }
@@ -322,15 +345,29 @@ impl Cache {
         None
     }
 
-    async fn lookup(&self, redis: &Redis, key: &Key) -> Option<Bytes> {
-        let name = key.name.clone();
-        redis
+    /// The value in Redis, if there is one this process may use: at most the key's
+    /// `max_bytes` (`GETRANGE` reads no more than one byte past it, so a planted 30 MB value
+    /// costs nothing) and accepted by `valid`.
+    async fn lookup(&self, redis: &Redis, key: &Key, valid: Valid<'_>) -> Option<Bytes> {
+        let (name, end) = (key.name.clone(), key.max_bytes);
+        let bytes: Vec<u8> = redis
             .run("get", |mut c| async move {
-                c.get::<_, Option<Vec<u8>>>(name).await
+                c.getrange::<_, Vec<u8>>(name, 0, end as isize).await
             })
-            .await
-            .flatten()
-            .map(Bytes::from)
+            .await?;
+        // An absent key reads as empty; no cached answer is empty.
+        if bytes.is_empty() {
+            return None;
+        }
+        if bytes.len() > key.max_bytes || !valid(&bytes) {
+            tracing::warn!(
+                upstream = key.upstream,
+                bytes = bytes.len(),
+                "a cached answer in Redis is too large or does not decode: treated as a miss"
+            );
+            return None;
+        }
+        Some(Bytes::from(bytes))
     }
 
     /// Writes the answer (if any) to Redis and frees the key's lock, best effort.

@@ -236,6 +236,12 @@ pub struct UpstreamConfig {
     #[arg(long, env = "DAKOTA_FETCH_MAX_BYTES", default_value_t = 2_000_000)]
     pub fetch_max_bytes: usize,
 
+    /// The largest answer body read per upstream (`llm`, `kb`, `web`, `fetch`), in bytes, each
+    /// overriding its default (llm=4194304, kb=4194304, web=1048576, fetch=--fetch-max-bytes);
+    /// also the largest cached answer taken from Redis. A longer answer is not read further.
+    #[arg(long, env = "DAKOTA_BODY_LIMITS", value_delimiter = ',', value_parser = parse_pair)]
+    pub body_limits: Vec<(String, String)>,
+
     /// Allow fetching private, loopback and link-local addresses (tests only; never in production).
     #[arg(long, env = "DAKOTA_FETCH_ALLOW_PRIVATE", default_value_t = false)]
     pub fetch_allow_private: bool,

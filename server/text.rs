@@ -271,6 +271,29 @@ pub fn truncate_words(text: &str, max: usize) -> String {
     format!("{trimmed}…")
 }
 
+/// The longest title or heading taken from outside (a document, a search result).
+pub const MAX_TITLE_CHARS: usize = 200;
+/// The longest source URL kept.
+pub const MAX_URL_CHARS: usize = 2_048;
+
+/// A title or heading from outside, whitespace collapsed and at most [`MAX_TITLE_CHARS`].
+pub fn bounded_title(text: &str) -> String {
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    truncate_words(&collapsed, MAX_TITLE_CHARS)
+}
+
+/// `url` if it is an absolute http(s) URL of at most [`MAX_URL_CHARS`]: a source link that
+/// an article and a client may follow (never `javascript:`, `data:` or `file:`).
+pub fn http_url(url: &str) -> Option<String> {
+    let url = url.trim();
+    if url.len() > MAX_URL_CHARS {
+        return None;
+    }
+    let parsed = url::Url::parse(url).ok()?;
+    (matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some())
+        .then(|| url.to_string())
+}
+
 /// Estimated syllables of an English word (vowel groups, silent final `e`), at least 1.
 pub fn syllables(word: &str) -> usize {
     let word: Vec<char> = word

@@ -44,6 +44,15 @@ pub enum Fault {
     TooManyUnnamed,
     /// Answer the way small models do (see [`Sloppy`]).
     Sloppy(Sloppy),
+    /// This status with a body of this many bytes (a JSON string that goes on), sent as fast
+    /// as the client reads it; [`StandIn::hostile_bytes_sent`] counts what went out.
+    Huge { status: u16, bytes: usize },
+    /// A writer stream that ignores `max_tokens`: deltas until the client hangs up.
+    Endless,
+    /// A well-formed answer whose usage claims 2^63 tokens.
+    WildUsage,
+    /// `307 Temporary Redirect` to this URL (another origin, say).
+    Redirect(String),
 }
 
 /// How small local models bend the limits a prompt states.
@@ -153,6 +162,8 @@ struct Shared {
     rate_limit_each: AtomicUsize,
     /// Requests seen per body, for `rate_limit_each`.
     seen: Mutex<std::collections::HashMap<String, usize>>,
+    /// Bytes of `Huge` and `Endless` bodies handed to the connection.
+    hostile_sent: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -255,6 +266,11 @@ impl StandIn {
         self.shared.intervals.lock().unwrap().clone()
     }
 
+    /// Bytes of [`Fault::Huge`] and [`Fault::Endless`] bodies sent so far.
+    pub fn hostile_bytes_sent(&self) -> usize {
+        self.shared.hostile_sent.load(Ordering::SeqCst)
+    }
+
     /// The most requests it ever held open at once.
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
@@ -307,8 +323,28 @@ fn record(
 }
 
 /// Applies a fault that does not depend on the answer; returns the response it stands for.
-async fn generic_fault(fault: &Fault) -> Option<Response> {
+async fn generic_fault(fault: &Fault, sent: &Arc<AtomicUsize>) -> Option<Response> {
     match fault {
+        Fault::Redirect(location) => Some(
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [("location", location.clone())],
+            )
+                .into_response(),
+        ),
+        Fault::Huge { status, bytes } => {
+            let (total, sent) = (*bytes, sent.clone());
+            let head = Bytes::from_static(b"{\"choices\": [{\"message\": {\"content\": \"");
+            let filler = Bytes::from(vec![b'a'; 64 << 10]);
+            let chunks = (0..total.div_ceil(filler.len())).map(move |i| {
+                let chunk = if i == 0 { head.clone() } else { filler.clone() };
+                sent.fetch_add(chunk.len(), Ordering::SeqCst);
+                Ok::<_, std::io::Error>(chunk)
+            });
+            let mut response = Response::new(Body::from_stream(tokio_stream::iter(chunks)));
+            *response.status_mut() = StatusCode::from_u16(*status).unwrap();
+            Some(response)
+        }
         Fault::Status(code) => Some(
             (
                 StatusCode::from_u16(*code).unwrap(),
@@ -347,7 +383,11 @@ async fn generic_fault(fault: &Fault) -> Option<Response> {
             )
                 .into_response(),
         ),
-        Fault::SchemaViolation | Fault::EchoCredentials | Fault::Sloppy(_) => None,
+        Fault::SchemaViolation
+        | Fault::EchoCredentials
+        | Fault::Sloppy(_)
+        | Fault::Endless
+        | Fault::WildUsage => None,
     }
 }
 
@@ -398,15 +438,20 @@ async fn chat(
                 | Fault::Malformed
                 | Fault::Close
                 | Fault::Delay(_)
+                | Fault::Huge { .. }
+                | Fault::Redirect(_)
                 | Fault::TooManyUnnamed),
             ) => {
-                if let Some(response) = generic_fault(other).await {
+                if let Some(response) = generic_fault(other, &shared.hostile_sent).await {
                     return response;
                 }
                 None
             }
             _ => None,
         };
+        if matches!(fault, Some(Fault::Endless)) {
+            return endless_stream(shared.hostile_sent.clone());
+        }
         let max_chars = body["max_tokens"]
             .as_u64()
             .unwrap_or(u64::MAX)
@@ -446,7 +491,7 @@ async fn chat(
         );
     }
     if let Some(fault) = &fault
-        && let Some(response) = generic_fault(fault).await
+        && let Some(response) = generic_fault(fault, &shared.hostile_sent).await
     {
         return response;
     }
@@ -487,14 +532,37 @@ async fn chat(
         Some(Fault::Sloppy(sloppy)) => sloppy_answer(sloppy, content, max_chars),
         _ => (content.to_string(), "stop"),
     };
+    let usage = if matches!(fault, Some(Fault::WildUsage)) {
+        json!({"prompt_tokens": 1u64 << 63, "completion_tokens": 1u64 << 63})
+    } else {
+        json!({"prompt_tokens": (system.len() + user.len()) / 4, "completion_tokens": content.len() / 4})
+    };
     Json(json!({
         "id": "chatcmpl-standin",
         "object": "chat.completion",
         "model": body["model"],
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
-        "usage": {"prompt_tokens": (system.len() + user.len()) / 4, "completion_tokens": content.len() / 4},
+        "usage": usage,
     }))
     .into_response()
+}
+
+/// An SSE answer that never ends: the same delta again and again, whatever `max_tokens` said.
+fn endless_stream(sent: Arc<AtomicUsize>) -> Response {
+    let delta = format!(
+        "data: {}\n\n",
+        json!({"choices": [{"index": 0, "delta": {"content": "More words, and more words again. "}}]})
+    );
+    let chunk = Bytes::from(delta.repeat(64));
+    let chunks = std::iter::repeat(chunk).map(move |chunk| {
+        sent.fetch_add(chunk.len(), Ordering::SeqCst);
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let mut response = Response::new(Body::from_stream(tokio_stream::iter(chunks)));
+    response
+        .headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    response
 }
 
 /// The agent whose prompt this is, from the words of its system message (json_object and
@@ -785,7 +853,7 @@ async fn vector_search(
         format!("/v1/vector_stores/{id}/search"),
         headers,
         body.clone(),
-    ) && let Some(response) = generic_fault(&fault).await
+    ) && let Some(response) = generic_fault(&fault, &shared.hostile_sent).await
     {
         return response;
     }
@@ -832,7 +900,7 @@ async fn serper(
         "/search".into(),
         headers,
         body.clone(),
-    ) && let Some(response) = generic_fault(&fault).await
+    ) && let Some(response) = generic_fault(&fault, &shared.hostile_sent).await
     {
         return response;
     }
@@ -865,7 +933,7 @@ async fn page(
         format!("/pages/{name}"),
         headers,
         Value::Null,
-    ) && let Some(response) = generic_fault(&fault).await
+    ) && let Some(response) = generic_fault(&fault, &shared.hostile_sent).await
     {
         return response;
     }

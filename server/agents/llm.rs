@@ -237,8 +237,7 @@ impl LlmAgent {
                 .await;
             cx.upstream.record("llm", result.is_ok());
             let answer = result.map_err(unavailable)?;
-            total.usage.input_tokens += answer.usage.input_tokens;
-            total.usage.output_tokens += answer.usage.output_tokens;
+            total.usage.add(answer.usage);
             total.attempts += answer.attempts;
             total.cached &= answer.cached;
             match judge(&answer.value, max_tokens, &check) {
@@ -832,8 +831,7 @@ impl LlmWriter {
                 }
                 result => result.map_err(unavailable)?,
             };
-            usage.input_tokens += completion.usage.input_tokens;
-            usage.output_tokens += completion.usage.output_tokens;
+            usage.add(completion.usage);
             attempts += completion.attempts;
             if !completion.value.text.trim().is_empty() {
                 streamed = Some(completion.value);

@@ -18,6 +18,7 @@ use tantivy::{
     },
 };
 
+mod files;
 mod stem;
 mod stored;
 
@@ -162,13 +163,15 @@ pub struct Searched {
 fn vector_hit(store_id: &str, hit: VectorHit) -> KbHit {
     let text = hit.text();
     KbHit {
-        title: hit
-            .attribute("title")
-            .unwrap_or_else(|| hit.filename.clone()),
+        title: text::bounded_title(
+            &hit.attribute("title")
+                .unwrap_or_else(|| hit.filename.clone()),
+        ),
         url: hit
             .attribute("url")
+            .and_then(|url| text::http_url(&url))
             .unwrap_or_else(|| format!("openai-vector-store://{store_id}/{}", hit.file_id)),
-        section: hit.attribute("section").unwrap_or_default(),
+        section: text::bounded_title(&hit.attribute("section").unwrap_or_default()),
         document_text: text.clone(),
         text,
         score: hit.score,
@@ -218,15 +221,29 @@ impl KnowledgeBase {
     /// with `store` (`--kb-index-dir`) on disk, where a later start with the same documents
     /// opens it instead. Blocking: run it off the async executor.
     pub fn load(dir: &Path, store: Option<&Path>) -> Result<Self, KbError> {
-        let paths = document_paths(dir)?;
-        let started = std::time::Instant::now();
-        // Documents are read on every core, in order.
-        let raws = in_parallel(&paths, |path| {
-            fs::read_to_string(path).map_err(|source| KbError::Io {
-                path: path.clone(),
-                source,
-            })
+        let candidates = files::document_paths(dir)?;
+        let root = fs::canonicalize(dir).map_err(|source| KbError::Io {
+            path: dir.to_path_buf(),
+            source,
         })?;
+        let started = std::time::Instant::now();
+        // Documents are read on every core, in order; what may not be read is left out.
+        let read = in_parallel(&candidates, |path| Ok(files::read_document(&root, path)))?;
+        let (mut paths, mut raws) = (Vec::new(), Vec::new());
+        for (path, document) in candidates.iter().zip(read) {
+            match document {
+                Ok(document) => {
+                    if document.lossy {
+                        tracing::warn!(path = %path.display(), "knowledge-base document is not UTF-8: read with its invalid bytes replaced");
+                    }
+                    paths.push(document.path);
+                    raws.push(document.text);
+                }
+                Err(why) => {
+                    tracing::warn!(path = %path.display(), reason = %why, "knowledge-base file left out");
+                }
+            }
+        }
         // With a store, the kept index's name: a fingerprint of these documents.
         let kept = store.map(|store| (store, stored::fingerprint(&paths, &raws)));
         if let Some((store, fingerprint)) = &kept {
@@ -436,26 +453,6 @@ impl KnowledgeBase {
     }
 }
 
-/// The documents of `dir`, by name.
-fn document_paths(dir: &Path) -> Result<Vec<PathBuf>, KbError> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|source| KbError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("md" | "markdown" | "txt")
-                )
-        })
-        .collect();
-    paths.sort();
-    Ok(paths)
-}
-
 /// The passages of every document, in order: parsed on every core, boilerplate found across
 /// them, then chunked.
 fn chunk_documents(paths: &[PathBuf], raws: &[String]) -> Result<Vec<Chunk>, KbError> {
@@ -601,7 +598,11 @@ struct Unit {
 
 impl Unit {
     /// `text` (whitespace already collapsed); `scratch` is reused for its lower case.
-    fn new(text: String, scratch: &mut String) -> Self {
+    fn new(mut text: String, scratch: &mut String) -> Self {
+        // A unit is kept whole in one passage: one without an end (a 1 MB list item) is cut.
+        if text.len() > MAX_PASSAGE_CHARS {
+            text = text::truncate_words(&text, MAX_PASSAGE_CHARS);
+        }
         scratch.clear();
         scratch.extend(text.chars().flat_map(char::to_lowercase));
         Self {
@@ -647,7 +648,7 @@ fn blocks(body: &str) -> Vec<Block> {
             }
             Event::Start(Tag::Heading { .. } | Tag::Paragraph) if items == 0 => text.clear(),
             Event::End(TagEnd::Heading(level)) => {
-                out.push(Block::Heading(level as u8, text.trim().to_string()));
+                out.push(Block::Heading(level as u8, text::bounded_title(&text)));
                 text.clear();
             }
             Event::End(TagEnd::Paragraph) if items == 0 => {
@@ -821,8 +822,16 @@ fn document_meta(parsed: &Parsed) -> (String, String, Option<String>) {
             })
         })
         .unwrap_or_else(|| text::title_case(&stem.replace(['-', '_'], " ")));
-    let url = field("url").unwrap_or_else(|| format!("kb://{stem}"));
-    (title, url, field("date"))
+    // Front matter is the document's word: bounded, and a link only if it is http(s).
+    let title = text::bounded_title(&title);
+    let url = field("url")
+        .and_then(|url| text::http_url(&url))
+        .unwrap_or_else(|| format!("kb://{stem}"));
+    (
+        title,
+        url,
+        field("date").map(|d| text::truncate_words(&d, 40)),
+    )
 }
 
 /// What a block adds to its passage, boilerplate left out (`None`: nothing). Sub-headings (a

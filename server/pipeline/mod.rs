@@ -280,7 +280,7 @@ impl JobRun {
     /// The job's final event and its metrics: `completed` with the article, or `failed`.
     fn end(&self, ended: Result<api::Article, (Code, String)>) -> Option<api::Article> {
         let (job, metrics) = (&self.job, &self.settings.metrics);
-        match ended {
+        match ended.and_then(deliverable) {
             Ok(article) => {
                 metrics.jobs_completed.inc();
                 job.emit(
@@ -312,6 +312,29 @@ impl JobRun {
             }
         }
     }
+}
+
+/// Largest request or response message the server sends or takes.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Room in a message for what travels with an article (the event's id, sequence, timestamp).
+const MESSAGE_MARGIN_BYTES: usize = 64 * 1024;
+
+/// The article, if its `completed` event and `GetArticle`'s answer fit in one gRPC message:
+/// a final event that cannot be sent would leave the caller with `RESOURCE_EXHAUSTED`
+/// instead of an end, so the job fails with a status that says why instead.
+fn deliverable(article: api::Article) -> Result<api::Article, (Code, String)> {
+    use prost::Message;
+    let size = article.encoded_len();
+    if size + MESSAGE_MARGIN_BYTES > MAX_MESSAGE_BYTES {
+        return Err((
+            Code::ResourceExhausted,
+            format!(
+                "the finished article is {size} bytes encoded, over what one gRPC message carries ({} bytes); ask for fewer words",
+                MAX_MESSAGE_BYTES - MESSAGE_MARGIN_BYTES
+            ),
+        ));
+    }
+    Ok(article)
 }
 
 /// A draft and what the analysis phase found in it.
@@ -613,13 +636,20 @@ impl JobRun {
         };
         let mut metrics = lock(&self.metrics);
         metrics.estimated_cost_usd += cost;
-        metrics.total_input_tokens += output.usage.input_tokens;
-        metrics.total_output_tokens += output.usage.output_tokens;
+        // Saturating: token counts come from upstreams.
+        metrics.total_input_tokens = metrics
+            .total_input_tokens
+            .saturating_add(output.usage.input_tokens);
+        metrics.total_output_tokens = metrics
+            .total_output_tokens
+            .saturating_add(output.usage.output_tokens);
         metrics.cache_hits += u32::from(output.cache_hit);
         metrics.agents.push(record.clone());
         (
             record,
-            metrics.total_input_tokens + metrics.total_output_tokens,
+            metrics
+                .total_input_tokens
+                .saturating_add(metrics.total_output_tokens),
         )
     }
 

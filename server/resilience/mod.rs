@@ -253,7 +253,7 @@ impl CallScope {
 /// refusal before sending says nothing either way.
 fn health<T>(result: &Result<T, UpstreamError>) -> Option<bool> {
     match result {
-        Ok(_) | Err(UpstreamError::Malformed { .. }) => Some(true),
+        Ok(_) | Err(UpstreamError::Malformed { .. } | UpstreamError::TooLarge { .. }) => Some(true),
         Err(
             UpstreamError::Connect { .. }
             | UpstreamError::Timeout { .. }
@@ -310,8 +310,19 @@ impl Guards {
             DEFAULT_TTL,
             |v| humantime::parse_duration(v).ok(),
         )?;
+        let mut body_limits = per_upstream(
+            &config.body_limits,
+            "--body-limits",
+            "a number of bytes",
+            DEFAULT_BODY_LIMIT,
+            |v| v.parse::<usize>().ok().filter(|n| *n > 0),
+        )?;
+        if !config.body_limits.iter().any(|(u, _)| u == "fetch") {
+            body_limits.insert("fetch".into(), config.fetch_max_bytes);
+        }
         let guard = |upstream: &'static str, timeout| {
             let ttl = ttls.get(upstream).copied().unwrap_or_default();
+            let max_body = body_limits.get(upstream).copied().unwrap_or(1 << 20);
             Arc::new(
                 Guard::new(
                     upstream,
@@ -322,6 +333,7 @@ impl Guards {
                     metrics.clone(),
                 )
                 .with_timeout(timeout)
+                .with_max_body(max_body)
                 .with_cache(cache.clone(), ttl)
                 .with_shared_rate(redis),
             )
@@ -369,6 +381,15 @@ const DEFAULT_TTL: [(&str, Duration); 4] = [
     ("web", Duration::from_secs(3600)),
     ("fetch", Duration::from_secs(900)),
 ];
+/// The largest answer body read per upstream unless `--body-limits` says otherwise (the
+/// fetch's is `--fetch-max-bytes`); also the largest cached answer taken from Redis. A chat
+/// completion of a few thousand tokens is tens of kB, a page of search results less.
+const DEFAULT_BODY_LIMIT: [(&str, usize); 4] = [
+    ("llm", 4 << 20),
+    ("kb", 4 << 20),
+    ("web", 1 << 20),
+    ("fetch", 2_000_000),
+];
 /// Requests per minute per upstream unless `--rate-limits` says otherwise.
 const DEFAULT_RPM: [(&str, u32); 4] = [("llm", 600), ("kb", 1200), ("web", 300), ("fetch", 600)];
 
@@ -381,6 +402,8 @@ pub struct Guard {
     retry: RetryPolicy,
     /// Whole-call timeout of one attempt (a stream's included).
     timeout: Duration,
+    /// The largest answer body read, and cached value taken.
+    max_body: usize,
     pub limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     /// The cache in front of the stack, and how long this upstream's answers are kept
@@ -405,6 +428,7 @@ impl Guard {
             rate: RateLimiter::per_minute(rpm),
             retry,
             timeout: DEFAULT_TIMEOUT,
+            max_body: 1 << 20,
             limits,
             metrics,
             cache: None,
@@ -436,7 +460,17 @@ impl Guard {
     /// answers are not cached.
     pub fn cache_key(&self, parts: &[&[u8]]) -> Option<Key> {
         let (_, ttl) = self.cache.as_ref()?;
-        Some(Key::new(self.upstream, *ttl, parts))
+        Some(Key::new(self.upstream, *ttl, parts).with_max_bytes(self.max_body))
+    }
+
+    /// The guard with this limit on an answer body.
+    pub fn with_max_body(self, max_body: usize) -> Self {
+        Self { max_body, ..self }
+    }
+
+    /// The largest answer body this upstream's clients read.
+    pub fn max_body(&self) -> usize {
+        self.max_body
     }
 
     /// The guard with this whole-call timeout per attempt.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
-use super::{UpstreamError, check_status};
+use super::{UpstreamError, check_status, read_body};
 use crate::config::Secret;
 use crate::resilience::{CallScope, Guard};
 
@@ -38,9 +38,31 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn add(&mut self, other: Usage) {
-        self.input_tokens += other.input_tokens;
-        self.output_tokens += other.output_tokens;
+    /// Saturating: the counts come from the upstream, which may send anything.
+    pub fn add(&mut self, other: Usage) {
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+    }
+
+    /// The usage an upstream reported for a call of `prompt_bytes` asking for at most
+    /// `max_tokens`, within what the call can have used: a token is at least a byte of the
+    /// prompt, and an answer has at most `max_tokens` (a usage of 2^63 would otherwise wrap
+    /// the job's totals and price the job at 10^15 dollars).
+    fn trusted(reported: WireUsage, prompt_bytes: usize, max_tokens: u32) -> Self {
+        let usage = Self {
+            input_tokens: reported.prompt_tokens.min(prompt_bytes as u64),
+            output_tokens: reported.completion_tokens.min(u64::from(max_tokens)),
+        };
+        if usage.input_tokens < reported.prompt_tokens
+            || usage.output_tokens < reported.completion_tokens
+        {
+            tracing::warn!(
+                reported_input = reported.prompt_tokens,
+                reported_output = reported.completion_tokens,
+                "the upstream reported more tokens than the call can have used; capped"
+            );
+        }
+        usage
     }
 }
 
@@ -159,15 +181,6 @@ struct WireUsage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
-}
-
-impl From<WireUsage> for Usage {
-    fn from(u: WireUsage) -> Self {
-        Self {
-            input_tokens: u.prompt_tokens,
-            output_tokens: u.completion_tokens,
-        }
-    }
 }
 
 fn malformed(message: impl Into<String>) -> UpstreamError {
@@ -317,7 +330,7 @@ impl LlmClient {
         let called = self
             .guard
             .cached(scope, key, &|| self.chat_span(ask.model), |_| {
-                self.structured_once(&body, &usage)
+                self.structured_once(&body, ask.max_tokens, &usage)
                     .map(|r| r.map_err(|e| e.redact(self.api_key.as_ref())))
             })
             .await;
@@ -334,6 +347,7 @@ impl LlmClient {
     async fn structured_once(
         &self,
         body: &Bytes,
+        max_tokens: u32,
         usage: &std::sync::Mutex<Usage>,
     ) -> Result<Answer, UpstreamError> {
         let response = self
@@ -343,13 +357,14 @@ impl LlmClient {
             .await
             .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.timeout, e))?;
         let response = check_status(UPSTREAM, response).await?;
-        let answer: ChatResponse = response
-            .json()
-            .await
+        let bytes = read_body(UPSTREAM, response, self.guard.max_body(), self.timeout).await?;
+        let answer: ChatResponse = serde_json::from_slice(&bytes)
             .map_err(|e| malformed(format!("not a chat completion: {e}")))?;
-        if let Some(u) = answer.usage {
-            Self::record_usage(u.into());
-            crate::lock(usage).add(u.into());
+        drop(bytes);
+        if let Some(reported) = answer.usage {
+            let used = Usage::trusted(reported, body.len(), max_tokens);
+            Self::record_usage(used);
+            crate::lock(usage).add(used);
         }
         let choice = answer
             .choices
@@ -398,7 +413,7 @@ impl LlmClient {
             .guard
             .call_with(scope, &|| self.chat_span(model), &may_retry, |_| async {
                 let (mut streamed, mut usage) = (Streamed::default(), Usage::default());
-                self.stream_once(&body, &mut streamed, &mut usage, &tracked)
+                self.stream_once(&body, max_tokens, &mut streamed, &mut usage, &tracked)
                     .await
                     .map_err(|e| e.redact(self.api_key.as_ref()))?;
                 Ok((streamed, usage))
@@ -415,6 +430,7 @@ impl LlmClient {
     async fn stream_once(
         &self,
         body: &Bytes,
+        max_tokens: u32,
         streamed: &mut Streamed,
         usage: &mut Usage,
         on_delta: &(dyn Fn(&str) + Send + Sync),
@@ -428,22 +444,60 @@ impl LlmClient {
             })?
             .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.idle_timeout, e))?;
         let response = check_status(UPSTREAM, response).await?;
-        let limits = (
-            self.idle_timeout,
-            self.timeout.saturating_sub(started.elapsed()),
+        let limits = StreamLimits {
+            idle: self.idle_timeout,
+            whole: self.timeout.saturating_sub(started.elapsed()),
+            text_bytes: text_bytes_for(max_tokens),
+            body_bytes: self
+                .guard
+                .max_body()
+                .max(max_tokens as usize * STREAM_BYTES_PER_TOKEN),
+        };
+        read_stream(response.bytes_stream(), limits, streamed, usage, on_delta).await?;
+        *usage = Usage::trusted(
+            WireUsage {
+                prompt_tokens: usage.input_tokens,
+                completion_tokens: usage.output_tokens,
+            },
+            body.len(),
+            max_tokens,
         );
-        read_stream(response.bytes_stream(), limits, streamed, usage, on_delta).await
+        Ok(())
     }
+}
+
+/// The most text a streamed answer of `max_tokens` may hold: a token is a few bytes of
+/// text (rarely more than 16), so a stream far past this ignores its `max_tokens`.
+fn text_bytes_for(max_tokens: u32) -> usize {
+    (max_tokens as usize)
+        .saturating_mul(32)
+        .saturating_add(1024)
+}
+
+/// Bytes on the wire per streamed token at most: each is one SSE event of JSON around it.
+const STREAM_BYTES_PER_TOKEN: usize = 2 << 10;
+
+/// The bounds of one streamed answer.
+#[derive(Debug, Clone, Copy)]
+struct StreamLimits {
+    /// Nothing arrives for that long: the stream stalled.
+    idle: Duration,
+    /// What is left of the whole call's timeout.
+    whole: Duration,
+    /// Text past this is cut, as if at `max_tokens`.
+    text_bytes: usize,
+    /// The body past this is not read: the answer is too large.
+    body_bytes: usize,
 }
 
 /// Reads a streamed chat completion: server-sent events framed by `eventsource-stream`
 /// (CRLF or LF, comments, `data:` fields over several lines joined), each a JSON chunk whose
-/// deltas go to `on_delta` as they arrive. `limits` are the idle timeout (nothing arrives for
-/// that long: the stream stalled) and what is left of the whole call's timeout. A stream is
-/// complete with `[DONE]`, or with a `finish_reason` (some servers close without `[DONE]`).
+/// deltas go to `on_delta` as they arrive, within `limits`. A stream is complete with
+/// `[DONE]`, or with a `finish_reason` (some servers close without `[DONE]`); a stream whose
+/// text outgrows its `max_tokens` is cut there and reported truncated.
 async fn read_stream<S, E>(
     bytes: S,
-    (idle, whole): (Duration, Duration),
+    limits: StreamLimits,
     streamed: &mut Streamed,
     usage: &mut Usage,
     on_delta: &(dyn Fn(&str) + Send + Sync),
@@ -453,8 +507,21 @@ where
     E: std::error::Error,
 {
     use eventsource_stream::{EventStreamError, Eventsource};
+    let StreamLimits { idle, whole, .. } = limits;
     let started = tokio::time::Instant::now();
-    let mut events = bytes.eventsource();
+    // The body ends (for the parser) where it passes its bound: one event without an end
+    // would otherwise be buffered whole.
+    let oversized = std::sync::atomic::AtomicBool::new(false);
+    let mut received = 0usize;
+    let bounded = bytes.take_while(|chunk| {
+        received += chunk.as_ref().map_or(0, bytes::Bytes::len);
+        let within = received <= limits.body_bytes;
+        if !within {
+            oversized.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        within
+    });
+    let mut events = std::pin::pin!(bounded.eventsource());
     // `[DONE]` seen, or a `finish_reason`: either ends the answer.
     let (mut done, mut finished) = (false, false);
     while !done {
@@ -470,6 +537,12 @@ where
                 return Err(UpstreamError::Stalled {
                     upstream: UPSTREAM,
                     after: idle,
+                });
+            }
+            Ok(None) if oversized.load(std::sync::atomic::Ordering::Relaxed) => {
+                return Err(UpstreamError::TooLarge {
+                    upstream: UPSTREAM,
+                    limit: limits.body_bytes,
                 });
             }
             Ok(None) => break,
@@ -493,7 +566,10 @@ where
         let chunk: ChatResponse =
             serde_json::from_str(data).map_err(|e| malformed(format!("bad stream chunk ({e})")))?;
         if let Some(u) = chunk.usage {
-            *usage = u.into();
+            *usage = Usage {
+                input_tokens: u.prompt_tokens,
+                output_tokens: u.completion_tokens,
+            };
         }
         for choice in chunk.choices {
             if let Some(delta) = choice
@@ -501,8 +577,23 @@ where
                 .and_then(|d| d.content)
                 .filter(|d| !d.is_empty())
             {
-                on_delta(&delta);
-                streamed.text.push_str(&delta);
+                let room = limits.text_bytes.saturating_sub(streamed.text.len());
+                let kept = prefix_within(&delta, room);
+                if !kept.is_empty() {
+                    on_delta(kept);
+                }
+                streamed.text.push_str(kept);
+                if kept.len() < delta.len() {
+                    // Far past `max_tokens`: the model (or server) ignores it. Cut here.
+                    tracing::warn!(
+                        bytes = streamed.text.len(),
+                        "the streamed answer outgrew its max_tokens; cut off"
+                    );
+                    streamed.truncated = true;
+                    finished = true;
+                    done = true;
+                    break;
+                }
             }
             if let Some(reason) = choice.finish_reason.as_deref() {
                 streamed.truncated |= reason == "length";
@@ -520,6 +611,18 @@ where
         });
     }
     Ok(())
+}
+
+/// The longest prefix of `text` of at most `max` bytes, cut at a character boundary.
+fn prefix_within(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]
@@ -540,7 +643,12 @@ mod tests {
             .enable_time()
             .build()
             .unwrap_or_else(|_| unreachable!());
-        let limits = (Duration::from_secs(5), Duration::from_secs(5));
+        let limits = StreamLimits {
+            idle: Duration::from_secs(5),
+            whole: Duration::from_secs(5),
+            text_bytes: 1 << 20,
+            body_bytes: 1 << 20,
+        };
         let result = runtime.block_on(read_stream(
             body,
             limits,

@@ -46,6 +46,12 @@ pub enum UpstreamError {
         upstream: &'static str,
         message: String,
     },
+    /// The answer is larger than this upstream's byte limit: not read further.
+    #[error("{upstream}: the answer is larger than the {limit}-byte limit (--body-limits)")]
+    TooLarge {
+        upstream: &'static str,
+        limit: usize,
+    },
     /// The upstream's circuit breaker is open: failing fast instead of waiting on it.
     #[error("{upstream}: circuit breaker open (retry in {retry_after:?})")]
     BreakerOpen {
@@ -63,7 +69,7 @@ impl UpstreamError {
             | Self::Malformed { .. }
             | Self::Stalled { .. } => true,
             Self::Status { status, .. } => *status == 429 || *status >= 500,
-            Self::Refused { .. } | Self::BreakerOpen { .. } => false,
+            Self::Refused { .. } | Self::BreakerOpen { .. } | Self::TooLarge { .. } => false,
         }
     }
 
@@ -113,6 +119,7 @@ impl UpstreamError {
             Self::Malformed { .. } => "malformed",
             Self::Stalled { .. } => "stalled",
             Self::Refused { .. } => "refused",
+            Self::TooLarge { .. } => "too_large",
             Self::BreakerOpen { .. } => "breaker_open",
         }
     }
@@ -125,6 +132,7 @@ impl UpstreamError {
             | Self::Malformed { upstream, .. }
             | Self::Stalled { upstream, .. }
             | Self::Refused { upstream, .. }
+            | Self::TooLarge { upstream, .. }
             | Self::BreakerOpen { upstream, .. } => upstream,
         }
     }
@@ -220,13 +228,56 @@ pub async fn check_status(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
-    let body = response.text().await.unwrap_or_default();
+    let body = error_text(response).await;
     Err(UpstreamError::Status {
         upstream,
         status: status.as_u16(),
         retry_after,
         body: crate::text::truncate_words(&body, 300),
     })
+}
+
+/// How much of an error answer is read: enough for its message, never the 300 MB an upstream
+/// may send with a 500.
+const ERROR_BODY_BYTES: usize = 4 << 10;
+
+/// The start of an error answer's body, as text; the rest is never read.
+async fn error_text(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(ERROR_BODY_BYTES);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Reads a whole answer body of at most `limit` bytes; a longer one (by its `Content-Length`
+/// or as it arrives) is an error, and what is left of it is not read.
+pub async fn read_body(
+    upstream: &'static str,
+    mut response: reqwest::Response,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, UpstreamError> {
+    let too_large = UpstreamError::TooLarge { upstream, limit };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| UpstreamError::from_reqwest(upstream, timeout, e))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A `Retry-After` in seconds (fractions accepted); `None` for anything else, negative or
@@ -236,12 +287,13 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(seconds).ok()
 }
 
-/// Sends `request` with `timeout` and reads the JSON answer as `T` (in the attempt's client
-/// span, which the resilience stack opens).
+/// Sends `request` with `timeout` and reads the JSON answer (at most `limit` bytes) as `T`
+/// (in the attempt's client span, which the resilience stack opens).
 pub async fn send_json<T: serde::de::DeserializeOwned>(
     upstream: &'static str,
     request: reqwest::RequestBuilder,
     timeout: Duration,
+    limit: usize,
 ) -> Result<T, UpstreamError> {
     let response = inject_trace_context(request)
         .timeout(timeout)
@@ -249,14 +301,17 @@ pub async fn send_json<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| UpstreamError::from_reqwest(upstream, timeout, e))?;
     let response = check_status(upstream, response).await?;
-    response.json().await.map_err(|e| UpstreamError::Malformed {
+    let body = read_body(upstream, response, limit, timeout).await?;
+    serde_json::from_slice(&body).map_err(|e| UpstreamError::Malformed {
         upstream,
         message: e.to_string(),
     })
 }
 
 /// One pooled HTTP client for the API upstreams (LLM, vector store, Serper). TLS through
-/// rustls with the ring provider.
+/// rustls with the ring provider. Redirects are not followed: an API does not redirect, and
+/// following one would carry its key (`X-API-KEY`, which reqwest does not strip) to
+/// another origin.
 pub fn api_client() -> Result<reqwest::Client, reqwest::Error> {
     install_crypto_provider();
     reqwest::Client::builder()
@@ -264,6 +319,7 @@ pub fn api_client() -> Result<reqwest::Client, reqwest::Error> {
         .pool_max_idle_per_host(32)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!(
             "dakota-content-service/",
             env!("CARGO_PKG_VERSION")

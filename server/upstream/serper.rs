@@ -77,9 +77,10 @@ impl SerperClient {
                         .post(format!("{}/search", self.base_url))
                         .header("X-API-KEY", self.api_key_header())
                         .json(&body);
-                    let answer: SearchResponse = send_json(UPSTREAM, request, self.timeout)
-                        .await
-                        .map_err(|e| e.redact(Some(&self.api_key)))?;
+                    let answer: SearchResponse =
+                        send_json(UPSTREAM, request, self.timeout, self.guard.max_body())
+                            .await
+                            .map_err(|e| e.redact(Some(&self.api_key)))?;
                     Ok(answer.organic)
                 },
             )

@@ -110,9 +110,10 @@ impl VectorStoreClient {
                     if let Some(key) = &self.api_key {
                         request = request.bearer_auth(key.expose());
                     }
-                    let page: SearchPage = send_json(UPSTREAM, request, self.timeout)
-                        .await
-                        .map_err(|e| e.redact(self.api_key.as_ref()))?;
+                    let page: SearchPage =
+                        send_json(UPSTREAM, request, self.timeout, self.guard.max_body())
+                            .await
+                            .map_err(|e| e.redact(self.api_key.as_ref()))?;
                     Ok(page.data)
                 },
             )

@@ -9,6 +9,8 @@ mod caching;
 mod cli;
 mod common;
 mod generate;
+mod hostile_kb;
+mod hostile_upstreams;
 mod jobs;
 mod lifecycle;
 mod messy_kb;

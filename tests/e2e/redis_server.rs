@@ -68,6 +68,20 @@ impl RedisServer {
             .then(|| text.trim_matches('"').to_string())
     }
 
+    /// `SET key <value>` with the value read from stdin (`redis-cli -x`): for values too
+    /// large for a command line.
+    pub fn set_from_stdin(&self, key: &str, value: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "-x", "SET", key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli runs");
+        child.stdin.take().unwrap().write_all(value).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
     /// Keys matching `pattern`.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let output = Command::new("redis-cli")
