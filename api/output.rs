@@ -430,6 +430,25 @@ pub fn event_json(event: &api::GenerateEvent) -> Value {
     })
 }
 
+/// `value` as one line of JSON, safe to print. serde_json escapes C0 controls (ESC among
+/// them) but writes DEL, C1 controls (U+009B acts as a CSI) and invisible format characters
+/// raw; they are escaped `\uXXXX` here too, so the line still decodes to `value`. (They can
+/// only be inside strings: nothing else in serde_json's compact output is hidden.)
+pub fn json_line(value: &Value) -> String {
+    use std::fmt::Write;
+    let mut line = String::new();
+    for c in value.to_string().chars() {
+        if crate::safe_text::is_hidden(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = write!(line, "\\u{unit:04x}");
+            }
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
 /// A whole article as JSON (`dakota get --json`).
 pub fn article_json(article: &api::Article) -> Value {
     let date = date_of(article.created_at.as_ref());
@@ -532,6 +551,28 @@ mod tests {
             );
             fs::remove_dir_all(&root).unwrap();
         }
+    }
+
+    #[test]
+    fn a_json_line_escapes_every_terminal_control_and_decodes_to_the_same_value() {
+        let hostile = "\x1b]52;c;AAAA\x07 \x1b[2J \u{9b}31m \u{7f} \u{202e} \u{e0041} \u{200b}";
+        let event = api::GenerateEvent {
+            job_id: hostile.into(),
+            event: Some(Event::Warning(api::Warning {
+                code: hostile.into(),
+                message: format!("{hostile}\nnext"),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let value = event_json(&event);
+        let line = json_line(&value);
+        let hidden: Vec<char> = line
+            .chars()
+            .filter(|&c| crate::safe_text::is_hidden(c))
+            .collect();
+        assert_eq!(hidden, vec![], "{line}");
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), value);
     }
 
     #[test]

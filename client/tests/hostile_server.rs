@@ -1,5 +1,6 @@
 //! The `dakota` binary against a hostile server: whatever slug it sends, the article folder
-//! is written inside `--out` and nowhere else.
+//! is written inside `--out` and nowhere else; whatever text it sends, no terminal control
+//! is printed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use std::{
     path::{Path, PathBuf},
@@ -18,6 +19,8 @@ use tonic::{Request, Response, Status};
 type Events = Pin<Box<dyn Stream<Item = Result<api::GenerateEvent, Status>> + Send>>;
 
 const SLUG: &str = "x/../../../../../tmp/pwned";
+/// A window title, a clipboard write (OSC 52), a screen clear, a C1 CSI and a bidi override.
+const CONTROLS: &str = "\x1b]0;pwned\x07\x1b]52;c;AAAA\x07\x1b[2J\u{9b}31m\u{202e}";
 
 /// Answers `Generate` with a job that completes at once with a hostile slug.
 struct Hostile;
@@ -41,7 +44,7 @@ impl ContentService for Hostile {
             job_id: "job-1".into(),
             topic: "topic".into(),
             slug: SLUG.into(),
-            title: "Pwned".into(),
+            title: format!("Pwned{CONTROLS}"),
             markdown: "# Pwned\n".into(),
             ..Default::default()
         };
@@ -56,6 +59,14 @@ impl ContentService for Hostile {
             ),
             event(
                 2,
+                Event::Warning(api::Warning {
+                    code: format!("CODE{CONTROLS}"),
+                    message: format!("warned{CONTROLS}"),
+                    ..Default::default()
+                }),
+            ),
+            event(
+                3,
                 Event::Completed(api::Completed {
                     article: Some(article),
                 }),
@@ -107,7 +118,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generate_writes_a_hostile_slug_inside_out_only() {
+async fn generate_writes_a_hostile_slug_inside_out_only_and_prints_no_controls() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(
@@ -116,37 +127,47 @@ async fn generate_writes_a_hostile_slug_inside_out_only() {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
 
-    let root = std::env::temp_dir().join(format!("dakota-hostile-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    // Deep, so that climbing out of `out` lands inside `root`, where it is seen.
-    let out = root.join("a/b/c/d/e/f/out");
-    std::fs::create_dir_all(&out).unwrap();
-    let (server, dir) = (format!("http://127.0.0.1:{port}"), out.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_dakota"))
-            .args(["--server", &server, "generate", "topic", "--out"])
-            .arg(&dir)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-
-    let folders: Vec<_> = std::fs::read_dir(&out)
+    for (mode, extra) in [("lines", None), ("json", Some("--json"))] {
+        let root =
+            std::env::temp_dir().join(format!("dakota-hostile-{}-{mode}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // Deep, so that climbing out of `out` lands inside `root`, where it is seen.
+        let out = root.join("a/b/c/d/e/f/out");
+        std::fs::create_dir_all(&out).unwrap();
+        let (server, dir) = (format!("http://127.0.0.1:{port}"), out.clone());
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_dakota"))
+                .args(["--server", &server, "generate", "topic", "--out"])
+                .arg(&dir)
+                .args(extra)
+                .output()
+        })
+        .await
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(folders.len(), 1, "{folders:?}");
-    let folder = &folders[0];
-    assert_eq!(std::fs::read_dir(folder).unwrap().count(), 6, "{folder:?}");
-    for path in walk(&root) {
-        let inside = path.parent() == Some(folder.as_path()) && path.is_file();
-        assert!(
-            inside || out.starts_with(&path) || &path == folder,
-            "{path:?}"
-        );
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{mode}: {stderr}");
+        let printed = format!("{}{stderr}", String::from_utf8_lossy(&output.stdout));
+        assert!(printed.contains("warned"), "{mode}: {printed}");
+        let hidden = printed
+            .chars()
+            .find(|&c| c != '\n' && dakota::safe_text::is_hidden(c));
+        assert_eq!(hidden, None, "{mode}: {printed:?}");
+
+        let folders: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(folders.len(), 1, "{mode}: {folders:?}");
+        let folder = &folders[0];
+        assert_eq!(std::fs::read_dir(folder).unwrap().count(), 6, "{folder:?}");
+        for path in walk(&root) {
+            let inside = path.parent() == Some(folder.as_path()) && path.is_file();
+            assert!(
+                inside || out.starts_with(&path) || &path == folder,
+                "{path:?}"
+            );
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
-    std::fs::remove_dir_all(&root).unwrap();
 }
