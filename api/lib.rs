@@ -88,6 +88,22 @@ pub mod safe_text {
             std::borrow::Cow::Owned(text.chars().filter(|&c| keep(c)).collect())
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::for_terminal;
+
+        #[test]
+        fn for_terminal_strips_escapes_controls_and_invisibles_but_not_line_breaks() {
+            // ESC (OSC, CSI), BEL, C1 CSI, DEL, CR, NUL, NEL, bidi override, zero-width, BOM, tag.
+            let text = "a\x1b]52;c;AAAA\x07b\x1b[2Jc\u{9b}31md\u{7f}\r\0\u{85}\u{202e}\u{200b}\u{feff}\u{e0041}e\n\tf";
+            assert_eq!(for_terminal(text), "a]52;c;AAAAb[2Jc31mde\n\tf");
+            assert!(matches!(
+                for_terminal("plain\n"),
+                std::borrow::Cow::Borrowed(_)
+            ));
+        }
+    }
 }
 
 pub mod output;

@@ -10,15 +10,20 @@ use serde_json::{Value, json};
 
 use crate::api::{self, generate_event::Event};
 
-/// Writes the article folder under `dir` and returns its path.
+/// Writes the article folder under `dir` and returns its path: always one direct child of
+/// `dir`, whatever slug the server sent (see [`folder_slug`]).
 pub fn write_article(dir: &Path, article: &api::Article) -> std::io::Result<PathBuf> {
     let date = date_of(article.created_at.as_ref());
-    let folder = dir.join(format!("{date}-{}", article.slug));
+    let slug = folder_slug(article);
+    let folder = dir.join(format!("{date}-{slug}"));
     fs::create_dir_all(&folder)?;
-    fs::write(folder.join("article.md"), article_markdown(article, &date))?;
+    fs::write(
+        folder.join("article.md"),
+        article_markdown(article, &date, &slug),
+    )?;
     fs::write(
         folder.join("metadata.json"),
-        pretty(&metadata_json(article, &date)),
+        pretty(&metadata_json(article, &date, &slug)),
     )?;
     fs::write(folder.join("social.md"), social_markdown(article))?;
     fs::write(folder.join("summary.md"), summary_markdown(article))?;
@@ -31,6 +36,46 @@ pub fn write_article(dir: &Path, article: &api::Article) -> std::io::Result<Path
         pretty(&run_metrics_json(article.metrics.as_ref())),
     )?;
     Ok(folder)
+}
+
+/// Longest slug of a folder name, in characters (the server's are at most 50, SPEC §4) and
+/// in bytes, so that `YYYY-MM-DD-<slug>` stays within the 255 bytes of a file name.
+const MAX_SLUG_CHARS: usize = 80;
+const MAX_SLUG_BYTES: usize = 200;
+
+/// The article's slug as it names its folder and is written in its files. The slug comes from
+/// the server (or whatever is between), so it is not trusted to be one path component: kept
+/// are lower-case letters, digits and `_` (every character of a server's slug, which passes
+/// unchanged); runs of anything else (`/`, `.`, controls) become one inner `-`; the length is
+/// bounded. When nothing is left, the job id made safe the same way, else `article`.
+pub fn folder_slug(article: &api::Article) -> String {
+    [article.slug.as_str(), article.job_id.as_str()]
+        .into_iter()
+        .map(path_component)
+        .find(|slug| !slug.is_empty())
+        .unwrap_or_else(|| "article".to_string())
+}
+
+fn path_component(text: &str) -> String {
+    let mut slug = String::new();
+    let mut chars = 0;
+    for c in text.chars().flat_map(char::to_lowercase) {
+        let c = if c.is_alphanumeric() || c == '_' {
+            c
+        } else {
+            '-'
+        };
+        if c == '-' && (slug.is_empty() || slug.ends_with('-')) {
+            continue;
+        }
+        if chars == MAX_SLUG_CHARS || slug.len() + c.len_utf8() > MAX_SLUG_BYTES {
+            break;
+        }
+        slug.push(c);
+        chars += 1;
+    }
+    slug.truncate(slug.trim_end_matches('-').len());
+    slug
 }
 
 fn pretty(value: &Value) -> String {
@@ -70,16 +115,12 @@ fn content_metrics(article: &api::Article) -> api::ContentMetrics {
         .unwrap_or_default()
 }
 
-fn article_markdown(article: &api::Article, date: &str) -> String {
+fn article_markdown(article: &api::Article, date: &str, slug: &str) -> String {
     let content = content_metrics(article);
     let title = article.title.replace('"', "\\\"");
     format!(
         "---\ntitle: \"{title}\"\ndate: {date}\nword_count: {}\nreading_time_minutes: {}\nslug: {}\njob_id: {}\n---\n\n{}",
-        content.word_count,
-        content.reading_time_minutes,
-        article.slug,
-        article.job_id,
-        article.markdown
+        content.word_count, content.reading_time_minutes, slug, article.job_id, article.markdown
     )
 }
 
@@ -198,7 +239,7 @@ pub fn source_json(s: &api::Source) -> Value {
     })
 }
 
-fn metadata_json(article: &api::Article, date: &str) -> Value {
+fn metadata_json(article: &api::Article, date: &str, slug: &str) -> Value {
     let metadata = article.metadata.clone().unwrap_or_default();
     let seo = metadata.seo.clone().unwrap_or_default();
     let content = metadata.content.unwrap_or_default();
@@ -236,7 +277,7 @@ fn metadata_json(article: &api::Article, date: &str) -> Value {
         "generation": {
             "job_id": article.job_id,
             "topic": article.topic,
-            "slug": article.slug,
+            "slug": slug,
             "date": date,
             "created_at_unix": article.created_at.map(|t| t.seconds),
             "audience": metadata.audience,
@@ -389,10 +430,29 @@ pub fn event_json(event: &api::GenerateEvent) -> Value {
     })
 }
 
+/// `value` as one line of JSON, safe to print. serde_json escapes C0 controls (ESC among
+/// them) but writes DEL, C1 controls (U+009B acts as a CSI) and invisible format characters
+/// raw; they are escaped `\uXXXX` here too, so the line still decodes to `value`. (They can
+/// only be inside strings: nothing else in serde_json's compact output is hidden.)
+pub fn json_line(value: &Value) -> String {
+    use std::fmt::Write;
+    let mut line = String::new();
+    for c in value.to_string().chars() {
+        if crate::safe_text::is_hidden(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = write!(line, "\\u{unit:04x}");
+            }
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
 /// A whole article as JSON (`dakota get --json`).
 pub fn article_json(article: &api::Article) -> Value {
     let date = date_of(article.created_at.as_ref());
-    let mut value = metadata_json(article, &date);
+    let mut value = metadata_json(article, &date, &folder_slug(article));
     value["markdown"] = json!(article.markdown);
     value["title"] = json!(article.title);
     value["fact_check"] = fact_check_json(article.fact_check.as_ref());
@@ -407,4 +467,138 @@ pub fn article_json(article: &api::Article) -> Value {
         })
     });
     value
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// Every file and folder under `dir`, recursively.
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            }
+            found.push(path);
+        }
+        found
+    }
+
+    #[test]
+    fn a_hostile_slug_is_one_folder_directly_inside_the_output_dir() {
+        let long = format!("{}\0{}", "\x1b[2J".repeat(1000), "../a".repeat(1500));
+        let hostile = [
+            "x/../../../../../tmp/pwned",
+            "/abs/path",
+            "..",
+            ".",
+            "",
+            long.as_str(),
+            "\x1b]0;title\x07\u{9b}31m\0nul\nslug: injected",
+        ];
+        for (i, slug) in hostile.into_iter().enumerate() {
+            let root = std::env::temp_dir()
+                .join(format!("dakota-output-{}-hostile-{i}", std::process::id()));
+            let _ = fs::remove_dir_all(&root);
+            // Deep, so that climbing out of `out` lands inside `root`, where it is seen.
+            let out = root.join("a/b/c/d/e/f/out");
+            fs::create_dir_all(&out).unwrap();
+            let article = api::Article {
+                job_id: "job-1".into(),
+                slug: slug.into(),
+                ..Default::default()
+            };
+            let folder = write_article(&out, &article).unwrap();
+            assert_eq!(folder.parent(), Some(out.as_path()), "{slug:?}");
+            let name = folder.file_name().unwrap().to_str().unwrap();
+            assert!(
+                name.len() <= 255
+                    && name
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || "-_".contains(c)),
+                "{name:?}"
+            );
+            for path in walk(&root) {
+                let inside = path.parent() == Some(folder.as_path()) && path.is_file();
+                assert!(
+                    inside || out.starts_with(&path) || path == folder,
+                    "{path:?}"
+                );
+            }
+            assert_eq!(fs::read_dir(&folder).unwrap().count(), 6);
+            let front_matter = fs::read_to_string(folder.join("article.md")).unwrap();
+            assert!(
+                !front_matter.chars().any(|c| c.is_control() && c != '\n'),
+                "{front_matter:?}"
+            );
+            assert_eq!(
+                front_matter
+                    .lines()
+                    .filter(|l| l.starts_with("slug:"))
+                    .count(),
+                1
+            );
+            let metadata: Value =
+                serde_json::from_str(&fs::read_to_string(folder.join("metadata.json")).unwrap())
+                    .unwrap();
+            let written_slug = metadata["generation"]["slug"].as_str().unwrap();
+            assert!(
+                !written_slug.chars().any(char::is_control),
+                "{written_slug:?}"
+            );
+            fs::remove_dir_all(&root).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_json_line_escapes_every_terminal_control_and_decodes_to_the_same_value() {
+        let hostile = "\x1b]52;c;AAAA\x07 \x1b[2J \u{9b}31m \u{7f} \u{202e} \u{e0041} \u{200b}";
+        let event = api::GenerateEvent {
+            job_id: hostile.into(),
+            event: Some(Event::Warning(api::Warning {
+                code: hostile.into(),
+                message: format!("{hostile}\nnext"),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let value = event_json(&event);
+        let line = json_line(&value);
+        let hidden: Vec<char> = line
+            .chars()
+            .filter(|&c| crate::safe_text::is_hidden(c))
+            .collect();
+        assert_eq!(hidden, vec![], "{line}");
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), value);
+    }
+
+    #[test]
+    fn a_server_slug_names_its_folder_unchanged_and_an_empty_one_falls_back() {
+        let slug_of = |slug: &str, job_id: &str| {
+            folder_slug(&api::Article {
+                slug: slug.into(),
+                job_id: job_id.into(),
+                ..Default::default()
+            })
+        };
+        for slug in [
+            "private-credit-risks-returns",
+            "esg-in-2026",
+            "café_über-2026",
+            "article",
+        ] {
+            assert_eq!(slug_of(slug, "job"), slug);
+        }
+        assert_eq!(slug_of("/Abs/../Path/", "job"), "abs-path");
+        assert_eq!(slug_of("..", "3f2a-9c1e"), "3f2a-9c1e");
+        assert_eq!(slug_of("", "../.."), "article");
+        assert_eq!(
+            slug_of(&"ü".repeat(200), "job").chars().count(),
+            MAX_SLUG_CHARS
+        );
+        assert!(slug_of(&"\u{10348}".repeat(200), "job").len() <= MAX_SLUG_BYTES);
+    }
 }

@@ -312,10 +312,8 @@ async fn search(
                 .iter()
                 .map(|h| serde_json::json!({"title": h.title, "url": h.url, "section": h.section, "score": h.score, "snippet": h.snippet}))
                 .collect();
-            println!(
-                "{}",
-                serde_json::json!({"query": result.query, "hits": hits})
-            );
+            let value = serde_json::json!({"query": result.query, "hits": hits});
+            println!("{}", output::json_line(&value));
             continue;
         }
         println!(
@@ -386,7 +384,7 @@ async fn follow(
             _ = tokio::signal::ctrl_c() => {
                 display.finish();
                 if let Some(job_id) = follower.job_id.clone() {
-                    eprintln!("interrupted: cancelling job {job_id}");
+                    eprintln!("interrupted: cancelling job {}", for_terminal(&job_id));
                     let _ = client.cancel_job(api::CancelJobRequest { job_id }).await;
                 }
                 return Ok(ExitCode::from(130));
@@ -462,7 +460,7 @@ fn deliver(
                 .map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
             eprintln!("wrote {}", folder.display());
         }
-        (None, true) => println!("{}", output::article_json(article)),
+        (None, true) => println!("{}", output::json_line(&output::article_json(article))),
         (None, false) => println!("{}", for_terminal(&article.markdown)),
     }
     Ok(())

@@ -20,7 +20,7 @@ impl Display {
         if json {
             Display::Json
         } else if std::io::stderr().is_terminal() {
-            Display::Bars(Bars::default())
+            Display::Bars(Bars::new(ProgressDrawTarget::stderr()))
         } else {
             Display::Lines
         }
@@ -28,11 +28,11 @@ impl Display {
 
     pub fn show(&mut self, event: &api::GenerateEvent) {
         match self {
-            Display::Json => println!("{}", output::event_json(event)),
+            Display::Json => println!("{}", output::json_line(&output::event_json(event))),
             Display::Bars(bars) => bars.show(event),
             Display::Lines => {
-                if let Some(line) = describe(event) {
-                    eprintln!("[{:>3}%] {}", event.progress, for_terminal(&line));
+                if let Some(line) = line(event) {
+                    eprintln!("[{:>3}%] {line}", event.progress);
                 }
             }
         }
@@ -56,6 +56,27 @@ impl Display {
             }
         }
     }
+}
+
+/// Longest text of a bar, in characters: a bar is one line of the terminal.
+const MAX_BAR_TEXT: usize = 80;
+
+/// Server text as it goes in a bar's prefix or message: safe to print ([`for_terminal`]), one
+/// line (a line break or tab in a bar tears the bars apart) and bounded.
+fn bar_text(text: &str) -> String {
+    let line: String = for_terminal(text)
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .collect();
+    match line.char_indices().nth(MAX_BAR_TEXT) {
+        Some((end, _)) => format!("{}…", &line[..end]),
+        None => line,
+    }
+}
+
+/// [`describe`], safe to print.
+fn line(event: &api::GenerateEvent) -> Option<String> {
+    describe(event).map(|line| for_terminal(&line).into_owned())
 }
 
 /// One line describing an event, for logs and non-terminal output (deltas are skipped).
@@ -103,9 +124,10 @@ pub struct Bars {
     running: HashMap<String, Vec<String>>,
 }
 
-impl Default for Bars {
-    fn default() -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+impl Bars {
+    /// Bars drawn to `target` (stderr; hidden in tests, which read the bars' text back).
+    fn new(target: ProgressDrawTarget) -> Self {
+        let multi = MultiProgress::with_draw_target(target);
         let overall = multi.add(ProgressBar::new(100));
         overall.set_style(
             ProgressStyle::with_template("{spinner} {prefix:<14} [{bar:30}] {pos:>3}% {msg}")
@@ -121,9 +143,7 @@ impl Default for Bars {
             running: HashMap::new(),
         }
     }
-}
 
-impl Bars {
     fn phase_style() -> ProgressStyle {
         ProgressStyle::with_template("  {prefix:<14} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -137,15 +157,15 @@ impl Bars {
             Event::JobStarted(e) => {
                 self.overall.set_message(format!(
                     "{} ({})",
-                    for_terminal(&e.topic),
-                    for_terminal(&event.job_id)
+                    bar_text(&e.topic),
+                    bar_text(&event.job_id)
                 ));
                 for phase in &e.phases {
                     let bar = self
                         .multi
                         .add(ProgressBar::new(phase.agents.len().max(1) as u64));
                     bar.set_style(Self::phase_style());
-                    bar.set_prefix(phase.phase.clone());
+                    bar.set_prefix(bar_text(&phase.phase));
                     bar.set_message(if phase.conditional {
                         "only if needed"
                     } else {
@@ -168,7 +188,7 @@ impl Bars {
                 let running = self.running.entry(e.phase.clone()).or_default();
                 running.push(e.agent.clone());
                 if let Some(bar) = self.phases.get(&e.phase) {
-                    bar.set_message(running.join(", "));
+                    bar.set_message(bar_text(&running.join(", ")));
                 }
             }
             Event::AgentCompleted(e) => {
@@ -176,7 +196,7 @@ impl Bars {
                 running.retain(|a| a != &e.agent);
                 if let Some(bar) = self.phases.get(&e.phase) {
                     bar.inc(1);
-                    bar.set_message(running.join(", "));
+                    bar.set_message(bar_text(&running.join(", ")));
                 }
             }
             Event::PhaseCompleted(e) => {
@@ -189,13 +209,11 @@ impl Bars {
                     ));
                 }
             }
-            Event::Warning(e) => self.multi.suspend(|| {
-                eprintln!(
-                    "warning {}: {}",
-                    for_terminal(&e.code),
-                    for_terminal(&e.message)
-                )
-            }),
+            Event::Warning(_) => {
+                if let Some(line) = line(event) {
+                    self.multi.suspend(|| eprintln!("{line}"));
+                }
+            }
             Event::ContentDelta(_) => {}
             Event::Completed(_) => {
                 for bar in self.phases.values().filter(|b| !b.is_finished()) {
@@ -205,5 +223,98 @@ impl Bars {
             }
             Event::Failed(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    const HOSTILE: [&str; 3] = ["\x1b]52;c;AAAA\x07", "\x1b[2J", "\u{9b}31m"];
+
+    fn hostile(name: &str) -> String {
+        format!("{name}{}\nsecond line\u{202e}", HOSTILE.concat())
+    }
+
+    fn event(event: Event) -> api::GenerateEvent {
+        api::GenerateEvent {
+            job_id: hostile("job"),
+            event: Some(event),
+            ..Default::default()
+        }
+    }
+
+    /// Terminal controls (ESC, BEL, C1, bidi overrides) or a line break.
+    fn unsafe_char(text: &str) -> Option<char> {
+        text.chars()
+            .find(|&c| dakota::safe_text::is_hidden(c) || c == '\n')
+    }
+
+    #[test]
+    fn bar_text_of_hostile_events_is_one_line_without_controls() {
+        let (phase, agent) = (hostile("draft"), hostile("writer"));
+        let events = [
+            Event::JobStarted(api::JobStarted {
+                topic: hostile("topic"),
+                phases: vec![api::PlannedPhase {
+                    phase: phase.clone(),
+                    agents: vec![agent.clone()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            Event::PhaseStarted(api::PhaseStarted {
+                phase: phase.clone(),
+                iteration: 1,
+            }),
+            Event::AgentStarted(api::AgentStarted {
+                agent: agent.clone(),
+                phase: phase.clone(),
+                provider: hostile("provider"),
+                model: hostile("model"),
+            }),
+            Event::Warning(api::Warning {
+                code: hostile("CODE"),
+                message: hostile("message"),
+                phase: phase.clone(),
+                agent: agent.clone(),
+            }),
+            Event::AgentCompleted(api::AgentCompleted {
+                agent: agent.clone(),
+                phase: phase.clone(),
+                summary: hostile("summary"),
+                ..Default::default()
+            }),
+            Event::PhaseCompleted(api::PhaseCompleted {
+                phase: phase.clone(),
+                ..Default::default()
+            }),
+        ];
+        let mut bars = Bars::new(ProgressDrawTarget::hidden());
+        for kind in events {
+            let event = event(kind);
+            bars.show(&event);
+            // Agents run: their names are in the phase's bar.
+            if matches!(event.event, Some(Event::AgentStarted(_))) {
+                let messages: Vec<_> = bars.phases.values().map(|b| b.message()).collect();
+                assert!(
+                    messages.iter().any(|m| m.contains("writer")),
+                    "{messages:?}"
+                );
+            }
+            for bar in bars.phases.values().chain([&bars.overall]) {
+                for text in [bar.prefix(), bar.message()] {
+                    assert_eq!(unsafe_char(&text), None, "{text:?} after {event:?}");
+                }
+            }
+            // Lines (and warnings between the bars) keep line breaks, nothing else hidden.
+            let line = line(&event).unwrap_or_default();
+            let hidden = line
+                .chars()
+                .find(|&c| dakota::safe_text::is_hidden(c) && c != '\n');
+            assert_eq!(hidden, None, "{line:?}");
+        }
+        assert_eq!(bars.phases.len(), 1);
     }
 }
