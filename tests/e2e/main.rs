@@ -11,6 +11,7 @@ mod common;
 mod generate;
 mod jobs;
 mod lifecycle;
+mod message_size;
 mod messy_kb;
 mod observability;
 mod redis_server;
