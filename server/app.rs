@@ -12,6 +12,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::{
     auth::{ApiKeys, AuthLayer},
+    message_size::MessageSizeLayer,
     metrics::Metrics,
     net,
     resilience::breaker::{BreakerState, CircuitBreaker},
@@ -252,9 +253,11 @@ struct Startup {
     agents: AgentsFactory,
     admin_stop: CancellationToken,
 }
-/// The gRPC server's tower layers: every RPC is timed and counted (the refused ones too),
-/// then authenticated.
-type RpcLayers = Stack<Stack<AuthLayer, Stack<RpcMetricsLayer, Identity>>, Identity>;
+/// The gRPC server's tower layers: every RPC is timed and counted (the refused ones too, with
+/// a message over the limit counted as the RESOURCE_EXHAUSTED it is answered), then
+/// authenticated.
+type RpcLayers =
+    Stack<Stack<AuthLayer, Stack<MessageSizeLayer, Stack<RpcMetricsLayer, Identity>>>, Identity>;
 
 /// The gRPC server with its layers and services, all but health (whose reporter the
 /// lifecycle keeps).
@@ -274,6 +277,7 @@ fn grpc_server(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let layers = tower::ServiceBuilder::new()
         .layer(RpcMetricsLayer::new(state.metrics.clone()))
+        .layer(MessageSizeLayer)
         .layer(AuthLayer::new(api_keys, !config.auth_probes))
         .into_inner();
     let keepalive = (!config.http2_keepalive.is_zero()).then_some(config.http2_keepalive);

@@ -17,6 +17,7 @@ pub mod config;
 mod error;
 mod jobs;
 mod kb;
+mod message_size;
 pub mod metrics;
 mod net;
 pub mod pipeline;

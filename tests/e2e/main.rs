@@ -13,6 +13,7 @@ mod hostile_kb;
 mod hostile_upstreams;
 mod jobs;
 mod lifecycle;
+mod message_size;
 mod messy_kb;
 mod observability;
 mod redis_server;

@@ -287,3 +287,82 @@ async fn tls_files_that_do_not_load_stop_the_server_at_start_up() {
         "{error}"
     );
 }
+
+/// A TLS server with a certificate of a test CA, SERVING: the server, its URL and the CA.
+async fn serving_tls_server(pki: &Pki) -> (dakota_server::app::Server, String, Vec<u8>) {
+    pki.ca("test");
+    pki.server_cert("test");
+    let server = dakota_server::app::Server::start(tls_config(pki))
+        .await
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}", server.grpc_addr.port());
+    let ca = pki.read("test.ca.pem");
+    let started = Instant::now();
+    while serving(&url, &ca).await.is_err() {
+        assert!(started.elapsed() < PATIENCE, "the TLS server answers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (server, url, ca)
+}
+
+/// `count` TCP connections to `addr` from `source` that never send a byte.
+async fn idle_connections(
+    addr: std::net::SocketAddr,
+    source: std::net::Ipv4Addr,
+    count: usize,
+) -> Vec<tokio::net::TcpStream> {
+    let mut idle = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        idle.push(socket.connect(addr).await.unwrap());
+    }
+    idle
+}
+
+#[tokio::test]
+async fn idle_connections_do_not_hold_up_a_tls_health_check() {
+    let pki = Pki::new();
+    let (server, url, ca) = serving_tls_server(&pki).await;
+    // `dakota health` gives a call 5 s. The idle sockets come first from the health check's
+    // own address (as clients behind one NAT or proxy share it), then from another client.
+    for source in [[127, 0, 0, 1], [127, 0, 0, 2]] {
+        let idle = idle_connections(server.grpc_addr, source.into(), 300).await;
+        let checked = tokio::time::timeout(Duration::from_secs(5), serving(&url, &ca)).await;
+        assert!(
+            matches!(checked, Ok(Ok(()))),
+            "a health check within 5 s while 300 idle sockets from {source:?} are open: {checked:?}"
+        );
+        drop(idle);
+    }
+    server.shutdown();
+}
+
+#[tokio::test]
+async fn a_tls_connection_that_sends_nothing_is_closed_within_seconds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (server, _, _) = serving_tls_server(&pki).await;
+    let mut silent = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    // A client that has begun its ClientHello (the record type byte) keeps the full handshake
+    // time: only silence is cut short.
+    let mut started = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    started.write_all(&[0x16]).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(6), silent.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "a silent connection is closed by the server within a few seconds: {read:?}"
+    );
+    let still_open =
+        tokio::time::timeout(Duration::from_millis(100), started.read(&mut byte)).await;
+    assert!(
+        still_open.is_err(),
+        "a started handshake is not cut at the first-byte timeout: {still_open:?}"
+    );
+    server.shutdown();
+}
