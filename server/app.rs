@@ -360,6 +360,11 @@ async fn lifecycle(
                     }
                 }
             });
+            // With shared jobs, this replica's finished jobs are written again if Redis
+            // loses them (stopped with the shutdown token, like the expiry).
+            if let Some(shared) = &state.shared_jobs {
+                tokio::spawn(shared.clone().keep_records(state.jobs.clone()));
+            }
             let breaker_watch = llm_breaker.map(|breaker| {
                 tokio::spawn(follow_llm_breaker(
                     breaker,

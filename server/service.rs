@@ -319,7 +319,7 @@ impl ContentApi {
         let Some(holder) = shared.claim_key(&scoped, id).await else {
             return Ok(None);
         };
-        if let Some(job) = shared.find(&holder).await.filter(|j| j.visible_to(owner)) {
+        if let Some(job) = shared.find(&holder).await?.filter(|j| j.visible_to(owner)) {
             match shared.reattachable(&job, request).await {
                 Reattach::Yes => return Ok(Some(Box::pin(shared.follow(job, 0)))),
                 Reattach::KeyReused => {
@@ -338,7 +338,7 @@ impl ContentApi {
             return Ok(Located::Here(job));
         }
         if let Some(shared) = &self.state.shared_jobs
-            && let Some(job) = shared.find(id).await.filter(|j| j.visible_to(owner))
+            && let Some(job) = shared.find(id).await?.filter(|j| j.visible_to(owner))
         {
             return Ok(Located::Elsewhere(shared.clone(), job));
         }

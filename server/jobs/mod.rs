@@ -630,6 +630,11 @@ impl JobRegistry {
             .cloned()
     }
 
+    /// Every job in memory, running or finished.
+    pub fn all(&self) -> Vec<Arc<Job>> {
+        self.registry().jobs.values().cloned().collect()
+    }
+
     /// (jobs, bytes their logs hold) for running and for finished jobs.
     pub fn retained(&self) -> [(usize, usize); 2] {
         let jobs: Vec<Arc<Job>> = self.registry().jobs.values().cloned().collect();

@@ -14,8 +14,19 @@
 //! And `dakota:v1:idem:<caller>:<key>` maps an idempotency key to its job (`SET NX`).
 //!
 //! Publishing never holds up the job: the runner's in-memory log is the source, a publisher
-//! task copies it to Redis in pipelined batches, and when Redis is down the job goes on in
-//! memory (one warning) and the publisher catches up when it answers again.
+//! task copies it to Redis in batches, and when Redis is down the job goes on in memory (one
+//! warning) and the publisher catches up when it answers again.
+//!
+//! Redis may pause (a fork, a failover, `SIGSTOP`) or lose everything (a restart without
+//! persistence), so:
+//! - a batch is appended by one Lua script that skips the entries already written (a batch
+//!   that timed out here may have run there), as the job's lease holder only;
+//! - a watcher declares the runner gone only after its lease has been missing for a lease
+//!   and [`RUNNER_GRACE`] while Redis answered every look, and then takes the lease over
+//!   before it writes the job's `failed` end: only the lease holder writes a final event;
+//! - a runner whose job's records are gone writes them again (meta, idempotency key, the
+//!   events so far), and each replica notices a Redis that lost its data by a key of its own
+//!   that vanished, and republishes its finished jobs.
 use std::{sync::Arc, time::Duration};
 
 use prost::Message;
@@ -33,9 +44,97 @@ const BATCH: usize = 256;
 /// How often a watcher on another replica reads the stream. Blocking reads (`XREAD BLOCK`)
 /// would stall the shared multiplexed connection, so watchers poll.
 const POLL: Duration = Duration::from_millis(100);
+/// How long a watcher waits for a Redis that does not answer before it tells its client
+/// (at least three leases): a pause of a few seconds is waited out, not reported.
+const WATCH_PATIENCE: Duration = Duration::from_secs(15);
+/// After Redis answers again, how long a live runner may take to renew its lease: its own
+/// Redis breaker's cool-down, then a renew tick.
+const RUNNER_GRACE: Duration = Duration::from_secs(3);
 /// How long the runner goes on trying to publish a finished job's last events while Redis
 /// does not answer (not past the server's shutdown, which waits for the publishers).
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Appends events as the job's lease holder, skipping those already written.
+/// KEYS: events, meta, lease, article. ARGV: replica, lease ms, ttl ms, "1" when the batch
+/// ends the job, the article ("" if none), then sequence and event pairs.
+/// Returns the stream's top sequence, or -1 (another replica holds the lease), -2 (another
+/// replica ended the job), -3 (the job's records are gone).
+const APPEND: &str = r"
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return -3 end
+local ended = redis.call('HGET', KEYS[2], 'ended')
+if ended and ended ~= ARGV[1] then return -2 end
+local top = 0
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then top = tonumber(string.sub(last[1][1], 3)) or 0 end
+if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[3]) end
+for i = 6, #ARGV, 2 do
+  local sequence = tonumber(ARGV[i])
+  if sequence > top then
+    redis.call('XADD', KEYS[1], '0-' .. ARGV[i], 'e', ARGV[i + 1])
+    top = sequence
+  end
+end
+if ARGV[4] == '1' then redis.call('HSET', KEYS[2], 'ended', ARGV[1]) end
+if not ended then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return top
+";
+
+/// Renews the runner's lease (taking it back if it lapsed) and reads the cancel flag.
+/// KEYS: lease, cancel, meta. ARGV: replica, lease ms. Returns 1 (cancel asked), 0, or -1,
+/// -2, -3 as [`APPEND`].
+const RENEW: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return -3 end
+local ended = redis.call('HGET', KEYS[3], 'ended')
+if ended and ended ~= ARGV[1] then return -2 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('EXISTS', KEYS[2])
+";
+
+/// A watcher takes over the lease of a job that has not ended and whose lease is gone.
+/// KEYS: lease, meta. ARGV: replica, lease ms. Returns 1 when taken.
+const TAKE_OVER: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[2], 'ended') == 1 then return 0 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+";
+
+/// What Redis said to a runner's append or renew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Appended up to this sequence (for a renew: whether a cancel was asked, as 0 or 1).
+    Yes(u64),
+    /// Another replica took the job over (it declared this one gone).
+    TakenOver,
+    /// The job's records are gone (Redis restarted or was flushed): write them again.
+    Lost,
+}
+
+impl Held {
+    fn of(reply: i64) -> Self {
+        match reply {
+            -3 => Self::Lost,
+            n if n < 0 => Self::TakenOver,
+            n => Self::Yes(n as u64),
+        }
+    }
+}
+
+/// `EVAL script` over `keys` with `args`.
+fn eval(script: &str, keys: &[&str], args: Vec<Vec<u8>>) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len()).arg(keys);
+    for arg in args {
+        cmd.arg(arg);
+    }
+    cmd
+}
 
 pub struct SharedJobs {
     redis: Arc<Redis>,
@@ -129,8 +228,9 @@ impl SharedJobs {
             .await;
     }
 
-    /// The job `id` if Redis knows it.
-    pub async fn find(&self, id: &str) -> Option<RemoteJob> {
+    /// The job `id` if Redis knows it; an error when Redis does not answer (the job may
+    /// well exist: "not found" would be a lie).
+    pub async fn find(&self, id: &str) -> Result<Option<RemoteJob>, Status> {
         let name = key(id, "meta");
         let (owner, fingerprint): (Option<String>, Option<String>) = self
             .redis
@@ -142,12 +242,13 @@ impl SharedJobs {
                     .query_async(&mut c)
                     .await
             })
-            .await?;
-        Some(RemoteJob {
+            .await
+            .ok_or_else(store_unavailable)?;
+        Ok(owner.map(|owner| RemoteJob {
             id: id.to_string(),
-            owner: owner?,
+            owner,
             fingerprint: fingerprint.unwrap_or_default(),
-        })
+        }))
     }
 
     /// Whether a retried `Generate` re-attaches to `job` (running on a live replica, or
@@ -210,32 +311,50 @@ impl SharedJobs {
         Some(bytes.and_then(|b| api::Article::decode(b.as_slice()).ok()))
     }
 
-    /// Makes a new job known to every replica (its meta and the first lease) before its id
-    /// reaches the caller, so a `WatchJob` sent anywhere right after finds it. Bounded by the
+    /// Makes a job known to every replica (its meta, its idempotency key and, while it runs,
+    /// its lease) before its id reaches the caller, so a `WatchJob` sent anywhere right after
+    /// finds it; also what re-creates the records of a job Redis has lost. Bounded by the
     /// Redis timeout; without Redis the job is this replica's alone until it answers.
     pub async fn register(&self, job: &Job, owner: Option<&Principal>) -> bool {
         let (meta, lease) = (key(&job.id, "meta"), key(&job.id, "lease"));
+        let idem = job
+            .request
+            .idempotency_key
+            .as_deref()
+            .map(|k| Redis::key("idem", &super::scoped_key(owner, k)));
         let owner = owner.map(|p| p.0.clone()).unwrap_or_default();
         let request = fingerprint(&job.request);
         let (replica, lease_ms, ttl) = (self.replica.clone(), millis(self.lease), self.ttl);
+        let (running, id) = (!job.is_finished(), job.id.clone());
         self.redis
             .run("register", |mut c| async move {
-                redis::pipe()
-                    .hset_multiple(&meta, &[("owner", owner), ("request", request)])
+                let mut pipe = redis::pipe();
+                pipe.hset_multiple(&meta, &[("owner", owner), ("request", request)])
                     .ignore()
                     .pexpire(&meta, millis(ttl) as i64)
-                    .ignore()
-                    .pset_ex(&lease, replica, lease_ms)
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
+                    .ignore();
+                if running {
+                    pipe.pset_ex(&lease, replica, lease_ms).ignore();
+                }
+                // Never taken from another job: only re-created where it is gone.
+                if let Some(idem) = idem {
+                    pipe.cmd("SET")
+                        .arg(idem)
+                        .arg(id)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(millis(ttl))
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut c).await
             })
             .await
             .is_some()
     }
 
     /// The runner's side: copies `job`'s events to Redis as they come, holds the job's lease
-    /// and cancels the job when another replica asks. Ends once the final event is published.
+    /// and cancels the job when another replica asks. Ends once the final event is published
+    /// (or another replica took the job over, having found this one gone).
     pub async fn publish(
         self: Arc<Self>,
         job: Arc<Job>,
@@ -254,15 +373,27 @@ impl SharedJobs {
                     if !registered {
                         registered = self.register(&job, owner.as_ref()).await;
                     }
-                    if self.renew(&job).await.is_none() && !warned {
-                        warned = true;
-                        tracing::warn!(job_id = %job.id, "Redis unavailable: the job goes on in this replica's memory; other replicas cannot serve it until Redis answers");
+                    match self.renew(&job).await {
+                        None if !warned => {
+                            warned = true;
+                            tracing::warn!(job_id = %job.id, "Redis unavailable: the job goes on in this replica's memory; other replicas cannot serve it until Redis answers");
+                        }
+                        Some(Held::Lost) => {
+                            tracing::warn!(job_id = %job.id, "Redis lost the job's records: writing them again");
+                            (registered, cursor) = (false, 0);
+                        }
+                        Some(Held::TakenOver) => return self.taken_over(&job),
+                        _ => {}
                     }
                 }
             }
             // Nothing goes to the stream before the job's meta: a reader finds both.
             if registered {
-                cursor = self.append_after(&job, cursor).await;
+                match self.append_after(&job, cursor).await {
+                    Held::Yes(at) => cursor = at,
+                    Held::Lost => (registered, cursor) = (false, 0),
+                    Held::TakenOver => return self.taken_over(&job),
+                }
             }
             if job.is_finished() {
                 let published = job.events_after(cursor, 1).0.is_empty();
@@ -275,74 +406,93 @@ impl SharedJobs {
         }
     }
 
-    /// Appends the job's events after `cursor`, batch by batch, as far as Redis takes them;
-    /// the new cursor.
-    async fn append_after(&self, job: &Job, mut cursor: u64) -> u64 {
+    fn taken_over(&self, job: &Job) {
+        tracing::warn!(
+            job_id = %job.id,
+            "another replica took this job over (it found this one gone from Redis for longer than a lease); its events are no longer published"
+        );
+    }
+
+    /// Appends the job's events after `cursor`, batch by batch, as far as Redis takes them:
+    /// the sequence published up to, or why no more can be.
+    async fn append_after(&self, job: &Job, mut cursor: u64) -> Held {
         loop {
             let events = job.events_after(cursor, BATCH).0;
-            let Some(end) = events.last().map(|e| e.sequence) else {
-                return cursor;
-            };
-            if self.append(&job.id, events).await.is_none() {
-                return cursor;
+            if events.is_empty() {
+                return Held::Yes(cursor);
             }
-            cursor = end;
+            match self.append(&job.id, events).await {
+                None => return Held::Yes(cursor),
+                Some(Held::Yes(top)) => cursor = cursor.max(top),
+                Some(other) => return other,
+            }
         }
     }
 
     /// Renews the lease and looks for a cancel sent to another replica.
-    async fn renew(&self, job: &Job) -> Option<()> {
-        let (lease, cancel) = (key(&job.id, "lease"), key(&job.id, "cancel"));
-        let (replica, lease_ms) = (self.replica.clone(), millis(self.lease));
-        let cancelled: bool = self
+    async fn renew(&self, job: &Job) -> Option<Held> {
+        let keys = [
+            key(&job.id, "lease"),
+            key(&job.id, "cancel"),
+            key(&job.id, "meta"),
+        ];
+        let args = vec![
+            self.replica.clone().into_bytes(),
+            millis(self.lease).to_string().into_bytes(),
+        ];
+        let reply: i64 = self
             .redis
             .run("lease", |mut c| async move {
-                let (cancelled,): (bool,) = redis::pipe()
-                    .pset_ex(&lease, replica, lease_ms)
-                    .ignore()
-                    .exists(&cancel)
-                    .query_async(&mut c)
-                    .await?;
-                Ok(cancelled)
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                eval(RENEW, &keys, args).query_async(&mut c).await
             })
             .await?;
-        if cancelled && !job.is_finished() {
+        let held = Held::of(reply);
+        if held == Held::Yes(1) && !job.is_finished() {
             tracing::info!(job_id = %job.id, "cancelled from another replica");
             job.cancel.cancel();
         }
-        Some(())
+        Some(held)
     }
 
-    /// Appends events in one pipeline; a `completed` event's article goes to its own key
+    /// Appends events in one script, as the job's lease holder: those at or below the
+    /// stream's top are taken as written. A `completed` event's article goes to its own key
     /// first, so a reader that sees the event finds the article.
-    async fn append(&self, id: &str, events: Vec<GenerateEvent>) -> Option<()> {
-        let (stream, article, meta) = (key(id, "events"), key(id, "article"), key(id, "meta"));
-        let ttl = millis(self.ttl) as i64;
-        self.redis
+    async fn append(&self, id: &str, events: Vec<GenerateEvent>) -> Option<Held> {
+        let keys = [
+            key(id, "events"),
+            key(id, "meta"),
+            key(id, "lease"),
+            key(id, "article"),
+        ];
+        let mut article = Vec::new();
+        let ends = events.iter().any(final_event);
+        let mut args = vec![
+            self.replica.clone().into_bytes(),
+            millis(self.lease).to_string().into_bytes(),
+            millis(self.ttl).to_string().into_bytes(),
+            if ends { b"1".to_vec() } else { b"0".to_vec() },
+        ];
+        let mut pairs = Vec::with_capacity(events.len() * 2);
+        for mut event in events {
+            if let Some(Event::Completed(completed)) = &mut event.event
+                && let Some(finished) = completed.article.take()
+            {
+                article = finished.encode_to_vec();
+            }
+            pairs.push(event.sequence.to_string().into_bytes());
+            pairs.push(event.encode_to_vec());
+        }
+        args.push(article);
+        args.extend(pairs);
+        let reply: i64 = self
+            .redis
             .run("xadd", |mut c| async move {
-                let mut pipe = redis::pipe();
-                for mut event in events {
-                    if let Some(Event::Completed(completed)) = &mut event.event
-                        && let Some(finished) = completed.article.take()
-                    {
-                        pipe.pset_ex(&article, finished.encode_to_vec(), ttl as u64)
-                            .ignore();
-                    }
-                    pipe.xadd(
-                        &stream,
-                        format!("0-{}", event.sequence),
-                        &[("e", event.encode_to_vec())],
-                    )
-                    .ignore();
-                }
-                pipe.pexpire(&stream, ttl)
-                    .ignore()
-                    .pexpire(&meta, ttl)
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                eval(APPEND, &keys, args).query_async(&mut c).await
             })
-            .await
+            .await?;
+        Some(Held::of(reply))
     }
 
     async fn release(&self, id: &str) {
@@ -350,6 +500,59 @@ impl SharedJobs {
         self.redis
             .run("lease", |mut c| async move { c.del::<_, ()>(lease).await })
             .await;
+    }
+
+    /// Keeps this replica's jobs in Redis while they are in its memory: a key of its own,
+    /// renewed every lease, that vanishes only if Redis lost its data (a restart without
+    /// persistence, a flush, an eviction). Then every finished job is written again (the
+    /// running ones' publishers do so themselves), so other replicas still find them and
+    /// their idempotency keys do not start duplicates.
+    pub async fn keep_records(self: Arc<Self>, jobs: Arc<super::JobRegistry>) {
+        let mine = Redis::key("replica", &self.replica);
+        let mut tick = tokio::time::interval(self.lease);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut known = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.stop.cancelled() => return,
+            }
+            let (name, ttl) = (mine.clone(), millis(self.ttl));
+            let previous: Option<Option<String>> = self
+                .redis
+                .run("keep", |mut c| async move {
+                    redis::cmd("SET")
+                        .arg(name)
+                        .arg(1)
+                        .arg("PX")
+                        .arg(ttl)
+                        .arg("GET")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await;
+            match previous {
+                Some(None) if known => {
+                    tracing::warn!(
+                        "Redis lost this replica's records (restarted or flushed): writing its finished jobs again"
+                    );
+                    for job in jobs.all().into_iter().filter(|j| j.is_finished()) {
+                        self.republish(&job).await;
+                    }
+                }
+                Some(_) => known = true,
+                None => {}
+            }
+        }
+    }
+
+    /// Writes a finished job's records again: meta, idempotency key, every event.
+    async fn republish(&self, job: &Job) {
+        if self.register(job, job.owner.as_ref()).await {
+            self.append_after(job, 0).await;
+            // Appending takes the lease, which a finished job does not hold.
+            self.release(&job.id).await;
+        }
     }
 
     /// A watcher's side: the events of a job running (or run) on another replica, after
@@ -380,12 +583,12 @@ impl SharedJobs {
         let mut cursor = after;
         let mut unanswered = tokio::time::Instant::now();
         let mut last_lease_check = tokio::time::Instant::now();
+        let mut runner = Liveness::default();
         loop {
             let Some(events) = self.events_after(id, cursor, super::FOLLOWER_BUFFER).await else {
-                if unanswered.elapsed() > self.lease * 3 {
-                    return Err(Status::unavailable(
-                        "the shared job store (Redis) does not answer; retry WatchJob",
-                    ));
+                runner.redis_away();
+                if unanswered.elapsed() > (self.lease * 3).max(WATCH_PATIENCE) {
+                    return Err(store_unavailable());
                 }
                 tokio::time::sleep(POLL).await;
                 continue;
@@ -411,10 +614,18 @@ impl SharedJobs {
                 let _ = tx.send(Ok(self.with_article(id, last).await)).await;
                 return Ok(());
             }
-            if last_lease_check.elapsed() >= self.lease / 2 {
+            if last_lease_check.elapsed() >= self.lease / 3 {
                 last_lease_check = tokio::time::Instant::now();
-                if self.lease_held(id).await == Some(false) {
-                    return self.runner_gone(id, tx).await;
+                match self.lease_held(id).await {
+                    Some(true) => runner.seen(),
+                    None => runner.redis_away(),
+                    Some(false) => {
+                        if runner.missing_for() >= self.lease + RUNNER_GRACE
+                            && self.take_over(id).await
+                        {
+                            return self.runner_gone(id, tx).await;
+                        }
+                    }
                 }
             }
             tokio::select! {
@@ -424,9 +635,28 @@ impl SharedJobs {
         }
     }
 
-    /// The runner's lease lapsed before the job ended: it stopped (killed, or cut off from
-    /// Redis). The watcher ends with `failed` UNAVAILABLE, recorded in the stream so every
-    /// replica tells the same end, and the idempotency key may start the job again.
+    /// Takes over the lease of job `id` (not ended, lease gone): then this replica, and no
+    /// other, may write its end.
+    async fn take_over(&self, id: &str) -> bool {
+        let keys = [key(id, "lease"), key(id, "meta")];
+        let args = vec![
+            self.replica.clone().into_bytes(),
+            millis(self.lease).to_string().into_bytes(),
+        ];
+        let taken: Option<i64> = self
+            .redis
+            .run("lease", |mut c| async move {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                eval(TAKE_OVER, &keys, args).query_async(&mut c).await
+            })
+            .await;
+        taken == Some(1)
+    }
+
+    /// The runner's lease lapsed before the job ended and this replica took it over: the
+    /// runner stopped (killed, or cut off from Redis). The watcher ends with `failed`
+    /// UNAVAILABLE, recorded in the stream so every replica tells the same end, and the
+    /// idempotency key may start the job again.
     async fn runner_gone(
         &self,
         id: &str,
@@ -454,10 +684,16 @@ impl SharedJobs {
                 }),
             })),
         };
-        // Recorded once: a second watcher's append of the same sequence is refused by Redis.
-        let _ = self.append(id, vec![failed.clone()]).await;
-        let _ = tx.send(Ok(failed)).await;
-        Ok(())
+        let _ = self.append(id, vec![failed]).await;
+        self.release(id).await;
+        // Whatever end the stream now holds is the job's, for every replica.
+        match self.last_event(id).await.flatten().filter(final_event) {
+            Some(end) => {
+                let _ = tx.send(Ok(self.with_article(id, end).await)).await;
+                Ok(())
+            }
+            None => Err(store_unavailable()),
+        }
     }
 
     async fn with_article(&self, id: &str, mut event: GenerateEvent) -> GenerateEvent {
@@ -471,11 +707,18 @@ impl SharedJobs {
 
     /// `GetArticle` for a job of another replica.
     pub async fn article(&self, job: &RemoteJob) -> Result<api::Article, Status> {
-        let unavailable = || Status::unavailable("the shared job store (Redis) does not answer");
-        if let Some(article) = self.stored_article(&job.id).await.ok_or_else(unavailable)? {
+        if let Some(article) = self
+            .stored_article(&job.id)
+            .await
+            .ok_or_else(store_unavailable)?
+        {
             return Ok(article);
         }
-        match self.last_event(&job.id).await.ok_or_else(unavailable)? {
+        match self
+            .last_event(&job.id)
+            .await
+            .ok_or_else(store_unavailable)?
+        {
             Some(GenerateEvent {
                 event: Some(Event::Failed(failed)),
                 ..
@@ -497,7 +740,7 @@ impl SharedJobs {
                 c.pset_ex::<_, _, ()>(name, 1, ttl).await
             })
             .await
-            .ok_or_else(|| Status::unavailable("the shared job store (Redis) does not answer"))?;
+            .ok_or_else(store_unavailable)?;
         let give_up = tokio::time::Instant::now() + self.lease + Duration::from_secs(1);
         loop {
             if let Some(Some(last)) = self.last_event(&job.id).await
@@ -511,6 +754,35 @@ impl SharedJobs {
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// What a watcher has seen of a runner's lease: since when it has been missing while Redis
+/// answered every look. A lease that lapsed while Redis itself was away says nothing (the
+/// runner could not renew), so Redis going away starts the count again.
+#[derive(Debug, Default)]
+struct Liveness {
+    missing_since: Option<tokio::time::Instant>,
+}
+
+impl Liveness {
+    fn seen(&mut self) {
+        self.missing_since = None;
+    }
+
+    fn redis_away(&mut self) {
+        self.missing_since = None;
+    }
+
+    /// Called on a look that found no lease: how long it has been missing.
+    fn missing_for(&mut self) -> Duration {
+        self.missing_since
+            .get_or_insert_with(tokio::time::Instant::now)
+            .elapsed()
+    }
+}
+
+fn store_unavailable() -> Status {
+    Status::unavailable("the shared job store (Redis) does not answer; retry shortly")
 }
 
 /// Whether `SharedJobs::reattachable` lets a retried `Generate` follow the job.

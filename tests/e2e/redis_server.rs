@@ -56,6 +56,24 @@ impl RedisServer {
         }
     }
 
+    /// `SIGSTOP` for `pause`, then `SIGCONT`: Redis stops answering (a fork, a failover, a
+    /// stalled node) with every connection open, and then goes on with what it was sent.
+    pub fn pause(&self, pause: Duration) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let signal = |s: &str| {
+            assert!(
+                Command::new("kill")
+                    .args([s, &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            )
+        };
+        signal("-STOP");
+        std::thread::sleep(pause);
+        signal("-CONT");
+    }
+
     /// One `redis-cli` command; its output, trimmed, or `None` if Redis did not answer.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         let output = Command::new("redis-cli")
