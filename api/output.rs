@@ -209,6 +209,7 @@ pub fn run_metrics_json(metrics: Option<&api::RunMetrics>) -> Value {
                 "provider": a.provider, "model": a.model,
                 "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
                 "cache_hit": a.cache_hit, "attempts": a.attempts,
+                "calls": a.calls, "cached_calls": a.cached_calls,
                 "estimated_cost_usd": a.estimated_cost_usd,
             })
         }).collect::<Vec<_>>(),
@@ -216,6 +217,8 @@ pub fn run_metrics_json(metrics: Option<&api::RunMetrics>) -> Value {
         "total_output_tokens": m.total_output_tokens,
         "estimated_cost_usd": m.estimated_cost_usd,
         "cache_hits": m.cache_hits,
+        "calls": m.calls,
+        "cached_calls": m.cached_calls,
         "upstream_calls": m.upstream_calls.iter().map(|u| json!({
             "upstream": u.upstream, "calls": u.calls, "errors": u.errors,
         })).collect::<Vec<_>>(),
@@ -386,6 +389,7 @@ pub fn event_json(event: &api::GenerateEvent) -> Value {
                     "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
                     "cache_hit": e.cache_hit, "attempts": e.attempts, "provider": e.provider,
                     "model": e.model, "summary": e.summary,
+                    "calls": e.calls, "cached_calls": e.cached_calls,
                 }),
             )
         }
@@ -573,6 +577,44 @@ mod tests {
             .collect();
         assert_eq!(hidden, vec![], "{line}");
         assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), value);
+    }
+
+    #[test]
+    fn run_metrics_and_events_carry_the_calls_and_those_cached() {
+        let agent = api::AgentMetrics {
+            agent: "web_researcher".into(),
+            calls: 4,
+            cached_calls: 3,
+            ..Default::default()
+        };
+        let metrics = run_metrics_json(Some(&api::RunMetrics {
+            agents: vec![agent],
+            calls: 9,
+            cached_calls: 3,
+            ..Default::default()
+        }));
+        assert_eq!(metrics["agents"][0]["calls"], 4);
+        assert_eq!(metrics["agents"][0]["cached_calls"], 3);
+        assert_eq!(metrics["agents"][0]["cache_hit"], false);
+        assert_eq!(
+            (&metrics["calls"], &metrics["cached_calls"]),
+            (&json!(9), &json!(3))
+        );
+        let event = event_json(&api::GenerateEvent {
+            event: Some(Event::AgentCompleted(api::AgentCompleted {
+                calls: 7,
+                cached_calls: 7,
+                cache_hit: true,
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+        let data = &event["agent_completed"];
+        assert_eq!(
+            (&data["calls"], &data["cached_calls"]),
+            (&json!(7), &json!(7)),
+            "{event}"
+        );
     }
 
     #[test]

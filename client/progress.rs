@@ -96,10 +96,11 @@ fn describe(event: &api::GenerateEvent) -> Option<String> {
         Event::PhaseStarted(e) => format!("phase {} started", e.phase),
         Event::AgentStarted(e) => format!("  {} started ({} / {})", e.agent, e.provider, e.model),
         Event::AgentCompleted(e) => format!(
-            "  {} done in {} ms: {}",
+            "  {} done in {} ms: {}{}",
             e.agent,
             output::millis(e.duration.as_ref()),
-            e.summary
+            e.summary,
+            cached_calls(e)
         ),
         Event::ContentDelta(_) => return None,
         Event::Warning(e) => format!("warning {}: {}", e.code, e.message),
@@ -115,6 +116,15 @@ fn describe(event: &api::GenerateEvent) -> Option<String> {
             e.message
         ),
     })
+}
+
+/// " (3/7 cached)" when the cache answered some of an agent's calls; nothing otherwise
+/// (`cache_hit` alone hides a partial hit).
+fn cached_calls(e: &api::AgentCompleted) -> String {
+    if e.cached_calls == 0 {
+        return String::new();
+    }
+    format!(" ({}/{} cached)", e.cached_calls, e.calls)
 }
 
 pub struct Bars {
@@ -249,6 +259,27 @@ mod tests {
     fn unsafe_char(text: &str) -> Option<char> {
         text.chars()
             .find(|&c| dakota::safe_text::is_hidden(c) || c == '\n')
+    }
+
+    #[test]
+    fn a_finished_agent_says_how_many_of_its_calls_the_cache_answered() {
+        let done = |calls, cached_calls| {
+            describe(&event(Event::AgentCompleted(api::AgentCompleted {
+                agent: "web_researcher".into(),
+                summary: "9 results".into(),
+                calls,
+                cached_calls,
+                ..Default::default()
+            })))
+            .unwrap()
+        };
+        assert!(
+            done(7, 3).ends_with("9 results (3/7 cached)"),
+            "{}",
+            done(7, 3)
+        );
+        assert!(done(7, 0).ends_with("9 results"), "{}", done(7, 0));
+        assert!(done(0, 0).ends_with("9 results"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::{
 use crate::{
     kb::KnowledgeSource,
     pipeline::{JobRequest, contract},
+    resilience::Calls,
     text,
     upstream::{
         UpstreamError,
@@ -122,6 +123,19 @@ pub struct Asked<T> {
     pub completion: Completion<T>,
     /// Set when the answer was repaired by code: what was wrong with it.
     pub repaired: Option<String>,
+    /// Every round asked (a re-ask is a call of its own), and those the cache answered.
+    pub calls: Calls,
+}
+
+impl<T> Asked<T> {
+    /// The same accounting with another value (what the agent made of the answer).
+    pub fn with<U>(self, value: U) -> Asked<U> {
+        Asked {
+            completion: self.completion.with(value),
+            repaired: self.repaired,
+            calls: self.calls,
+        }
+    }
 }
 
 /// The placeholders every prompt may use.
@@ -172,7 +186,7 @@ impl LlmAgent {
     }
 
     pub fn output<T>(&self, asked: Asked<T>, summary: String) -> AgentOutput<T> {
-        let completion = asked.completion;
+        let (completion, calls) = (asked.completion, asked.calls);
         let mut warnings = Vec::new();
         if let Some(problem) = asked.repaired {
             warnings.push((
@@ -189,7 +203,7 @@ impl LlmAgent {
                 input_tokens: completion.usage.input_tokens,
                 output_tokens: completion.usage.output_tokens,
             },
-            cache_hit: completion.cached,
+            calls,
             attempts: completion.attempts,
             summary,
             warnings,
@@ -228,6 +242,7 @@ impl LlmAgent {
             attempts: 0,
             cached: true,
         };
+        let mut calls = Calls::default();
         let mut repaired: Option<(String, T)> = None;
         let mut problem = String::new();
         for round in 0..2 {
@@ -240,11 +255,13 @@ impl LlmAgent {
             total.usage.add(answer.usage);
             total.attempts += answer.attempts;
             total.cached &= answer.cached;
+            calls.add(Calls::one(answer.cached));
             match judge(&answer.value, max_tokens, &check) {
                 Checked::Fits(value) => {
                     return Ok(Asked {
                         completion: total.with(value),
                         repaired: None,
+                        calls,
                     });
                 }
                 Checked::Repairable {
@@ -265,6 +282,7 @@ impl LlmAgent {
             Some((found, value)) => Ok(Asked {
                 completion: total.with(value),
                 repaired: Some(found),
+                calls,
             }),
             None => Err(AgentError::InvalidAnswer {
                 agent: self.name.as_str(),
@@ -380,13 +398,8 @@ impl Agent<JobRequest, KbResearch> for LlmKbResearcher {
                     .cloned(),
             );
             let searched = offline::search_kb(cx, &self.kb, queries).await?;
-            let cached = asked.completion.cached && searched.cache_hit;
-            let mut completion = asked.completion.with(searched.value);
-            completion.cached = cached;
-            let asked = Asked {
-                completion,
-                repaired: asked.repaired,
-            };
+            let mut asked = asked.with(searched.value);
+            asked.calls.add(searched.calls);
             let mut output = self.llm.output(asked, searched.summary);
             output.attempts += searched.attempts.saturating_sub(1);
             Ok(output)
@@ -709,11 +722,7 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
                     },
                 )
                 .await?;
-            let Asked {
-                completion,
-                repaired,
-            } = answer;
-            let (outline, key_themes) = completion.value.clone();
+            let (outline, key_themes) = answer.completion.value.clone();
             let synthesis = Synthesis {
                 outline,
                 key_themes,
@@ -724,13 +733,7 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
                 synthesis.sources.len(),
                 synthesis.outline.len()
             );
-            let mut output = self.llm.output(
-                Asked {
-                    completion: completion.with(synthesis),
-                    repaired,
-                },
-                summary,
-            );
+            let mut output = self.llm.output(answer.with(synthesis), summary);
             output
                 .warnings
                 .extend(off_topic.map(|w| (offline::OFF_TOPIC, w)));
@@ -784,6 +787,8 @@ struct Written {
     streamed: crate::upstream::llm::Streamed,
     usage: crate::upstream::llm::Usage,
     attempts: u32,
+    /// One per stream asked, the broken one too; a stream is never cached.
+    calls: Calls,
     /// Why the first stream broke midway, when the draft was asked again.
     restarted: Option<String>,
 }
@@ -808,6 +813,7 @@ impl LlmWriter {
         };
         let mut usage = crate::upstream::llm::Usage::default();
         let mut attempts = 0;
+        let mut calls = Calls::default();
         let mut restarted = None;
         let mut streamed = None;
         for round in 0..2 {
@@ -818,6 +824,7 @@ impl LlmWriter {
                 .stream(&cx.scope, &self.llm.model, prompt, max_tokens, &on_delta)
                 .await;
             cx.upstream.record("llm", result.is_ok());
+            calls.add(Calls::one(false));
             let completion = match result {
                 Err(error)
                     if round == 0
@@ -848,6 +855,7 @@ impl LlmWriter {
             streamed,
             usage,
             attempts,
+            calls,
             restarted,
         })
     }
@@ -863,6 +871,7 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
                 streamed,
                 usage,
                 attempts,
+                calls,
                 restarted,
             } = self.stream_draft(cx, &prompt, max_tokens).await?;
             let (markdown, leaked) =
@@ -883,6 +892,7 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
                     cached: false,
                 },
                 repaired: None,
+                calls,
             };
             let mut output = self.llm.output(asked, summary);
             if let Some(error) = restarted {
@@ -1218,17 +1228,7 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
                 report.unsupported,
                 report.unverifiable
             );
-            let Asked {
-                completion,
-                repaired,
-            } = answer;
-            Ok(self.llm.output(
-                Asked {
-                    completion: completion.with(report),
-                    repaired,
-                },
-                summary,
-            ))
+            Ok(self.llm.output(answer.with(report), summary))
         })
     }
 }

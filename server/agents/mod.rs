@@ -11,7 +11,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{kb::KnowledgeSource, pipeline::JobRequest};
+use crate::{kb::KnowledgeSource, pipeline::JobRequest, resilience::Calls};
 use dakota::api;
 
 pub mod fact_check;
@@ -107,7 +107,8 @@ impl AgentError {
 pub struct AgentOutput<T> {
     pub value: T,
     pub usage: api::TokenUsage,
-    pub cache_hit: bool,
+    /// The upstream calls the agent asked for, and those the cache answered.
+    pub calls: Calls,
     pub attempts: u32,
     /// One line on what was produced.
     pub summary: String,
@@ -134,12 +135,17 @@ impl<T> AgentOutput<T> {
         Self {
             value,
             usage: api::TokenUsage::default(),
-            cache_hit: false,
+            calls: Calls::default(),
             attempts: 1,
             summary: summary.into(),
             warnings: Vec::new(),
             degraded: None,
         }
+    }
+
+    /// Every call answered by the cache (`agent_completed`'s `cache_hit`).
+    pub fn cache_hit(&self) -> bool {
+        self.calls.all_cached()
     }
 }
 

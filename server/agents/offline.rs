@@ -115,7 +115,7 @@ pub(super) async fn search_kb(
         .search_batch(&cx.scope, &queries, HITS_PER_QUERY, 1)
         .await;
     cx.metrics.observe_kb_search(started.elapsed());
-    if !searched.cache_hit {
+    if !searched.calls.all_cached() {
         cx.upstream.record("kb", searched.hits.is_ok());
     }
     let batch = searched.hits?;
@@ -128,7 +128,7 @@ pub(super) async fn search_kb(
     );
     let mut output = AgentOutput::local(research, summary);
     output.attempts = searched.attempts;
-    output.cache_hit = searched.cache_hit;
+    output.calls = searched.calls;
     Ok(output)
 }
 

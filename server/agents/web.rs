@@ -10,7 +10,6 @@ use super::{
 };
 use crate::{
     pipeline::JobRequest,
-    resilience::Called,
     text,
     upstream::serper::{Organic, SerperClient},
 };
@@ -141,10 +140,9 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
             let answers = futures_util::future::join_all(searches).await;
             let mut results = Vec::new();
             let mut failures = Vec::new();
-            // A cache hit only if nothing went upstream: neither the searches nor the
-            // query-writing LLM call (the local queries start as a hit).
-            output.cache_hit &= answers.iter().all(Called::cache_hit);
             for answer in answers {
+                // With the query-writing LLM call's, when the model wrote the queries.
+                output.calls.add(answer.calls());
                 output.attempts = output.attempts.max(answer.attempts);
                 if !answer.cache_hit() {
                     cx.upstream.record("web", answer.result.is_ok());
@@ -204,21 +202,11 @@ impl SerperWebResearcher {
                 format!("{} regulation", request.topic),
                 format!("{} outlook", request.topic),
             ];
-            let output = AgentOutput {
-                cache_hit: true,
-                ..AgentOutput::local(WebResearch::default(), "")
-            };
-            return Ok((queries, output));
+            return Ok((queries, AgentOutput::local(WebResearch::default(), "")));
         };
         let asked = llm::ask_queries(llm, cx, "web_researcher").await?;
         let queries = asked.completion.value.clone();
-        let output = llm.output(
-            llm::Asked {
-                completion: asked.completion.with(WebResearch::default()),
-                repaired: asked.repaired,
-            },
-            String::new(),
-        );
+        let output = llm.output(asked.with(WebResearch::default()), String::new());
         Ok((queries, output))
     }
 }

@@ -23,7 +23,7 @@ mod stem;
 mod stored;
 
 use crate::{
-    resilience::CallScope,
+    resilience::{CallScope, Called, Calls},
     text,
     upstream::vector_store::{VectorHit, VectorStoreClient},
 };
@@ -93,17 +93,18 @@ impl KnowledgeSource {
                 .await
                 .map_err(|e| KbError::Task(e.to_string()))
                 .and_then(|r| r);
+                // Searched in the process: no upstream call, nothing a cache could save.
                 Searched {
                     hits: result,
                     attempts: 1,
-                    cache_hit: false,
+                    calls: Calls::default(),
                 }
             }
             Self::VectorStore(store) => {
                 let searches = queries.iter().map(|q| store.search(scope, q, limit));
                 let answers = futures_util::future::join_all(searches).await;
                 let attempts = answers.iter().map(|a| a.attempts).max().unwrap_or(0);
-                let cache_hit = answers.iter().all(|a| a.cache_hit());
+                let calls = answers.iter().map(Called::calls).sum();
                 let hits = answers
                     .into_iter()
                     .map(|answer| {
@@ -118,7 +119,7 @@ impl KnowledgeSource {
                 Searched {
                     hits,
                     attempts,
-                    cache_hit,
+                    calls,
                 }
             }
         }
@@ -156,8 +157,9 @@ pub struct Searched {
     pub hits: Result<Vec<Vec<KbHit>>, KbError>,
     /// Upstream attempts (1 for the local index; 0 when every query came from the cache).
     pub attempts: u32,
-    /// Whether every query was answered by the cache.
-    pub cache_hit: bool,
+    /// One per query sent to a vector store, and those the cache answered; none for the
+    /// local index.
+    pub calls: Calls,
 }
 
 fn vector_hit(store_id: &str, hit: VectorHit) -> KbHit {

@@ -23,7 +23,7 @@ use crate::{
     jobs::Job,
     lock,
     metrics::{self, Metrics},
-    resilience::{CallScope, Pool},
+    resilience::{CallScope, Called, Calls, Pool},
     text,
     upstream::fetch::Fetcher,
 };
@@ -530,6 +530,21 @@ impl JobRun {
         agent: &dyn Agent<I, O>,
         input: &I,
     ) -> Result<O, PipelineError> {
+        self.agent_after(phase, phase_agents, name, agent, input, Calls::default())
+            .await
+    }
+
+    /// [`JobRun::agent`] for an agent whose input took `calls` made for it (the pages the
+    /// fact checker checks against): they count as its own.
+    async fn agent_after<I: ?Sized + Sync, O>(
+        &self,
+        phase: Phase,
+        phase_agents: u32,
+        name: AgentName,
+        agent: &dyn Agent<I, O>,
+        input: &I,
+        calls: Calls,
+    ) -> Result<O, PipelineError> {
         let (provider, model) = (agent.provider().to_string(), agent.model().to_string());
         self.emit(
             Event::AgentStarted(api::AgentStarted {
@@ -557,7 +572,7 @@ impl JobRun {
             provider = provider.as_str(),
             model = model.as_str(),
         );
-        let output = agent
+        let mut output = agent
             .run(&cx, input)
             .instrument(span)
             .await
@@ -565,6 +580,7 @@ impl JobRun {
                 agent: name.as_str(),
                 source,
             })?;
+        output.calls.add(calls);
         let elapsed = began.elapsed();
         for (code, message) in &output.warnings {
             self.warn(phase, Some(name), code, message.clone());
@@ -583,6 +599,8 @@ impl JobRun {
                 model: record.model,
                 summary: output.summary,
                 estimated_cost_usd: record.estimated_cost_usd,
+                calls: record.calls,
+                cached_calls: record.cached_calls,
             }),
             self.progress(phase, phase_agents),
         );
@@ -630,9 +648,11 @@ impl JobRun {
             usage: Some(output.usage),
             provider,
             model,
-            cache_hit: output.cache_hit,
+            cache_hit: output.cache_hit(),
             attempts: output.attempts,
             estimated_cost_usd: cost,
+            calls: output.calls.total,
+            cached_calls: output.calls.cached,
         };
         let mut metrics = lock(&self.metrics);
         metrics.estimated_cost_usd += cost;
@@ -643,7 +663,9 @@ impl JobRun {
         metrics.total_output_tokens = metrics
             .total_output_tokens
             .saturating_add(output.usage.output_tokens);
-        metrics.cache_hits += u32::from(output.cache_hit);
+        metrics.cache_hits += u32::from(output.cache_hit());
+        metrics.calls = metrics.calls.saturating_add(output.calls.total);
+        metrics.cached_calls = metrics.cached_calls.saturating_add(output.calls.cached);
         metrics.agents.push(record.clone());
         (
             record,
@@ -1042,16 +1064,18 @@ impl JobRun {
         draft: &Draft,
         sources: &Arc<Vec<SourceDoc>>,
     ) -> Result<api::FactCheckReport, PipelineError> {
+        let (sources, fetches) = self.with_fetched_pages(phase, draft, sources).await;
         let input = FactCheckInput {
             markdown: draft.markdown.clone(),
-            sources: self.with_fetched_pages(phase, draft, sources).await,
+            sources,
         };
-        self.agent(
+        self.agent_after(
             phase,
             total,
             AgentName::FactChecker,
             &*self.agents.fact_checker,
             &input,
+            fetches,
         )
         .await
     }
@@ -1097,16 +1121,17 @@ impl JobRun {
     }
 
     /// The sources with the pages of the web sources the draft cites read in place of their
-    /// snippets. A page that cannot be read leaves no text, so its claims are unverifiable,
+    /// snippets, and the fetches made for them (a page this job has read is not asked
+    /// again). A page that cannot be read leaves no text, so its claims are unverifiable,
     /// and the job goes on with a warning.
     async fn with_fetched_pages(
         &self,
         phase: Phase,
         draft: &Draft,
         sources: &Arc<Vec<SourceDoc>>,
-    ) -> Arc<Vec<SourceDoc>> {
+    ) -> (Arc<Vec<SourceDoc>>, Calls) {
         let Some(fetcher) = &self.settings.fetcher else {
-            return sources.clone();
+            return (sources.clone(), Calls::default());
         };
         let cited: Vec<String> = text::links(&draft.markdown)
             .iter()
@@ -1117,7 +1142,7 @@ impl JobRun {
             .filter(|s| s.source.kind() == api::SourceKind::Web && cited.contains(&s.source.url))
             .collect();
         if web.is_empty() {
-            return sources.clone();
+            return (sources.clone(), Calls::default());
         }
         let mut fetched = self.fetched.lock().await;
         let missing: Vec<&str> = web
@@ -1130,12 +1155,13 @@ impl JobRun {
             ..self.cx.scope
         };
         let pages = futures_util::future::join_all(
-            missing.iter().map(|url| fetcher.fetch_text(&scope, url)),
+            missing.iter().map(|url| fetcher.fetch_page(&scope, url)),
         )
         .await;
+        let calls = pages.iter().map(Called::calls).sum();
         for (url, page) in missing.into_iter().zip(pages) {
-            self.cx.upstream.record("fetch", page.is_ok());
-            let text = page.unwrap_or_else(|error| {
+            self.cx.upstream.record("fetch", page.result.is_ok());
+            let text = page.result.unwrap_or_else(|error| {
                 self.warn(
                     phase,
                     Some(AgentName::FactChecker),
@@ -1146,7 +1172,7 @@ impl JobRun {
             });
             fetched.insert(url.to_string(), text);
         }
-        Arc::new(
+        let sources = Arc::new(
             sources
                 .iter()
                 .map(|s| match fetched.get(&s.source.url) {
@@ -1157,7 +1183,8 @@ impl JobRun {
                     None => s.clone(),
                 })
                 .collect(),
-        )
+        );
+        (sources, calls)
     }
 }
 

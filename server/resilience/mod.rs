@@ -27,7 +27,7 @@ use crate::{
 pub mod breaker;
 mod stack;
 
-pub use stack::{Attempt, Called};
+pub use stack::{Attempt, Called, Calls};
 
 use breaker::CircuitBreaker;
 

@@ -51,6 +51,47 @@ impl<T> Called<T> {
     pub fn cache_hit(&self) -> bool {
         self.cached.is_some()
     }
+
+    /// This one call, for an agent's [`Calls`].
+    pub fn calls(&self) -> Calls {
+        Calls::one(self.cache_hit())
+    }
+}
+
+/// Upstream calls asked for (each counted once, however many attempts it took) and how many
+/// of them the cache answered: an agent's `calls` and `cached_calls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    pub total: u32,
+    pub cached: u32,
+}
+
+impl Calls {
+    pub fn one(cached: bool) -> Self {
+        Self {
+            total: 1,
+            cached: u32::from(cached),
+        }
+    }
+
+    pub fn add(&mut self, other: Calls) {
+        self.total = self.total.saturating_add(other.total);
+        self.cached = self.cached.saturating_add(other.cached);
+    }
+
+    /// Every call answered by the cache; false when none was made (nothing was saved).
+    pub fn all_cached(self) -> bool {
+        self.total > 0 && self.cached == self.total
+    }
+}
+
+impl std::iter::Sum for Calls {
+    fn sum<I: Iterator<Item = Calls>>(iter: I) -> Self {
+        iter.fold(Calls::default(), |mut sum, calls| {
+            sum.add(calls);
+            sum
+        })
+    }
 }
 
 impl Guard {

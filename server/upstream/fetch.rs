@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 
 use super::{UpstreamError, check_status};
 use crate::cache::Key;
-use crate::resilience::{CallScope, Guard};
+use crate::resilience::{CallScope, Called, Guard};
 
 const UPSTREAM: &str = "fetch";
 const MAX_REDIRECTS: usize = 5;
@@ -225,6 +225,11 @@ impl Fetcher {
     /// The readable text of a page (HTML reduced to its text), at most `max_bytes` read,
     /// through the fetch upstream's resilience stack.
     pub async fn fetch_text(&self, scope: &CallScope, url: &str) -> Result<String, UpstreamError> {
+        self.fetch_page(scope, url).await.result
+    }
+
+    /// [`Fetcher::fetch_text`] with the call's accounting (whether the cache answered it).
+    pub async fn fetch_page(&self, scope: &CallScope, url: &str) -> Called<String> {
         let span = || {
             let span = super::client_span(UPSTREAM, "GET", "{source page}");
             span.record(
@@ -242,7 +247,6 @@ impl Fetcher {
         self.guard
             .cached(scope, key, &span, |_| self.fetch_once(url))
             .await
-            .result
     }
 
     async fn fetch_once(&self, url: &str) -> Result<String, UpstreamError> {

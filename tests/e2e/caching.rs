@@ -37,6 +37,173 @@ fn cache_hits(events: &[api::GenerateEvent]) -> Vec<String> {
         .collect()
 }
 
+/// The `agent_completed` event of `agent` (its last, should it run twice).
+fn completed<'a>(events: &'a [api::GenerateEvent], agent: &str) -> &'a api::AgentCompleted {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.event {
+            Some(Event::AgentCompleted(a)) if a.agent == agent => Some(a),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{agent} completed"))
+}
+
+/// Requests the stand-in has received on the routes agents call.
+fn agent_requests(standin: &StandIn) -> usize {
+    [Route::Llm, Route::VectorStore, Route::Serper, Route::Page]
+        .into_iter()
+        .map(|route| standin.requests_of(route).len())
+        .sum()
+}
+
+/// The call counts of a job that sent `requests` to a fault-free stand-in (one request per
+/// call the cache did not answer): `cache_hit` is "every call cached", the run metrics
+/// hold the same counts per agent and their sums.
+fn check_call_counts(events: &[api::GenerateEvent], requests: usize) {
+    let metrics = final_article(events).metrics.clone().unwrap();
+    let mut uncached = 0;
+    for event in events {
+        let Some(Event::AgentCompleted(a)) = &event.event else {
+            continue;
+        };
+        assert!(a.cached_calls <= a.calls, "{a:?}");
+        assert_eq!(
+            a.cache_hit,
+            a.calls > 0 && a.cached_calls == a.calls,
+            "{a:?}"
+        );
+        uncached += (a.calls - a.cached_calls) as usize;
+    }
+    assert_eq!(uncached, requests, "each call the cache did not answer");
+    for a in &metrics.agents {
+        assert_eq!(
+            a.cache_hit,
+            a.calls > 0 && a.cached_calls == a.calls,
+            "{a:?}"
+        );
+    }
+    let sum = |f: fn(&api::AgentMetrics) -> u32| metrics.agents.iter().map(f).sum::<u32>();
+    assert_eq!(metrics.calls, sum(|a| a.calls));
+    assert_eq!(metrics.cached_calls, sum(|a| a.cached_calls));
+    let hits = metrics.agents.iter().filter(|a| a.cache_hit).count();
+    assert_eq!(metrics.cache_hits as usize, hits);
+}
+
+/// LLM requests of kind `kind` the stand-in has received.
+fn llm_requests(standin: &StandIn, kind: &str) -> u32 {
+    let n = standin
+        .requests_of(Route::Llm)
+        .iter()
+        .filter(|r| r.llm_kind() == kind)
+        .count();
+    n as u32
+}
+
+/// At the default temperature no LLM answer is cached, yet a repeated job's searches are:
+/// the researchers report them as cached calls while their `cache_hit` stays false, as
+/// their query-writing LLM calls went upstream.
+#[tokio::test]
+async fn a_repeated_job_counts_its_cached_searches_though_its_llm_calls_are_not_cached() {
+    let standin = StandIn::start().await;
+    let config = upstream_config(&standin);
+    assert!(
+        config.upstreams.llm_temperature > 0.0,
+        "LLM answers not cached"
+    );
+    let mut server = common::start(config).await;
+
+    let first = server.generate(llm_request()).await;
+    check_call_counts(&first, agent_requests(&standin));
+    let web = completed(&first, "web_researcher");
+    let searches = standin.requests_of(Route::Serper).len() as u32;
+    assert!(searches > 0);
+    assert_eq!(
+        web.calls,
+        searches + llm_requests(&standin, "web_researcher")
+    );
+    assert_eq!((web.cached_calls, web.cache_hit), (0, false));
+    let kb = completed(&first, "kb_researcher");
+    let kb_searches = standin.requests_of(Route::VectorStore).len() as u32;
+    assert_eq!(
+        kb.calls,
+        kb_searches + llm_requests(&standin, "kb_researcher")
+    );
+    assert_eq!(kb.cached_calls, 0);
+
+    let (before, web_llm, kb_llm) = (
+        agent_requests(&standin),
+        llm_requests(&standin, "web_researcher"),
+        llm_requests(&standin, "kb_researcher"),
+    );
+    let second = server.generate(llm_request()).await;
+    check_call_counts(&second, agent_requests(&standin) - before);
+    assert_eq!(standin.requests_of(Route::Serper).len() as u32, searches);
+    assert_eq!(
+        standin.requests_of(Route::VectorStore).len() as u32,
+        kb_searches
+    );
+    let web = completed(&second, "web_researcher");
+    let asked = llm_requests(&standin, "web_researcher") - web_llm;
+    assert!(asked > 0, "the query-writing LLM call is made again");
+    assert_eq!(
+        (web.calls, web.cached_calls, web.cache_hit),
+        (searches + asked, searches, false),
+        "every search cached, the LLM call not: {web:?}"
+    );
+    let kb = completed(&second, "kb_researcher");
+    let asked = llm_requests(&standin, "kb_researcher") - kb_llm;
+    assert_eq!(
+        (kb.calls, kb.cached_calls, kb.cache_hit),
+        (kb_searches + asked, kb_searches, false),
+        "{kb:?}"
+    );
+    let metrics = final_article(&second).metrics.clone().unwrap();
+    assert!(
+        metrics.cached_calls >= searches + kb_searches,
+        "{metrics:?}"
+    );
+    let record = metrics
+        .agents
+        .iter()
+        .find(|a| a.agent == "web_researcher")
+        .unwrap();
+    assert_eq!(
+        (record.calls, record.cached_calls, record.cache_hit),
+        (web.calls, web.cached_calls, web.cache_hit)
+    );
+}
+
+/// A second replica sharing Redis finds the first's searches there and counts them; the
+/// pages it fetches are its own (they never travel to Redis).
+#[tokio::test]
+async fn a_replica_sharing_redis_counts_the_searches_another_paid_for() {
+    let redis = RedisServer::start();
+    let standin = StandIn::start().await;
+    let config = with_redis(upstream_config(&standin), &redis);
+    common::start(config.clone())
+        .await
+        .generate(llm_request())
+        .await;
+    let (before, searches, web_llm) = (
+        agent_requests(&standin),
+        standin.requests_of(Route::Serper).len() as u32,
+        llm_requests(&standin, "web_researcher"),
+    );
+    let events = common::start(config).await.generate(llm_request()).await;
+    check_call_counts(&events, agent_requests(&standin) - before);
+    assert_eq!(standin.requests_of(Route::Serper).len() as u32, searches);
+    let web = completed(&events, "web_researcher");
+    let asked = llm_requests(&standin, "web_researcher") - web_llm;
+    assert_eq!(
+        (web.calls, web.cached_calls, web.cache_hit),
+        (searches + asked, searches, false),
+        "the searches from Redis, the LLM call not: {web:?}"
+    );
+    let kb = completed(&events, "kb_researcher");
+    assert!(kb.cached_calls > 0 && kb.cached_calls < kb.calls, "{kb:?}");
+}
+
 fn search_request(query: &str) -> api::SearchKnowledgeBaseRequest {
     api::SearchKnowledgeBaseRequest {
         queries: vec![query.into()],
