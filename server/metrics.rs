@@ -177,6 +177,7 @@ macro_rules! registered_metrics {
                 };
                 // Up until an operation fails, and always when Redis is not configured.
                 metrics.redis_up.set(1);
+                metrics.zero_alerted_series();
                 metrics
             }
         }
@@ -218,7 +219,50 @@ registered_metrics! {
     redis_errors: Family<RedisOp, Counter> = counted("redis_errors", "Redis operations that failed, timed out or were skipped by its open breaker, by operation"),
 }
 
+/// The ContentService methods, and the codes the alerts and dashboards divide by: a series
+/// only exists once it moved, so each is made at zero up front (else a ratio has no data, and
+/// `rate()` misses the first failure of each code).
+const ALERTED_METHODS: [&str; 5] = [
+    "Generate",
+    "WatchJob",
+    "GetArticle",
+    "CancelJob",
+    "SearchKnowledgeBase",
+];
+const ALERTED_RPC_CODES: [tonic::Code; 5] = [
+    tonic::Code::Ok,
+    tonic::Code::Internal,
+    tonic::Code::Unavailable,
+    tonic::Code::DeadlineExceeded,
+    tonic::Code::ResourceExhausted,
+];
+/// The codes a job can fail with.
+const JOB_FAILURE_CODES: [tonic::Code; 6] = [
+    tonic::Code::Cancelled,
+    tonic::Code::DeadlineExceeded,
+    tonic::Code::Unavailable,
+    tonic::Code::Internal,
+    tonic::Code::FailedPrecondition,
+    tonic::Code::ResourceExhausted,
+];
+
 impl Metrics {
+    fn zero_alerted_series(&self) {
+        for method in ALERTED_METHODS {
+            for code in ALERTED_RPC_CODES {
+                let _ = self.grpc_requests.get_or_create(&MethodCode {
+                    method,
+                    code: dakota::output::code_name(code),
+                });
+            }
+        }
+        for code in JOB_FAILURE_CODES {
+            let _ = self.jobs_failed.get_or_create(&Code {
+                code: dakota::output::code_name(code),
+            });
+        }
+    }
+
     /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();

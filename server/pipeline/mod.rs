@@ -1223,3 +1223,27 @@ fn problems(
 pub fn proto_duration(duration: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(duration).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_article_over_the_message_limit_fails_its_job_with_a_status_that_says_why() {
+        let small = api::Article {
+            markdown: "# Title\n\nText.".into(),
+            ..Default::default()
+        };
+        assert!(deliverable(small).is_ok());
+        let huge = api::Article {
+            markdown: "word ".repeat(MAX_MESSAGE_BYTES / 5),
+            ..Default::default()
+        };
+        let (code, message) = deliverable(huge).unwrap_err();
+        assert_eq!(code, Code::ResourceExhausted);
+        assert!(
+            message.contains("over what one gRPC message carries"),
+            "{message}"
+        );
+    }
+}

@@ -174,6 +174,23 @@ fn sample(scrape: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in the scrape"))
 }
 
+/// After one successful job, the series the alerts and the dashboard divide by exist, at
+/// zero: a failure rate of 0 is data, not "no data".
+#[tokio::test]
+async fn series_that_alerts_divide_by_exist_at_zero_before_they_move() {
+    let mut server = common::start(common::config()).await;
+    final_article(&server.generate(common::request("Factor investing")).await);
+    let (_, scrape) = server.admin("/metrics").await;
+    for code in ["UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "CANCELLED"] {
+        let series = format!("dakota_jobs_failed_total{{code=\"{code}\"}}");
+        assert_eq!(sample(&scrape, &series), 0.0, "{series}");
+    }
+    for code in ["INTERNAL", "UNAVAILABLE", "RESOURCE_EXHAUSTED"] {
+        let series = format!("dakota_grpc_requests_total{{method=\"Generate\",code=\"{code}\"}}");
+        assert_eq!(sample(&scrape, &series), 0.0, "{series}");
+    }
+}
+
 /// The `Generate` RPC is timed to the end of its stream: at least as long as its job.
 #[tokio::test]
 async fn the_generate_rpc_is_timed_to_its_last_message() {

@@ -316,7 +316,7 @@ def check_compose(compose: dict, repo: Path = REPO) -> list[str]:
         problems.append(f"compose: REDIS_URL {redis_url} is not the redis service")
     for key, value in env.items():
         if value == "" and key in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_VECTOR_STORE_ID", "SERPER_API_KEY"):
-            problems.append(f"compose: {key} set to an empty value (the server would count it as set)")
+            problems.append(f"compose: {key} set to an empty value (counted as unset: leave it out instead)")
     return problems
 
 
