@@ -12,9 +12,10 @@ use axum::{
 use serde_json::{Value, json};
 
 use crate::{
+    fault::breaker::BreakerState,
     kb::KnowledgeSource,
     metrics::{BreakerLabels, JobStateLabel, PoolLabels},
-    resilience::{Guard, breaker::BreakerState},
+    resilience::Guard,
     service::AppState,
 };
 

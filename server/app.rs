@@ -12,10 +12,10 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::{
     auth::{ApiKeys, AuthLayer},
+    fault::breaker::{BreakerState, CircuitBreaker},
     message_size::MessageSizeLayer,
     metrics::Metrics,
     net,
-    resilience::breaker::{BreakerState, CircuitBreaker},
     rpc_metrics::RpcMetricsLayer,
 };
 

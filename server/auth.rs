@@ -15,9 +15,7 @@ use tower::{Layer, Service};
 
 use crate::config::Secret;
 
-/// Who is calling: an opaque, stable id of the API key used (not the key).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Principal(pub String);
+pub use crate::domain::Principal;
 
 /// The accepted keys, as SHA-256 hashes.
 #[derive(Debug)]

@@ -19,9 +19,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::Instrument;
 
 use crate::{
+    fault::UpstreamError,
     metrics::{CacheLabels, Metrics, Upstream},
     redis::Redis,
-    upstream::UpstreamError,
 };
 
 /// Where a cached answer came from.

@@ -214,7 +214,7 @@ pub struct UpstreamConfig {
         value_enum,
         default_value = "json-schema"
     )]
-    pub llm_structured_output: crate::upstream::llm::StructuredOutput,
+    pub llm_structured_output: StructuredOutput,
 
     /// Attempts per upstream call (retryable failures only: connect errors, 5xx, 429, malformed answers).
     #[arg(long, env = "DAKOTA_MAX_ATTEMPTS", default_value_t = 3)]
@@ -327,6 +327,18 @@ impl UpstreamConfig {
             }
         }
     }
+}
+
+/// How structured answers are asked for (`--llm-structured-output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StructuredOutput {
+    /// `response_format: json_schema`, strict.
+    #[default]
+    JsonSchema,
+    /// `response_format: json_object`, the schema in the system message.
+    JsonObject,
+    /// No `response_format`: the schema in the system message only.
+    Prompt,
 }
 
 /// A secret from the command line or environment: never printed, never logged, zeroed when

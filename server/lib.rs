@@ -1,12 +1,23 @@
-//! The service behind `dakota-server`.
+//! The service behind `dakota-server`, in layers: each module imports only the layers above
+//! it in this list (`python3 scripts/check-layers.py` prints the module graph and fails CI on
+//! an import that goes up). Read top-down for the foundations, bottom-up for the service.
 //!
-//! - [`app`]: assembles gRPC, health and reflection; start-up and shutdown.
-//! - [`service`]: the `ContentService` RPCs; [`validation`] and [`error`] at its edge.
-//! - [`jobs`]: event logs, followers, idempotent re-attach, cancellation.
-//! - [`pipeline`]: phases, the revision loop, the article contract.
-//! - [`agents`]: the agents of SPEC §4 behind one trait; offline implementations.
-//! - [`kb`]: the knowledge base: local (tantivy BM25) or an OpenAI vector store.
-//! - [`upstream`]: HTTP clients of the LLM, vector store, web search and source fetch.
+//! 1. [`text`], [`config`], [`metrics`], [`telemetry`]: text helpers, flags, Prometheus
+//!    metrics, tracing and OTLP.
+//! 2. [`domain`]: the vocabulary: the job request, phases and their plan, agent names, a
+//!    source, the article contract, the caller, the job as the pipeline writes to it.
+//! 3. [`fault`]: what an upstream failure is, how it is retried, when an upstream is down.
+//! 4. [`redis`], then [`cache`]: the shared Redis, the two-level cache with single-flight.
+//! 5. [`resilience`]: the stack every upstream call goes through (breaker, rate limit, pools,
+//!    timeout, retries, cache).
+//! 6. [`upstream`]: HTTP clients of the LLM, vector store, web search and source fetch.
+//! 7. `kb`: the knowledge base: local (tantivy BM25) or an OpenAI vector store.
+//! 8. [`agents`]: the agents of SPEC §4 behind one trait; offline and LLM implementations.
+//! 9. [`pipeline`]: phases, the revision loop, the article's assembly.
+//! 10. `jobs`: event logs, followers, idempotent re-attach, cancellation, shared jobs.
+//! 11. The gRPC edge: `service` (the `ContentService` RPCs), `validation`, `error` (status
+//!     mapping), `auth`, `quota`, `rpc_metrics`, `message_size`, `net`, `tls`.
+//! 12. `admin` (the admin HTTP port) and [`app`] (wiring, start-up and shutdown).
 
 mod admin;
 pub mod agents;
@@ -14,7 +25,9 @@ pub mod app;
 mod auth;
 pub mod cache;
 pub mod config;
+pub mod domain;
 mod error;
+pub mod fault;
 mod jobs;
 mod kb;
 mod message_size;

@@ -19,9 +19,9 @@ use std::{
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::{
+    fault::breaker::{Admission, CircuitBreaker},
     lock,
     metrics::{Metrics, RedisOp},
-    resilience::breaker::{Admission, CircuitBreaker},
 };
 
 /// Consecutive failures that open the breaker, and how long it stays open before a trial.

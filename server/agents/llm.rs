@@ -11,8 +11,8 @@ use super::{
     WritingBrief, fact_check, offline, prompts::Prompts,
 };
 use crate::{
+    domain::{JobRequest, contract},
     kb::KnowledgeSource,
-    pipeline::{JobRequest, contract},
     resilience::Calls,
     text,
     upstream::{

@@ -1,7 +1,7 @@
 //! `metrics_analyzer`: deterministic measures of a finished draft (no LLM).
 use std::collections::BTreeSet;
 
-use crate::{pipeline::contract, text};
+use crate::{domain::contract, text};
 use dakota::api;
 
 /// Words per minute used for reading time.

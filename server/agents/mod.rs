@@ -11,7 +11,8 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{kb::KnowledgeSource, pipeline::JobRequest, resilience::Calls};
+pub use crate::domain::{AgentName, SourceDoc};
+use crate::{domain::JobRequest, kb::KnowledgeSource, resilience::Calls};
 use dakota::api;
 
 pub mod fact_check;
@@ -22,36 +23,6 @@ pub mod pricing;
 pub mod prompts;
 pub mod select;
 pub mod web;
-
-/// Agent names as they appear in events, spans and metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AgentName {
-    KbResearcher,
-    WebResearcher,
-    ResearchSynthesizer,
-    ContentWriter,
-    MetricsAnalyzer,
-    SeoSpecialist,
-    FactChecker,
-    SocialPromoter,
-    SummaryWriter,
-}
-
-impl AgentName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::KbResearcher => "kb_researcher",
-            Self::WebResearcher => "web_researcher",
-            Self::ResearchSynthesizer => "research_synthesizer",
-            Self::ContentWriter => "content_writer",
-            Self::MetricsAnalyzer => "metrics_analyzer",
-            Self::SeoSpecialist => "seo_specialist",
-            Self::FactChecker => "fact_checker",
-            Self::SocialPromoter => "social_promoter",
-            Self::SummaryWriter => "summary_writer",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -273,14 +244,6 @@ pub trait Agent<I: ?Sized, O>: Send + Sync {
     fn run<'a>(&'a self, cx: &'a AgentContext, input: &'a I) -> AgentFuture<'a, O>;
 }
 
-/// A source as research returned it, with the text the fact checker checks against.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SourceDoc {
-    pub source: api::Source,
-    pub section: String,
-    pub text: String,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct KbResearch {
     pub queries: Vec<String>,
@@ -335,7 +298,7 @@ pub struct WritingBrief {
 pub struct Revision {
     pub iteration: u32,
     pub previous: String,
-    pub problems: Vec<crate::pipeline::contract::Problem>,
+    pub problems: Vec<crate::domain::contract::Problem>,
 }
 
 /// The article as finally written: Markdown whose citations are links to source URLs.

@@ -11,11 +11,11 @@ use super::{
     WebResearch, WritingBrief, fact_check,
 };
 use crate::{
-    kb::{self, KbHit, KnowledgeSource},
-    pipeline::{
+    domain::{
         JobRequest,
         contract::{self, CONCLUSION, KEY_INSIGHTS, KEY_TAKEAWAYS, Problem, WORD_COUNT_TOLERANCE},
     },
+    kb::{self, KbHit, KnowledgeSource},
     text,
 };
 use dakota::api;

@@ -9,7 +9,7 @@ use super::{
     offline::domain_of,
 };
 use crate::{
-    pipeline::JobRequest,
+    domain::JobRequest,
     text,
     upstream::serper::{Organic, SerperClient},
 };

@@ -14,7 +14,10 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-use crate::{auth::Principal, lock, pipeline::JobRequest};
+use crate::{
+    domain::{JobRequest, Principal},
+    lock,
+};
 use dakota::api::{self, GenerateEvent, JobState, generate_event::Event};
 
 pub mod shared;
@@ -247,6 +250,32 @@ enum JobStateKind {
     Completed,
     Failed,
     Cancelled,
+}
+
+impl crate::domain::JobEvents for Job {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn request(&self) -> &Arc<JobRequest> {
+        &self.request
+    }
+
+    fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    fn stopped_by_shutdown(&self) -> bool {
+        Job::stopped_by_shutdown(self)
+    }
+
+    fn emit(&self, event: Event, progress: u32) {
+        Job::emit(self, event, progress);
+    }
+
+    fn end_failed(&self, failed: api::Failed) {
+        Job::end_failed(self, failed);
+    }
 }
 
 impl Job {

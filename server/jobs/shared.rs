@@ -36,7 +36,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use super::{Job, failure_status};
-use crate::{auth::Principal, pipeline::JobRequest, redis::Redis};
+use crate::{
+    domain::{JobRequest, Principal},
+    redis::Redis,
+};
 use dakota::api::{self, GenerateEvent, JobState, generate_event::Event};
 
 /// Events copied to Redis per round trip at most.

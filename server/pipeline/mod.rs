@@ -16,11 +16,11 @@ use tracing::Instrument;
 use crate::{
     agents::pricing::PriceTable,
     agents::{
-        Agent, AgentContext, AgentError, AgentName, AgentOutput, Agents, Draft, FactCheckInput,
-        FinalArticle, Revision, SourceDoc, Synthesis, SynthesisInput, UpstreamCounters,
-        WebResearch, WritingBrief, metrics_analyzer,
+        Agent, AgentContext, AgentError, AgentOutput, Agents, Draft, FactCheckInput, FinalArticle,
+        Revision, Synthesis, SynthesisInput, UpstreamCounters, WebResearch, WritingBrief,
+        metrics_analyzer,
     },
-    jobs::Job,
+    domain::{AgentName, JobEvents, SourceDoc},
     lock,
     metrics::{self, Metrics},
     resilience::{CallScope, Called, Calls, Pool},
@@ -29,110 +29,7 @@ use crate::{
 };
 use dakota::api::{self, generate_event::Event};
 
-pub mod contract;
-
-/// A validated `GenerateRequest`, with defaults applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobRequest {
-    pub topic: String,
-    pub slug: String,
-    pub word_count: usize,
-    pub audience: String,
-    pub tone: String,
-    pub custom_instructions: String,
-    pub include_social: bool,
-    pub include_summary: bool,
-    pub skip_web_search: bool,
-    pub idempotency_key: Option<String>,
-    pub max_total_tokens: Option<u64>,
-}
-
-/// Phases in the order they run; names as in events, spans and metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Setup,
-    Research,
-    Synthesis,
-    Writing,
-    Analysis,
-    Revision,
-    Distribution,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Setup => "setup",
-            Self::Research => "research",
-            Self::Synthesis => "synthesis",
-            Self::Writing => "writing",
-            Self::Analysis => "analysis",
-            Self::Revision => "revision",
-            Self::Distribution => "distribution",
-        }
-    }
-
-    /// The share of overall progress (0-100) the phase covers.
-    fn progress_range(self) -> (u32, u32) {
-        match self {
-            Self::Setup => (0, 2),
-            Self::Research => (2, 30),
-            Self::Synthesis => (30, 40),
-            Self::Writing => (40, 70),
-            Self::Analysis => (70, 82),
-            Self::Revision => (82, 88),
-            Self::Distribution => (88, 99),
-        }
-    }
-
-    fn depends_on(self) -> &'static [Phase] {
-        match self {
-            Self::Setup => &[],
-            Self::Research => &[Self::Setup],
-            Self::Synthesis => &[Self::Research],
-            Self::Writing => &[Self::Synthesis],
-            Self::Analysis => &[Self::Writing],
-            Self::Revision => &[Self::Analysis],
-            // The final article: after analysis, and after revision when it runs.
-            Self::Distribution => &[Self::Analysis, Self::Revision],
-        }
-    }
-}
-
-/// The phases and agents a request will run (the `job_started` plan).
-pub fn plan(request: &JobRequest) -> Vec<(Phase, Vec<AgentName>)> {
-    use AgentName::*;
-    let mut research = vec![KbResearcher];
-    if !request.skip_web_search {
-        research.push(WebResearcher);
-    }
-    research.push(ResearchSynthesizer);
-    let mut distribution = Vec::new();
-    if request.include_social {
-        distribution.push(SocialPromoter);
-    }
-    if request.include_summary {
-        distribution.push(SummaryWriter);
-    }
-    let mut phases = vec![
-        (Phase::Setup, vec![]),
-        (Phase::Research, research),
-        (Phase::Synthesis, vec![ResearchSynthesizer]),
-        (Phase::Writing, vec![ContentWriter]),
-        (
-            Phase::Analysis,
-            vec![MetricsAnalyzer, SeoSpecialist, FactChecker],
-        ),
-        (
-            Phase::Revision,
-            vec![ContentWriter, MetricsAnalyzer, SeoSpecialist, FactChecker],
-        ),
-    ];
-    if !distribution.is_empty() {
-        phases.push((Phase::Distribution, distribution));
-    }
-    phases
-}
+pub use crate::domain::{JobRequest, Phase, contract, plan};
 
 fn job_started(request: &JobRequest) -> api::JobStarted {
     api::JobStarted {
@@ -203,7 +100,7 @@ const SHUTDOWN_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// of a cancellation, or of the passed deadline. Dropping the pipeline future on
 /// cancellation drops every in-flight agent call with it.
 pub async fn run(
-    job: Arc<Job>,
+    job: Arc<dyn JobEvents>,
     agents: Agents,
     settings: PipelineSettings,
     deadline: Option<Duration>,
@@ -214,7 +111,7 @@ pub async fn run(
     let metrics = settings.metrics.clone();
     let run = Arc::new(JobRun::new(job.clone(), agents, settings.clone(), deadline));
     // The plan goes out first, whatever happens next, so every stream starts with it.
-    job.emit(Event::JobStarted(job_started(&job.request)), 0);
+    job.emit(Event::JobStarted(job_started(job.request())), 0);
     let work = async {
         // A job slot for the whole run; while none is free the job waits in the queue
         // (cancellation and the deadline apply there too).
@@ -234,12 +131,12 @@ pub async fn run(
             None => Err((Code::DeadlineExceeded, "the request deadline passed before the article was finished".into())),
             Some(Err(_panic)) => Err((Code::Internal, "internal error: the pipeline failed unexpectedly".into())),
             Some(Ok(Err(error))) => {
-                tracing::warn!(job_id = %job.id, %error, "job failed");
+                tracing::warn!(job_id = %job.id(), %error, "job failed");
                 Err((error.code(), error.to_string()))
             }
             Some(Ok(Ok(article))) => Ok(article),
         },
-        () = job.cancel.cancelled() => Err(if job.stopped_by_shutdown() {
+        () = job.cancel().cancelled() => Err(if job.stopped_by_shutdown() {
             (Code::Unavailable, SHUTDOWN_MESSAGE.into())
         } else {
             (Code::Cancelled, "job cancelled".into())
@@ -359,7 +256,7 @@ struct Assembly<'a> {
 
 /// State of one running job.
 struct JobRun {
-    job: Arc<Job>,
+    job: Arc<dyn JobEvents>,
     agents: Agents,
     cx: AgentContext,
     started: Instant,
@@ -377,7 +274,7 @@ struct JobRun {
 
 impl JobRun {
     fn new(
-        job: Arc<Job>,
+        job: Arc<dyn JobEvents>,
         agents: Agents,
         settings: PipelineSettings,
         deadline: Option<Duration>,
@@ -386,8 +283,8 @@ impl JobRun {
         let writer_iteration = Arc::new(AtomicU32::new(1));
         let delta_iteration = writer_iteration.clone();
         let cx = AgentContext {
-            request: job.request.clone(),
-            cancel: job.cancel.clone(),
+            request: job.request().clone(),
+            cancel: job.cancel().clone(),
             deltas: Arc::new(move |text: &str| {
                 let progress = Phase::Writing.progress_range().0;
                 delta_job.emit(
@@ -426,7 +323,7 @@ impl JobRun {
     }
 
     fn request(&self) -> &JobRequest {
-        &self.job.request
+        self.job.request()
     }
 
     fn progress(&self, phase: Phase, total_agents: u32) -> u32 {
@@ -984,7 +881,7 @@ impl JobRun {
         metrics.upstream_calls = self.cx.upstream.snapshot();
         metrics.revision_iterations = revisions;
         api::Article {
-            job_id: self.job.id.clone(),
+            job_id: self.job.id().to_string(),
             topic: request.topic.clone(),
             slug: request.slug.clone(),
             title: final_article.title,

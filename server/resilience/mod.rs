@@ -15,21 +15,19 @@ use tokio::{
 };
 
 use crate::{
-    agents::AgentName,
     cache::{Cache, Key},
     config::UpstreamConfig,
+    domain::AgentName,
+    fault::{UpstreamError, breaker::CircuitBreaker, retry::RetryPolicy},
     lock,
     metrics::{self, Metrics, UpstreamOutcome},
     redis::Redis,
-    upstream::{UpstreamError, retry::RetryPolicy},
 };
 
-pub mod breaker;
+pub use crate::fault::breaker;
 mod stack;
 
 pub use stack::{Attempt, Called, Calls};
-
-use breaker::CircuitBreaker;
 
 /// An attempt's timeout when the configuration names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

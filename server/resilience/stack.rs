@@ -25,11 +25,11 @@ use tracing::Instrument;
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{CallScope, Guard, MAX_RETRY_AFTER, breaker::Admission};
+use super::{CallScope, Guard, MAX_RETRY_AFTER};
 use crate::{
     cache::{Key, Layer},
+    fault::{UpstreamError, breaker::Admission},
     metrics,
-    upstream::UpstreamError,
 };
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

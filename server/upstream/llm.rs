@@ -95,17 +95,7 @@ pub struct Prompt {
     pub user: String,
 }
 
-/// How structured answers are asked for (`--llm-structured-output`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum StructuredOutput {
-    /// `response_format: json_schema`, strict.
-    #[default]
-    JsonSchema,
-    /// `response_format: json_object`, the schema in the system message.
-    JsonObject,
-    /// No `response_format`: the schema in the system message only.
-    Prompt,
-}
+pub use crate::config::StructuredOutput;
 
 /// One structured question: the schema its answer must fit, and the most tokens it may use.
 #[derive(Debug, Clone, Copy)]

@@ -1,7 +1,7 @@
 //! The article contract of SPEC §4, checked by code, and citation rendering.
 use std::fmt;
 
-use crate::{agents::SourceDoc, text};
+use crate::{domain::SourceDoc, text};
 
 pub const KEY_INSIGHTS: &str = "Key Insights at a Glance";
 pub const KEY_TAKEAWAYS: &str = "Key Takeaways";

@@ -1,0 +1,171 @@
+//! The service's own vocabulary, below every mechanism: the request a job runs, its phases and
+//! their plan, the agents' names, a source as research returns it, the article contract, who
+//! is calling, and where a running job's events go ([`JobEvents`], which the job implements
+//! and the pipeline writes to).
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use dakota::api::{self, generate_event::Event};
+
+pub mod contract;
+
+/// A validated `GenerateRequest`, with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    pub topic: String,
+    pub slug: String,
+    pub word_count: usize,
+    pub audience: String,
+    pub tone: String,
+    pub custom_instructions: String,
+    pub include_social: bool,
+    pub include_summary: bool,
+    pub skip_web_search: bool,
+    pub idempotency_key: Option<String>,
+    pub max_total_tokens: Option<u64>,
+}
+
+/// Phases in the order they run; names as in events, spans and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Setup,
+    Research,
+    Synthesis,
+    Writing,
+    Analysis,
+    Revision,
+    Distribution,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Setup => "setup",
+            Self::Research => "research",
+            Self::Synthesis => "synthesis",
+            Self::Writing => "writing",
+            Self::Analysis => "analysis",
+            Self::Revision => "revision",
+            Self::Distribution => "distribution",
+        }
+    }
+
+    /// The share of overall progress (0-100) the phase covers.
+    pub fn progress_range(self) -> (u32, u32) {
+        match self {
+            Self::Setup => (0, 2),
+            Self::Research => (2, 30),
+            Self::Synthesis => (30, 40),
+            Self::Writing => (40, 70),
+            Self::Analysis => (70, 82),
+            Self::Revision => (82, 88),
+            Self::Distribution => (88, 99),
+        }
+    }
+
+    pub fn depends_on(self) -> &'static [Phase] {
+        match self {
+            Self::Setup => &[],
+            Self::Research => &[Self::Setup],
+            Self::Synthesis => &[Self::Research],
+            Self::Writing => &[Self::Synthesis],
+            Self::Analysis => &[Self::Writing],
+            Self::Revision => &[Self::Analysis],
+            // The final article: after analysis, and after revision when it runs.
+            Self::Distribution => &[Self::Analysis, Self::Revision],
+        }
+    }
+}
+
+/// The phases and agents a request will run (the `job_started` plan).
+pub fn plan(request: &JobRequest) -> Vec<(Phase, Vec<AgentName>)> {
+    use AgentName::*;
+    let mut research = vec![KbResearcher];
+    if !request.skip_web_search {
+        research.push(WebResearcher);
+    }
+    research.push(ResearchSynthesizer);
+    let mut distribution = Vec::new();
+    if request.include_social {
+        distribution.push(SocialPromoter);
+    }
+    if request.include_summary {
+        distribution.push(SummaryWriter);
+    }
+    let mut phases = vec![
+        (Phase::Setup, vec![]),
+        (Phase::Research, research),
+        (Phase::Synthesis, vec![ResearchSynthesizer]),
+        (Phase::Writing, vec![ContentWriter]),
+        (
+            Phase::Analysis,
+            vec![MetricsAnalyzer, SeoSpecialist, FactChecker],
+        ),
+        (
+            Phase::Revision,
+            vec![ContentWriter, MetricsAnalyzer, SeoSpecialist, FactChecker],
+        ),
+    ];
+    if !distribution.is_empty() {
+        phases.push((Phase::Distribution, distribution));
+    }
+    phases
+}
+
+/// Agent names as they appear in events, spans and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentName {
+    KbResearcher,
+    WebResearcher,
+    ResearchSynthesizer,
+    ContentWriter,
+    MetricsAnalyzer,
+    SeoSpecialist,
+    FactChecker,
+    SocialPromoter,
+    SummaryWriter,
+}
+
+impl AgentName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KbResearcher => "kb_researcher",
+            Self::WebResearcher => "web_researcher",
+            Self::ResearchSynthesizer => "research_synthesizer",
+            Self::ContentWriter => "content_writer",
+            Self::MetricsAnalyzer => "metrics_analyzer",
+            Self::SeoSpecialist => "seo_specialist",
+            Self::FactChecker => "fact_checker",
+            Self::SocialPromoter => "social_promoter",
+            Self::SummaryWriter => "summary_writer",
+        }
+    }
+}
+
+/// Who is calling: an opaque, stable id of the API key used (not the key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal(pub String);
+
+/// A source as research returned it, with the text the fact checker checks against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceDoc {
+    pub source: api::Source,
+    pub section: String,
+    pub text: String,
+}
+
+/// A running job as the pipeline sees it: what it asks for, its cancellation, and where its
+/// events go. The job's log implements it; the pipeline knows nothing else of jobs.
+pub trait JobEvents: Send + Sync {
+    fn id(&self) -> &str;
+    fn request(&self) -> &Arc<JobRequest>;
+    /// Cancels every agent and upstream call of the job.
+    fn cancel(&self) -> &CancellationToken;
+    /// Whether the job is being stopped by the server's shutdown (not by its caller).
+    fn stopped_by_shutdown(&self) -> bool;
+    /// Appends an event; progress never decreases, nothing follows the final event.
+    fn emit(&self, event: Event, progress: u32);
+    /// Ends the job with `failed`.
+    fn end_failed(&self, failed: api::Failed);
+}
