@@ -188,7 +188,7 @@ fn detailed_json(state: &AppState) -> Value {
             "cache": {"entries": cache_entries, "bytes": cache_bytes},
             "breakers": breakers,
             "pools": pools,
-            "jobs": {"running": state.running_jobs(), "queued": state.queued_jobs()},
+            "jobs": {"running": state.runner.running_jobs(), "queued": state.runner.queued_jobs()},
         },
     })
 }
@@ -215,8 +215,8 @@ async fn detailed(State(state): State<Arc<AppState>>) -> Response {
 /// Gauges that are read off live state at scrape time.
 fn refresh_gauges(state: &AppState) {
     let metrics = &state.metrics;
-    metrics.jobs_running.set(state.running_jobs() as i64);
-    metrics.jobs_queued.set(state.queued_jobs() as i64);
+    metrics.jobs_running.set(state.runner.running_jobs() as i64);
+    metrics.jobs_queued.set(state.runner.queued_jobs() as i64);
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         metrics
             .tokio_tasks

@@ -6,7 +6,7 @@ use std::{
 };
 
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
 
@@ -32,7 +32,7 @@ use crate::{
 };
 use dakota::api::{self, content_service_server::ContentServiceServer};
 
-use crate::pipeline::MAX_MESSAGE_BYTES;
+use crate::jobs::runner::{JobRunner, MAX_MESSAGE_BYTES};
 
 /// How long open streams (health watches, followers) may hold the server after the drain.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -213,20 +213,19 @@ fn app_state(
         ),
         ready: OnceLock::new(),
         draining: RwLock::new(false),
-        tasks: TaskTracker::new(),
         metrics: metrics.clone(),
         upstreams: upstreams.clone(),
-        slots: Arc::new(tokio::sync::Semaphore::new(config.max_running_jobs.max(1))),
-        max_running: config.max_running_jobs.max(1),
-        admitted: Default::default(),
-        capacity: config.max_running_jobs.max(1) + config.max_queued_jobs,
-        settings: PipelineSettings {
-            max_iterations: config.max_iterations,
-            prices: upstreams.prices.clone(),
-            metrics: metrics.clone(),
-            fetcher: Some(upstreams.fetcher.clone()),
-        },
-        output_dir: config.output_dir.clone(),
+        runner: JobRunner::new(
+            config.max_running_jobs,
+            config.max_queued_jobs,
+            PipelineSettings {
+                max_iterations: config.max_iterations,
+                prices: upstreams.prices.clone(),
+                metrics: metrics.clone(),
+                fetcher: Some(upstreams.fetcher.clone()),
+            },
+            config.output_dir.clone(),
+        ),
         shared_jobs: redis.map(|redis| {
             Arc::new(SharedJobs::new(
                 redis,
@@ -347,19 +346,7 @@ async fn lifecycle(
             let _ = state.ready.set(ready);
             set_health(&health, ServingStatus::Serving).await;
             tracing::info!("SERVING");
-            // Finished jobs expire on a timer, not only when a new job needs their room.
-            let expiry = tokio::spawn({
-                let (jobs, shutdown) = (state.jobs.clone(), shutdown.clone());
-                async move {
-                    let mut tick = tokio::time::interval(jobs.expiry_period());
-                    loop {
-                        tokio::select! {
-                            _ = tick.tick() => jobs.expire(),
-                            () = shutdown.cancelled() => return,
-                        }
-                    }
-                }
-            });
+            let expiry = tokio::spawn(state.jobs.clone().expire_periodically(shutdown.clone()));
             // With shared jobs, this replica's finished jobs are written again if Redis
             // loses them (stopped with the shutdown token, like the expiry).
             if let Some(shared) = &state.shared_jobs {
@@ -393,14 +380,14 @@ async fn lifecycle(
     tracing::info!("draining: NOT_SERVING, no new jobs");
     state.start_draining();
     set_health(&health, ServingStatus::NotServing).await;
-    state.tasks.close();
-    if tokio::time::timeout(config.shutdown_grace, state.tasks.wait())
+    state.runner.tasks().close();
+    if tokio::time::timeout(config.shutdown_grace, state.runner.tasks().wait())
         .await
         .is_err()
     {
         tracing::warn!(running = state.jobs.running(), grace = ?config.shutdown_grace, "grace period over; cancelling running jobs");
         state.jobs.cancel_all();
-        let _ = tokio::time::timeout(CLOSE_GRACE, state.tasks.wait()).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, state.runner.tasks().wait()).await;
     }
     stop_serving.cancel();
     let result = match tokio::time::timeout(CLOSE_GRACE, &mut serving).await {

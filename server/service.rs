@@ -1,19 +1,11 @@
 //! `dakota.content.v1.ContentService`: the gRPC face of jobs, the pipeline and the knowledge base.
 use std::{
-    path::PathBuf,
-    sync::{
-        Arc, OnceLock, RwLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, OnceLock, RwLock},
     time::{Duration, Instant},
 };
 
-use futures_util::FutureExt;
-use tokio::sync::Semaphore;
 use tokio_stream::Stream;
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
-use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
@@ -22,11 +14,12 @@ use crate::{
     error::ApiError,
     jobs::{
         self, AttachError, Job, JobRegistry,
+        runner::JobRunner,
         shared::{Reattach, RemoteJob, SharedJobs},
     },
     kb::KnowledgeSource,
     metrics::Metrics,
-    pipeline::{self, JobRequest, PipelineSettings},
+    pipeline::JobRequest,
     resilience::{CallScope, Pool},
     telemetry, validation,
 };
@@ -53,19 +46,11 @@ pub struct AppState {
     /// True once draining. `Generate` admits and spawns a job under the read lock, so when
     /// shutdown has taken the write lock no job can start behind the drain's back.
     pub draining: RwLock<bool>,
-    /// Every running pipeline, so shutdown can wait for them.
-    pub tasks: TaskTracker,
     pub metrics: Arc<Metrics>,
     /// The upstream clients and their resilience stacks (for health).
     pub upstreams: Arc<Upstreams>,
-    /// Job slots (`--max-running-jobs`); jobs without one wait in the queue.
-    pub slots: Arc<Semaphore>,
-    pub max_running: usize,
-    /// Jobs running or queued, bounded by `capacity` (running + `--max-queued-jobs`).
-    pub admitted: Arc<AtomicUsize>,
-    pub capacity: usize,
-    pub settings: PipelineSettings,
-    pub output_dir: Option<PathBuf>,
+    /// Admits, runs and ends jobs; its task tracker is what shutdown waits for.
+    pub runner: JobRunner,
     /// The accepted API keys; `None` when the API is open.
     pub api_keys: Option<Arc<crate::auth::ApiKeys>>,
     /// Jobs in Redis, for every replica to serve; `None` without Redis.
@@ -90,98 +75,12 @@ impl AppState {
     pub fn start_draining(&self) {
         *self.draining.write().unwrap_or_else(|e| e.into_inner()) = true;
     }
-
-    /// Runs a created job's pipeline, tracked for shutdown; writes its folder when configured.
-    /// Takes a place for a new job, running or queued; refuses when both are full.
-    fn admit(&self) -> Result<(), AttachError> {
-        self.admitted
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.capacity).then_some(n + 1)
-            })
-            .map(|_| ())
-            .map_err(|admitted| {
-                let running = self.running_jobs();
-                AttachError::QueueFull {
-                    running,
-                    queued: admitted.saturating_sub(running),
-                }
-            })
-    }
-
-    pub fn running_jobs(&self) -> usize {
-        self.max_running
-            .saturating_sub(self.slots.available_permits())
-    }
-
-    pub fn queued_jobs(&self) -> usize {
-        self.admitted
-            .load(Ordering::SeqCst)
-            .saturating_sub(self.running_jobs())
-    }
-
-    /// The job runs inside `span` (the `Generate` server span), so its trace holds it whole.
-    fn spawn_job(
-        &self,
-        job: Arc<Job>,
-        agents: Agents,
-        deadline: Option<Duration>,
-        span: tracing::Span,
-    ) {
-        let settings = self.settings.clone();
-        let output_dir = self.output_dir.clone();
-        let slots = self.slots.clone();
-        self.metrics.jobs_started.inc();
-        let ticket = Box::new(Admitted(self.admitted.clone()));
-        let task = async move {
-            let run = pipeline::run(job.clone(), agents, settings, deadline, slots, ticket);
-            // The pipeline turns its own panics into a failed job; this catches the rest, so
-            // no job is left running with its slot taken and its watchers waiting.
-            let article = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
-                Ok(article) => article,
-                Err(_panic) => {
-                    tracing::error!(job_id = %job.id, "the job's task panicked");
-                    job.fail(
-                        tonic::Code::Internal,
-                        "internal error: the job failed unexpectedly",
-                        "",
-                    );
-                    None
-                }
-            };
-            tracing::info!(job_id = %job.id, state = ?job.state(), "job ended");
-            if let (Some(dir), Some(article)) = (output_dir, article) {
-                let written = tokio::task::spawn_blocking(move || {
-                    dakota::output::write_article(&dir, &article)
-                })
-                .await;
-                match written {
-                    Ok(Ok(folder)) => {
-                        tracing::info!(job_id = %job.id, folder = %folder.display(), "article written")
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(job_id = %job.id, %error, "could not write the article folder")
-                    }
-                    Err(error) => tracing::warn!(job_id = %job.id, %error, "article writer failed"),
-                }
-            }
-        };
-        self.tasks.spawn(task.instrument(span));
-    }
 }
 
 /// Where a job runs (or ran).
 enum Located {
     Here(Arc<Job>),
     Elsewhere(Arc<SharedJobs>, RemoteJob),
-}
-
-/// A job's place among the admitted (running or queued) jobs, given back when dropped.
-struct Admitted(Arc<AtomicUsize>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 pub struct ContentApi {
@@ -244,7 +143,7 @@ impl ContentApi {
                 if *draining {
                     Err(AttachError::Draining)
                 } else {
-                    self.state.admit()
+                    self.state.runner.admit()
                 }
             };
             let (job, created) = self
@@ -257,7 +156,8 @@ impl ContentApi {
                 tracing::info!(job_id = %job.id, topic = %job.request.topic, "job started");
                 span.record("job_id", job.id.as_str());
                 self.state
-                    .spawn_job(job.clone(), ready.agents.clone(), deadline, span);
+                    .runner
+                    .spawn(job.clone(), ready.agents.clone(), deadline, span);
             } else {
                 tracing::info!(job_id = %job.id, "re-attached by idempotency key");
             }
@@ -267,7 +167,8 @@ impl ContentApi {
             // Known to every replica before its id reaches the caller.
             let registered = shared.register(&job, owner.as_ref()).await;
             self.state
-                .tasks
+                .runner
+                .tasks()
                 .spawn(shared.clone().publish(job, owner, registered));
         }
         Ok(Response::new(events))

@@ -20,6 +20,7 @@ use crate::{
 };
 use dakota::api::{self, GenerateEvent, JobState, generate_event::Event};
 
+pub mod runner;
 pub mod shared;
 
 /// Events a follower reads from the log at a time (HTTP/2 flow control paces the reading).
@@ -387,6 +388,7 @@ impl Job {
     }
 
     /// Ends the job with `failed` unless it already ended.
+    #[cfg(test)]
     pub fn fail(&self, code: Code, message: impl Into<String>, phase: &str) {
         self.end_failed(api::Failed {
             code: code as i32,
@@ -684,6 +686,18 @@ impl JobRegistry {
     /// How often finished jobs are checked for expiry.
     pub fn expiry_period(&self) -> Duration {
         (self.limits.job_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// Drops finished jobs past their TTL on a timer, not only when a new job needs their
+    /// room, until `stop`.
+    pub async fn expire_periodically(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.expiry_period());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.expire(),
+                () = stop.cancelled() => return,
+            }
+        }
     }
 
     pub fn running(&self) -> usize {

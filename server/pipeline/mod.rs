@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use futures_util::FutureExt;
 use tonic::Code;
 use tracing::Instrument;
 
@@ -31,7 +30,8 @@ use dakota::api::{self, generate_event::Event};
 
 pub use crate::domain::{JobRequest, Phase, contract, plan};
 
-fn job_started(request: &JobRequest) -> api::JobStarted {
+/// The `job_started` event: the plan of phases and agents the request will run.
+pub fn job_started(request: &JobRequest) -> api::JobStarted {
     api::JobStarted {
         topic: request.topic.clone(),
         slug: request.slug.clone(),
@@ -91,147 +91,43 @@ impl PipelineError {
     }
 }
 
-const SHUTDOWN_MESSAGE: &str =
-    "server shutting down; retry (with the same idempotency key) on another replica";
-/// When a job stopped by a shutdown may be retried.
-const SHUTDOWN_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// One job's pipeline between the runner's start and end (`jobs::runner`): the phases, in
+/// order, writing their events to the job. The runner owns the rest of the job's life.
+pub struct PipelineRun(Arc<JobRun>);
 
-/// Runs a job to its end: `completed`, or `failed` with the status of what went wrong,
-/// of a cancellation, or of the passed deadline. Dropping the pipeline future on
-/// cancellation drops every in-flight agent call with it.
-pub async fn run(
-    job: Arc<dyn JobEvents>,
-    agents: Agents,
-    settings: PipelineSettings,
-    deadline: Option<Duration>,
-    slots: Arc<tokio::sync::Semaphore>,
-    ticket: Box<dyn Send>,
-) -> Option<api::Article> {
-    let started = Instant::now();
-    let metrics = settings.metrics.clone();
-    let run = Arc::new(JobRun::new(job.clone(), agents, settings.clone(), deadline));
-    // The plan goes out first, whatever happens next, so every stream starts with it.
-    job.emit(Event::JobStarted(job_started(job.request())), 0);
-    let work = async {
-        // A job slot for the whole run; while none is free the job waits in the queue
-        // (cancellation and the deadline apply there too).
-        let _slot = run.job_slot(slots).await?;
-        run.clone().execute(settings).await
-    };
-    // A panic anywhere in the pipeline ends the job with INTERNAL instead of leaving its
-    // watchers waiting for an end that never comes.
-    let work = std::panic::AssertUnwindSafe(work).catch_unwind();
-    let ended: Result<api::Article, (Code, String)> = tokio::select! {
-        result = async {
-            match deadline {
-                Some(limit) => tokio::time::timeout(limit, work).await.ok(),
-                None => Some(work.await),
-            }
-        } => match result {
-            None => Err((Code::DeadlineExceeded, "the request deadline passed before the article was finished".into())),
-            Some(Err(_panic)) => Err((Code::Internal, "internal error: the pipeline failed unexpectedly".into())),
-            Some(Ok(Err(error))) => {
-                tracing::warn!(job_id = %job.id(), %error, "job failed");
-                Err((error.code(), error.to_string()))
-            }
-            Some(Ok(Ok(article))) => Ok(article),
-        },
-        () = job.cancel().cancelled() => Err(if job.stopped_by_shutdown() {
-            (Code::Unavailable, SHUTDOWN_MESSAGE.into())
-        } else {
-            (Code::Cancelled, "job cancelled".into())
-        }),
-    };
-    // Accounted before the final event: a client that resubmits on seeing it finds room.
-    drop(ticket);
-    metrics
-        .job_duration
-        .observe(started.elapsed().as_secs_f64());
-    run.end(ended)
-}
+impl PipelineRun {
+    pub fn new(
+        job: Arc<dyn JobEvents>,
+        agents: Agents,
+        settings: PipelineSettings,
+        deadline: Option<Duration>,
+    ) -> Self {
+        Self(Arc::new(JobRun::new(job, agents, settings, deadline)))
+    }
 
-impl JobRun {
-    /// A job slot for the whole run; while none is free the job waits in the queue.
-    async fn job_slot(
-        &self,
-        slots: Arc<tokio::sync::Semaphore>,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, PipelineError> {
-        if let Ok(slot) = slots.clone().try_acquire_owned() {
-            return Ok(slot);
-        }
-        self.warn(
+    /// Says that the job waits in the queue for a job slot.
+    pub fn queued(&self) {
+        self.0.warn(
             Phase::Setup,
             None,
             "QUEUED",
             "every job slot is taken; waiting in the queue".into(),
         );
-        slots
-            .acquire_owned()
-            .await
-            .map_err(|_| PipelineError::Agent {
-                agent: "scheduler",
-                source: AgentError::Internal("job slots closed".into()),
-            })
     }
 
-    /// The job's final event and its metrics: `completed` with the article, or `failed`.
-    fn end(&self, ended: Result<api::Article, (Code, String)>) -> Option<api::Article> {
-        let (job, metrics) = (&self.job, &self.settings.metrics);
-        match ended.and_then(deliverable) {
-            Ok(article) => {
-                metrics.jobs_completed.inc();
-                job.emit(
-                    Event::Completed(api::Completed {
-                        article: Some(article.clone()),
-                    }),
-                    100,
-                );
-                Some(article)
-            }
-            Err((code, message)) => {
-                let name = dakota::output::code_name(code);
-                metrics
-                    .jobs_failed
-                    .get_or_create(&metrics::Code { code: name })
-                    .inc();
-                // A job stopped by a shutdown can succeed elsewhere: the caller is told when
-                // to retry, and its idempotency key starts the job again.
-                let retry_delay = (code == Code::Unavailable && job.stopped_by_shutdown())
-                    .then(|| proto_duration(SHUTDOWN_RETRY_DELAY))
-                    .flatten();
-                job.end_failed(api::Failed {
-                    code: code as i32,
-                    message,
-                    phase: self.current_phase().to_string(),
-                    retry_delay,
-                });
-                None
-            }
-        }
+    /// The phases, in order: the article, or the status of what went wrong.
+    pub async fn execute(&self) -> Result<api::Article, (Code, String)> {
+        let settings = self.0.settings.clone();
+        self.0.clone().execute(settings).await.map_err(|error| {
+            tracing::warn!(job_id = %self.0.job.id(), %error, "job failed");
+            (error.code(), error.to_string())
+        })
     }
-}
 
-/// Largest request or response message the server sends or takes.
-pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
-/// Room in a message for what travels with an article (the event's id, sequence, timestamp).
-const MESSAGE_MARGIN_BYTES: usize = 64 * 1024;
-
-/// The article, if its `completed` event and `GetArticle`'s answer fit in one gRPC message:
-/// a final event that cannot be sent would leave the caller with `RESOURCE_EXHAUSTED`
-/// instead of an end, so the job fails with a status that says why instead.
-fn deliverable(article: api::Article) -> Result<api::Article, (Code, String)> {
-    use prost::Message;
-    let size = article.encoded_len();
-    if size + MESSAGE_MARGIN_BYTES > MAX_MESSAGE_BYTES {
-        return Err((
-            Code::ResourceExhausted,
-            format!(
-                "the finished article is {size} bytes encoded, over what one gRPC message carries ({} bytes); ask for fewer words",
-                MAX_MESSAGE_BYTES - MESSAGE_MARGIN_BYTES
-            ),
-        ));
+    /// The phase the job is in (or ended in).
+    pub fn current_phase(&self) -> &'static str {
+        self.0.current_phase()
     }
-    Ok(article)
 }
 
 /// A draft and what the analysis phase found in it.
@@ -1119,28 +1015,4 @@ fn problems(
 
 pub fn proto_duration(duration: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(duration).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_article_over_the_message_limit_fails_its_job_with_a_status_that_says_why() {
-        let small = api::Article {
-            markdown: "# Title\n\nText.".into(),
-            ..Default::default()
-        };
-        assert!(deliverable(small).is_ok());
-        let huge = api::Article {
-            markdown: "word ".repeat(MAX_MESSAGE_BYTES / 5),
-            ..Default::default()
-        };
-        let (code, message) = deliverable(huge).unwrap_err();
-        assert_eq!(code, Code::ResourceExhausted);
-        assert!(
-            message.contains("over what one gRPC message carries"),
-            "{message}"
-        );
-    }
 }
