@@ -30,6 +30,15 @@ use dakota::api::{self, generate_event::Event};
 
 pub use crate::domain::{JobRequest, Phase, contract, plan};
 
+mod assembly;
+mod error;
+mod events;
+mod pages;
+
+pub use assembly::proto_duration;
+use assembly::{Analysed, Assembly};
+use error::PipelineError;
+
 /// The `job_started` event: the plan of phases and agents the request will run.
 pub fn job_started(request: &JobRequest) -> api::JobStarted {
     api::JobStarted {
@@ -61,34 +70,6 @@ pub struct PipelineSettings {
     pub metrics: Arc<Metrics>,
     /// Reads the pages of cited web sources for the fact check; `None` leaves their snippets.
     pub fetcher: Option<Arc<Fetcher>>,
-}
-
-/// Why a job failed.
-#[derive(Debug, thiserror::Error)]
-enum PipelineError {
-    #[error("{agent}: {source}")]
-    Agent {
-        agent: &'static str,
-        source: AgentError,
-    },
-    #[error("token budget of {budget} exceeded: {used} tokens used")]
-    Budget { budget: u64, used: u64 },
-}
-
-impl PipelineError {
-    fn code(&self) -> Code {
-        match self {
-            Self::Agent { source, .. } => match source {
-                AgentError::NoSources(_) => Code::FailedPrecondition,
-                AgentError::Kb(crate::kb::KbError::Upstream(_)) => Code::Unavailable,
-                AgentError::Kb(_) | AgentError::Internal(_) => Code::Internal,
-                // The model answered, unusably: retrying later will not help by itself.
-                AgentError::InvalidAnswer { .. } => Code::FailedPrecondition,
-                AgentError::Unavailable { .. } => Code::Unavailable,
-            },
-            Self::Budget { .. } => Code::ResourceExhausted,
-        }
-    }
 }
 
 /// One job's pipeline between the runner's start and end (`jobs::runner`): the phases, in
@@ -128,26 +109,6 @@ impl PipelineRun {
     pub fn current_phase(&self) -> &'static str {
         self.0.current_phase()
     }
-}
-
-/// A draft and what the analysis phase found in it.
-struct Analysed {
-    draft: Draft,
-    content: api::ContentMetrics,
-    seo: api::SeoMetadata,
-    fact_check: api::FactCheckReport,
-}
-
-/// What the article is assembled from.
-struct Assembly<'a> {
-    final_article: FinalArticle,
-    analysed: Analysed,
-    problems: Vec<contract::Problem>,
-    revisions: u32,
-    synthesis: &'a Synthesis,
-    related: Vec<api::RelatedArticle>,
-    social: Option<api::SocialContent>,
-    summary: Option<api::Summary>,
 }
 
 /// State of one running job.
@@ -220,252 +181,6 @@ impl JobRun {
 
     fn request(&self) -> &JobRequest {
         self.job.request()
-    }
-
-    fn progress(&self, phase: Phase, total_agents: u32) -> u32 {
-        let (start, end) = phase.progress_range();
-        let done = self
-            .done_in_phase
-            .load(Ordering::Relaxed)
-            .min(total_agents.max(1));
-        start + (end - start) * done / total_agents.max(1)
-    }
-
-    fn emit(&self, event: Event, progress: u32) {
-        self.job.emit(event, progress);
-    }
-
-    fn warn(&self, phase: Phase, agent: Option<AgentName>, code: &str, message: String) {
-        let progress = self.progress(phase, 1);
-        self.emit(
-            Event::Warning(api::Warning {
-                code: code.to_string(),
-                message,
-                phase: phase.as_str().to_string(),
-                agent: agent.map(|a| a.as_str().to_string()).unwrap_or_default(),
-            }),
-            progress.min(phase.progress_range().0),
-        );
-    }
-
-    /// Runs one phase: `phase_started`, the work, `phase_completed` with its duration.
-    async fn phase<T, F: Future<Output = Result<T, PipelineError>>>(
-        &self,
-        phase: Phase,
-        iteration: u32,
-        work: F,
-    ) -> Result<T, PipelineError> {
-        *lock(&self.phase) = phase;
-        self.done_in_phase.store(0, Ordering::Relaxed);
-        let (start, end) = phase.progress_range();
-        self.emit(
-            Event::PhaseStarted(api::PhaseStarted {
-                phase: phase.as_str().into(),
-                iteration,
-            }),
-            start,
-        );
-        let began = Instant::now();
-        let span = tracing::info_span!(
-            "phase",
-            otel.name = phase.as_str(),
-            phase = phase.as_str(),
-            iteration
-        );
-        let value = work.instrument(span).await?;
-        let elapsed = began.elapsed();
-        self.settings
-            .metrics
-            .phase_duration
-            .get_or_create(&metrics::Phase {
-                phase: phase.as_str(),
-            })
-            .observe(elapsed.as_secs_f64());
-        self.emit(
-            Event::PhaseCompleted(api::PhaseCompleted {
-                phase: phase.as_str().into(),
-                duration: proto_duration(elapsed),
-                iteration,
-            }),
-            end,
-        );
-        if let Ok(mut metrics) = self.metrics.lock() {
-            match metrics
-                .phases
-                .iter_mut()
-                .find(|p| p.phase == phase.as_str())
-            {
-                Some(existing) => {
-                    let total = existing
-                        .duration
-                        .and_then(|d| Duration::try_from(d).ok())
-                        .unwrap_or_default()
-                        + elapsed;
-                    existing.duration = proto_duration(total);
-                    existing.runs += 1;
-                }
-                None => metrics.phases.push(api::PhaseMetrics {
-                    phase: phase.as_str().into(),
-                    duration: proto_duration(elapsed),
-                    runs: 1,
-                }),
-            }
-        }
-        Ok(value)
-    }
-
-    /// Runs one agent with its events and accounting.
-    async fn agent<I: ?Sized + Sync, O>(
-        &self,
-        phase: Phase,
-        phase_agents: u32,
-        name: AgentName,
-        agent: &dyn Agent<I, O>,
-        input: &I,
-    ) -> Result<O, PipelineError> {
-        self.agent_after(phase, phase_agents, name, agent, input, Calls::default())
-            .await
-    }
-
-    /// [`JobRun::agent`] for an agent whose input took `calls` made for it (the pages the
-    /// fact checker checks against): they count as its own.
-    async fn agent_after<I: ?Sized + Sync, O>(
-        &self,
-        phase: Phase,
-        phase_agents: u32,
-        name: AgentName,
-        agent: &dyn Agent<I, O>,
-        input: &I,
-        calls: Calls,
-    ) -> Result<O, PipelineError> {
-        let (provider, model) = (agent.provider().to_string(), agent.model().to_string());
-        self.emit(
-            Event::AgentStarted(api::AgentStarted {
-                agent: name.as_str().into(),
-                phase: phase.as_str().into(),
-                provider: provider.clone(),
-                model: model.clone(),
-            }),
-            self.progress(phase, phase_agents),
-        );
-        let began = Instant::now();
-        // Each agent's upstream calls count against the pool of its kind of work.
-        let cx = AgentContext {
-            scope: CallScope {
-                pool: Pool::for_agent(name),
-                ..self.cx.scope
-            },
-            ..self.cx.clone()
-        };
-        let span = tracing::info_span!(
-            "agent",
-            otel.name = name.as_str(),
-            agent = name.as_str(),
-            phase = phase.as_str(),
-            provider = provider.as_str(),
-            model = model.as_str(),
-        );
-        let mut output = agent
-            .run(&cx, input)
-            .instrument(span)
-            .await
-            .map_err(|source| PipelineError::Agent {
-                agent: name.as_str(),
-                source,
-            })?;
-        output.calls.add(calls);
-        let elapsed = began.elapsed();
-        for (code, message) in &output.warnings {
-            self.warn(phase, Some(name), code, message.clone());
-        }
-        let (record, used) = self.book(phase, name, &output, (provider, model), elapsed);
-        self.done_in_phase.fetch_add(1, Ordering::Relaxed);
-        self.emit(
-            Event::AgentCompleted(api::AgentCompleted {
-                agent: record.agent,
-                phase: record.phase,
-                duration: record.duration,
-                usage: record.usage,
-                cache_hit: record.cache_hit,
-                attempts: record.attempts,
-                provider: record.provider,
-                model: record.model,
-                summary: output.summary,
-                estimated_cost_usd: record.estimated_cost_usd,
-                calls: record.calls,
-                cached_calls: record.cached_calls,
-            }),
-            self.progress(phase, phase_agents),
-        );
-        if let Some(budget) = self.request().max_total_tokens
-            && used > budget
-        {
-            return Err(PipelineError::Budget { budget, used });
-        }
-        Ok(output.value)
-    }
-
-    /// Books a finished agent into the run metrics and Prometheus: who really produced its
-    /// output (the offline version, when it stood in, is also a degraded part), its tokens
-    /// and cost. Returns its record and the job's tokens so far.
-    fn book<O>(
-        &self,
-        phase: Phase,
-        name: AgentName,
-        output: &AgentOutput<O>,
-        (provider, model): (String, String),
-        elapsed: Duration,
-    ) -> (api::AgentMetrics, u64) {
-        let (provider, model) = match &output.degraded {
-            Some(degraded) => {
-                lock(&self.metrics).degraded.push(api::DegradedPart {
-                    agent: name.as_str().into(),
-                    phase: phase.as_str().into(),
-                    cause: degraded.cause.into(),
-                    message: degraded.message.clone(),
-                });
-                (degraded.provider.clone(), degraded.model.clone())
-            }
-            None => (provider, model),
-        };
-        let cost = self.settings.prices.cost(
-            &model,
-            output.usage.input_tokens,
-            output.usage.output_tokens,
-        );
-        self.record_agent_metrics(name, &provider, &model, output.usage, cost, elapsed);
-        let record = api::AgentMetrics {
-            agent: name.as_str().into(),
-            phase: phase.as_str().into(),
-            duration: proto_duration(elapsed),
-            usage: Some(output.usage),
-            provider,
-            model,
-            cache_hit: output.cache_hit(),
-            attempts: output.attempts,
-            estimated_cost_usd: cost,
-            calls: output.calls.total,
-            cached_calls: output.calls.cached,
-        };
-        let mut metrics = lock(&self.metrics);
-        metrics.estimated_cost_usd += cost;
-        // Saturating: token counts come from upstreams.
-        metrics.total_input_tokens = metrics
-            .total_input_tokens
-            .saturating_add(output.usage.input_tokens);
-        metrics.total_output_tokens = metrics
-            .total_output_tokens
-            .saturating_add(output.usage.output_tokens);
-        metrics.cache_hits += u32::from(output.cache_hit());
-        metrics.calls = metrics.calls.saturating_add(output.calls.total);
-        metrics.cached_calls = metrics.cached_calls.saturating_add(output.calls.cached);
-        metrics.agents.push(record.clone());
-        (
-            record,
-            metrics
-                .total_input_tokens
-                .saturating_add(metrics.total_output_tokens),
-        )
     }
 
     /// The phases in order: research, synthesis, writing, analysis, revisions while the
@@ -752,61 +467,6 @@ impl JobRun {
         .await
     }
 
-    /// The finished `Article`, with its metadata and run metrics.
-    fn assemble(&self, parts: Assembly<'_>) -> api::Article {
-        let request = self.request();
-        let Assembly {
-            final_article,
-            analysed,
-            problems,
-            revisions,
-            synthesis,
-            related,
-            social,
-            summary,
-        } = parts;
-        let Analysed {
-            draft,
-            content,
-            seo,
-            fact_check,
-        } = analysed;
-        let quality = metrics_analyzer::quality(&content, &problems, &fact_check, revisions);
-        let mut metrics = lock(&self.metrics).clone();
-        metrics.total_duration = proto_duration(self.started.elapsed());
-        metrics.upstream_calls = self.cx.upstream.snapshot();
-        metrics.revision_iterations = revisions;
-        api::Article {
-            job_id: self.job.id().to_string(),
-            topic: request.topic.clone(),
-            slug: request.slug.clone(),
-            title: final_article.title,
-            markdown: draft.markdown,
-            metadata: Some(api::ArticleMetadata {
-                seo: Some(seo),
-                content: Some(content),
-                quality: Some(quality),
-                key_themes: synthesis.key_themes.clone(),
-                outline: synthesis
-                    .outline
-                    .iter()
-                    .map(|s| s.heading.clone())
-                    .collect(),
-                related_articles: related,
-                audience: request.audience.clone(),
-                tone: request.tone.clone(),
-                target_word_count: request.word_count as u32,
-                custom_instructions: request.custom_instructions.clone(),
-            }),
-            social,
-            summary,
-            fact_check: Some(fact_check),
-            sources: synthesis.sources.iter().map(|s| s.source.clone()).collect(),
-            metrics: Some(metrics),
-            created_at: Some(SystemTime::now().into()),
-        }
-    }
-
     /// The writer's draft with its `[S<n>]` markers rendered as links to the sources.
     async fn write(
         &self,
@@ -874,113 +534,6 @@ impl JobRun {
     }
 }
 
-impl JobRun {
-    fn record_agent_metrics(
-        &self,
-        agent: AgentName,
-        provider: &str,
-        model: &str,
-        usage: api::TokenUsage,
-        cost: f64,
-        elapsed: Duration,
-    ) {
-        let metrics = &self.settings.metrics;
-        metrics.observe_agent(agent.as_str(), provider, elapsed);
-        let agent = agent.as_str();
-        for (kind, tokens) in [
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-        ] {
-            if tokens > 0 {
-                metrics
-                    .llm_tokens
-                    .get_or_create(&metrics::TokenLabels {
-                        agent,
-                        model: model.to_string(),
-                        kind,
-                    })
-                    .inc_by(tokens);
-            }
-        }
-        if cost > 0.0 {
-            metrics
-                .llm_cost
-                .get_or_create(&metrics::AgentModel {
-                    agent,
-                    model: model.to_string(),
-                })
-                .inc_by(cost);
-        }
-    }
-
-    /// The sources with the pages of the web sources the draft cites read in place of their
-    /// snippets, and the fetches made for them (a page this job has read is not asked
-    /// again). A page that cannot be read leaves no text, so its claims are unverifiable,
-    /// and the job goes on with a warning.
-    async fn with_fetched_pages(
-        &self,
-        phase: Phase,
-        draft: &Draft,
-        sources: &Arc<Vec<SourceDoc>>,
-    ) -> (Arc<Vec<SourceDoc>>, Calls) {
-        let Some(fetcher) = &self.settings.fetcher else {
-            return (sources.clone(), Calls::default());
-        };
-        let cited: Vec<String> = text::links(&draft.markdown)
-            .iter()
-            .map(|l| l.url.to_string())
-            .collect();
-        let web: Vec<&SourceDoc> = sources
-            .iter()
-            .filter(|s| s.source.kind() == api::SourceKind::Web && cited.contains(&s.source.url))
-            .collect();
-        if web.is_empty() {
-            return (sources.clone(), Calls::default());
-        }
-        let mut fetched = self.fetched.lock().await;
-        let missing: Vec<&str> = web
-            .iter()
-            .map(|s| s.source.url.as_str())
-            .filter(|u| !fetched.contains_key(*u))
-            .collect();
-        let scope = CallScope {
-            pool: Pool::Analysis,
-            ..self.cx.scope
-        };
-        let pages = futures_util::future::join_all(
-            missing.iter().map(|url| fetcher.fetch_page(&scope, url)),
-        )
-        .await;
-        let calls = pages.iter().map(Called::calls).sum();
-        for (url, page) in missing.into_iter().zip(pages) {
-            self.cx.upstream.record("fetch", page.result.is_ok());
-            let text = page.result.unwrap_or_else(|error| {
-                self.warn(
-                    phase,
-                    Some(AgentName::FactChecker),
-                    "SOURCE_FETCH_FAILED",
-                    format!("{url}: {error}; its claims are unverifiable"),
-                );
-                String::new()
-            });
-            fetched.insert(url.to_string(), text);
-        }
-        let sources = Arc::new(
-            sources
-                .iter()
-                .map(|s| match fetched.get(&s.source.url) {
-                    Some(page) => SourceDoc {
-                        text: page.clone(),
-                        ..s.clone()
-                    },
-                    None => s.clone(),
-                })
-                .collect(),
-        );
-        (sources, calls)
-    }
-}
-
 /// Whether a revision could fix something: not a draft that is short only because the
 /// sources ran out (already reported as `INSUFFICIENT_MATERIAL`).
 fn needs_revision(problems: &[contract::Problem], draft: &Draft) -> bool {
@@ -1011,8 +564,4 @@ fn problems(
             .map(|c| contract::Problem::UnsupportedClaim(c.text.clone())),
     );
     problems
-}
-
-pub fn proto_duration(duration: Duration) -> Option<prost_types::Duration> {
-    prost_types::Duration::try_from(duration).ok()
 }
