@@ -307,35 +307,13 @@ async fn lifecycle(
     serve: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
 ) -> Result<(), ServerError> {
     let mut serving = tokio::spawn(serve);
-    let (kb_dir, kb_index_dir) = (config.kb_dir.clone(), config.kb_index_dir.clone());
     let llm_breaker = upstreams
         .llm
         .as_ref()
         .map(|_| upstreams.guards.llm.breaker.clone());
+    let (kb_dir, kb_index_dir) = (config.kb_dir.clone(), config.kb_index_dir.clone());
     let startup = tokio::task::spawn_blocking(move || {
-        let kb = match &upstreams.vector_store {
-            Some(store) => KnowledgeSource::VectorStore(store.clone()),
-            None => {
-                let started = std::time::Instant::now();
-                let kb = KnowledgeBase::load(&kb_dir, kb_index_dir.as_deref())?;
-                let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-                let index = if kb.opened() { "opened" } else { "built" };
-                tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %kb_dir.display(), index, elapsed_ms, "knowledge base indexed");
-                KnowledgeSource::Local(Arc::new(kb))
-            }
-        };
-        let agents = agents(kb.clone(), &upstreams);
-        tracing::info!(
-            knowledge_base = kb.name(),
-            llm = upstreams.llm.as_ref().map_or("offline", |l| l.provider),
-            web_search = if upstreams.serper.is_some() {
-                "serper"
-            } else {
-                "none"
-            },
-            "agents selected"
-        );
-        Ok::<_, crate::kb::KbError>(Ready { kb, agents })
+        load(&kb_dir, kb_index_dir.as_deref(), &upstreams, agents)
     });
     let loaded = tokio::select! {
         loaded = startup => Some(loaded),
@@ -344,31 +322,9 @@ async fn lifecycle(
     let startup_error = match loaded {
         Some(Ok(Ok(ready))) => {
             let _ = state.ready.set(ready);
-            set_health(&health, ServingStatus::Serving).await;
-            tracing::info!("SERVING");
-            let expiry = tokio::spawn(state.jobs.clone().expire_periodically(shutdown.clone()));
-            // With shared jobs, this replica's finished jobs are written again if Redis
-            // loses them (stopped with the shutdown token, like the expiry).
-            if let Some(shared) = &state.shared_jobs {
-                tokio::spawn(shared.clone().keep_records(state.jobs.clone()));
-            }
-            let breaker_watch = llm_breaker.map(|breaker| {
-                tokio::spawn(follow_llm_breaker(
-                    breaker,
-                    health.clone(),
-                    state.clone(),
-                    shutdown.clone(),
-                ))
-            });
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                result = &mut serving => return flatten(result),
-            }
-            let _ = expiry.await;
-            // Stopped before the drain sets NOT_SERVING, so it cannot set SERVING again.
-            if let Some(watch) = breaker_watch {
-                watch.abort();
-                let _ = watch.await;
+            let ended = serve_ready(&state, &health, &shutdown, llm_breaker, &mut serving).await;
+            if let Some(ended) = ended {
+                return ended;
             }
             None
         }
@@ -376,32 +332,115 @@ async fn lifecycle(
         Some(Err(error)) => Some(ServerError::Startup(error.to_string())),
         None => None,
     };
-
-    tracing::info!("draining: NOT_SERVING, no new jobs");
-    state.start_draining();
-    set_health(&health, ServingStatus::NotServing).await;
-    state.runner.tasks().close();
-    if tokio::time::timeout(config.shutdown_grace, state.runner.tasks().wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(running = state.jobs.running(), grace = ?config.shutdown_grace, "grace period over; cancelling running jobs");
-        state.jobs.cancel_all();
-        let _ = tokio::time::timeout(CLOSE_GRACE, state.runner.tasks().wait()).await;
-    }
-    stop_serving.cancel();
-    let result = match tokio::time::timeout(CLOSE_GRACE, &mut serving).await {
-        Ok(result) => flatten(result),
-        Err(_) => {
-            serving.abort();
-            Ok(())
-        }
-    };
+    let result = drain(&config, &state, &health, &stop_serving, serving).await;
     admin_stop.cancel();
     tracing::info!("stopped");
     match startup_error {
         Some(error) => Err(error),
         None => result,
+    }
+}
+
+/// What start-up makes before SERVING: the knowledge base (loaded or opened) and the agents.
+/// Blocking: run it off the async executor.
+fn load(
+    kb_dir: &std::path::Path,
+    kb_index_dir: Option<&std::path::Path>,
+    upstreams: &Arc<Upstreams>,
+    agents: AgentsFactory,
+) -> Result<Ready, crate::kb::KbError> {
+    let kb = match &upstreams.vector_store {
+        Some(store) => KnowledgeSource::VectorStore(store.clone()),
+        None => {
+            let started = std::time::Instant::now();
+            let kb = KnowledgeBase::load(kb_dir, kb_index_dir)?;
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let index = if kb.opened() { "opened" } else { "built" };
+            tracing::info!(documents = kb.document_count(), chunks = kb.chunk_count(), dir = %kb_dir.display(), index, elapsed_ms, "knowledge base indexed");
+            KnowledgeSource::Local(Arc::new(kb))
+        }
+    };
+    let agents = agents(kb.clone(), upstreams);
+    tracing::info!(
+        knowledge_base = kb.name(),
+        llm = upstreams.llm.as_ref().map_or("offline", |l| l.provider),
+        web_search = if upstreams.serper.is_some() {
+            "serper"
+        } else {
+            "none"
+        },
+        "agents selected"
+    );
+    Ok(Ready { kb, agents })
+}
+
+/// SERVING, with the background tasks of a ready server, until the shutdown (`None`) or
+/// until the gRPC server itself ends (its result).
+async fn serve_ready(
+    state: &Arc<AppState>,
+    health: &HealthReporter,
+    shutdown: &CancellationToken,
+    llm_breaker: Option<Arc<CircuitBreaker>>,
+    serving: &mut tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) -> Option<Result<(), ServerError>> {
+    set_health(health, ServingStatus::Serving).await;
+    tracing::info!("SERVING");
+    let expiry = tokio::spawn(state.jobs.clone().expire_periodically(shutdown.clone()));
+    // With shared jobs, this replica's finished jobs are written again if Redis loses them
+    // (stopped with the shutdown token, like the expiry).
+    if let Some(shared) = &state.shared_jobs {
+        tokio::spawn(shared.clone().keep_records(state.jobs.clone()));
+    }
+    let breaker_watch = llm_breaker.map(|breaker| {
+        tokio::spawn(follow_llm_breaker(
+            breaker,
+            health.clone(),
+            state.clone(),
+            shutdown.clone(),
+        ))
+    });
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        result = &mut *serving => return Some(flatten(result)),
+    }
+    let _ = expiry.await;
+    // Stopped before the drain sets NOT_SERVING, so it cannot set SERVING again.
+    if let Some(watch) = breaker_watch {
+        watch.abort();
+        let _ = watch.await;
+    }
+    None
+}
+
+/// NOT_SERVING and no new jobs; the running ones get the grace period, then are cancelled;
+/// then the gRPC server stops.
+async fn drain(
+    config: &Config,
+    state: &AppState,
+    health: &HealthReporter,
+    stop_serving: &CancellationToken,
+    mut serving: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) -> Result<(), ServerError> {
+    tracing::info!("draining: NOT_SERVING, no new jobs");
+    state.start_draining();
+    set_health(health, ServingStatus::NotServing).await;
+    let tasks = state.runner.tasks();
+    tasks.close();
+    if tokio::time::timeout(config.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(running = state.jobs.running(), grace = ?config.shutdown_grace, "grace period over; cancelling running jobs");
+        state.jobs.cancel_all();
+        let _ = tokio::time::timeout(CLOSE_GRACE, tasks.wait()).await;
+    }
+    stop_serving.cancel();
+    match tokio::time::timeout(CLOSE_GRACE, &mut serving).await {
+        Ok(result) => flatten(result),
+        Err(_) => {
+            serving.abort();
+            Ok(())
+        }
     }
 }
 

@@ -2,17 +2,11 @@
 //! limit, retry policy and timeout) over concurrency [`Limits`] shared by all, and the tower
 //! stack that applies them to one call, assembled in `stack::Guard::stack`.
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
-    time::Instant,
-};
+use tokio::time::Instant;
 
 use crate::{
     cache::{Cache, Key},
@@ -25,8 +19,14 @@ use crate::{
 };
 
 pub use crate::fault::breaker;
+mod guards;
+mod limits;
+mod rate;
 mod stack;
 
+pub use guards::Guards;
+pub use limits::{Limits, Pool};
+pub use rate::RateLimiter;
 pub use stack::{Attempt, Called, Calls};
 
 /// An attempt's timeout when the configuration names none.
@@ -34,201 +34,6 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest `Retry-After` honoured by waiting; an upstream asking for more fails the call.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// Kinds of work, each with its own concurrency pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pool {
-    Search,
-    Content,
-    Analysis,
-}
-
-impl Pool {
-    pub const ALL: [Pool; 3] = [Pool::Search, Pool::Content, Pool::Analysis];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Search => "search",
-            Self::Content => "content",
-            Self::Analysis => "analysis",
-        }
-    }
-
-    /// Research searches; synthesis and writing; everything that reads the article.
-    pub fn for_agent(agent: AgentName) -> Self {
-        match agent {
-            AgentName::KbResearcher | AgentName::WebResearcher => Self::Search,
-            AgentName::ResearchSynthesizer | AgentName::ContentWriter => Self::Content,
-            _ => Self::Analysis,
-        }
-    }
-}
-
-/// Concurrency limits shared by every upstream: a pool per kind of work and a global cap.
-#[derive(Debug)]
-pub struct Limits {
-    global: Arc<Semaphore>,
-    pools: [Arc<Semaphore>; 3],
-    sizes: [usize; 4],
-    /// Calls waiting for a permit: per pool, and for the global cap.
-    waiting: [AtomicUsize; 4],
-}
-
-impl Limits {
-    pub fn new(global: usize, search: usize, content: usize, analysis: usize) -> Self {
-        let (global, search, content, analysis) = (
-            global.max(1),
-            search.max(1),
-            content.max(1),
-            analysis.max(1),
-        );
-        Self {
-            global: Arc::new(Semaphore::new(global)),
-            pools: [search, content, analysis].map(|n| Arc::new(Semaphore::new(n))),
-            sizes: [global, search, content, analysis],
-            waiting: Default::default(),
-        }
-    }
-
-    fn pool(&self, pool: Pool) -> &Arc<Semaphore> {
-        &self.pools[pool as usize]
-    }
-
-    /// Calls in flight in a pool, and its size.
-    pub fn pool_in_use(&self, pool: Pool) -> (usize, usize) {
-        let size = self.sizes[pool as usize + 1];
-        (size - self.pool(pool).available_permits(), size)
-    }
-
-    /// Upstream calls in flight over all pools, and the cap.
-    pub fn global_in_use(&self) -> (usize, usize) {
-        (
-            self.sizes[0] - self.global.available_permits(),
-            self.sizes[0],
-        )
-    }
-
-    /// (name, in use, size, waiting) for each pool and, last, `global`.
-    pub fn usage(&self) -> Vec<(&'static str, usize, usize, usize)> {
-        let mut usage: Vec<_> = Pool::ALL
-            .iter()
-            .map(|&pool| {
-                let (in_use, size) = self.pool_in_use(pool);
-                (pool.as_str(), in_use, size, self.waiting(Some(pool)))
-            })
-            .collect();
-        let (in_use, size) = self.global_in_use();
-        usage.push(("global", in_use, size, self.waiting(None)));
-        usage
-    }
-
-    /// Calls waiting for a permit of `pool`, or for the global cap (`None`).
-    pub fn waiting(&self, pool: Option<Pool>) -> usize {
-        self.waiting[pool.map_or(0, |p| p as usize + 1)].load(Ordering::Relaxed)
-    }
-
-    async fn acquire(
-        &self,
-        semaphore: &Arc<Semaphore>,
-        slot: usize,
-    ) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
-        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        // Counted while waiting, however the wait ends (a cancelled job drops it).
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        self.waiting[slot].fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(&self.waiting[slot]);
-        semaphore.clone().acquire_owned().await
-    }
-}
-
-/// A requests-per-minute limit: calls are spaced evenly, waiting when they come too fast.
-/// A call takes its turn only when it goes out, so a call cancelled while waiting uses none.
-///
-/// With Redis, the limit is the provider account's, counted across replicas: each minute's
-/// calls are counted in Redis, and a call over the limit waits for the next minute. When Redis
-/// does not answer, each replica spaces its own calls as without it.
-#[derive(Debug)]
-pub struct RateLimiter {
-    rpm: u32,
-    interval: Duration,
-    /// When the next call may go out.
-    next: std::sync::Mutex<Instant>,
-    /// The upstream whose count is shared, and Redis.
-    shared: Option<(&'static str, Arc<Redis>)>,
-}
-
-impl RateLimiter {
-    /// `None` for 0 (no limit).
-    pub fn per_minute(rpm: u32) -> Option<Self> {
-        (rpm > 0).then(|| Self {
-            rpm,
-            interval: Duration::from_secs(60) / rpm,
-            next: std::sync::Mutex::new(Instant::now()),
-            shared: None,
-        })
-    }
-
-    /// The limit counted in `redis` for all replicas calling `upstream`.
-    pub fn shared(self, upstream: &'static str, redis: Arc<Redis>) -> Self {
-        Self {
-            shared: Some((upstream, redis)),
-            ..self
-        }
-    }
-
-    pub async fn acquire(&self) {
-        if let Some((upstream, redis)) = &self.shared {
-            loop {
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let minute = now.as_secs() / 60;
-                let key = Redis::key("rate", &format!("{upstream}:{minute}"));
-                let counted: Option<u64> = redis
-                    .run("rate", |mut c| async move {
-                        let (count,): (u64,) = ::redis::pipe()
-                            .incr(&key, 1)
-                            .pexpire(&key, 61_000)
-                            .ignore()
-                            .query_async(&mut c)
-                            .await?;
-                        Ok(count)
-                    })
-                    .await;
-                match counted {
-                    None => break, // Redis away: this replica's own spacing
-                    Some(n) if n <= u64::from(self.rpm) => return,
-                    Some(_) => {
-                        let next_minute = Duration::from_secs((minute + 1) * 60);
-                        let wait = next_minute.saturating_sub(now);
-                        // Replicas waking at once are spread over the first 100 ms.
-                        let jitter = Duration::from_millis(fastrand::u64(0..100));
-                        tokio::time::sleep(wait + jitter).await;
-                    }
-                }
-            }
-        }
-        loop {
-            let turn = {
-                let mut next = lock(&self.next);
-                let now = Instant::now();
-                if *next <= now {
-                    *next = now + self.interval;
-                    return;
-                }
-                *next
-            };
-            tokio::time::sleep_until(turn).await;
-        }
-    }
-}
 
 /// Per call: the pool it counts against and the job's deadline.
 #[derive(Debug, Clone, Copy)]
@@ -262,134 +67,6 @@ fn health<T>(result: &Result<T, UpstreamError>) -> Option<bool> {
         Err(_) => None,
     }
 }
-
-/// The stacks of the four upstreams, sharing one set of limits.
-#[derive(Debug, Clone)]
-pub struct Guards {
-    pub llm: Arc<Guard>,
-    pub kb: Arc<Guard>,
-    pub web: Arc<Guard>,
-    pub fetch: Arc<Guard>,
-    pub limits: Arc<Limits>,
-}
-
-impl Guards {
-    pub fn all(&self) -> [&Arc<Guard>; 4] {
-        [&self.llm, &self.kb, &self.web, &self.fetch]
-    }
-}
-
-impl Guards {
-    /// The guard of each upstream (`llm`, `kb`, `web`, `fetch`) from configuration, sharing
-    /// one set of concurrency limits.
-    pub fn from_config(
-        config: &UpstreamConfig,
-        metrics: &Arc<Metrics>,
-        cache: &Arc<Cache>,
-        redis: Option<&Arc<Redis>>,
-    ) -> Result<Self, String> {
-        let limits = Arc::new(Limits::new(
-            config.max_concurrent_upstream,
-            config.pool_search,
-            config.pool_content,
-            config.pool_analysis,
-        ));
-        let rpm = per_upstream(
-            &config.rate_limits,
-            "--rate-limits",
-            "a number of requests per minute",
-            DEFAULT_RPM,
-            |v| v.parse::<u32>().ok(),
-        )?;
-        let ttls = per_upstream(
-            &config.cache_ttls,
-            "--cache-ttls",
-            "a duration (5m, 1h, 0s)",
-            DEFAULT_TTL,
-            |v| humantime::parse_duration(v).ok(),
-        )?;
-        let mut body_limits = per_upstream(
-            &config.body_limits,
-            "--body-limits",
-            "a number of bytes",
-            DEFAULT_BODY_LIMIT,
-            |v| v.parse::<usize>().ok().filter(|n| *n > 0),
-        )?;
-        if !config.body_limits.iter().any(|(u, _)| u == "fetch") {
-            body_limits.insert("fetch".into(), config.fetch_max_bytes);
-        }
-        let guard = |upstream: &'static str, timeout| {
-            let ttl = ttls.get(upstream).copied().unwrap_or_default();
-            let max_body = body_limits.get(upstream).copied().unwrap_or(1 << 20);
-            Arc::new(
-                Guard::new(
-                    upstream,
-                    CircuitBreaker::new(config.breaker_threshold, config.breaker_cool_down),
-                    rpm.get(upstream).copied().unwrap_or(0),
-                    RetryPolicy::new(config.max_attempts),
-                    limits.clone(),
-                    metrics.clone(),
-                )
-                .with_timeout(timeout)
-                .with_max_body(max_body)
-                .with_cache(cache.clone(), ttl)
-                .with_shared_rate(redis),
-            )
-        };
-        Ok(Guards {
-            llm: guard("llm", config.llm_timeout),
-            kb: guard("kb", config.kb_timeout),
-            web: guard("web", config.web_timeout),
-            fetch: guard("fetch", config.fetch_timeout),
-            limits: limits.clone(),
-        })
-    }
-}
-
-/// `defaults` overridden by `upstream=value` pairs of the flag `flag`.
-fn per_upstream<T: Copy>(
-    pairs: &[(String, String)],
-    flag: &str,
-    expected: &str,
-    defaults: [(&str, T); 4],
-    parse: impl Fn(&str) -> Option<T>,
-) -> Result<std::collections::HashMap<String, T>, String> {
-    let mut values: std::collections::HashMap<String, T> =
-        defaults.iter().map(|(u, v)| (u.to_string(), *v)).collect();
-    for (upstream, value) in pairs {
-        if !UPSTREAMS.contains(&upstream.as_str()) {
-            return Err(format!(
-                "{flag} names `{upstream}`; upstreams are {}",
-                UPSTREAMS.join(", ")
-            ));
-        }
-        let parsed =
-            parse(value).ok_or_else(|| format!("{flag} {upstream}={value}: not {expected}"))?;
-        values.insert(upstream.clone(), parsed);
-    }
-    Ok(values)
-}
-
-const UPSTREAMS: [&str; 4] = ["llm", "kb", "web", "fetch"];
-/// How long answers are cached per upstream unless `--cache-ttls` says otherwise (SPEC §6).
-/// The LLM's only when the request is deterministic; fetched pages only for the job.
-const DEFAULT_TTL: [(&str, Duration); 4] = [
-    ("llm", Duration::from_secs(300)),
-    ("kb", Duration::from_secs(3600)),
-    ("web", Duration::from_secs(3600)),
-    ("fetch", Duration::from_secs(900)),
-];
-/// The largest answer body read per upstream unless `--body-limits` says otherwise (the
-/// fetch's is `--fetch-max-bytes`); also the largest cached answer taken from Redis. A chat
-/// completion of a few thousand tokens is tens of kB, a page of search results less.
-const DEFAULT_BODY_LIMIT: [(&str, usize); 4] = [
-    ("llm", 4 << 20),
-    ("kb", 4 << 20),
-    ("web", 1 << 20),
-    ("fetch", 2_000_000),
-];
-/// Requests per minute per upstream unless `--rate-limits` says otherwise.
-const DEFAULT_RPM: [(&str, u32); 4] = [("llm", 600), ("kb", 1200), ("web", 300), ("fetch", 600)];
 
 /// The resilience stack of one upstream.
 #[derive(Debug)]
@@ -532,6 +209,7 @@ impl Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
     async fn the_rate_limit_spaces_calls_evenly() {
