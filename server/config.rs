@@ -275,6 +275,12 @@ pub struct UpstreamConfig {
     #[arg(long, env = "DAKOTA_RATE_LIMITS", value_delimiter = ',', value_parser = parse_pair)]
     pub rate_limits: Vec<(String, String)>,
 
+    /// Requests per upstream (`llm`, `kb`, `web`, `fetch`) that may go out at once within its
+    /// rate limit, each overriding its default of about one second's worth (rpm / 60, at
+    /// least 1): a job's parallel searches go out together while the minute's count holds.
+    #[arg(long, env = "DAKOTA_RATE_BURSTS", value_delimiter = ',', value_parser = parse_pair)]
+    pub rate_bursts: Vec<(String, String)>,
+
     /// How long answers are cached per upstream (`llm`, `kb`, `web`, `fetch`), each overriding
     /// its default (llm=5m, kb=1h, web=1h, fetch=15m); 0s is not cached. LLM answers are cached
     /// only for deterministic requests (temperature 0); fetched pages only for their job and

@@ -42,6 +42,13 @@ impl Guards {
             DEFAULT_RPM,
             |v| v.parse::<u32>().ok(),
         )?;
+        let bursts = per_upstream(
+            &config.rate_bursts,
+            "--rate-bursts",
+            "a number of requests",
+            [("llm", 0), ("kb", 0), ("web", 0), ("fetch", 0)],
+            |v| v.parse::<u32>().ok(),
+        )?;
         let ttls = per_upstream(
             &config.cache_ttls,
             "--cache-ttls",
@@ -66,7 +73,7 @@ impl Guards {
                 Guard::new(
                     upstream,
                     CircuitBreaker::new(config.breaker_threshold, config.breaker_cool_down),
-                    rpm.get(upstream).copied().unwrap_or(0),
+                    rate_of(upstream, &rpm, &bursts),
                     RetryPolicy::new(config.max_attempts),
                     limits.clone(),
                     metrics.clone(),
@@ -129,5 +136,20 @@ const DEFAULT_BODY_LIMIT: [(&str, usize); 4] = [
     ("web", 1 << 20),
     ("fetch", 2_000_000),
 ];
+/// An upstream's requests per minute and burst: the burst as configured, else about one
+/// second's worth (so a job's parallel calls go out together), at least 1.
+fn rate_of(
+    upstream: &str,
+    rpm: &std::collections::HashMap<String, u32>,
+    bursts: &std::collections::HashMap<String, u32>,
+) -> (u32, u32) {
+    let rpm = rpm.get(upstream).copied().unwrap_or(0);
+    let burst = match bursts.get(upstream).copied().unwrap_or(0) {
+        0 => rpm.div_ceil(60),
+        burst => burst,
+    };
+    (rpm, burst.max(1))
+}
+
 /// Requests per minute per upstream unless `--rate-limits` says otherwise.
 const DEFAULT_RPM: [(&str, u32); 4] = [("llm", 600), ("kb", 1200), ("web", 300), ("fetch", 600)];

