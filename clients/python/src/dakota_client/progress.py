@@ -93,10 +93,11 @@ class Progress:
             self._bar.set_description_str(event.body.phase)
         if event.progress > self._bar.n:
             self._bar.update(event.progress - self._bar.n)
-        if isinstance(event.body, (pb.Warning, pb.Completed, pb.Failed)) and line is not None:
-            self._bar.write(line, file=self._file or sys.stderr)
         if event.final:
             self.close()
+            print(line, file=self._file or sys.stderr, flush=True)
+        elif isinstance(event.body, pb.Warning) and line is not None:
+            self._bar.write(line, file=self._file or sys.stderr)
 
     def close(self) -> None:
         """Ends the bar (at the job's final event, or on leaving a `with` block)."""
