@@ -75,6 +75,10 @@ impl From<AttachError> for ApiError {
                 message: error.to_string(),
                 retry_after: Duration::from_secs(5),
             },
+            AttachError::Quota { retry_after } => ApiError::Overloaded {
+                message: error.to_string(),
+                retry_after,
+            },
         }
     }
 }

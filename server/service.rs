@@ -115,7 +115,7 @@ impl ContentApi {
         );
         let _ = span.set_parent(telemetry::context_from_metadata(request.metadata()));
         let owner = caller(&request).cloned();
-        self.take_quota(owner.as_ref(), request.remote_addr())?;
+        let peer = request.remote_addr();
         let job_request = validation::generate_request(request.into_inner())?;
         self.state.ready()?;
         let id = uuid::Uuid::new_v4().to_string();
@@ -138,13 +138,14 @@ impl ContentApi {
                 .ready
                 .get()
                 .ok_or(ApiError::Unavailable("starting"))?;
-            // While draining, a retry may still re-attach to its job; nothing new starts.
+            // While draining, a retry may still re-attach to its job; nothing new starts. Only
+            // a new job takes one of the caller's quota: re-attaching by key takes none.
             let admit = || {
                 if *draining {
-                    Err(AttachError::Draining)
-                } else {
-                    self.state.runner.admit()
+                    return Err(AttachError::Draining);
                 }
+                self.take_quota(owner.as_ref(), peer)?;
+                self.state.runner.admit()
             };
             let (job, created) = self
                 .state
@@ -181,7 +182,7 @@ impl ContentApi {
         &self,
         owner: Option<&Principal>,
         peer: Option<std::net::SocketAddr>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AttachError> {
         let who = match (owner, peer) {
             (Some(owner), _) => owner.0.clone(),
             (None, Some(peer)) if !peer.ip().is_loopback() => peer.ip().to_string(),
@@ -192,13 +193,7 @@ impl ContentApi {
         };
         quota
             .take(&who)
-            .map_err(|retry_after| ApiError::Overloaded {
-                message: format!(
-                    "this caller started its quota of jobs; the next may start in {:.1} s",
-                    retry_after.as_secs_f64()
-                ),
-                retry_after,
-            })
+            .map_err(|retry_after| AttachError::Quota { retry_after })
     }
 
     /// With shared jobs, a `Generate` whose idempotency key another replica's job holds

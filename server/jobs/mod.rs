@@ -540,6 +540,9 @@ pub enum AttachError {
     /// Every job slot is taken and the queue is full.
     #[error("{running} jobs running and {queued} waiting, the most this server takes")]
     QueueFull { running: usize, queued: usize },
+    /// The caller started its quota of jobs (`--generate-per-minute`).
+    #[error("this caller started its quota of jobs; the next may start in {:.1} s", retry_after.as_secs_f64())]
+    Quota { retry_after: std::time::Duration },
 }
 
 /// All jobs of this process.

@@ -138,14 +138,21 @@ async fn each_key_has_its_quota_of_jobs_and_messages_are_bounded() {
     config.generate_per_minute = 60;
     config.generate_burst = 2;
     let mut server = common::start(config).await;
-    for _ in 0..2 {
+    let mut keyed = request("Private credit");
+    keyed.idempotency_key = "credit-1".into();
+    let mut keyed_job = String::new();
+    for request in [keyed.clone(), request("Private credit")] {
         let mut stream = server
             .client
-            .generate(with_key(request("Private credit"), KEY))
+            .generate(with_key(request, KEY))
             .await
             .unwrap()
             .into_inner();
-        final_article(&collect(&mut stream).await);
+        let events = collect(&mut stream).await;
+        final_article(&events);
+        if keyed_job.is_empty() {
+            keyed_job = events[0].job_id.clone();
+        }
     }
     let status = server
         .client
@@ -153,6 +160,18 @@ async fn each_key_has_its_quota_of_jobs_and_messages_are_bounded() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("quota"), "{status:?}");
+    // Over the quota, a retry with a known idempotency key still re-attaches: it starts
+    // nothing, so it takes none.
+    let mut again = server
+        .client
+        .generate(with_key(keyed, KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    let events = collect(&mut again).await;
+    assert_eq!(events[0].job_id, keyed_job);
+    final_article(&events);
     let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
     assert!(retry.is_some_and(|d| d.as_secs_f64() > 0.0), "{status:?}");
     // Another key has its own quota.
