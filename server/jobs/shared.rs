@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
-use super::{Job, failure_status};
+use super::{Job, failure_status, follow::FOLLOWER_BUFFER};
 use crate::{
     domain::{JobRequest, Principal},
     redis::Redis,
@@ -566,7 +566,7 @@ impl SharedJobs {
         job: RemoteJob,
         after: u64,
     ) -> ReceiverStream<Result<GenerateEvent, Status>> {
-        let (tx, rx) = mpsc::channel(super::FOLLOWER_BUFFER);
+        let (tx, rx) = mpsc::channel(FOLLOWER_BUFFER);
         let shared = self.clone();
         tokio::spawn(async move {
             let end = shared.watch(&job.id, after, &tx).await;
@@ -588,7 +588,7 @@ impl SharedJobs {
         let mut last_lease_check = tokio::time::Instant::now();
         let mut runner = Liveness::default();
         loop {
-            let Some(events) = self.events_after(id, cursor, super::FOLLOWER_BUFFER).await else {
+            let Some(events) = self.events_after(id, cursor, FOLLOWER_BUFFER).await else {
                 runner.redis_away();
                 if unanswered.elapsed() > (self.lease * 3).max(WATCH_PATIENCE) {
                     return Err(store_unavailable());
@@ -597,7 +597,7 @@ impl SharedJobs {
                 continue;
             };
             unanswered = tokio::time::Instant::now();
-            let caught_up = events.len() < super::FOLLOWER_BUFFER;
+            let caught_up = events.len() < FOLLOWER_BUFFER;
             for event in events {
                 cursor = event.sequence;
                 let done = final_event(&event);
