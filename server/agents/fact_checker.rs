@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{
     Agent, AgentContext, AgentFuture, AgentOutput, FactCheckInput, SourceDoc,
-    llm::{Checked, LlmAgent, SOURCE_EXCERPT_CHARS, llm_agent, object, parse},
+    llm::{Checked, LlmAgent, SOURCE_EXCERPT_CHARS, llm_agent, object, parsed},
     offline::extractive,
 };
 use crate::text;
@@ -26,6 +26,23 @@ pub struct ClaimCandidate {
     pub cited_urls: Vec<String>,
     /// URLs cited anywhere in the claim's paragraph (the fallback for checking).
     pub paragraph_urls: Vec<String>,
+}
+
+impl ClaimCandidate {
+    /// The URLs the claim is checked against: those it cites, else those its paragraph cites
+    /// (none: every source).
+    fn cited(&self) -> &[String] {
+        if self.cited_urls.is_empty() {
+            &self.paragraph_urls
+        } else {
+            &self.cited_urls
+        }
+    }
+
+    fn is_checked_against(&self, url: &str) -> bool {
+        let cited = self.cited();
+        cited.is_empty() || cited.iter().any(|u| u == url)
+    }
 }
 
 /// The claims to check: every sentence with a figure (number, percentage, money, date)
@@ -157,14 +174,10 @@ impl<'a> Evidence<'a> {
 /// else all of them. Supported when one source sentence holds the claim's figures and
 /// most of its terms.
 fn check_claim(claim: &ClaimCandidate, evidence: &[Evidence<'_>]) -> api::Claim {
-    let cited = if claim.cited_urls.is_empty() {
-        &claim.paragraph_urls
-    } else {
-        &claim.cited_urls
-    };
+    let cited = claim.cited();
     let candidates: Vec<&Evidence> = evidence
         .iter()
-        .filter(|e| cited.is_empty() || cited.contains(&e.source.source.url))
+        .filter(|e| claim.is_checked_against(&e.source.source.url))
         .collect();
     let claim_terms: BTreeSet<String> = text::terms(&claim.text).collect();
     let claim_figures = figures(&claim.text);
@@ -219,19 +232,10 @@ pub fn candidate_sources<'a>(
     claim: &ClaimCandidate,
     sources: &'a [SourceDoc],
 ) -> Vec<&'a SourceDoc> {
-    let cited = if claim.cited_urls.is_empty() {
-        &claim.paragraph_urls
-    } else {
-        &claim.cited_urls
-    };
-    if cited.is_empty() {
-        sources.iter().collect()
-    } else {
-        sources
-            .iter()
-            .filter(|s| cited.contains(&s.source.url))
-            .collect()
-    }
+    sources
+        .iter()
+        .filter(|s| claim.is_checked_against(&s.source.url))
+        .collect()
 }
 
 /// Recomputes the counts and the verdict of a report after its claims changed.
@@ -245,11 +249,17 @@ pub fn recount(report: &mut api::FactCheckReport) {
 
 /// The full report: every claim checked, citations that name no source listed.
 pub fn check_article(markdown: &str, sources: &[SourceDoc]) -> api::FactCheckReport {
+    check_claims(markdown, &extract_claims(markdown), sources)
+}
+
+/// [`check_article`] with the claims of `markdown` already extracted.
+pub fn check_claims(
+    markdown: &str,
+    claims: &[ClaimCandidate],
+    sources: &[SourceDoc],
+) -> api::FactCheckReport {
     let evidence = Evidence::of(sources);
-    let claims: Vec<api::Claim> = extract_claims(markdown)
-        .iter()
-        .map(|c| check_claim(c, &evidence))
-        .collect();
+    let claims: Vec<api::Claim> = claims.iter().map(|c| check_claim(c, &evidence)).collect();
     let invalid_citations: Vec<String> = text::links(markdown)
         .iter()
         .filter(|l| !sources.iter().any(|s| s.source.url == l.url))
@@ -271,15 +281,20 @@ const VERDICT_BASE_TOKENS: u32 = 200;
 const PER_VERDICT_TOKENS: u32 = 120;
 const VERDICTS_TOKENS_CAP: u32 = 4_000;
 
-extractive!(FactCheckInput => api::FactCheckReport, |_cx, input| {
-    let report = check_article(&input.markdown, &input.sources);
-    let summary = format!(
+/// The report in one line, for `agent_completed`.
+fn summary_line(report: &api::FactCheckReport) -> String {
+    format!(
         "{} claims: {} supported, {} unsupported, {} unverifiable",
         report.claims.len(),
         report.supported,
         report.unsupported,
         report.unverifiable
-    );
+    )
+}
+
+extractive!(FactCheckInput => api::FactCheckReport, |_cx, input| {
+    let report = check_article(&input.markdown, &input.sources);
+    let summary = summary_line(&report);
     Ok(AgentOutput::local(report, summary))
 });
 
@@ -415,11 +430,11 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
     ) -> AgentFuture<'a, api::FactCheckReport> {
         Box::pin(async move {
             // The code check first: it finds the candidate sources and evidence of each claim.
-            let mut report = check_article(&input.markdown, &input.sources);
+            let candidates = extract_claims(&input.markdown);
+            let mut report = check_claims(&input.markdown, &candidates, &input.sources);
             if report.claims.is_empty() {
                 return Ok(AgentOutput::local(report, "no checkable claims"));
             }
-            let candidates = extract_claims(&input.markdown);
             let count = candidates.len();
             let max_tokens = u32::try_from(count)
                 .unwrap_or(u32::MAX)
@@ -434,10 +449,7 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
                     &[("claims", claims_listing(&candidates, &input.sources))],
                     verdicts_schema(count),
                     max_tokens,
-                    |v| match parse::<VerdictsAnswer>(v) {
-                        Ok(answer) => check_verdicts(answer, count),
-                        Err(problem) => Checked::Unfit(problem),
-                    },
+                    parsed(|answer: VerdictsAnswer| check_verdicts(answer, count)),
                 )
                 .await?;
             for verdict in &answer.completion.value.verdicts {
@@ -447,13 +459,7 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
                 }
             }
             recount(&mut report);
-            let summary = format!(
-                "{} claims: {} supported, {} unsupported, {} unverifiable",
-                report.claims.len(),
-                report.supported,
-                report.unsupported,
-                report.unverifiable
-            );
+            let summary = summary_line(&report);
             Ok(self.llm.output(answer.with(report), summary))
         })
     }

@@ -26,6 +26,10 @@ const HITS_PER_QUERY: usize = 10;
 /// Weight of the angle queries ("<topic> risks", ...) against the topic query.
 const ANGLE_WEIGHT: f32 = 0.25;
 
+/// The queries asked of the model (SPEC §4).
+const MIN_QUERIES: usize = 3;
+const MAX_QUERIES: usize = 4;
+
 /// The most tokens the model's queries may use.
 const ANSWER_TOKENS: u32 = 300;
 
@@ -188,19 +192,20 @@ pub(super) fn check_queries(topic: &str, value: Value) -> Checked<Vec<String>> {
     let mut seen = BTreeSet::new();
     queries.retain(|q| seen.insert(q.to_lowercase()));
     let n = queries.len();
-    if (3..=4).contains(&n) {
+    if (MIN_QUERIES..=MAX_QUERIES).contains(&n) {
         return Checked::Fits(queries);
     }
-    let problem = format!("{n} queries, expected 3-4 distinct, non-empty queries");
+    let problem =
+        format!("{n} queries, expected {MIN_QUERIES}-{MAX_QUERIES} distinct, non-empty queries");
     for padding in kb_queries(topic) {
-        if queries.len() >= 3 {
+        if queries.len() >= MIN_QUERIES {
             break;
         }
         if seen.insert(padding.to_lowercase()) {
             queries.push(padding);
         }
     }
-    queries.truncate(4);
+    queries.truncate(MAX_QUERIES);
     Checked::Repairable {
         problem,
         repaired: queries,
@@ -219,7 +224,7 @@ pub async fn ask_queries(
             cx,
             prompt,
             &[],
-            object(json!({"queries": strings(3, 4)})),
+            object(json!({"queries": strings(MIN_QUERIES, MAX_QUERIES)})),
             ANSWER_TOKENS,
             |v| check_queries(&topic, v),
         )

@@ -19,7 +19,7 @@ use crate::{
 };
 use dakota::api;
 
-/// Characters of each source's text shown to the synthesizer and the writer.
+/// Characters of each source's text shown to the synthesizer, the writer and the fact checker.
 pub(super) const SOURCE_EXCERPT_CHARS: usize = 1500;
 
 /// What every LLM agent holds: the client, the prompts, and its model.
@@ -55,6 +55,20 @@ impl<T> From<Result<T, String>> for Checked<T> {
         match result {
             Ok(value) => Checked::Fits(value),
             Err(problem) => Checked::Unfit(problem),
+        }
+    }
+}
+
+impl<T> Checked<T> {
+    /// The same verdict on `f` of the value (of the repair, when repairable).
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Checked<U> {
+        match self {
+            Checked::Fits(value) => Checked::Fits(f(value)),
+            Checked::Repairable { problem, repaired } => Checked::Repairable {
+                problem,
+                repaired: f(repaired),
+            },
+            Checked::Unfit(problem) => Checked::Unfit(problem),
         }
     }
 }
@@ -144,6 +158,16 @@ pub(super) fn strings(min: usize, max: usize) -> Value {
 
 pub(super) fn parse<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, String> {
     serde_json::from_value(value).map_err(|e| format!("the answer does not fit the schema: {e}"))
+}
+
+/// A check of answers that must first deserialize into `A` (else they are unfit).
+pub(super) fn parsed<A: for<'de> Deserialize<'de>, T>(
+    check: impl Fn(A) -> Checked<T>,
+) -> impl Fn(Value) -> Checked<T> {
+    move |value| match parse::<A>(value) {
+        Ok(answer) => check(answer),
+        Err(problem) => Checked::Unfit(problem),
+    }
 }
 
 impl LlmAgent {
@@ -322,33 +346,6 @@ pub(super) fn describe_sources(sources: &[SourceDoc]) -> String {
         .join("\n\n")
 }
 
-/// Cuts `text` to at most `max` characters at a word boundary, without an ellipsis (a title
-/// or description that ends in "…" reads as broken).
-pub(super) fn cut_at_word(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let mut out = String::new();
-    for word in text.split_whitespace() {
-        if out.chars().count() + word.chars().count() + usize::from(!out.is_empty()) > max {
-            break;
-        }
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(word);
-    }
-    if out.is_empty() {
-        out = text.chars().take(max).collect();
-    }
-    let trimmed = out.trim_end_matches([',', ';', ':', '-', '–']);
-    if trimmed.is_empty() {
-        out
-    } else {
-        trimmed.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +355,7 @@ mod tests {
         social_promoter::{SocialAnswer, THREAD_POST_CHARS, check_social},
         summary_writer::{KEY_VALUE_CHARS, SummaryAnswer, check_summary},
     };
+    use crate::text::cut_at_word;
 
     fn repaired<T>(checked: Checked<T>) -> T {
         match checked {

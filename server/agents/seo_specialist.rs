@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{
     Agent, AgentContext, AgentFuture, AgentOutput, Draft,
     extract::{lead_sentences, section_bullets},
-    llm::{Checked, LlmAgent, cut_at_word, llm_agent, object, parse, strings},
+    llm::{Checked, LlmAgent, llm_agent, object, parsed, strings},
     offline::extractive,
 };
 use crate::{
@@ -17,29 +17,33 @@ use crate::{
         JobRequest,
         contract::{self, KEY_INSIGHTS},
     },
-    text,
+    text::{self, cut_at_word},
 };
 use dakota::api;
 
+/// The limits of SPEC §4, kept by both versions and asked of the model.
 pub(super) const SEO_TITLE_CHARS: usize = 60;
-
 pub(super) const META_DESCRIPTION_CHARS: usize = 155;
+const MIN_KEYWORDS: usize = 5;
+const MAX_KEYWORDS: usize = 7;
+/// Keywords of the offline version, when the article has that many terms.
+const OFFLINE_KEYWORDS: usize = 6;
 
 /// The most tokens the model's answer may use.
 const ANSWER_TOKENS: u32 = 400;
 
 extractive!(Draft => api::SeoMetadata, |cx, draft| {
     let seo = seo(&cx.request, &draft.markdown);
-    let summary = format!("title of {} chars, {} keywords", seo.title.chars().count(), seo.keywords.len());
+    let summary = summary_line(&seo);
     Ok(AgentOutput::local(seo, summary))
 });
 
 fn seo(request: &JobRequest, markdown: &str) -> api::SeoMetadata {
     let title = contract::title(markdown).unwrap_or_else(|| request.topic.clone());
-    let title = if title.chars().count() <= 60 {
+    let title = if title.chars().count() <= SEO_TITLE_CHARS {
         title.to_string()
     } else {
-        text::truncate_words(&text::title_case(&request.topic), 60)
+        text::truncate_words(&text::title_case(&request.topic), SEO_TITLE_CHARS)
     };
     let insight = section_bullets(markdown, KEY_INSIGHTS)
         .into_iter()
@@ -53,7 +57,7 @@ fn seo(request: &JobRequest, markdown: &str) -> api::SeoMetadata {
                 .cloned()
                 .unwrap_or_default()
         ),
-        155,
+        META_DESCRIPTION_CHARS,
     );
 
     // Keywords: the topic, then the article's most frequent substantive terms.
@@ -71,7 +75,7 @@ fn seo(request: &JobRequest, markdown: &str) -> api::SeoMetadata {
     let mut ranked: Vec<(String, usize)> = frequency.into_iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     for (term, _) in ranked {
-        if keywords.len() == 6 {
+        if keywords.len() == OFFLINE_KEYWORDS {
             break;
         }
         if !keywords.iter().any(|k| k == &term) {
@@ -83,6 +87,15 @@ fn seo(request: &JobRequest, markdown: &str) -> api::SeoMetadata {
         meta_description,
         keywords,
     }
+}
+
+/// The metadata in one line, for `agent_completed`.
+fn summary_line(seo: &api::SeoMetadata) -> String {
+    format!(
+        "title of {} chars, {} keywords",
+        seo.title.chars().count(),
+        seo.keywords.len()
+    )
 }
 
 /// `seo_specialist`: one call; limits are in the schema and checked by code.
@@ -123,8 +136,11 @@ pub(super) fn check_seo(
             "a meta description of {meta_len} characters (1-{META_DESCRIPTION_CHARS})"
         ));
     }
-    if !(5..=7).contains(&keywords.len()) {
-        problems.push(format!("{} keywords (5-7)", keywords.len()));
+    if !(MIN_KEYWORDS..=MAX_KEYWORDS).contains(&keywords.len()) {
+        problems.push(format!(
+            "{} keywords ({MIN_KEYWORDS}-{MAX_KEYWORDS})",
+            keywords.len()
+        ));
     }
     if problems.is_empty() {
         return Checked::Fits(api::SeoMetadata {
@@ -133,9 +149,9 @@ pub(super) fn check_seo(
             keywords,
         });
     }
-    keywords.truncate(7);
+    keywords.truncate(MAX_KEYWORDS);
     for extra in &fallback.keywords {
-        if keywords.len() >= 5 {
+        if keywords.len() >= MIN_KEYWORDS {
             break;
         }
         if !keywords.iter().any(|k| k.eq_ignore_ascii_case(extra)) {
@@ -173,7 +189,7 @@ impl Agent<Draft, api::SeoMetadata> for LlmSeo {
             let schema = object(json!({
                 "title": self.llm.text(SEO_TITLE_CHARS, "the SEO title"),
                 "meta_description": self.llm.text(META_DESCRIPTION_CHARS, "the meta description"),
-                "keywords": strings(5, 7),
+                "keywords": strings(MIN_KEYWORDS, MAX_KEYWORDS),
             }));
             let fallback = seo(&cx.request, &draft.markdown);
             let answer = self
@@ -184,18 +200,10 @@ impl Agent<Draft, api::SeoMetadata> for LlmSeo {
                     &[("article", draft.markdown.clone())],
                     schema,
                     ANSWER_TOKENS,
-                    |v| match parse::<SeoAnswer>(v) {
-                        Ok(answer) => check_seo(answer, &fallback),
-                        Err(problem) => Checked::Unfit(problem),
-                    },
+                    parsed(|answer: SeoAnswer| check_seo(answer, &fallback)),
                 )
                 .await?;
-            let seo = &answer.completion.value;
-            let summary = format!(
-                "title of {} chars, {} keywords",
-                seo.title.chars().count(),
-                seo.keywords.len()
-            );
+            let summary = summary_line(&answer.completion.value);
             Ok(self.llm.output(answer, summary))
         })
     }

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{
     Agent, AgentContext, AgentFuture, AgentOutput, FinalArticle,
     extract::section_bullets,
-    llm::{Checked, LlmAgent, cut_at_word, llm_agent, object, parse, strings},
+    llm::{Checked, LlmAgent, llm_agent, object, parsed, strings},
     offline::extractive,
 };
 use crate::{
@@ -15,10 +15,14 @@ use crate::{
         JobRequest,
         contract::{KEY_INSIGHTS, KEY_TAKEAWAYS},
     },
-    text,
+    text::{self, cut_at_word},
 };
 use dakota::api;
 
+/// The posts of SPEC §4, and the length of a post on X: kept by both versions and asked of
+/// the model.
+const LINKEDIN_POSTS: usize = 3;
+const THREAD_POSTS: usize = 10;
 pub(super) const THREAD_POST_CHARS: usize = 280;
 
 /// The most tokens the model's answer may use.
@@ -26,8 +30,15 @@ const ANSWER_TOKENS: u32 = 2_500;
 
 extractive!(FinalArticle => api::SocialContent, |cx, article| {
     let social = social(&cx.request, article);
-    Ok(AgentOutput::local(social, "3 LinkedIn posts, a 10-post thread, email, Instagram, Facebook"))
+    Ok(AgentOutput::local(social, summary_line()))
 });
+
+/// What was written, in one line, for `agent_completed`.
+fn summary_line() -> String {
+    format!(
+        "{LINKEDIN_POSTS} LinkedIn posts, a {THREAD_POSTS}-post thread, email, Instagram, Facebook"
+    )
+}
 
 fn hashtags(keywords: &[String]) -> String {
     keywords
@@ -45,7 +56,7 @@ fn social(request: &JobRequest, article: &FinalArticle) -> api::SocialContent {
     let linkedin_posts = insights
         .iter()
         .chain(&takeaways)
-        .take(3)
+        .take(LINKEDIN_POSTS)
         .map(|point| {
             format!(
                 "{point}\n\nOur new briefing, \"{}\", sets out what this means for {}.\n\n{tags}",
@@ -57,7 +68,8 @@ fn social(request: &JobRequest, article: &FinalArticle) -> api::SocialContent {
     points.extend(insights.iter().cloned());
     points.extend(takeaways.iter().cloned());
     points.extend(article.key_themes.iter().map(|t| format!("Theme: {t}")));
-    points.truncate(9);
+    // The last post points to the article.
+    points.truncate(THREAD_POSTS - 1);
     points.push(format!(
         "Read the full briefing for the sources behind each point. {tags}"
     ));
@@ -65,7 +77,7 @@ fn social(request: &JobRequest, article: &FinalArticle) -> api::SocialContent {
     let thread = points
         .iter()
         .enumerate()
-        .map(|(i, p)| text::truncate_words(&format!("{}/{total} {p}", i + 1), 280))
+        .map(|(i, p)| text::truncate_words(&format!("{}/{total} {p}", i + 1), THREAD_POST_CHARS))
         .collect();
     let first = insights.first().cloned().unwrap_or_default();
     api::SocialContent {
@@ -122,8 +134,13 @@ pub(super) fn check_social(
     Checked::Repairable {
         problem: problems.join("; "),
         repaired: api::SocialContent {
-            linkedin_posts: fill(a.linkedin_posts, &fallback.linkedin_posts, 3, &pointer),
-            thread: numbered(fill(a.thread, &fallback.thread, 10, &pointer)),
+            linkedin_posts: fill(
+                a.linkedin_posts,
+                &fallback.linkedin_posts,
+                LINKEDIN_POSTS,
+                &pointer,
+            ),
+            thread: numbered(fill(a.thread, &fallback.thread, THREAD_POSTS, &pointer)),
             email_snippet: or(a.email_snippet, &fallback.email_snippet),
             instagram_post: or(a.instagram_post, &fallback.instagram_post),
             facebook_post: or(a.facebook_post, &fallback.facebook_post),
@@ -134,11 +151,14 @@ pub(super) fn check_social(
 /// What the social answer gets wrong, for the re-ask.
 fn social_problems(a: &SocialAnswer) -> Vec<String> {
     let mut problems = Vec::new();
-    if a.linkedin_posts.len() != 3 {
-        problems.push(format!("{} LinkedIn posts (3)", a.linkedin_posts.len()));
+    if a.linkedin_posts.len() != LINKEDIN_POSTS {
+        problems.push(format!(
+            "{} LinkedIn posts ({LINKEDIN_POSTS})",
+            a.linkedin_posts.len()
+        ));
     }
-    if a.thread.len() != 10 {
-        problems.push(format!("{} thread posts (10)", a.thread.len()));
+    if a.thread.len() != THREAD_POSTS {
+        problems.push(format!("{} thread posts ({THREAD_POSTS})", a.thread.len()));
     }
     if let Some(long) = a
         .thread
@@ -203,8 +223,8 @@ impl Agent<FinalArticle, api::SocialContent> for LlmSocial {
     ) -> AgentFuture<'a, api::SocialContent> {
         Box::pin(async move {
             let schema = object(json!({
-                "linkedin_posts": strings(3, 3),
-                "thread": {"type": "array", "minItems": 10, "maxItems": 10, "items": self.llm.text(THREAD_POST_CHARS, "one post of the thread")},
+                "linkedin_posts": strings(LINKEDIN_POSTS, LINKEDIN_POSTS),
+                "thread": {"type": "array", "minItems": THREAD_POSTS, "maxItems": THREAD_POSTS, "items": self.llm.text(THREAD_POST_CHARS, "one post of the thread")},
                 "email_snippet": {"type": "string"},
                 "instagram_post": {"type": "string"},
                 "facebook_post": {"type": "string"},
@@ -222,16 +242,10 @@ impl Agent<FinalArticle, api::SocialContent> for LlmSocial {
                     &extra,
                     schema,
                     ANSWER_TOKENS,
-                    |v| match parse::<SocialAnswer>(v) {
-                        Ok(answer) => check_social(answer, &fallback),
-                        Err(problem) => Checked::Unfit(problem),
-                    },
+                    parsed(|answer: SocialAnswer| check_social(answer, &fallback)),
                 )
                 .await?;
-            Ok(self.llm.output(
-                answer,
-                "3 LinkedIn posts, a 10-post thread, email, Instagram, Facebook".into(),
-            ))
+            Ok(self.llm.output(answer, summary_line()))
         })
     }
 }

@@ -6,15 +6,19 @@ use serde_json::json;
 use super::{
     Agent, AgentContext, AgentFuture, AgentOutput, FinalArticle,
     extract::{lead_sentences, section_bullets},
-    llm::{Checked, LlmAgent, cut_at_word, llm_agent, object, parse, strings},
+    llm::{Checked, LlmAgent, llm_agent, object, parsed, strings},
     offline::extractive,
 };
-use crate::domain::contract::{KEY_INSIGHTS, KEY_TAKEAWAYS};
+use crate::{
+    domain::contract::{KEY_INSIGHTS, KEY_TAKEAWAYS},
+    text::cut_at_word,
+};
 use dakota::api;
 
+/// The limits kept by both versions and asked of the model (SPEC §4: up to 4 takeaways).
 pub(super) const KEY_VALUE_CHARS: usize = 200;
-
 const OVERVIEW_CHARS: usize = 600;
+const MAX_TAKEAWAYS: usize = 4;
 
 /// The most tokens the model's answer may use.
 const ANSWER_TOKENS: u32 = 600;
@@ -41,7 +45,7 @@ fn summary(article: &FinalArticle) -> api::Summary {
         overview: overview.join(" "),
         takeaways: section_bullets(&article.markdown, KEY_TAKEAWAYS)
             .into_iter()
-            .take(4)
+            .take(MAX_TAKEAWAYS)
             .collect(),
     }
 }
@@ -80,8 +84,8 @@ pub(super) fn check_summary(a: SummaryAnswer, fallback: &api::Summary) -> Checke
             problems.push(format!("a {what} of {n} characters (1-{max})"));
         }
     }
-    if !(1..=4).contains(&takeaways.len()) {
-        problems.push(format!("{} takeaways (1-4)", takeaways.len()));
+    if !(1..=MAX_TAKEAWAYS).contains(&takeaways.len()) {
+        problems.push(format!("{} takeaways (1-{MAX_TAKEAWAYS})", takeaways.len()));
     }
     if problems.is_empty() {
         return Checked::Fits(api::Summary {
@@ -90,9 +94,14 @@ pub(super) fn check_summary(a: SummaryAnswer, fallback: &api::Summary) -> Checke
             takeaways,
         });
     }
-    takeaways.truncate(4);
+    takeaways.truncate(MAX_TAKEAWAYS);
     if takeaways.is_empty() {
-        takeaways = fallback.takeaways.iter().take(4).cloned().collect();
+        takeaways = fallback
+            .takeaways
+            .iter()
+            .take(MAX_TAKEAWAYS)
+            .cloned()
+            .collect();
     }
     if takeaways.is_empty() {
         takeaways.push(fallback.key_value.clone());
@@ -121,7 +130,7 @@ impl Agent<FinalArticle, api::Summary> for LlmSummary {
             let schema = object(json!({
                 "key_value": self.llm.text(KEY_VALUE_CHARS, "the article's key value in one sentence"),
                 "overview": self.llm.text(OVERVIEW_CHARS, "a 2-3 sentence overview"),
-                "takeaways": strings(1, 4),
+                "takeaways": strings(1, MAX_TAKEAWAYS),
             }));
             let extra = [
                 ("title", article.title.clone()),
@@ -136,10 +145,7 @@ impl Agent<FinalArticle, api::Summary> for LlmSummary {
                     &extra,
                     schema,
                     ANSWER_TOKENS,
-                    |v| match parse::<SummaryAnswer>(v) {
-                        Ok(answer) => check_summary(answer, &fallback),
-                        Err(problem) => Checked::Unfit(problem),
-                    },
+                    parsed(|answer: SummaryAnswer| check_summary(answer, &fallback)),
                 )
                 .await?;
             let summary = format!("{} takeaways", answer.completion.value.takeaways.len());

@@ -11,15 +11,13 @@ use super::{
     Agent, AgentContext, AgentError, AgentFuture, AgentOutput, OutlineSection, SourceDoc,
     Synthesis, SynthesisInput,
     extract::usable_sentences,
-    llm::{Checked, LlmAgent, cut_at_word, describe_sources, llm_agent, object, parse, strings},
+    llm::{Checked, LlmAgent, describe_sources, llm_agent, object, parsed, strings},
     offline::extractive,
 };
 use crate::{
-    domain::{
-        JobRequest,
-        contract::{self, CONCLUSION, KEY_INSIGHTS, KEY_TAKEAWAYS},
-    },
-    kb, text,
+    domain::{JobRequest, contract},
+    kb,
+    text::{self, cut_at_word},
 };
 use dakota::api;
 
@@ -33,6 +31,15 @@ const MAX_SOURCES: usize = 10;
 
 /// Sources below this share of the best one's relevance supply sentences, not sections.
 const MIN_SECTION_RELEVANCE: f64 = 0.2;
+
+/// The outline's main sections and key themes (SPEC §4), kept by both versions (and the
+/// plan) and asked of the model.
+const MIN_SECTIONS: usize = 3;
+const MAX_SECTIONS: usize = 4;
+const MIN_THEMES: usize = 3;
+const MAX_THEMES: usize = 4;
+/// Sources a section of the model's outline may name.
+const MAX_SECTION_SOURCES: usize = 4;
 
 /// The most tokens the model's outline may use.
 const ANSWER_TOKENS: u32 = 1_200;
@@ -149,6 +156,15 @@ fn merge_sources(
     Ok((merged, off_topic))
 }
 
+/// The synthesis in one line, for `agent_completed`.
+fn summary_line(synthesis: &Synthesis) -> String {
+    format!(
+        "{} sources, {} sections",
+        synthesis.sources.len(),
+        synthesis.outline.len()
+    )
+}
+
 /// Merges the sources, then outlines the article from the best distinct passages.
 fn synthesize(
     request: &JobRequest,
@@ -161,7 +177,7 @@ fn synthesize(
         .iter()
         .filter(|d| d.source.relevance >= MIN_SECTION_RELEVANCE)
     {
-        if outline.len() == 4 {
+        if outline.len() == MAX_SECTIONS {
             break;
         }
         let heading = if doc.section == doc.source.title || kb::is_generic_heading(&doc.section) {
@@ -183,7 +199,7 @@ fn synthesize(
     }
     // Fewer than three sources: the planned sections, drawing on every source.
     for planned in &input.plan.sections {
-        if outline.len() >= 3 {
+        if outline.len() >= MIN_SECTIONS {
             break;
         }
         outline.push(OutlineSection {
@@ -191,31 +207,30 @@ fn synthesize(
             source_ids: merged.iter().map(|d| d.source.id.clone()).collect(),
         });
     }
-    let key_themes = outline.iter().map(|s| s.heading.clone()).take(4).collect();
-    let summary = format!("{} sources, {} sections", merged.len(), outline.len());
-    let mut output = AgentOutput::local(
-        Synthesis {
-            sources: merged,
-            outline,
-            key_themes,
-        },
-        summary,
-    );
+    let key_themes = outline
+        .iter()
+        .map(|s| s.heading.clone())
+        .take(MAX_THEMES)
+        .collect();
+    let synthesis = Synthesis {
+        sources: merged,
+        outline,
+        key_themes,
+    };
+    let summary = summary_line(&synthesis);
+    let mut output = AgentOutput::local(synthesis, summary);
     output.warnings.extend(off_topic.map(|w| (OFF_TOPIC, w)));
     Ok(output)
 }
 
+/// A heading that starts like a fixed or a forbidden section's: a source's own "Conclusion"
+/// is no main section.
 fn is_fixed_heading(heading: &str) -> bool {
     let lower = heading.to_lowercase();
-    [
-        KEY_INSIGHTS,
-        KEY_TAKEAWAYS,
-        CONCLUSION,
-        "introduction",
-        "executive summary",
-    ]
-    .iter()
-    .any(|h| lower.starts_with(&h.to_lowercase()))
+    contract::FIXED_SECTIONS
+        .iter()
+        .chain(&contract::FORBIDDEN_HEADINGS)
+        .any(|h| lower.starts_with(&h.to_lowercase()))
 }
 
 /// A heading the article may not use as a main section: empty, fixed, or forbidden.
@@ -260,8 +275,10 @@ fn check_synthesis(
     let mut problems = Vec::new();
     let mut outline = usable_sections(answer.outline, ids, &mut problems);
     let n = outline.len();
-    if !(3..=4).contains(&n) {
-        problems.push(format!("{n} usable sections, expected 3-4"));
+    if !(MIN_SECTIONS..=MAX_SECTIONS).contains(&n) {
+        problems.push(format!(
+            "{n} usable sections, expected {MIN_SECTIONS}-{MAX_SECTIONS}"
+        ));
     }
     if outline.iter().any(|s| s.source_ids.is_empty()) {
         problems.push("a section names no source".into());
@@ -272,16 +289,19 @@ fn check_synthesis(
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
         .collect();
-    if !(3..=4).contains(&themes.len()) {
-        problems.push(format!("{} key themes, expected 3-4", themes.len()));
+    if !(MIN_THEMES..=MAX_THEMES).contains(&themes.len()) {
+        problems.push(format!(
+            "{} key themes, expected {MIN_THEMES}-{MAX_THEMES}",
+            themes.len()
+        ));
     }
     if problems.is_empty() {
         return Checked::Fits((outline, themes));
     }
     repair_outline(&mut outline, ids, plan);
-    themes.truncate(4);
+    themes.truncate(MAX_THEMES);
     for section in &outline {
-        if themes.len() >= 3 {
+        if themes.len() >= MIN_THEMES {
             break;
         }
         themes.push(section.heading.clone());
@@ -338,7 +358,7 @@ fn usable_sections(
 /// Three or four sections: extras merged into the fourth, missing ones from the planned
 /// headings; each with one to four distinct sources (the best one when it named none).
 fn repair_outline(outline: &mut Vec<OutlineSection>, ids: &[String], plan: &[String]) {
-    while outline.len() > 4 {
+    while outline.len() > MAX_SECTIONS {
         if let Some(extra) = outline.pop()
             && let Some(last) = outline.last_mut()
         {
@@ -346,7 +366,7 @@ fn repair_outline(outline: &mut Vec<OutlineSection>, ids: &[String], plan: &[Str
         }
     }
     for heading in plan {
-        if outline.len() >= 3 {
+        if outline.len() >= MIN_SECTIONS {
             break;
         }
         if !outline
@@ -362,7 +382,7 @@ fn repair_outline(outline: &mut Vec<OutlineSection>, ids: &[String], plan: &[Str
     for (i, section) in outline.iter_mut().enumerate() {
         let mut seen = BTreeSet::new();
         section.source_ids.retain(|id| seen.insert(id.clone()));
-        section.source_ids.truncate(4);
+        section.source_ids.truncate(MAX_SECTION_SOURCES);
         if section.source_ids.is_empty()
             && let Some(id) = ids.get(i % ids.len().max(1))
         {
@@ -383,10 +403,10 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
             let ids: Vec<String> = sources.iter().map(|s| s.source.id.clone()).collect();
             let schema = object(json!({
                 "outline": {
-                    "type": "array", "minItems": 3, "maxItems": 4,
-                    "items": object(json!({"heading": self.llm.text(HEADING_CHARS, "the section heading"), "source_ids": strings(1, 4)})),
+                    "type": "array", "minItems": MIN_SECTIONS, "maxItems": MAX_SECTIONS,
+                    "items": object(json!({"heading": self.llm.text(HEADING_CHARS, "the section heading"), "source_ids": strings(1, MAX_SECTION_SOURCES)})),
                 },
-                "key_themes": strings(3, 4),
+                "key_themes": strings(MIN_THEMES, MAX_THEMES),
             }));
             let mut plan = input.plan.sections.clone();
             plan.extend(plan::planned_sections(&cx.request.topic));
@@ -411,10 +431,7 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
                     &extra,
                     schema,
                     ANSWER_TOKENS,
-                    |v| match parse::<SynthesisAnswer>(v) {
-                        Ok(answer) => check_synthesis(answer, &ids, &plan),
-                        Err(problem) => Checked::Unfit(problem),
-                    },
+                    parsed(|answer: SynthesisAnswer| check_synthesis(answer, &ids, &plan)),
                 )
                 .await?;
             let (outline, key_themes) = answer.completion.value.clone();
@@ -423,11 +440,7 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
                 key_themes,
                 sources,
             };
-            let summary = format!(
-                "{} sources, {} sections",
-                synthesis.sources.len(),
-                synthesis.outline.len()
-            );
+            let summary = summary_line(&synthesis);
             let mut output = self.llm.output(answer.with(synthesis), summary);
             output.warnings.extend(off_topic.map(|w| (OFF_TOPIC, w)));
             Ok(output)

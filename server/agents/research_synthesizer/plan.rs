@@ -5,11 +5,11 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::unusable_heading;
+use super::{MAX_SECTIONS, MIN_SECTIONS, unusable_heading};
 use crate::{
     agents::{
         Agent, AgentContext, AgentFuture, AgentOutput, OutlinePlan,
-        llm::{Checked, LlmAgent, llm_agent, object, parse, strings},
+        llm::{Checked, LlmAgent, llm_agent, object, parsed, strings},
         offline::extractive,
     },
     domain::JobRequest,
@@ -31,13 +31,17 @@ pub(super) fn planned_sections(topic: &str) -> Vec<String> {
 }
 
 extractive!(JobRequest => OutlinePlan, |_cx, request| {
-    Ok(AgentOutput::local(
-        OutlinePlan {
-            sections: planned_sections(&request.topic),
-        },
-        "4 planned sections",
-    ))
+    let plan = OutlinePlan {
+        sections: planned_sections(&request.topic),
+    };
+    let summary = summary_line(&plan);
+    Ok(AgentOutput::local(plan, summary))
 });
+
+/// The plan in one line, for `agent_completed`.
+fn summary_line(plan: &OutlinePlan) -> String {
+    format!("{} planned sections", plan.sections.len())
+}
 
 /// `research_synthesizer` in the research phase: the planned outline.
 pub struct LlmOutlinePlanner {
@@ -58,7 +62,7 @@ fn check_headings(topic: &str, headings: Vec<String>) -> Checked<Vec<String>> {
     let distinct = headings
         .iter()
         .all(|h| seen.insert(h.trim().to_lowercase()));
-    if (3..=4).contains(&n) && bad.is_none() && distinct {
+    if (MIN_SECTIONS..=MAX_SECTIONS).contains(&n) && bad.is_none() && distinct {
         return Checked::Fits(headings.iter().map(|h| h.trim().to_string()).collect());
     }
     let problem = match bad {
@@ -66,7 +70,7 @@ fn check_headings(topic: &str, headings: Vec<String>) -> Checked<Vec<String>> {
             format!("the heading `{bad}` is empty, one of the fixed sections, or forbidden")
         }
         None if !distinct => "the same heading appears twice".into(),
-        None => format!("{n} sections, expected 3-4"),
+        None => format!("{n} sections, expected {MIN_SECTIONS}-{MAX_SECTIONS}"),
     };
     let mut fixed: Vec<String> = Vec::new();
     for heading in headings
@@ -74,7 +78,7 @@ fn check_headings(topic: &str, headings: Vec<String>) -> Checked<Vec<String>> {
         .chain(&planned_sections(topic))
         .map(|h| h.trim().to_string())
     {
-        if fixed.len() < 3
+        if fixed.len() < MIN_SECTIONS
             && !unusable_heading(&heading)
             && !fixed.iter().any(|f| f.eq_ignore_ascii_case(&heading))
         {
@@ -95,7 +99,7 @@ impl Agent<JobRequest, OutlinePlan> for LlmOutlinePlanner {
         request: &'a JobRequest,
     ) -> AgentFuture<'a, OutlinePlan> {
         Box::pin(async move {
-            let schema = object(json!({"sections": strings(3, 4)}));
+            let schema = object(json!({"sections": strings(MIN_SECTIONS, MAX_SECTIONS)}));
             let answer = self
                 .llm
                 .ask(
@@ -104,23 +108,13 @@ impl Agent<JobRequest, OutlinePlan> for LlmOutlinePlanner {
                     &[],
                     schema,
                     ANSWER_TOKENS,
-                    |v| match parse::<Sections>(v) {
-                        Ok(answer) => match check_headings(&request.topic, answer.sections) {
-                            Checked::Fits(sections) => Checked::Fits(OutlinePlan { sections }),
-                            Checked::Repairable { problem, repaired } => Checked::Repairable {
-                                problem,
-                                repaired: OutlinePlan { sections: repaired },
-                            },
-                            Checked::Unfit(problem) => Checked::Unfit(problem),
-                        },
-                        Err(problem) => Checked::Unfit(problem),
-                    },
+                    parsed(|answer: Sections| {
+                        check_headings(&request.topic, answer.sections)
+                            .map(|sections| OutlinePlan { sections })
+                    }),
                 )
                 .await?;
-            let summary = format!(
-                "{} planned sections",
-                answer.completion.value.sections.len()
-            );
+            let summary = summary_line(&answer.completion.value);
             Ok(self.llm.output(answer, summary))
         })
     }
