@@ -244,14 +244,11 @@ pub fn title_case(text: &str) -> String {
         .join(" ")
 }
 
-/// Cuts `text` to at most `max` characters at a word boundary, adding `…` when cut.
-pub fn truncate_words(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
+/// The leading words of `text` that fit in `max` characters, joined by single spaces.
+fn leading_words(text: &str, max: usize) -> String {
     let mut out = String::new();
     for word in text.split_whitespace() {
-        if out.chars().count() + word.chars().count() + 2 > max {
+        if out.chars().count() + usize::from(!out.is_empty()) + word.chars().count() > max {
             break;
         }
         if !out.is_empty() {
@@ -259,6 +256,16 @@ pub fn truncate_words(text: &str, max: usize) -> String {
         }
         out.push_str(word);
     }
+    out
+}
+
+/// Cuts `text` to at most `max` characters at a word boundary, adding `…` when cut.
+pub fn truncate_words(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    // One character is the `…`.
+    let mut out = leading_words(text, max.saturating_sub(1));
     if out.is_empty() {
         // The first word alone is too long: cut it.
         out = text
@@ -269,6 +276,25 @@ pub fn truncate_words(text: &str, max: usize) -> String {
     }
     let trimmed = out.trim_end_matches([',', ';', ':', '.', '-']).to_string();
     format!("{trimmed}…")
+}
+
+/// Cuts `text` to at most `max` characters at a word boundary, without an ellipsis: a title,
+/// description or post the LLM agents repair reads as broken when it ends in "…". Unlike
+/// [`truncate_words`], it keeps a final full stop.
+pub fn cut_at_word(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out = leading_words(text, max);
+    if out.is_empty() {
+        out = text.chars().take(max).collect();
+    }
+    let trimmed = out.trim_end_matches([',', ';', ':', '-', '–']);
+    if trimmed.is_empty() {
+        out
+    } else {
+        trimmed.to_string()
+    }
 }
 
 /// The longest title or heading taken from outside (a document, a search result).

@@ -15,14 +15,24 @@ pub use crate::domain::{AgentName, SourceDoc};
 use crate::{domain::JobRequest, kb::KnowledgeSource, resilience::Calls};
 use dakota::api;
 
-pub mod fact_check;
-pub mod llm;
+// One module per agent of SPEC §4 (a folder where it is large), its offline and LLM versions
+// side by side; beneath them what the versions of every agent share.
+pub mod content_writer;
+pub mod fact_checker;
+pub mod kb_researcher;
 pub mod metrics_analyzer;
+pub mod research_synthesizer;
+pub mod seo_specialist;
+pub mod social_promoter;
+pub mod summary_writer;
+pub mod web_researcher;
+
+mod extract;
+pub mod llm;
 mod offline;
 pub mod pricing;
 pub mod prompts;
 pub mod select;
-pub mod web;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -4,13 +4,17 @@ use std::sync::Arc;
 
 use super::{
     Agent, AgentName, Agents, WithFallback,
-    llm::{
-        LlmAgent, LlmFactChecker, LlmKbResearcher, LlmOutlinePlanner, LlmSeo, LlmSocial,
-        LlmSummary, LlmSynthesizer, LlmWriter,
-    },
+    content_writer::LlmWriter,
+    fact_checker::LlmFactChecker,
+    kb_researcher::LlmKbResearcher,
+    llm::LlmAgent,
     pricing::PriceTable,
     prompts::Prompts,
-    web::SerperWebResearcher,
+    research_synthesizer::{LlmSynthesizer, plan::LlmOutlinePlanner},
+    seo_specialist::LlmSeo,
+    social_promoter::LlmSocial,
+    summary_writer::LlmSummary,
+    web_researcher::SerperWebResearcher,
 };
 use crate::{
     config::UpstreamConfig,

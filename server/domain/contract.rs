@@ -8,7 +8,8 @@ pub const KEY_TAKEAWAYS: &str = "Key Takeaways";
 pub const CONCLUSION: &str = "Conclusion";
 /// Sections every article has, besides its 3-4 main sections.
 pub const FIXED_SECTIONS: [&str; 3] = [KEY_INSIGHTS, KEY_TAKEAWAYS, CONCLUSION];
-const FORBIDDEN_HEADINGS: [&str; 2] = ["introduction", "executive summary"];
+/// Headings no section may start with (lower case).
+pub const FORBIDDEN_HEADINGS: [&str; 2] = ["introduction", "executive summary"];
 
 /// "Introduction ..." and "Executive Summary ..." are not section headings of this contract.
 pub fn is_forbidden_heading(heading: &str) -> bool {

@@ -1,7 +1,18 @@
-//! Claim extraction and checking against source text, shared by every `fact_checker`.
+//! `fact_checker`: the article's checkable claims (figures, dates, cited statements), each
+//! checked against the text of the sources it cites; citations to sources research did not
+//! return always fail. Offline, code decides; with an LLM, the model judges each claim and a
+//! "supported" verdict stands only if its quoted evidence really is in the source text.
 use std::collections::BTreeSet;
 
-use crate::{agents::SourceDoc, text};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    Agent, AgentContext, AgentFuture, AgentOutput, FactCheckInput, SourceDoc,
+    llm::{Checked, LlmAgent, SOURCE_EXCERPT_CHARS, llm_agent, object, parsed},
+    offline::extractive,
+};
+use crate::text;
 use dakota::api::{self, Verdict};
 
 /// Share of a claim's terms that a source sentence must contain to support it.
@@ -15,6 +26,23 @@ pub struct ClaimCandidate {
     pub cited_urls: Vec<String>,
     /// URLs cited anywhere in the claim's paragraph (the fallback for checking).
     pub paragraph_urls: Vec<String>,
+}
+
+impl ClaimCandidate {
+    /// The URLs the claim is checked against: those it cites, else those its paragraph cites
+    /// (none: every source).
+    fn cited(&self) -> &[String] {
+        if self.cited_urls.is_empty() {
+            &self.paragraph_urls
+        } else {
+            &self.cited_urls
+        }
+    }
+
+    fn is_checked_against(&self, url: &str) -> bool {
+        let cited = self.cited();
+        cited.is_empty() || cited.iter().any(|u| u == url)
+    }
 }
 
 /// The claims to check: every sentence with a figure (number, percentage, money, date)
@@ -146,14 +174,10 @@ impl<'a> Evidence<'a> {
 /// else all of them. Supported when one source sentence holds the claim's figures and
 /// most of its terms.
 fn check_claim(claim: &ClaimCandidate, evidence: &[Evidence<'_>]) -> api::Claim {
-    let cited = if claim.cited_urls.is_empty() {
-        &claim.paragraph_urls
-    } else {
-        &claim.cited_urls
-    };
+    let cited = claim.cited();
     let candidates: Vec<&Evidence> = evidence
         .iter()
-        .filter(|e| cited.is_empty() || cited.contains(&e.source.source.url))
+        .filter(|e| claim.is_checked_against(&e.source.source.url))
         .collect();
     let claim_terms: BTreeSet<String> = text::terms(&claim.text).collect();
     let claim_figures = figures(&claim.text);
@@ -208,19 +232,10 @@ pub fn candidate_sources<'a>(
     claim: &ClaimCandidate,
     sources: &'a [SourceDoc],
 ) -> Vec<&'a SourceDoc> {
-    let cited = if claim.cited_urls.is_empty() {
-        &claim.paragraph_urls
-    } else {
-        &claim.cited_urls
-    };
-    if cited.is_empty() {
-        sources.iter().collect()
-    } else {
-        sources
-            .iter()
-            .filter(|s| cited.contains(&s.source.url))
-            .collect()
-    }
+    sources
+        .iter()
+        .filter(|s| claim.is_checked_against(&s.source.url))
+        .collect()
 }
 
 /// Recomputes the counts and the verdict of a report after its claims changed.
@@ -234,11 +249,17 @@ pub fn recount(report: &mut api::FactCheckReport) {
 
 /// The full report: every claim checked, citations that name no source listed.
 pub fn check_article(markdown: &str, sources: &[SourceDoc]) -> api::FactCheckReport {
+    check_claims(markdown, &extract_claims(markdown), sources)
+}
+
+/// [`check_article`] with the claims of `markdown` already extracted.
+pub fn check_claims(
+    markdown: &str,
+    claims: &[ClaimCandidate],
+    sources: &[SourceDoc],
+) -> api::FactCheckReport {
     let evidence = Evidence::of(sources);
-    let claims: Vec<api::Claim> = extract_claims(markdown)
-        .iter()
-        .map(|c| check_claim(c, &evidence))
-        .collect();
+    let claims: Vec<api::Claim> = claims.iter().map(|c| check_claim(c, &evidence)).collect();
     let invalid_citations: Vec<String> = text::links(markdown)
         .iter()
         .filter(|l| !sources.iter().any(|s| s.source.url == l.url))
@@ -253,6 +274,195 @@ pub fn check_article(markdown: &str, sources: &[SourceDoc]) -> api::FactCheckRep
     };
     recount(&mut report);
     report
+}
+
+/// The most tokens the model's verdicts may use: a base plus this much per claim, up to the cap.
+const VERDICT_BASE_TOKENS: u32 = 200;
+const PER_VERDICT_TOKENS: u32 = 120;
+const VERDICTS_TOKENS_CAP: u32 = 4_000;
+
+/// The report in one line, for `agent_completed`.
+fn summary_line(report: &api::FactCheckReport) -> String {
+    format!(
+        "{} claims: {} supported, {} unsupported, {} unverifiable",
+        report.claims.len(),
+        report.supported,
+        report.unsupported,
+        report.unverifiable
+    )
+}
+
+extractive!(FactCheckInput => api::FactCheckReport, |_cx, input| {
+    let report = check_article(&input.markdown, &input.sources);
+    let summary = summary_line(&report);
+    Ok(AgentOutput::local(report, summary))
+});
+
+/// `fact_checker`: claims are extracted by code; the model judges each against excerpts of
+/// the sources it cites; a "supported" verdict stands only if its quoted evidence really is
+/// in the source text, and citations to unknown sources always fail.
+pub struct LlmFactChecker {
+    pub llm: LlmAgent,
+}
+
+#[derive(Deserialize)]
+struct VerdictsAnswer {
+    verdicts: Vec<VerdictAnswer>,
+}
+
+#[derive(Deserialize)]
+struct VerdictAnswer {
+    claim: usize,
+    verdict: String,
+    evidence: String,
+}
+
+fn normalise(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Verdicts for claims 1..=`count`; verdicts for claims that do not exist are dropped (the
+/// claims without a verdict keep the code check's).
+fn check_verdicts(answer: VerdictsAnswer, count: usize) -> Checked<VerdictsAnswer> {
+    match answer
+        .verdicts
+        .iter()
+        .find(|v| v.claim == 0 || v.claim > count)
+        .map(|bad| bad.claim)
+    {
+        None => Checked::Fits(answer),
+        Some(bad) => Checked::Repairable {
+            problem: format!("a verdict for claim {bad}, but the claims are numbered 1-{count}"),
+            repaired: VerdictsAnswer {
+                verdicts: answer
+                    .verdicts
+                    .into_iter()
+                    .filter(|v| (1..=count).contains(&v.claim))
+                    .collect(),
+            },
+        },
+    }
+}
+
+/// The numbered claims of the fact checker's prompt, each with excerpts of its candidate
+/// sources.
+fn claims_listing(candidates: &[ClaimCandidate], sources: &[SourceDoc]) -> String {
+    let excerpt = |s: &&SourceDoc| {
+        let text: String = s.text.chars().take(SOURCE_EXCERPT_CHARS).collect();
+        format!("  [{}] {}", s.source.id, text.replace('\n', " "))
+    };
+    candidates
+        .iter()
+        .enumerate()
+        .map(|(i, claim)| {
+            let excerpts = candidate_sources(claim, sources)
+                .iter()
+                .map(excerpt)
+                .collect::<Vec<_>>()
+                .join("\n");
+            let excerpts = if excerpts.is_empty() {
+                "  (no source text)".into()
+            } else {
+                excerpts
+            };
+            format!("{}. {}\n{}", i + 1, claim.text, excerpts)
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// The fact checker's answer: at most one verdict per claim of `count`.
+fn verdicts_schema(count: usize) -> Value {
+    object(
+        json!({"verdicts": {"type": "array", "maxItems": count, "items": object(json!({
+            "claim": {"type": "integer", "minimum": 1, "maximum": count},
+            "verdict": {"type": "string", "enum": ["supported", "unsupported", "unverifiable"]},
+            "evidence": {"type": "string"},
+        }))}}),
+    )
+}
+
+/// The model's verdict on one claim, taken only as far as the sources bear it out:
+/// "supported" needs its evidence in a candidate source and no invalid citation, and
+/// "unverifiable" needs the candidates to have no text.
+fn apply_verdict(
+    claim: &mut api::Claim,
+    candidate: &ClaimCandidate,
+    verdict: &VerdictAnswer,
+    all: &[SourceDoc],
+) {
+    let sources = candidate_sources(candidate, all);
+    let invalid_citation = candidate
+        .cited_urls
+        .iter()
+        .any(|u| !all.iter().any(|s| &s.source.url == u));
+    let evidence_source = sources.iter().find(|s| {
+        !verdict.evidence.trim().is_empty()
+            && normalise(&s.text).contains(&normalise(&verdict.evidence))
+    });
+    match (verdict.verdict.as_str(), evidence_source) {
+        ("supported", Some(source)) if !invalid_citation => {
+            claim.set_verdict(Verdict::Supported);
+            claim.source_id = source.source.id.clone();
+            claim.source_url = source.source.url.clone();
+            claim.evidence = verdict.evidence.trim().to_string();
+        }
+        ("unverifiable", _) if sources.iter().all(|s| s.text.trim().is_empty()) => {
+            claim.set_verdict(Verdict::Unverifiable)
+        }
+        // "Supported" without evidence found in the source is not taken on trust.
+        _ => {
+            claim.set_verdict(Verdict::Unsupported);
+            claim.evidence.clear();
+        }
+    }
+}
+
+impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
+    llm_agent!(llm);
+    fn run<'a>(
+        &'a self,
+        cx: &'a AgentContext,
+        input: &'a FactCheckInput,
+    ) -> AgentFuture<'a, api::FactCheckReport> {
+        Box::pin(async move {
+            // The code check first: it finds the candidate sources and evidence of each claim.
+            let candidates = extract_claims(&input.markdown);
+            let mut report = check_claims(&input.markdown, &candidates, &input.sources);
+            if report.claims.is_empty() {
+                return Ok(AgentOutput::local(report, "no checkable claims"));
+            }
+            let count = candidates.len();
+            let max_tokens = u32::try_from(count)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(PER_VERDICT_TOKENS)
+                .saturating_add(VERDICT_BASE_TOKENS)
+                .min(VERDICTS_TOKENS_CAP);
+            let answer = self
+                .llm
+                .ask(
+                    cx,
+                    "fact_checker",
+                    &[("claims", claims_listing(&candidates, &input.sources))],
+                    verdicts_schema(count),
+                    max_tokens,
+                    parsed(|answer: VerdictsAnswer| check_verdicts(answer, count)),
+                )
+                .await?;
+            for verdict in &answer.completion.value.verdicts {
+                if let Some(claim) = report.claims.get_mut(verdict.claim - 1) {
+                    let candidate = &candidates[verdict.claim - 1];
+                    apply_verdict(claim, candidate, verdict, &input.sources);
+                }
+            }
+            recount(&mut report);
+            let summary = summary_line(&report);
+            Ok(self.llm.output(answer.with(report), summary))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! `web_researcher` over Serper: queries (from the model when one is configured, else from
 //! the topic), one search per query, results deduplicated, at most three per domain, each
-//! with the authority tier of its domain.
+//! with the authority tier of its domain. Without a Serper key, research goes on without it.
 use std::sync::Arc;
 
 use super::{
     Agent, AgentContext, AgentError, AgentFuture, AgentOutput, SourceDoc, WebResearch,
-    llm::{self, LlmAgent},
-    offline::domain_of,
+    kb_researcher::ask_queries,
+    llm::LlmAgent,
+    offline::{PROVIDER, ready},
 };
 use crate::{
     domain::JobRequest,
@@ -204,7 +205,7 @@ impl SerperWebResearcher {
             ];
             return Ok((queries, AgentOutput::local(WebResearch::default(), "")));
         };
-        let asked = llm::ask_queries(llm, cx, "web_researcher").await?;
+        let asked = ask_queries(llm, cx, "web_researcher").await?;
         let queries = asked.completion.value.clone();
         let output = llm.output(asked.with(WebResearch::default()), String::new());
         Ok((queries, output))
@@ -244,6 +245,44 @@ fn web_sources(mut results: Vec<(usize, Organic)>) -> Vec<SourceDoc> {
         });
     }
     sources
+}
+
+/// The host of a URL, without `www.`: a source's domain.
+pub fn domain_of(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("www.")
+        .to_string()
+}
+
+/// The web researcher when no web search is configured: research goes on without it.
+pub(super) struct UnconfiguredWebResearcher;
+
+impl Agent<JobRequest, WebResearch> for UnconfiguredWebResearcher {
+    fn provider(&self) -> &str {
+        PROVIDER
+    }
+    fn model(&self) -> &str {
+        "none"
+    }
+    fn run<'a>(
+        &'a self,
+        _cx: &'a AgentContext,
+        _request: &'a JobRequest,
+    ) -> AgentFuture<'a, WebResearch> {
+        let mut output =
+            AgentOutput::local(WebResearch::default(), "skipped: web search not configured");
+        output.warnings.push((
+            "WEB_SEARCH_UNAVAILABLE",
+            "web search is not configured (no SERPER_API_KEY); the article draws on the knowledge base only"
+                .to_string(),
+        ));
+        ready(Ok(output))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,121 @@
+//! `research_synthesizer` in the research phase: the article's sections planned from the
+//! topic alone, before research returns (fixed headings offline, the model's with an LLM).
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{MAX_SECTIONS, MIN_SECTIONS, unusable_heading};
+use crate::{
+    agents::{
+        Agent, AgentContext, AgentFuture, AgentOutput, OutlinePlan,
+        llm::{Checked, LlmAgent, llm_agent, object, parsed, strings},
+        offline::extractive,
+    },
+    domain::JobRequest,
+    text,
+};
+
+/// The most tokens the model's plan may use.
+const ANSWER_TOKENS: u32 = 300;
+
+/// Section headings planned from the topic alone.
+pub(super) fn planned_sections(topic: &str) -> Vec<String> {
+    let topic = text::title_case(topic);
+    vec![
+        format!("Why {topic} Matters Now"),
+        format!("How {topic} Works in Practice"),
+        "Risks and Trade-offs".to_string(),
+        "Putting It into Practice".to_string(),
+    ]
+}
+
+extractive!(JobRequest => OutlinePlan, |_cx, request| {
+    let plan = OutlinePlan {
+        sections: planned_sections(&request.topic),
+    };
+    let summary = summary_line(&plan);
+    Ok(AgentOutput::local(plan, summary))
+});
+
+/// The plan in one line, for `agent_completed`.
+fn summary_line(plan: &OutlinePlan) -> String {
+    format!("{} planned sections", plan.sections.len())
+}
+
+/// `research_synthesizer` in the research phase: the planned outline.
+pub struct LlmOutlinePlanner {
+    pub llm: LlmAgent,
+}
+
+#[derive(Deserialize)]
+struct Sections {
+    sections: Vec<String>,
+}
+
+/// 3-4 usable, distinct headings; otherwise the usable ones, padded from the headings
+/// planned from the topic, or cut to four.
+fn check_headings(topic: &str, headings: Vec<String>) -> Checked<Vec<String>> {
+    let n = headings.len();
+    let bad = headings.iter().find(|h| unusable_heading(h)).cloned();
+    let mut seen = BTreeSet::new();
+    let distinct = headings
+        .iter()
+        .all(|h| seen.insert(h.trim().to_lowercase()));
+    if (MIN_SECTIONS..=MAX_SECTIONS).contains(&n) && bad.is_none() && distinct {
+        return Checked::Fits(headings.iter().map(|h| h.trim().to_string()).collect());
+    }
+    let problem = match bad {
+        Some(bad) => {
+            format!("the heading `{bad}` is empty, one of the fixed sections, or forbidden")
+        }
+        None if !distinct => "the same heading appears twice".into(),
+        None => format!("{n} sections, expected {MIN_SECTIONS}-{MAX_SECTIONS}"),
+    };
+    let mut fixed: Vec<String> = Vec::new();
+    for heading in headings
+        .iter()
+        .chain(&planned_sections(topic))
+        .map(|h| h.trim().to_string())
+    {
+        if fixed.len() < MIN_SECTIONS
+            && !unusable_heading(&heading)
+            && !fixed.iter().any(|f| f.eq_ignore_ascii_case(&heading))
+        {
+            fixed.push(heading);
+        }
+    }
+    Checked::Repairable {
+        problem,
+        repaired: fixed,
+    }
+}
+
+impl Agent<JobRequest, OutlinePlan> for LlmOutlinePlanner {
+    llm_agent!(llm);
+    fn run<'a>(
+        &'a self,
+        cx: &'a AgentContext,
+        request: &'a JobRequest,
+    ) -> AgentFuture<'a, OutlinePlan> {
+        Box::pin(async move {
+            let schema = object(json!({"sections": strings(MIN_SECTIONS, MAX_SECTIONS)}));
+            let answer = self
+                .llm
+                .ask(
+                    cx,
+                    "research_synthesizer.plan",
+                    &[],
+                    schema,
+                    ANSWER_TOKENS,
+                    parsed(|answer: Sections| {
+                        check_headings(&request.topic, answer.sections)
+                            .map(|sections| OutlinePlan { sections })
+                    }),
+                )
+                .await?;
+            let summary = summary_line(&answer.completion.value);
+            Ok(self.llm.output(answer, summary))
+        })
+    }
+}
