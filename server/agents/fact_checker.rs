@@ -313,8 +313,24 @@ struct VerdictsAnswer {
 #[derive(Deserialize)]
 struct VerdictAnswer {
     claim: usize,
-    verdict: String,
+    verdict: ModelVerdict,
     evidence: String,
+}
+
+/// A verdict as the model gives it (the schema's enum); anything else counts as unsupported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ModelVerdict {
+    Supported,
+    Unsupported,
+    Unverifiable,
+    #[serde(other)]
+    Other,
+}
+
+impl ModelVerdict {
+    /// The values the answer's schema allows.
+    const NAMES: [&'static str; 3] = ["supported", "unsupported", "unverifiable"];
 }
 
 fn normalise(text: &str) -> String {
@@ -379,7 +395,7 @@ fn verdicts_schema(count: usize) -> Value {
     object(
         json!({"verdicts": {"type": "array", "maxItems": count, "items": object(json!({
             "claim": {"type": "integer", "minimum": 1, "maximum": count},
-            "verdict": {"type": "string", "enum": ["supported", "unsupported", "unverifiable"]},
+            "verdict": {"type": "string", "enum": ModelVerdict::NAMES},
             "evidence": {"type": "string"},
         }))}}),
     )
@@ -403,14 +419,14 @@ fn apply_verdict(
         !verdict.evidence.trim().is_empty()
             && normalise(&s.text).contains(&normalise(&verdict.evidence))
     });
-    match (verdict.verdict.as_str(), evidence_source) {
-        ("supported", Some(source)) if !invalid_citation => {
+    match (verdict.verdict, evidence_source) {
+        (ModelVerdict::Supported, Some(source)) if !invalid_citation => {
             claim.set_verdict(Verdict::Supported);
             claim.source_id = source.source.id.clone();
             claim.source_url = source.source.url.clone();
             claim.evidence = verdict.evidence.trim().to_string();
         }
-        ("unverifiable", _) if sources.iter().all(|s| s.text.trim().is_empty()) => {
+        (ModelVerdict::Unverifiable, _) if sources.iter().all(|s| s.text.trim().is_empty()) => {
             claim.set_verdict(Verdict::Unverifiable)
         }
         // "Supported" without evidence found in the source is not taken on trust.

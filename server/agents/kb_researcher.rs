@@ -81,7 +81,8 @@ async fn search_kb(
         .await;
     cx.metrics.observe_kb_search(started.elapsed());
     if !searched.calls.all_cached() {
-        cx.upstream.record("kb", searched.hits.is_ok());
+        cx.upstream
+            .record(crate::domain::Upstream::Kb, searched.hits.is_ok());
     }
     let batch = searched.hits?;
     let hit_count: usize = batch.iter().map(Vec::len).sum();

@@ -3,6 +3,7 @@
 //! naming what was wrong, and else repaired by code. Each agent's answer budget (its
 //! `max_tokens`) leaves room for what is asked, not for a model that rambles until the
 //! server's own limit.
+use crate::domain::WarningCode;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -187,7 +188,7 @@ impl LlmAgent {
         let mut warnings = Vec::new();
         if let Some(problem) = asked.repaired {
             warnings.push((
-                "ANSWER_REPAIRED",
+                WarningCode::AnswerRepaired,
                 format!(
                     "{}: the model's answer still bent a limit after a corrective re-ask ({problem}); repaired by code",
                     self.name.as_str()
@@ -247,7 +248,8 @@ impl LlmAgent {
                 .client
                 .structured(&cx.scope, question, &prompt, &turns)
                 .await;
-            cx.upstream.record("llm", result.is_ok());
+            cx.upstream
+                .record(crate::domain::Upstream::Llm, result.is_ok());
             let answer = result.map_err(unavailable)?;
             total.usage.add(answer.usage);
             total.attempts += answer.attempts;

@@ -11,7 +11,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-pub use crate::domain::{AgentName, SourceDoc};
+pub use crate::domain::{AgentName, SourceDoc, Upstream, WarningCode};
 use crate::{domain::JobRequest, kb::KnowledgeSource, resilience::Calls};
 use dakota::api;
 
@@ -94,7 +94,7 @@ pub struct AgentOutput<T> {
     /// One line on what was produced.
     pub summary: String,
     /// Degraded steps, reported as `warning` events: (code, message).
-    pub warnings: Vec<(&'static str, String)>,
+    pub warnings: Vec<(WarningCode, String)>,
     /// Set when this output came from the agent's offline fallback: why the primary failed.
     pub degraded: Option<Degraded>,
 }
@@ -166,7 +166,7 @@ impl<I: ?Sized + Sync, O: Send> Agent<I, O> for WithFallback<I, O> {
             );
             output
                 .warnings
-                .push((degraded_code(self.name), message.clone()));
+                .push((WarningCode::Degraded(self.name), message.clone()));
             output.degraded = Some(Degraded {
                 cause: error.cause(),
                 message,
@@ -175,21 +175,6 @@ impl<I: ?Sized + Sync, O: Send> Agent<I, O> for WithFallback<I, O> {
             });
             Ok(output)
         })
-    }
-}
-
-/// The warning code of an agent whose offline version stood in.
-pub fn degraded_code(agent: AgentName) -> &'static str {
-    match agent {
-        AgentName::KbResearcher => "KB_RESEARCHER_DEGRADED",
-        AgentName::WebResearcher => "WEB_RESEARCHER_DEGRADED",
-        AgentName::ResearchSynthesizer => "RESEARCH_SYNTHESIZER_DEGRADED",
-        AgentName::ContentWriter => "CONTENT_WRITER_DEGRADED",
-        AgentName::MetricsAnalyzer => "METRICS_ANALYZER_DEGRADED",
-        AgentName::SeoSpecialist => "SEO_SPECIALIST_DEGRADED",
-        AgentName::FactChecker => "FACT_CHECKER_DEGRADED",
-        AgentName::SocialPromoter => "SOCIAL_PROMOTER_DEGRADED",
-        AgentName::SummaryWriter => "SUMMARY_WRITER_DEGRADED",
     }
 }
 
@@ -214,32 +199,32 @@ pub struct AgentContext {
     pub scope: crate::resilience::CallScope,
 }
 
-/// Upstream calls made by a job, by upstream (`kb`, `web`, `llm`, `fetch`).
+/// Upstream calls made by a job, by upstream.
 #[derive(Debug, Default)]
 pub struct UpstreamCounters {
+    /// (calls, errors), indexed by the upstream.
     counts: [(AtomicU32, AtomicU32); 4],
 }
 
 impl UpstreamCounters {
-    pub const NAMES: [&'static str; 4] = ["kb", "web", "llm", "fetch"];
-
-    pub fn record(&self, upstream: &str, ok: bool) {
-        if let Some(i) = Self::NAMES.iter().position(|n| *n == upstream) {
-            self.counts[i].0.fetch_add(1, Ordering::Relaxed);
-            if !ok {
-                self.counts[i].1.fetch_add(1, Ordering::Relaxed);
-            }
+    pub fn record(&self, upstream: Upstream, ok: bool) {
+        let i = upstream as usize;
+        self.counts[i].0.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.counts[i].1.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub fn snapshot(&self) -> Vec<api::UpstreamCalls> {
-        Self::NAMES
+        Upstream::ALL
             .iter()
-            .zip(&self.counts)
-            .map(|(name, (calls, errors))| api::UpstreamCalls {
-                upstream: name.to_string(),
-                calls: calls.load(Ordering::Relaxed),
-                errors: errors.load(Ordering::Relaxed),
+            .map(|&upstream| {
+                let (calls, errors) = &self.counts[upstream as usize];
+                api::UpstreamCalls {
+                    upstream: upstream.as_str().to_string(),
+                    calls: calls.load(Ordering::Relaxed),
+                    errors: errors.load(Ordering::Relaxed),
+                }
             })
             .filter(|u| u.calls > 0)
             .collect()

@@ -1,6 +1,7 @@
 //! `web_researcher` over Serper: queries (from the model when one is configured, else from
 //! the topic), one search per query, results deduplicated, at most three per domain, each
 //! with the authority tier of its domain. Without a Serper key, research goes on without it.
+use crate::domain::WarningCode;
 use std::sync::Arc;
 
 use super::{
@@ -146,7 +147,8 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
                 output.calls.add(answer.calls());
                 output.attempts = output.attempts.max(answer.attempts);
                 if !answer.cache_hit() {
-                    cx.upstream.record("web", answer.result.is_ok());
+                    cx.upstream
+                        .record(crate::domain::Upstream::Web, answer.result.is_ok());
                 }
                 match answer.result {
                     Ok(organic) => results.extend(organic.into_iter().enumerate()),
@@ -162,7 +164,7 @@ impl Agent<JobRequest, WebResearch> for SerperWebResearcher {
                 });
             } else if !failures.is_empty() {
                 output.warnings.push((
-                    "WEB_SEARCH_DEGRADED",
+                    WarningCode::WebSearchDegraded,
                     format!(
                         "{} of {} web searches failed; continuing with the rest",
                         failures.len(),
@@ -277,7 +279,7 @@ impl Agent<JobRequest, WebResearch> for UnconfiguredWebResearcher {
         let mut output =
             AgentOutput::local(WebResearch::default(), "skipped: web search not configured");
         output.warnings.push((
-            "WEB_SEARCH_UNAVAILABLE",
+            WarningCode::WebSearchUnavailable,
             "web search is not configured (no SERPER_API_KEY); the article draws on the knowledge base only"
                 .to_string(),
         ));

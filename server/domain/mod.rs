@@ -143,6 +143,97 @@ impl AgentName {
     }
 }
 
+/// The four upstreams every call goes to; their names label metrics, spans, flags
+/// (`--rate-limits llm=...`) and the run metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Upstream {
+    Llm,
+    Kb,
+    Web,
+    Fetch,
+}
+
+impl Upstream {
+    /// In the order the run metrics list them.
+    pub const ALL: [Upstream; 4] = [Self::Kb, Self::Web, Self::Llm, Self::Fetch];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Llm => "llm",
+            Self::Kb => "kb",
+            Self::Web => "web",
+            Self::Fetch => "fetch",
+        }
+    }
+
+    /// The upstream of a flag's name (`llm`, `kb`, `web`, `fetch`).
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|u| u.as_str() == name)
+    }
+}
+
+/// The machine-readable codes of `Warning` events: what a client may act on. Written here
+/// once; an event carries [`WarningCode::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarningCode {
+    /// Every job slot is taken: the job waits in the queue.
+    Queued,
+    /// No web search is configured: the article draws on the knowledge base only.
+    WebSearchUnavailable,
+    /// Web search failed: the job goes on without it.
+    WebSearchFailed,
+    /// Some of the web searches failed.
+    WebSearchDegraded,
+    /// A cited page could not be fetched for the fact check.
+    SourceFetchFailed,
+    /// Research returned sources about something else than the topic.
+    OffTopicSources,
+    /// The sources hold fewer words than the article asks for.
+    InsufficientMaterial,
+    /// The revisions did not make the draft meet the article contract.
+    ContractNotMet,
+    /// Links to URLs research never returned were removed from the article.
+    ForeignLinksRemoved,
+    /// Text reciting the agent's own instructions was removed.
+    PromptTextRemoved,
+    /// The writer's stream broke midway and was asked again.
+    WriterRestarted,
+    /// A structured answer still bent a limit after a corrective re-ask: repaired by code.
+    AnswerRepaired,
+    /// The agent's offline version stood in for its LLM version.
+    Degraded(AgentName),
+}
+
+impl WarningCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::WebSearchUnavailable => "WEB_SEARCH_UNAVAILABLE",
+            Self::WebSearchFailed => "WEB_SEARCH_FAILED",
+            Self::WebSearchDegraded => "WEB_SEARCH_DEGRADED",
+            Self::SourceFetchFailed => "SOURCE_FETCH_FAILED",
+            Self::OffTopicSources => "OFF_TOPIC_SOURCES",
+            Self::InsufficientMaterial => "INSUFFICIENT_MATERIAL",
+            Self::ContractNotMet => "CONTRACT_NOT_MET",
+            Self::ForeignLinksRemoved => "FOREIGN_LINKS_REMOVED",
+            Self::PromptTextRemoved => "PROMPT_TEXT_REMOVED",
+            Self::WriterRestarted => "WRITER_RESTARTED",
+            Self::AnswerRepaired => "ANSWER_REPAIRED",
+            Self::Degraded(agent) => match agent {
+                AgentName::KbResearcher => "KB_RESEARCHER_DEGRADED",
+                AgentName::WebResearcher => "WEB_RESEARCHER_DEGRADED",
+                AgentName::ResearchSynthesizer => "RESEARCH_SYNTHESIZER_DEGRADED",
+                AgentName::ContentWriter => "CONTENT_WRITER_DEGRADED",
+                AgentName::MetricsAnalyzer => "METRICS_ANALYZER_DEGRADED",
+                AgentName::SeoSpecialist => "SEO_SPECIALIST_DEGRADED",
+                AgentName::FactChecker => "FACT_CHECKER_DEGRADED",
+                AgentName::SocialPromoter => "SOCIAL_PROMOTER_DEGRADED",
+                AgentName::SummaryWriter => "SUMMARY_WRITER_DEGRADED",
+            },
+        }
+    }
+}
+
 /// Who is calling: an opaque, stable id of the API key used (not the key).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal(pub String);

@@ -1,6 +1,7 @@
 //! A job's events and accounting: phases and agents started and completed, progress,
 //! warnings, and each agent's tokens, cost, calls and attempts in the run metrics.
 use super::*;
+use crate::domain::WarningCode;
 
 impl JobRun {
     pub(super) fn progress(&self, phase: Phase, total_agents: u32) -> u32 {
@@ -16,11 +17,17 @@ impl JobRun {
         self.job.emit(event, progress);
     }
 
-    pub(super) fn warn(&self, phase: Phase, agent: Option<AgentName>, code: &str, message: String) {
+    pub(super) fn warn(
+        &self,
+        phase: Phase,
+        agent: Option<AgentName>,
+        code: WarningCode,
+        message: String,
+    ) {
         let progress = self.progress(phase, 1);
         self.emit(
             Event::Warning(api::Warning {
-                code: code.to_string(),
+                code: code.as_str().to_string(),
                 message,
                 phase: phase.as_str().to_string(),
                 agent: agent.map(|a| a.as_str().to_string()).unwrap_or_default(),
@@ -157,7 +164,7 @@ impl JobRun {
         output.calls.add(calls);
         let elapsed = began.elapsed();
         for (code, message) in &output.warnings {
-            self.warn(phase, Some(name), code, message.clone());
+            self.warn(phase, Some(name), *code, message.clone());
         }
         let (record, used) = self.book(phase, name, &output, (provider, model), elapsed);
         self.done_in_phase.fetch_add(1, Ordering::Relaxed);

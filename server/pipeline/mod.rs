@@ -1,5 +1,6 @@
 //! The pipeline engine: phases of SPEC §4 in dependency order, parallel agents within a
 //! phase, events for every step, the revision loop, and the finished `Article`.
+use crate::domain::WarningCode;
 use std::{
     future::Future,
     sync::{
@@ -91,7 +92,7 @@ impl PipelineRun {
         self.0.warn(
             Phase::Setup,
             None,
-            "QUEUED",
+            WarningCode::Queued,
             "every job slot is taken; waiting in the queue".into(),
         );
     }
@@ -251,7 +252,12 @@ impl JobRun {
                     let message = format!(
                         "web research failed, continuing with the knowledge base: {source}"
                     );
-                    self.warn(Phase::Research, Some(name), "WEB_SEARCH_FAILED", message);
+                    self.warn(
+                        Phase::Research,
+                        Some(name),
+                        WarningCode::WebSearchFailed,
+                        message,
+                    );
                     Ok(WebResearch::default())
                 }
                 other => other,
@@ -315,7 +321,7 @@ impl JobRun {
             self.warn(
                 Phase::Writing,
                 Some(AgentName::ContentWriter),
-                "INSUFFICIENT_MATERIAL",
+                WarningCode::InsufficientMaterial,
                 format!(
                     "the sources support about {reachable} words, not the {} asked for; the article is shorter and no revision is spent on its length",
                     self.request().word_count
@@ -410,7 +416,7 @@ impl JobRun {
             self.warn(
                 Phase::Revision,
                 Some(AgentName::ContentWriter),
-                "CONTRACT_NOT_MET",
+                WarningCode::ContractNotMet,
                 format!(
                     "after {revisions} revision(s) the article still has problems: {}",
                     list.join("; ")
@@ -497,7 +503,7 @@ impl JobRun {
             self.warn(
                 phase,
                 Some(AgentName::ContentWriter),
-                "FOREIGN_LINKS_REMOVED",
+                WarningCode::ForeignLinksRemoved,
                 format!(
                     "{foreign} link(s) to URLs research did not return were reduced to their text"
                 ),

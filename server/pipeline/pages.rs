@@ -1,5 +1,6 @@
 //! The pages of cited web sources, fetched once per job for the fact check.
 use super::*;
+use crate::domain::WarningCode;
 
 impl JobRun {
     /// The sources with the pages of the web sources the draft cites read in place of their
@@ -42,12 +43,14 @@ impl JobRun {
         .await;
         let calls = pages.iter().map(Called::calls).sum();
         for (url, page) in missing.into_iter().zip(pages) {
-            self.cx.upstream.record("fetch", page.result.is_ok());
+            self.cx
+                .upstream
+                .record(crate::domain::Upstream::Fetch, page.result.is_ok());
             let text = page.result.unwrap_or_else(|error| {
                 self.warn(
                     phase,
                     Some(AgentName::FactChecker),
-                    "SOURCE_FETCH_FAILED",
+                    WarningCode::SourceFetchFailed,
                     format!("{url}: {error}; its claims are unverifiable"),
                 );
                 String::new()

@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::*;
+use crate::domain::Upstream;
 
 /// The stacks of the four upstreams, sharing one set of limits.
 #[derive(Debug, Clone)]
@@ -85,10 +86,10 @@ impl Guards {
             )
         };
         Ok(Guards {
-            llm: guard("llm", config.llm_timeout),
-            kb: guard("kb", config.kb_timeout),
-            web: guard("web", config.web_timeout),
-            fetch: guard("fetch", config.fetch_timeout),
+            llm: guard(Upstream::Llm.as_str(), config.llm_timeout),
+            kb: guard(Upstream::Kb.as_str(), config.kb_timeout),
+            web: guard(Upstream::Web.as_str(), config.web_timeout),
+            fetch: guard(Upstream::Fetch.as_str(), config.fetch_timeout),
             limits: limits.clone(),
         })
     }
@@ -105,10 +106,11 @@ fn per_upstream<T: Copy>(
     let mut values: std::collections::HashMap<String, T> =
         defaults.iter().map(|(u, v)| (u.to_string(), *v)).collect();
     for (upstream, value) in pairs {
-        if !UPSTREAMS.contains(&upstream.as_str()) {
+        if Upstream::named(upstream).is_none() {
+            let names: Vec<&str> = Upstream::ALL.iter().map(|u| u.as_str()).collect();
             return Err(format!(
                 "{flag} names `{upstream}`; upstreams are {}",
-                UPSTREAMS.join(", ")
+                names.join(", ")
             ));
         }
         let parsed =
@@ -118,7 +120,6 @@ fn per_upstream<T: Copy>(
     Ok(values)
 }
 
-const UPSTREAMS: [&str; 4] = ["llm", "kb", "web", "fetch"];
 /// How long answers are cached per upstream unless `--cache-ttls` says otherwise (SPEC §6).
 /// The LLM's only when the request is deterministic; fetched pages only for the job.
 const DEFAULT_TTL: [(&str, Duration); 4] = [

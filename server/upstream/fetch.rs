@@ -14,7 +14,7 @@ use super::{UpstreamError, check_status};
 use crate::cache::Key;
 use crate::resilience::{CallScope, Called, Guard};
 
-const UPSTREAM: &str = "fetch";
+const UPSTREAM: &str = crate::domain::Upstream::Fetch.as_str();
 const MAX_REDIRECTS: usize = 5;
 
 fn refused(message: impl Into<String>) -> UpstreamError {

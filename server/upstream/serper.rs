@@ -8,7 +8,7 @@ use super::{client_span, send_json};
 use crate::config::Secret;
 use crate::resilience::{CallScope, Called, Guard};
 
-const UPSTREAM: &str = "web";
+const UPSTREAM: &str = crate::domain::Upstream::Web.as_str();
 
 /// One organic result.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -8,7 +8,7 @@ use super::{client_span, send_json};
 use crate::config::Secret;
 use crate::resilience::{CallScope, Called, Guard};
 
-const UPSTREAM: &str = "kb";
+const UPSTREAM: &str = crate::domain::Upstream::Kb.as_str();
 const SEARCH_URL: &str = "{base}/vector_stores/{id}/search";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -1,4 +1,5 @@
 //! The `content_writer` with an LLM: the model writes the article (or repairs it, in revision).
+use crate::domain::WarningCode;
 use crate::{
     agents::{
         Agent, AgentContext, AgentError, AgentFuture, Draft, WritingBrief,
@@ -100,7 +101,8 @@ impl LlmWriter {
                 .client
                 .stream(&cx.scope, &self.llm.model, prompt, max_tokens, &on_delta)
                 .await;
-            cx.upstream.record("llm", result.is_ok());
+            cx.upstream
+                .record(crate::domain::Upstream::Llm, result.is_ok());
             calls.add(Calls::one(false));
             let completion = match result {
                 Err(error)
@@ -174,7 +176,7 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
             let mut output = self.llm.output(asked, summary);
             if let Some(error) = restarted {
                 output.warnings.push((
-                    "WRITER_RESTARTED",
+                    WarningCode::WriterRestarted,
                     format!(
                         "the writer's stream broke midway ({error}); the draft was written again, its text (a new iteration) replacing the broken one"
                     ),
@@ -182,7 +184,7 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
             }
             if leaked > 0 {
                 output.warnings.push((
-                    "PROMPT_TEXT_REMOVED",
+                    WarningCode::PromptTextRemoved,
                     format!("{leaked} line(s) repeating the writer's instructions were removed"),
                 ));
             }

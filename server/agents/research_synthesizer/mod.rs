@@ -2,6 +2,7 @@
 //! both versions), then outlines the article and names its key themes: offline from the best
 //! sources' own sections, with an LLM by the model. Its research-phase part, the outline
 //! planned from the topic alone, is [`plan`].
+use crate::domain::WarningCode;
 use std::collections::BTreeSet;
 
 use serde::Deserialize;
@@ -24,7 +25,7 @@ use dakota::api;
 pub mod plan;
 
 /// The warning of sources that do not all cover the topic.
-const OFF_TOPIC: &str = "OFF_TOPIC_SOURCES";
+const OFF_TOPIC: WarningCode = WarningCode::OffTopicSources;
 
 /// Sources kept after synthesis (SPEC §4).
 const MAX_SOURCES: usize = 10;

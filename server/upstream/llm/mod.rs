@@ -14,7 +14,7 @@ use crate::config::Secret;
 use crate::resilience::{CallScope, Guard};
 use stream::{STREAM_BYTES_PER_TOKEN, StreamLimits, read_stream, text_bytes_for};
 
-const UPSTREAM: &str = "llm";
+const UPSTREAM: &str = crate::domain::Upstream::Llm.as_str();
 
 /// One chat message of a request, borrowing its text.
 #[derive(Serialize)]
