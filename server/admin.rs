@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use crate::{
     fault::breaker::BreakerState,
     kb::KnowledgeSource,
-    metrics::{BreakerLabels, JobStateLabel, PoolLabels},
+    metrics::{BreakerLabels, JobStateLabel, PoolLabels, ThroughputLabels},
     resilience::Guard,
     service::AppState,
+    upstream::llm::LlmClient,
 };
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -119,6 +120,25 @@ fn component(guard: &Guard, configured: bool, extra: Value) -> Value {
     value
 }
 
+/// The LLM's pace per model (what call budgets are made from), what its server says of
+/// itself, and its slots.
+fn llm_details(client: &LlmClient, guard: &Guard) -> Value {
+    let throughput: serde_json::Map<String, Value> = client
+        .throughput
+        .snapshot()
+        .into_iter()
+        .map(|(model, rates)| (model, json!(rates)))
+        .collect();
+    let props = client.known_props();
+    json!({
+        "provider": client.provider,
+        "throughput": throughput,
+        "context_tokens": props.context_tokens,
+        "server_slots": props.slots,
+        "slots": guard.slots().map(|(size, in_use)| json!({"size": size, "in_use": in_use})),
+    })
+}
+
 fn detailed_json(state: &AppState) -> Value {
     let upstreams = &state.upstreams;
     let guards = &upstreams.guards;
@@ -135,7 +155,7 @@ fn detailed_json(state: &AppState) -> Value {
     };
     let llm = match &upstreams.llm {
         None => json!({"status": "offline", "provider": "offline (extractive agents)"}),
-        Some(client) => component(&guards.llm, true, json!({"provider": client.provider})),
+        Some(client) => component(&guards.llm, true, llm_details(client, &guards.llm)),
     };
     let web = component(
         &guards.web,
@@ -250,6 +270,24 @@ fn refresh_gauges(state: &AppState) {
                     state: breaker_state.as_str(),
                 })
                 .set(i64::from(current == breaker_state));
+        }
+    }
+    if let Some(llm) = &state.upstreams.llm {
+        for (model, rates) in llm.throughput.snapshot() {
+            for (kind, rate) in [
+                ("prompt", rates.prompt_tokens_per_second),
+                ("generation", rates.generation_tokens_per_second),
+            ] {
+                if let Some(rate) = rate {
+                    metrics
+                        .llm_throughput
+                        .get_or_create(&ThroughputLabels {
+                            model: model.clone(),
+                            kind,
+                        })
+                        .set(rate);
+                }
+            }
         }
     }
     for (pool, in_use, size, waiting) in state.upstreams.guards.limits.usage() {

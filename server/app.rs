@@ -83,6 +83,11 @@ impl Server {
             Upstreams::from_config(&config.upstreams, metrics.clone(), redis.clone())
                 .map_err(ServerError::Startup)?,
         );
+        if let Some(llm) = upstreams.llm.clone() {
+            // What the model server says of itself (context, slots), before the first job.
+            let model = config.upstreams.model_full.clone();
+            tokio::spawn(async move { llm.server_props(&model).await });
+        }
         let (listener, grpc_addr) = bind(config.grpc_addr).await?;
         let (admin_listener, admin_addr) = bind(config.admin_addr).await?;
 

@@ -192,13 +192,38 @@ pub struct UpstreamConfig {
     #[arg(long, env = "DAKOTA_PROMPTS_DIR")]
     pub prompts_dir: Option<PathBuf>,
 
-    /// Whole-call timeout of one LLM request.
-    #[arg(long, env = "DAKOTA_LLM_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
-    pub llm_timeout: Duration,
+    /// A fixed whole-call limit of one LLM request, replacing its budget. Unset (the
+    /// default), each call gets the time its prompt and `max_tokens` need at the pace its
+    /// model has shown (see /health/detailed), within the job's deadline.
+    #[arg(long, env = "DAKOTA_LLM_TIMEOUT", value_parser = parse_duration)]
+    pub llm_timeout: Option<Duration>,
 
-    /// A streamed LLM answer that sends nothing for this long is cut.
+    /// A fixed limit on the time to an LLM answer's first token (the server reads the prompt
+    /// meanwhile), replacing its budget. Unset (the default): from the prompt's size and the
+    /// model's measured prompt pace.
+    #[arg(long, env = "DAKOTA_LLM_FIRST_TOKEN_TIMEOUT", value_parser = parse_duration)]
+    pub llm_first_token_timeout: Option<Duration>,
+
+    /// Once an LLM answer's tokens flow, a gap longer than this cuts it (stalled).
     #[arg(long, env = "DAKOTA_LLM_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub llm_idle_timeout: Duration,
+
+    /// LLM calls in flight at once; the rest wait in the service's queue, not the model's,
+    /// and the wait is not part of their time budget. 0: as many as the server says it has
+    /// slots (llama.cpp's `/props`), else no limit beyond the pools.
+    #[arg(long, env = "DAKOTA_LLM_CONCURRENCY", default_value_t = 0)]
+    pub llm_concurrency: usize,
+
+    /// The model's context window in tokens, when the server does not say it (llama.cpp's
+    /// `/props`, or `max_model_len`/`context_length` in `/v1/models`). Prompts are fitted
+    /// into it with room for the answer.
+    #[arg(long, env = "DAKOTA_LLM_CONTEXT_TOKENS")]
+    pub llm_context_tokens: Option<u32>,
+
+    /// Ask structured answers as streams too, so a slow model is seen working and a stall is
+    /// told from slowness (a server that answers in one body is read either way).
+    #[arg(long, env = "DAKOTA_LLM_STREAM_STRUCTURED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub llm_stream_structured: bool,
 
     /// Sampling temperature sent with every LLM call.
     #[arg(long, env = "DAKOTA_LLM_TEMPERATURE", default_value_t = 0.2)]

@@ -98,9 +98,9 @@ impl Recorded {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// The schema name of a structured chat request; "stream" for a streamed one.
+    /// The schema name of a structured chat request; "stream" for the writer's stream.
     pub fn llm_kind(&self) -> String {
-        if self.body["stream"] == true {
+        if is_writer_stream(&self.body) {
             return "stream".into();
         }
         let schema = &self.body["response_format"]["json_schema"];
@@ -127,11 +127,26 @@ impl Recorded {
     }
 }
 
+/// Whether a chat request is the writer's stream of text: streamed, and asking for no JSON
+/// (structured answers may be streamed too; their schema is in `response_format` or, in
+/// prompt mode, in the system message).
+pub fn is_writer_stream(body: &Value) -> bool {
+    body["stream"] == true
+        && body.get("response_format").is_none()
+        && !body["messages"][0]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("JSON Schema:")
+}
+
 /// How long the stand-in takes to answer, as real upstreams do (benchmarks); zero by default.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Latency {
     /// Before a structured chat answer, and before a stream's first chunk.
     pub llm: Duration,
+    /// A streamed answer's headers go out at once, then nothing for this long before its
+    /// first chunk: a local server reading the prompt.
+    pub first_token: Duration,
     /// Streamed text, in tokens a second (a 40-character chunk counts 10); 0 for no pacing.
     pub tokens_per_second: u32,
     /// Vector-store and Serper searches.
@@ -284,7 +299,7 @@ fn record(
     headers: HeaderMap,
     body: Value,
 ) -> Option<Fault> {
-    let fault_route = if route == Route::Llm && body["stream"] == true {
+    let fault_route = if route == Route::Llm && is_writer_stream(&body) {
         Route::LlmStream
     } else {
         route
@@ -429,7 +444,7 @@ async fn chat(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    if body["stream"] == true {
+    if is_writer_stream(&body) {
         let stall_after = match &fault {
             Some(Fault::Stall { chunks }) => Some(*chunks),
             Some(
@@ -482,13 +497,7 @@ async fn chat(
             text
         };
         pause(latency.llm).await;
-        return stream_article(
-            text,
-            cut,
-            stall_after,
-            _in_flight,
-            latency.tokens_per_second,
-        );
+        return stream_article(text, cut, stall_after, _in_flight, latency);
     }
     if let Some(fault) = &fault
         && let Some(response) = generic_fault(fault, &shared.hostile_sent).await
@@ -537,6 +546,9 @@ async fn chat(
     } else {
         json!({"prompt_tokens": (system.len() + user.len()) / 4, "completion_tokens": content.len() / 4})
     };
+    if body["stream"] == true {
+        return stream_answer(content, finish, usage, _in_flight, latency);
+    }
     Json(json!({
         "id": "chatcmpl-standin",
         "object": "chat.completion",
@@ -787,23 +799,69 @@ fn article(system: &str, user: &str) -> String {
     )
 }
 
+/// A structured answer streamed as a server streams it: the JSON text in chunks, then the
+/// finish reason and the usage.
+fn stream_answer(
+    content: String,
+    finish: &'static str,
+    usage: Value,
+    in_flight: InFlight,
+    latency: Latency,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        pause(latency.first_token).await;
+        let chars: Vec<char> = content.chars().collect();
+        for (i, piece) in chars.chunks(40).enumerate() {
+            if i > 0 {
+                pause(chunk_pause(latency.tokens_per_second)).await;
+            }
+            let chunk = json!({"choices": [{"index": 0, "delta": {"content": piece.iter().collect::<String>()}}]});
+            if tx
+                .send(Ok(Bytes::from(format!("data: {chunk}\n\n"))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let end = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]});
+        let usage = json!({"choices": [], "usage": usage});
+        let _ = tx
+            .send(Ok(Bytes::from(format!(
+                "data: {end}\n\ndata: {usage}\n\ndata: [DONE]\n\n"
+            ))))
+            .await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(ReceiverStream::new(rx)))
+        .unwrap()
+}
+
+/// The pause between 40-character chunks (about 10 tokens) at this pace; none for 0.
+fn chunk_pause(tokens_per_second: u32) -> Duration {
+    if tokens_per_second > 0 {
+        Duration::from_secs_f64(10.0 / f64::from(tokens_per_second))
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// Streams `text` in small chunks, ending with `finish_reason: length` when `cut`.
 fn stream_article(
     text: String,
     cut: bool,
     stall_after: Option<usize>,
     in_flight: InFlight,
-    tokens_per_second: u32,
+    latency: Latency,
 ) -> Response {
-    // A 40-character chunk is about 10 tokens.
-    let per_chunk = if tokens_per_second > 0 {
-        Duration::from_secs_f64(10.0 / f64::from(tokens_per_second))
-    } else {
-        Duration::ZERO
-    };
+    let per_chunk = chunk_pause(latency.tokens_per_second);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         let _in_flight = in_flight;
+        pause(latency.first_token).await;
         let chars: Vec<char> = text.chars().collect();
         for (i, piece) in chars.chunks(40).enumerate() {
             if stall_after == Some(i) {

@@ -122,9 +122,13 @@ fn llm_client(
                 base_url: base_url.to_string(),
                 api_key: config.openai_api_key.clone(),
                 timeout: config.llm_timeout,
+                first_token_timeout: config.llm_first_token_timeout,
                 idle_timeout: config.llm_idle_timeout,
                 temperature: config.llm_temperature,
                 structured_output: config.llm_structured_output,
+                stream_structured: config.llm_stream_structured,
+                context_tokens: config.llm_context_tokens,
+                concurrency: config.llm_concurrency,
             },
             guards.llm.clone(),
         ))

@@ -36,6 +36,20 @@ pub enum UpstreamError {
         upstream: &'static str,
         after: Duration,
     },
+    /// Cut by this call's own time budget while the upstream was still sending: it is slow,
+    /// not down. Not retried (the same call would take as long) and not a breaker failure.
+    #[error("{upstream}: still answering after the call's budget of {after:?}")]
+    OverBudget {
+        upstream: &'static str,
+        after: Duration,
+    },
+    /// The prompt and the answer asked for do not fit the model's context window: a problem
+    /// of this call's content, never an outage.
+    #[error("{upstream}: the prompt does not fit the model's context: {message}")]
+    ContextExceeded {
+        upstream: &'static str,
+        message: String,
+    },
     /// Refused before sending: a bad scheme, a private address, too many redirects.
     #[error("{upstream}: refused: {message}")]
     Refused {
@@ -65,7 +79,11 @@ impl UpstreamError {
             | Self::Malformed { .. }
             | Self::Stalled { .. } => true,
             Self::Status { status, .. } => *status == 429 || *status >= 500,
-            Self::Refused { .. } | Self::BreakerOpen { .. } | Self::TooLarge { .. } => false,
+            Self::Refused { .. }
+            | Self::BreakerOpen { .. }
+            | Self::TooLarge { .. }
+            | Self::OverBudget { .. }
+            | Self::ContextExceeded { .. } => false,
         }
     }
 
@@ -116,6 +134,8 @@ impl UpstreamError {
             Self::Stalled { .. } => "stalled",
             Self::Refused { .. } => "refused",
             Self::TooLarge { .. } => "too_large",
+            Self::OverBudget { .. } => "over_budget",
+            Self::ContextExceeded { .. } => "context_exceeded",
             Self::BreakerOpen { .. } => "breaker_open",
         }
     }
@@ -129,6 +149,8 @@ impl UpstreamError {
             | Self::Stalled { upstream, .. }
             | Self::Refused { upstream, .. }
             | Self::TooLarge { upstream, .. }
+            | Self::OverBudget { upstream, .. }
+            | Self::ContextExceeded { upstream, .. }
             | Self::BreakerOpen { upstream, .. } => upstream,
         }
     }

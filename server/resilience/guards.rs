@@ -86,7 +86,14 @@ impl Guards {
             )
         };
         Ok(Guards {
-            llm: guard(Upstream::Llm.as_str(), config.llm_timeout),
+            // The LLM client budgets each call itself (from its size and the model's pace);
+            // the stack's own limit is only a backstop past any budget.
+            llm: guard(
+                Upstream::Llm.as_str(),
+                config
+                    .llm_timeout
+                    .map_or(LLM_BACKSTOP, |fixed| fixed + Duration::from_secs(5)),
+            ),
             kb: guard(Upstream::Kb.as_str(), config.kb_timeout),
             web: guard(Upstream::Web.as_str(), config.web_timeout),
             fetch: guard(Upstream::Fetch.as_str(), config.fetch_timeout),
@@ -151,6 +158,10 @@ fn rate_of(
     };
     (rpm, burst.max(1))
 }
+
+/// The stack's limit on one LLM attempt when `--llm-timeout` sets none: past any budget a
+/// call could be given, so the client's budget decides.
+const LLM_BACKSTOP: Duration = Duration::from_secs(6 * 3600);
 
 /// Requests per minute per upstream unless `--rate-limits` says otherwise.
 const DEFAULT_RPM: [(&str, u32); 4] = [("llm", 600), ("kb", 1200), ("web", 300), ("fetch", 600)];

@@ -51,12 +51,23 @@ impl CallScope {
     }
 }
 
-/// What an outcome says about the upstream's health: failures are connection trouble,
-/// timeouts and 5xx; any other answer (a 4xx, a malformed body) shows it is up; a 429 or a
-/// refusal before sending says nothing either way.
-fn health<T>(result: &Result<T, UpstreamError>) -> Option<bool> {
+/// What an outcome says about the upstream's health: failures are connection trouble, 5xx
+/// and silence; any other answer (a 4xx, a malformed or oversized body, a prompt too long for
+/// the model) shows it is up; a 429, a refusal before sending, or our own budget cutting a
+/// call the upstream was still answering say nothing either way. A timeout or a stall is
+/// silence only when nothing at all was heard from the upstream since the call began: a slow
+/// upstream whose other calls answer meanwhile is slow, not down.
+fn health<T>(result: &Result<T, UpstreamError>, heard_meanwhile: bool) -> Option<bool> {
     match result {
-        Ok(_) | Err(UpstreamError::Malformed { .. } | UpstreamError::TooLarge { .. }) => Some(true),
+        Ok(_)
+        | Err(
+            UpstreamError::Malformed { .. }
+            | UpstreamError::TooLarge { .. }
+            | UpstreamError::ContextExceeded { .. },
+        ) => Some(true),
+        Err(UpstreamError::Timeout { .. } | UpstreamError::Stalled { .. }) if heard_meanwhile => {
+            None
+        }
         Err(
             UpstreamError::Connect { .. }
             | UpstreamError::Timeout { .. }
@@ -65,6 +76,40 @@ fn health<T>(result: &Result<T, UpstreamError>) -> Option<bool> {
         Err(UpstreamError::Status { status, .. }) if *status >= 500 => Some(false),
         Err(UpstreamError::Status { status, .. }) if *status != 429 => Some(true),
         Err(_) => None,
+    }
+}
+
+/// When the upstream was last heard from (any byte of any call), as an offset from a fixed
+/// instant: one atomic store per chunk, read by the breaker when a call times out.
+#[derive(Debug)]
+pub struct Liveness {
+    epoch: Instant,
+    /// Milliseconds after `epoch`, plus one (zero: never heard).
+    heard_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            heard_ms: Default::default(),
+        }
+    }
+}
+
+impl Liveness {
+    /// Something arrived from the upstream just now.
+    pub fn heard(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.heard_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether anything arrived from the upstream at or after `since`.
+    pub fn heard_since(&self, since: Instant) -> bool {
+        let heard = self.heard_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let since_ms = since.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        heard >= since_ms
     }
 }
 
@@ -86,6 +131,13 @@ pub struct Guard {
     cache: Option<(Arc<Cache>, Duration)>,
     /// The latest failure, for detailed health.
     last_error: std::sync::Mutex<Option<(String, SystemTime)>>,
+    /// When the upstream last sent anything: a slow answer is not an outage.
+    pub liveness: Liveness,
+    /// Calls that may be in flight to this upstream at once (a local model server has a few
+    /// slots; more calls only slow each one down): set once, from configuration or from
+    /// what the server says of itself. Calls wait here, before the pools, and the wait is not
+    /// part of any call's time budget.
+    slots: std::sync::OnceLock<(Arc<tokio::sync::Semaphore>, usize)>,
 }
 
 impl Guard {
@@ -108,7 +160,30 @@ impl Guard {
             metrics,
             cache: None,
             last_error: Default::default(),
+            liveness: Liveness::default(),
+            slots: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Limits calls in flight to this upstream to `slots` (0: no limit). Only the first
+    /// setting holds; returns whether this one did.
+    pub fn set_slots(&self, slots: usize) -> bool {
+        slots > 0
+            && self
+                .slots
+                .set((Arc::new(tokio::sync::Semaphore::new(slots)), slots))
+                .is_ok()
+    }
+
+    /// The semaphore of this upstream's slots, when limited.
+    fn slot_permits(&self) -> Option<&Arc<tokio::sync::Semaphore>> {
+        self.slots.get().map(|(slots, _)| slots)
+    }
+
+    /// Calls that may be in flight at once, and those in flight, when limited.
+    pub fn slots(&self) -> Option<(usize, usize)> {
+        let (slots, size) = self.slots.get()?;
+        Some((*size, size.saturating_sub(slots.available_permits())))
     }
 
     /// The guard with its rate limit counted in Redis across replicas, when configured.

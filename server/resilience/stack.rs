@@ -355,6 +355,17 @@ where
                         upstream: guard.upstream,
                         message: "limits closed".into(),
                     };
+                    // The upstream's own slots first: a call waiting for the model holds
+                    // no permit other upstreams' calls need.
+                    let _slot = match guard.slot_permits() {
+                        Some(slots) => Some(slots.clone().acquire_owned().await.map_err(|_| {
+                            UpstreamError::Refused {
+                                upstream: guard.upstream,
+                                message: "slots closed".into(),
+                            }
+                        })?),
+                        None => None,
+                    };
                     let limits = &guard.limits;
                     let _pool = limits
                         .acquire(limits.pool(pool), pool as usize + 1)
@@ -373,7 +384,7 @@ where
                     if let Admission::Rejected(retry_after) = guard.breaker.admit() {
                         return guard.refused(retry_after);
                     }
-                    let trial = Trial(Some(guard));
+                    let trial = Trial(Some(guard), Instant::now());
                     let result = inner.oneshot(attempt).await;
                     trial.finish(&result);
                     result
@@ -430,13 +441,18 @@ impl Guard {
     }
 }
 
-/// An admitted call's breaker bookkeeping: its outcome, or nothing learned if dropped.
-struct Trial<'a>(Option<&'a Guard>);
+/// An admitted call's breaker bookkeeping: its outcome, or nothing learned if dropped; and
+/// when it began, to tell a slow upstream (heard from since) from a silent one.
+struct Trial<'a>(Option<&'a Guard>, Instant);
 
 impl Trial<'_> {
     fn finish<T>(mut self, result: &Result<T, UpstreamError>) {
         if let Some(guard) = self.0.take() {
-            guard.breaker.record(super::health(result));
+            let verdict = super::health(result, guard.liveness.heard_since(self.1));
+            if verdict == Some(true) {
+                guard.liveness.heard();
+            }
+            guard.breaker.record(verdict);
         }
     }
 }

@@ -32,6 +32,7 @@ use support::{binary, connect, kb_dir, usage};
 /// The latency model: a structured answer (or a stream's first token) after 300 ms, streamed
 /// text at 500 tokens a second, searches and page fetches 30 ms.
 const LATENCY: Latency = Latency {
+    first_token: Duration::ZERO,
     llm: Duration::from_millis(300),
     tokens_per_second: 500,
     search: Duration::from_millis(30),

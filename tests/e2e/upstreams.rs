@@ -499,7 +499,7 @@ async fn an_llm_that_never_answers_fails_the_job_within_its_timeouts() {
         std::iter::repeat_n(Fault::Stall { chunks: 0 }, 40),
     );
     let mut config = config(&standin);
-    config.upstreams.llm_timeout = Duration::from_millis(400);
+    config.upstreams.llm_timeout = Some(Duration::from_millis(400));
     config.upstreams.max_attempts = 2;
     let mut server = common::start(config).await;
     let started = std::time::Instant::now();

@@ -1,5 +1,8 @@
 //! An OpenAI-compatible Chat Completions client: structured answers through
-//! `response_format: json_schema` (strict), and streamed text (SSE) for the writer.
+//! `response_format: json_schema` (strict), and streamed text (SSE) for the writer. Every
+//! call is streamed where the server streams (so "stalled" means stalled, and a slow model
+//! is seen working), timed by a budget from its size and the model's measured pace
+//! ([`budget`]), and fitted into the model's context window ([`discover`]).
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,10 +12,14 @@ use serde_json::{Value, json};
 
 use super::{UpstreamError, check_status, read_body};
 
+pub mod budget;
+pub mod discover;
+mod exchange;
 mod stream;
 use crate::config::Secret;
 use crate::resilience::{CallScope, Guard};
-use stream::{STREAM_BYTES_PER_TOKEN, StreamLimits, read_stream, text_bytes_for};
+use budget::{Budget, Fixed, Throughput, tokens_in};
+use discover::ServerProps;
 
 const UPSTREAM: &str = crate::domain::Upstream::Llm.as_str();
 
@@ -128,11 +135,20 @@ pub struct LlmClient {
     http: reqwest::Client,
     base_url: String,
     api_key: Option<Secret>,
-    timeout: Duration,
+    /// Fixed limits from the flags; the rest is budgeted per call.
+    fixed: Fixed,
+    /// Once text flows, the longest gap between two events.
     idle_timeout: Duration,
     guard: std::sync::Arc<Guard>,
     temperature: f32,
     structured_output: StructuredOutput,
+    stream_structured: bool,
+    /// `--llm-context-tokens`, else what the server says.
+    context_tokens: Option<u32>,
+    /// What the server says of itself, asked once.
+    props: tokio::sync::OnceCell<ServerProps>,
+    /// The pace each model has shown.
+    pub throughput: Throughput,
     /// "openai" for api.openai.com, else "openai-compatible": recorded per agent.
     pub provider: &'static str,
 }
@@ -142,16 +158,41 @@ pub struct LlmClient {
 pub struct LlmSettings {
     pub base_url: String,
     pub api_key: Option<Secret>,
-    pub timeout: Duration,
+    /// A fixed whole-call limit instead of the budget (`--llm-timeout`).
+    pub timeout: Option<Duration>,
+    /// A fixed limit to the first token instead of the budget (`--llm-first-token-timeout`).
+    pub first_token_timeout: Option<Duration>,
     pub idle_timeout: Duration,
     pub temperature: f32,
     pub structured_output: StructuredOutput,
+    /// Ask structured answers as streams too (`--llm-stream-structured`).
+    pub stream_structured: bool,
+    /// The model's context window, when the server does not say (`--llm-context-tokens`).
+    pub context_tokens: Option<u32>,
+    /// LLM calls in flight at once (`--llm-concurrency`; 0: as many slots as the server says
+    /// it has, else no limit of its own).
+    pub concurrency: usize,
+}
+
+/// llama.cpp's account of a call: tokens and milliseconds, reading and generating.
+#[derive(Deserialize, Debug, Clone, Copy, Default)]
+struct Timings {
+    #[serde(default)]
+    prompt_n: f64,
+    #[serde(default)]
+    prompt_ms: f64,
+    #[serde(default)]
+    predicted_n: f64,
+    #[serde(default)]
+    predicted_ms: f64,
 }
 
 #[derive(Deserialize)]
 struct ChatResponse {
+    #[serde(default)]
     choices: Vec<Choice>,
     usage: Option<WireUsage>,
+    timings: Option<Timings>,
 }
 
 #[derive(Deserialize)]
@@ -190,17 +231,105 @@ impl LlmClient {
         } else {
             "openai-compatible"
         };
+        guard.set_slots(settings.concurrency);
         Self {
             http,
             base_url,
             api_key: settings.api_key,
-            timeout: settings.timeout,
+            fixed: Fixed {
+                first_token: settings.first_token_timeout,
+                whole: settings.timeout,
+            },
             idle_timeout: settings.idle_timeout,
             guard,
             temperature: settings.temperature,
             structured_output: settings.structured_output,
+            stream_structured: settings.stream_structured,
+            context_tokens: settings.context_tokens,
+            props: tokio::sync::OnceCell::new(),
+            throughput: Throughput::default(),
             provider,
         }
+    }
+
+    /// What the server says of itself (asked once; OpenAI is not asked), its slots applied
+    /// as this upstream's concurrency unless `--llm-concurrency` set one.
+    pub async fn server_props(&self, model: &str) -> ServerProps {
+        *self
+            .props
+            .get_or_init(|| async {
+                if self.provider == "openai" {
+                    return ServerProps::default();
+                }
+                let props =
+                    discover::discover(&self.http, &self.base_url, self.api_key.as_ref(), model)
+                        .await;
+                if let Some(slots) = props.slots
+                    && self.guard.set_slots(slots)
+                {
+                    tracing::info!(slots, "LLM calls in flight limited to the server's slots");
+                }
+                props
+            })
+            .await
+    }
+
+    /// What was learned of the server so far (for health), without asking.
+    pub fn known_props(&self) -> ServerProps {
+        let mut props = self.props.get().copied().unwrap_or_default();
+        props.context_tokens = self.context_tokens.or(props.context_tokens);
+        props
+    }
+
+    /// The context window of `model`'s calls, when known.
+    async fn context_of(&self, model: &str) -> Option<u32> {
+        // Asked before the first call whatever the flags say: the slots apply to it.
+        let props = self.server_props(model).await;
+        self.context_tokens.or(props.context_tokens)
+    }
+
+    /// The `max_tokens` a call of `prompt_bytes` may ask within the context window: as asked
+    /// when it fits, less when only the answer's end would not, and an error (no call made)
+    /// when too little room is left for an answer worth having.
+    pub async fn fit(
+        &self,
+        model: &str,
+        prompt_bytes: usize,
+        max_tokens: u32,
+    ) -> Result<u32, UpstreamError> {
+        let Some(context) = self.context_of(model).await else {
+            return Ok(max_tokens);
+        };
+        let prompt = tokens_in(prompt_bytes);
+        let room = u64::from(context).saturating_sub(prompt);
+        if room >= u64::from(max_tokens) {
+            return Ok(max_tokens);
+        }
+        if room < u64::from(max_tokens / 2).max(64) {
+            return Err(UpstreamError::ContextExceeded {
+                upstream: UPSTREAM,
+                message: format!(
+                    "about {prompt} tokens of prompt and {max_tokens} of answer exceed the {context}-token context"
+                ),
+            });
+        }
+        Ok(room as u32)
+    }
+
+    /// Bytes of prompt a call answering in up to `max_tokens` can carry in `model`'s
+    /// context window, when it is known: for agents to trim what they send (sources by rank).
+    pub async fn prompt_room(&self, model: &str, max_tokens: u32) -> Option<usize> {
+        let context = self.context_of(model).await?;
+        let tokens = u64::from(context).saturating_sub(u64::from(max_tokens));
+        // The inverse of `tokens_in`.
+        Some(usize::try_from(tokens.saturating_mul(7) / 2).unwrap_or(usize::MAX))
+    }
+
+    /// The time budget of a call of `body_bytes` asking for `max_tokens` from `model`.
+    fn budget(&self, model: &str, body_bytes: usize, max_tokens: u32) -> Budget {
+        self.throughput
+            .rates(model)
+            .budget(tokens_in(body_bytes), max_tokens, self.fixed)
     }
 
     /// OpenAI's current name for the answer's token bound (its reasoning models refuse the
@@ -293,7 +422,10 @@ impl LlmClient {
             "model": ask.model,
             "temperature": self.temperature,
         });
-        params[self.max_tokens_field()] = json!(ask.max_tokens);
+        if self.stream_structured {
+            params["stream"] = json!(true);
+            params["stream_options"] = json!({"include_usage": true});
+        }
         let system = match self.structured_output {
             StructuredOutput::JsonSchema => {
                 params["response_format"] = json!({
@@ -312,6 +444,11 @@ impl LlmClient {
                 )
             }
         };
+        let said = system.len()
+            + prompt.user.len()
+            + turns.iter().map(|(_, text)| text.len()).sum::<usize>();
+        let max_tokens = self.fit(ask.model, said, ask.max_tokens).await?;
+        params[self.max_tokens_field()] = json!(max_tokens);
         let body = Self::body(&params, &system, prompt, turns);
         drop((params, system));
         let usage = std::sync::Mutex::new(Usage::default());
@@ -322,8 +459,16 @@ impl LlmClient {
         let called = self
             .guard
             .cached(scope, key, &|| self.chat_span(ask.model), |_| {
-                self.structured_once(&body, ask.max_tokens, &usage)
-                    .map(|r| r.map_err(|e| e.redact(self.api_key.as_ref())))
+                self.exchange(&body, ask.model, max_tokens, &|_| {})
+                    .map(|result| {
+                        let (streamed, used) =
+                            result.map_err(|e| e.redact(self.api_key.as_ref()))?;
+                        crate::lock(&usage).add(used);
+                        Ok(Answer {
+                            content: streamed.text,
+                            truncated: streamed.truncated,
+                        })
+                    })
             })
             .await;
         let usage = *crate::lock(&usage);
@@ -336,47 +481,8 @@ impl LlmClient {
         })
     }
 
-    async fn structured_once(
-        &self,
-        body: &Bytes,
-        max_tokens: u32,
-        usage: &std::sync::Mutex<Usage>,
-    ) -> Result<Answer, UpstreamError> {
-        let response = self
-            .request(body)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.timeout, e))?;
-        let response = check_status(UPSTREAM, response).await?;
-        let bytes = read_body(UPSTREAM, response, self.guard.max_body(), self.timeout).await?;
-        let answer: ChatResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| malformed(format!("not a chat completion: {e}")))?;
-        drop(bytes);
-        if let Some(reported) = answer.usage {
-            let used = Usage::trusted(reported, body.len(), max_tokens);
-            Self::record_usage(used);
-            crate::lock(usage).add(used);
-        }
-        let choice = answer
-            .choices
-            .into_iter()
-            .next()
-            .ok_or_else(|| malformed("no choices"))?;
-        let truncated = choice.finish_reason.as_deref() == Some("length");
-        let message = choice.message.ok_or_else(|| malformed("no message"))?;
-        // A refusal is an answer: the caller re-asks or degrades, as for any unfit answer.
-        let content = match (message.content, message.refusal) {
-            (Some(content), _) if !content.trim().is_empty() => content,
-            (_, Some(refusal)) => format!("(refused: {refusal})"),
-            _ => String::new(),
-        };
-        Ok(Answer { content, truncated })
-    }
-
-    /// Streamed text: every delta goes to `on_delta` as it arrives. A stream that sends
-    /// nothing for the idle timeout is cut. Retried only while nothing has been streamed,
-    /// so the caller never sees text twice.
+    /// Streamed text: every delta goes to `on_delta` as it arrives. Retried only while
+    /// nothing has been streamed, so the caller never sees text twice.
     pub async fn stream(
         &self,
         scope: &CallScope,
@@ -391,6 +497,8 @@ impl LlmClient {
             "stream": true,
             "stream_options": {"include_usage": true},
         });
+        let said = prompt.system.len() + prompt.user.len();
+        let max_tokens = self.fit(model, said, max_tokens).await?;
         params[self.max_tokens_field()] = json!(max_tokens);
         let body = Self::body(&params, &prompt.system, prompt, &[]);
         // Once text has reached the caller, a retry would repeat it: no retry then.
@@ -404,11 +512,9 @@ impl LlmClient {
         let (result, attempts) = self
             .guard
             .call_with(scope, &|| self.chat_span(model), &may_retry, |_| async {
-                let (mut streamed, mut usage) = (Streamed::default(), Usage::default());
-                self.stream_once(&body, max_tokens, &mut streamed, &mut usage, &tracked)
+                self.exchange(&body, model, max_tokens, &tracked)
                     .await
-                    .map_err(|e| e.redact(self.api_key.as_ref()))?;
-                Ok((streamed, usage))
+                    .map_err(|e| e.redact(self.api_key.as_ref()))
             })
             .await;
         result.map(|(value, usage)| Completion {
@@ -417,43 +523,5 @@ impl LlmClient {
             attempts,
             cached: false,
         })
-    }
-
-    async fn stream_once(
-        &self,
-        body: &Bytes,
-        max_tokens: u32,
-        streamed: &mut Streamed,
-        usage: &mut Usage,
-        on_delta: &(dyn Fn(&str) + Send + Sync),
-    ) -> Result<(), UpstreamError> {
-        let started = tokio::time::Instant::now();
-        let response = tokio::time::timeout(self.idle_timeout, self.request(body).send())
-            .await
-            .map_err(|_| UpstreamError::Timeout {
-                upstream: UPSTREAM,
-                after: self.idle_timeout,
-            })?
-            .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, self.idle_timeout, e))?;
-        let response = check_status(UPSTREAM, response).await?;
-        let limits = StreamLimits {
-            idle: self.idle_timeout,
-            whole: self.timeout.saturating_sub(started.elapsed()),
-            text_bytes: text_bytes_for(max_tokens),
-            body_bytes: self
-                .guard
-                .max_body()
-                .max(max_tokens as usize * STREAM_BYTES_PER_TOKEN),
-        };
-        read_stream(response.bytes_stream(), limits, streamed, usage, on_delta).await?;
-        *usage = Usage::trusted(
-            WireUsage {
-                prompt_tokens: usage.input_tokens,
-                completion_tokens: usage.output_tokens,
-            },
-            body.len(),
-            max_tokens,
-        );
-        Ok(())
     }
 }

@@ -7,8 +7,8 @@ use std::{
 
 use tokio_stream::StreamExt;
 
-use super::{ChatResponse, LlmClient, Streamed, UPSTREAM, Usage, malformed};
-use crate::fault::UpstreamError;
+use super::{ChatResponse, LlmClient, Streamed, Timings, UPSTREAM, Usage, malformed};
+use crate::{fault::UpstreamError, resilience::Liveness};
 
 /// The most text a streamed answer of `max_tokens` may hold: a token is a few bytes of
 /// text (rarely more than 16), so a stream far past this ignores its `max_tokens`.
@@ -24,9 +24,11 @@ pub(super) const STREAM_BYTES_PER_TOKEN: usize = 2 << 10;
 /// The bounds of one streamed answer.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct StreamLimits {
-    /// Nothing arrives for that long: the stream stalled.
+    /// From sending to the first event: the server reads the prompt meanwhile.
+    pub(super) first: Duration,
+    /// Once events flow, nothing arrives for that long: the stream stalled.
     pub(super) idle: Duration,
-    /// What is left of the whole call's timeout.
+    /// From sending to the end of the answer.
     pub(super) whole: Duration,
     /// Text past this is cut, as if at `max_tokens`.
     pub(super) text_bytes: usize,
@@ -38,20 +40,22 @@ pub(super) struct StreamLimits {
 /// (CRLF or LF, comments, `data:` fields over several lines joined), each a JSON chunk whose
 /// deltas go to `on_delta` as they arrive, within `limits`. A stream is complete with
 /// `[DONE]`, or with a `finish_reason` (some servers close without `[DONE]`); a stream whose
-/// text outgrows its `max_tokens` is cut there and reported truncated.
+/// text outgrows its `max_tokens` is cut there and reported truncated. Every event tells
+/// `liveness` the upstream is alive. `sent` is when the request went out.
 pub(super) async fn read_stream<S, E>(
     bytes: S,
     limits: StreamLimits,
+    (sent, liveness): (tokio::time::Instant, &Liveness),
     streamed: &mut Streamed,
     usage: &mut Usage,
     on_delta: &(dyn Fn(&str) + Send + Sync),
-) -> Result<(), UpstreamError>
+) -> Result<Pace, UpstreamError>
 where
     S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     E: std::error::Error,
 {
     use eventsource_stream::Eventsource;
-    let started = tokio::time::Instant::now();
+    let mut pace = Pace::default();
     // The body ends (for the parser) where it passes its bound: one event without an end
     // would otherwise be buffered whole.
     let oversized = AtomicBool::new(false);
@@ -66,18 +70,33 @@ where
     });
     let mut events = std::pin::pin!(bounded.eventsource());
     let mut ending = Ending::Open;
+    let mut flowing = false;
     while ending != Ending::Done {
-        let Some(event) = next_event(&mut events, &limits, started, &oversized).await? else {
+        let waiting = Waiting {
+            sent,
+            flowing,
+            oversized: &oversized,
+        };
+        let Some(event) = next_event(&mut events, &limits, waiting).await? else {
             break;
         };
+        liveness.heard();
         let data = event.data.trim();
         if data == "[DONE]" {
             ending = Ending::Done;
         } else if !data.is_empty() {
-            let chunk: ChatResponse = serde_json::from_str(data)
+            let mut chunk: ChatResponse = serde_json::from_str(data)
                 .map_err(|e| malformed(format!("bad stream chunk ({e})")))?;
+            pace.timings = chunk.timings.take().or(pace.timings);
+            let before = streamed.text.len();
             ending = ending.max(take_chunk(chunk, &limits, streamed, usage, on_delta));
+            if streamed.text.len() > before && pace.first_token.is_none() {
+                pace.first_token = Some(tokio::time::Instant::now());
+            }
         }
+        // A server may send an empty first event at once (the role, a keep-alive): the
+        // prompt is read only when text comes, and until then the first-token limit holds.
+        flowing = pace.first_token.is_some();
     }
     LlmClient::record_usage(*usage);
     // An empty answer is the model's, not the transport's: the caller judges it. A stream
@@ -88,7 +107,22 @@ where
             message: "the stream ended without [DONE]".into(),
         });
     }
-    Ok(())
+    Ok(pace)
+}
+
+/// How an answer came: when its first text arrived, and the server's own `timings`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Pace {
+    pub(super) first_token: Option<tokio::time::Instant>,
+    pub(super) timings: Option<Timings>,
+}
+
+/// Where a stream is, for the limit on its next event.
+struct Waiting<'a> {
+    sent: tokio::time::Instant,
+    /// Text has come: the gap between events is limited, not the time to the first.
+    flowing: bool,
+    oversized: &'a AtomicBool,
 }
 
 /// How far a stream has come to its end.
@@ -101,31 +135,51 @@ enum Ending {
     Done,
 }
 
-/// The next event of the stream, `None` at its end, within the idle and whole-call limits.
+/// The next event of the stream, `None` at its end, within the first-token, idle and
+/// whole-call limits.
 async fn next_event<S, E>(
     events: &mut std::pin::Pin<&mut eventsource_stream::EventStream<S>>,
     limits: &StreamLimits,
-    started: tokio::time::Instant,
-    oversized: &AtomicBool,
+    waiting: Waiting<'_>,
 ) -> Result<Option<eventsource_stream::Event>, UpstreamError>
 where
     S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     E: std::error::Error,
 {
     use eventsource_stream::EventStreamError;
-    let wait = limits
-        .idle
-        .min(limits.whole.saturating_sub(started.elapsed()));
+    let elapsed = waiting.sent.elapsed();
+    let (gap, cut) = if waiting.flowing {
+        (
+            limits.idle,
+            UpstreamError::Stalled {
+                upstream: UPSTREAM,
+                after: limits.idle,
+            },
+        )
+    } else {
+        (
+            limits.first.saturating_sub(elapsed),
+            UpstreamError::Timeout {
+                upstream: UPSTREAM,
+                after: limits.first,
+            },
+        )
+    };
+    let wait = gap.min(limits.whole.saturating_sub(elapsed));
     match tokio::time::timeout(wait, events.next()).await {
-        Err(_) if started.elapsed() >= limits.whole => Err(UpstreamError::Timeout {
+        // The whole budget ran out while text was coming: slow, not silent.
+        Err(_) if waiting.sent.elapsed() >= limits.whole && waiting.flowing => {
+            Err(UpstreamError::OverBudget {
+                upstream: UPSTREAM,
+                after: limits.whole,
+            })
+        }
+        Err(_) if waiting.sent.elapsed() >= limits.whole => Err(UpstreamError::Timeout {
             upstream: UPSTREAM,
             after: limits.whole,
         }),
-        Err(_) => Err(UpstreamError::Stalled {
-            upstream: UPSTREAM,
-            after: limits.idle,
-        }),
-        Ok(None) if oversized.load(Ordering::Relaxed) => Err(UpstreamError::TooLarge {
+        Err(_) => Err(cut),
+        Ok(None) if waiting.oversized.load(Ordering::Relaxed) => Err(UpstreamError::TooLarge {
             upstream: UPSTREAM,
             limit: limits.body_bytes,
         }),
@@ -217,19 +271,26 @@ mod tests {
             .build()
             .unwrap_or_else(|_| unreachable!());
         let limits = StreamLimits {
+            first: Duration::from_secs(5),
             idle: Duration::from_secs(5),
             whole: Duration::from_secs(5),
             text_bytes: 1 << 20,
             body_bytes: 1 << 20,
         };
-        let result = runtime.block_on(read_stream(
-            body,
-            limits,
-            &mut streamed,
-            &mut usage,
-            &|_| {},
-        ));
-        (result, streamed)
+        let liveness = Liveness::default();
+        let result = runtime.block_on(async {
+            let sent = tokio::time::Instant::now();
+            read_stream(
+                body,
+                limits,
+                (sent, &liveness),
+                &mut streamed,
+                &mut usage,
+                &|_| {},
+            )
+            .await
+        });
+        (result.map(|_| ()), streamed)
     }
 
     fn delta(text: &str) -> String {
