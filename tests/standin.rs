@@ -53,6 +53,9 @@ pub enum Fault {
     WildUsage,
     /// `307 Temporary Redirect` to this URL (another origin, say).
     Redirect(String),
+    /// The prompt does not fit the model's context, as llama.cpp says it: 400 "exceeds the
+    /// available context size", or 500 "Context size has been exceeded".
+    ContextExceeded(u16),
 }
 
 /// How small local models bend the limits a prompt states.
@@ -179,6 +182,8 @@ struct Shared {
     seen: Mutex<std::collections::HashMap<String, usize>>,
     /// Bytes of `Huge` and `Endless` bodies handed to the connection.
     hostile_sent: Arc<AtomicUsize>,
+    /// What `GET /props` answers, as llama.cpp's server does (404 when unset).
+    props: Mutex<Option<Value>>,
 }
 
 #[derive(Clone)]
@@ -216,6 +221,15 @@ impl StandIn {
             .route("/pages/{name}", get(page))
             .route("/hop/{n}", get(hop))
             .route(
+                "/props",
+                get(|State(shared): State<Arc<Shared>>| async move {
+                    match shared.props.lock().unwrap().clone() {
+                        Some(props) => Json(props).into_response(),
+                        None => StatusCode::NOT_FOUND.into_response(),
+                    }
+                }),
+            )
+            .route(
                 "/escape",
                 get(|| async { (StatusCode::FOUND, [("location", "file:///etc/passwd")]) }),
             )
@@ -229,6 +243,30 @@ impl StandIn {
         *shared.base.lock().unwrap() = url.clone();
         tokio::spawn(async move { axum::serve(listener, router).await });
         Self { url, shared }
+    }
+
+    /// Answer `GET /props` with this, as llama.cpp does (`total_slots`,
+    /// `default_generation_settings.n_ctx`).
+    pub fn set_props(&self, props: Value) {
+        *self.shared.props.lock().unwrap() = Some(props);
+    }
+
+    /// The most LLM requests that were in flight at once.
+    pub fn max_llm_in_flight(&self) -> usize {
+        let intervals = self.intervals();
+        let mut edges: Vec<(std::time::Instant, i32)> = intervals
+            .iter()
+            .filter(|(route, _, _)| *route == Route::Llm)
+            .flat_map(|(_, start, end)| [(*start, 1), (*end, -1)])
+            .collect();
+        // Ends before starts at the same instant: back-to-back calls do not overlap.
+        edges.sort_by_key(|(at, delta)| (*at, *delta));
+        let (mut now, mut max) = (0i32, 0i32);
+        for (_, delta) in edges {
+            now += delta;
+            max = max.max(now);
+        }
+        max as usize
     }
 
     /// Base URL of the OpenAI-compatible API (`.../v1`).
@@ -391,6 +429,20 @@ async fn generic_fault(fault: &Fault, sent: &Arc<AtomicUsize>) -> Option<Respons
             ]);
             Some(Response::new(Body::from_stream(broken)))
         }
+        Fault::ContextExceeded(400) => Some(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"code": 400, "message": "request (9842 tokens) exceeds the available context size (8192 tokens), try increasing it", "type": "exceed_context_size_error"}})),
+            )
+                .into_response(),
+        ),
+        Fault::ContextExceeded(_) => Some(
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": {"code": 500, "message": "Context size has been exceeded.", "type": "server_error"}})),
+            )
+                .into_response(),
+        ),
         Fault::TooManyUnnamed => Some(
             (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -455,7 +507,8 @@ async fn chat(
                 | Fault::Delay(_)
                 | Fault::Huge { .. }
                 | Fault::Redirect(_)
-                | Fault::TooManyUnnamed),
+                | Fault::TooManyUnnamed
+                | Fault::ContextExceeded(_)),
             ) => {
                 if let Some(response) = generic_fault(other, &shared.hostile_sent).await {
                     return response;

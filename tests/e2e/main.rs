@@ -19,6 +19,7 @@ mod observability;
 mod redis_server;
 mod resilience;
 mod shared_jobs;
+mod slow_models;
 mod small_models;
 mod tls;
 mod upstreams;

@@ -203,7 +203,7 @@ async fn servers_without_strict_schemas_are_asked_through_the_prompt() {
         let article = final_article(&server.generate(llm_request()).await);
         assert!(article.metrics.unwrap().degraded.is_empty(), "{mode:?}");
         for chat in standin.requests_of(Route::Llm) {
-            if dakota_tests::standin::is_writer_stream(&chat.body) {
+            if crate::standin::is_writer_stream(&chat.body) {
                 continue;
             }
             let format = &chat.body["response_format"];
