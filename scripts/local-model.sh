@@ -46,7 +46,7 @@ start() {
   [ -x "$bin" ] && [ -n "$model" ] || { echo "not installed: run 'bash $0 install' first" >&2; exit 1; }
   echo "http://127.0.0.1:$port/v1"
   # --no-repack: without it the server dies at start on this machine's CPU (see ../shared/TOOLS.md).
-  exec "$bin" -m "$model" --host 127.0.0.1 --port "$port" -t "${LLAMA_THREADS:-2}" \
+  exec "$bin" -m "$model" --host 127.0.0.1 --port "$port" -t "${LLAMA_THREADS:-2}" --metrics \
     -c "${LLAMA_CTX:-8192}" -np "${LLAMA_SLOTS:-4}" --no-webui --no-repack
 }
 
