@@ -10,6 +10,7 @@
 //!   cargo bench -p dakota-tests --bench local_model -- --jobs 3 --words 800
 //!
 //! Without the installed model it says so and exits 0 (so `cargo bench` runs everywhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod support;
 
 use std::{
