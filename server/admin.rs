@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::{
     fault::breaker::BreakerState,
     kb::KnowledgeSource,
-    metrics::{BreakerLabels, JobStateLabel, PoolLabels, ThroughputLabels},
+    metrics::{BreakerLabels, JobStateLabel, PoolLabels, ProviderLabels, ThroughputLabels},
     resilience::Guard,
     service::AppState,
     upstream::llm::LlmClient,
@@ -105,10 +105,19 @@ fn component_status(guard: &Guard, configured: bool) -> &'static str {
     }
 }
 
+/// What the provider's rate-limit headers last said is left (absent until one was seen).
+fn provider_limits(guard: &Guard) -> Value {
+    match guard.provider.seen() {
+        (None, None) => Value::Null,
+        (requests, tokens) => json!({"requests": requests, "tokens": tokens}),
+    }
+}
+
 fn component(guard: &Guard, configured: bool, extra: Value) -> Value {
     let mut value = json!({
         "status": component_status(guard, configured),
         "breaker": guard.breaker.state().as_str(),
+        "provider_limits": provider_limits(guard),
         "last_error": guard.last_error().map(|(message, at)| json!({
             "message": message,
             "at_unix": at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -257,6 +266,18 @@ fn refresh_gauges(state: &AppState) {
             .set(bytes as i64);
     }
     for guard in state.upstreams.guards.all() {
+        let (requests, tokens) = guard.provider.seen();
+        for (kind, seen) in [("requests", requests), ("tokens", tokens)] {
+            if let Some(seen) = seen {
+                metrics
+                    .provider_remaining
+                    .get_or_create(&ProviderLabels {
+                        upstream: guard.upstream,
+                        kind,
+                    })
+                    .set(seen.remaining as i64);
+            }
+        }
         let current = guard.breaker.state();
         for breaker_state in [
             BreakerState::Closed,

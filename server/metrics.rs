@@ -96,6 +96,13 @@ pub struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub upstream: &'static str,
+    /// `requests` or `tokens`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ThroughputLabels {
     pub model: String,
     /// `prompt` (reading) or `generation`.
@@ -215,6 +222,8 @@ registered_metrics! {
     pool_waiting: Family<PoolLabels, Gauge> = counted("pool_waiting", "Upstream calls waiting for a pool permit"),
     pool_size: Family<PoolLabels, Gauge> = counted("pool_size", "Pool sizes (global: the cap on upstream calls)"),
     llm_tokens: Family<TokenLabels, Counter> = counted("llm_tokens", "LLM tokens by agent, model and kind (input, output)"),
+    /// What the provider's `x-ratelimit-remaining-*` headers last said, less calls sent since.
+    provider_remaining: Family<ProviderLabels, Gauge> = counted("upstream_ratelimit_remaining", "What the provider's x-ratelimit-remaining-requests and -tokens headers last said is left of its budget (less calls sent since), by upstream and kind; calls slow down as it runs low"),
     /// The running estimate each LLM call's time budget is made from.
     llm_throughput: Family<ThroughputLabels, Gauge<f64, AtomicU64>> = counted("llm_tokens_per_second", "The pace each LLM model has shown, in tokens a second, reading prompts (prompt) and writing answers (generation): a running estimate over its recent calls"),
     llm_cost: Family<AgentModel, Counter<f64, AtomicU64>> = counted("llm_estimated_cost_usd", "Estimated LLM cost in USD from the price table"),

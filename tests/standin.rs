@@ -184,6 +184,19 @@ struct Shared {
     hostile_sent: Arc<AtomicUsize>,
     /// What `GET /props` answers, as llama.cpp's server does (404 when unset).
     props: Mutex<Option<Value>>,
+    /// A provider's request budget per window, told in `x-ratelimit-*` headers.
+    budget: Mutex<Option<Budget>>,
+    /// Chat requests answered 429 because the budget was spent.
+    budget_refused: AtomicUsize,
+}
+
+/// A provider's request budget: `limit` requests per fixed window.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    limit: u64,
+    window: Duration,
+    started: tokio::time::Instant,
+    used: u64,
 }
 
 #[derive(Clone)]
@@ -215,7 +228,7 @@ impl StandIn {
     pub async fn start() -> Self {
         let shared = Arc::new(Shared::default());
         let router = Router::new()
-            .route("/v1/chat/completions", post(chat))
+            .route("/v1/chat/completions", post(budgeted_chat))
             .route("/v1/vector_stores/{id}/search", post(vector_search))
             .route("/search", post(serper))
             .route("/pages/{name}", get(page))
@@ -249,6 +262,22 @@ impl StandIn {
     /// `default_generation_settings.n_ctx`).
     pub fn set_props(&self, props: Value) {
         *self.shared.props.lock().unwrap() = Some(props);
+    }
+
+    /// Chat requests get `limit` a window of `window`, as a provider's account does, and
+    /// every answer says what is left in `x-ratelimit-*-requests` headers; past it, 429.
+    pub fn provider_budget(&self, limit: u64, window: Duration) {
+        *self.shared.budget.lock().unwrap() = Some(Budget {
+            limit,
+            window,
+            started: tokio::time::Instant::now(),
+            used: 0,
+        });
+    }
+
+    /// Chat requests refused with 429 because the provider budget was spent.
+    pub fn budget_refused(&self) -> usize {
+        self.shared.budget_refused.load(Ordering::SeqCst)
     }
 
     /// The most LLM requests that were in flight at once.
@@ -469,6 +498,51 @@ fn echo_credentials(headers: &HeaderMap) -> Response {
         format!("invalid credentials: {}", credentials.join(" ")),
     )
         .into_response()
+}
+
+/// [`chat`] within the provider budget, when one is set: its headers on every answer.
+async fn budgeted_chat(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Json<Value>,
+) -> Response {
+    let spent = {
+        let mut budget = shared.budget.lock().unwrap();
+        budget.as_mut().map(|budget| {
+            let now = tokio::time::Instant::now();
+            if now >= budget.started + budget.window {
+                budget.started = now;
+                budget.used = 0;
+            }
+            budget.used += 1;
+            let reset = (budget.started + budget.window).saturating_duration_since(now);
+            (
+                budget.used > budget.limit,
+                budget.limit,
+                budget.limit.saturating_sub(budget.used),
+                reset,
+            )
+        })
+    };
+    let Some((over, limit, remaining, reset)) = spent else {
+        return chat(State(shared), headers, body).await;
+    };
+    let mut response = if over {
+        shared.budget_refused.fetch_add(1, Ordering::SeqCst);
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": {"message": "Rate limit reached for requests"}})),
+        )
+            .into_response()
+    } else {
+        chat(State(shared), headers, body).await
+    };
+    let set = response.headers_mut();
+    set.insert("x-ratelimit-limit-requests", limit.into());
+    set.insert("x-ratelimit-remaining-requests", remaining.into());
+    let reset = format!("{}ms", reset.as_millis());
+    set.insert("x-ratelimit-reset-requests", reset.parse().unwrap());
+    response
 }
 
 async fn chat(

@@ -21,11 +21,13 @@ use crate::{
 pub use crate::fault::breaker;
 mod guards;
 mod limits;
+mod provider;
 mod rate;
 mod stack;
 
 pub use guards::Guards;
 pub use limits::{Limits, Pool};
+pub use provider::{ProviderLimits, Seen};
 pub use rate::RateLimiter;
 pub use stack::{Attempt, Called, Calls};
 
@@ -133,6 +135,8 @@ pub struct Guard {
     last_error: std::sync::Mutex<Option<(String, SystemTime)>>,
     /// When the upstream last sent anything: a slow answer is not an outage.
     pub liveness: Liveness,
+    /// What the provider's `x-ratelimit-*` headers say is left: calls slow down before 429.
+    pub provider: ProviderLimits,
     /// Calls that may be in flight to this upstream at once (a local model server has a few
     /// slots; more calls only slow each one down): set once, from configuration or from
     /// what the server says of itself. Calls wait here, before the pools, and the wait is not
@@ -161,6 +165,7 @@ impl Guard {
             cache: None,
             last_error: Default::default(),
             liveness: Liveness::default(),
+            provider: ProviderLimits::default(),
             slots: std::sync::OnceLock::new(),
         }
     }

@@ -295,7 +295,8 @@ enum Step {
     /// whole call (a stream included).
     Pools,
     /// The upstream's requests-per-minute limit: a call takes its turn when it leaves the
-    /// pool queue, so calls that waited there do not go out in a burst.
+    /// pool queue, so calls that waited there do not go out in a burst. Then the provider's
+    /// own budget, as its last answer's headers gave it.
     RateLimit,
     /// The breaker's admission right before the call (it may have opened while the call
     /// waited; after a cool-down exactly one trial goes through) and the outcome recorded
@@ -378,6 +379,7 @@ where
                     if let Some(rate) = &guard.rate {
                         rate.acquire().await;
                     }
+                    let _paced = guard.provider.pace().await;
                     inner.oneshot(attempt).await
                 }
                 Step::Breaker => {

@@ -183,3 +183,32 @@ async fn past_the_queue_generate_is_refused_at_once_with_retry_info() {
     queued_events.extend(common::collect(&mut queued).await);
     final_article(&queued_events);
 }
+
+/// A provider account with 8 requests a 2 s window left, told in its `x-ratelimit-*`
+/// headers: two jobs at once slow down as the budget runs low and wait for its reset, so
+/// the provider never answers 429; `/health/detailed` shows what it last said.
+#[tokio::test]
+async fn a_burst_of_jobs_against_a_tight_provider_budget_meets_no_429() {
+    let standin = StandIn::start().await;
+    standin.provider_budget(8, Duration::from_secs(2));
+    let mut config = config(&standin);
+    config.upstreams.rate_limits = common::no_rate_limits();
+    let server = common::start(config).await;
+    let jobs = (0..2).map(|i| {
+        let mut client = server.client.clone();
+        async move {
+            let mut request = llm_request();
+            request.topic = format!("{} {i}", request.topic);
+            let mut stream = client.generate(request).await.unwrap().into_inner();
+            final_article(&common::collect(&mut stream).await)
+        }
+    });
+    futures_util::future::join_all(jobs).await;
+    let calls = standin.requests_of(Route::Llm).len();
+    assert!(calls > 8, "{calls} calls: more than one window's budget");
+    assert_eq!(standin.budget_refused(), 0, "429s from the provider");
+    let (_, body) = server.admin("/health/detailed").await;
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let seen = &health["components"]["llm"]["provider_limits"]["requests"];
+    assert_eq!(seen["limit"], 8, "{health}");
+}

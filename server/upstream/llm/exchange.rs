@@ -32,6 +32,7 @@ impl LlmClient {
             .map_err(|_| timeout.clone())?
             .map_err(|e| UpstreamError::from_reqwest(UPSTREAM, budget.whole, e))?;
         self.guard.liveness.heard();
+        self.guard.provider.observe(response.headers());
         let response = check_status(UPSTREAM, response)
             .await
             .map_err(context_exceeded)?;
