@@ -32,10 +32,19 @@ pub struct LlmAgent {
     pub name: AgentName,
 }
 
+/// An upstream failure as the agent's: a prompt too long for the model is a problem of the
+/// call's content (the part degrades as for an unusable answer), anything else the
+/// upstream's.
 pub(super) fn unavailable(error: UpstreamError) -> AgentError {
-    AgentError::Unavailable {
-        upstream: error.upstream(),
-        message: error.to_string(),
+    match error {
+        UpstreamError::ContextExceeded { .. } => AgentError::InvalidAnswer {
+            agent: "llm",
+            message: error.to_string(),
+        },
+        error => AgentError::Unavailable {
+            upstream: error.upstream(),
+            message: error.to_string(),
+        },
     }
 }
 
@@ -224,8 +233,7 @@ impl LlmAgent {
     ) -> Result<Asked<T>, AgentError> {
         let mut vars = request_vars(&cx.request);
         vars.extend(extra.iter().cloned());
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let prompt = self.prompts.render(prompt, &vars);
+        let prompt = self.render_fitted(prompt, &vars, max_tokens).await;
         let question = Ask {
             model: &self.model,
             name: self.name.as_str(),

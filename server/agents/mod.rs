@@ -28,6 +28,7 @@ pub mod summary_writer;
 pub mod web_researcher;
 
 mod extract;
+mod fit;
 pub mod llm;
 mod offline;
 pub mod pricing;

@@ -26,7 +26,12 @@ pub struct LlmWriter {
 }
 
 impl LlmWriter {
-    fn prompt(&self, cx: &AgentContext, brief: &WritingBrief) -> crate::upstream::llm::Prompt {
+    async fn prompt(
+        &self,
+        cx: &AgentContext,
+        brief: &WritingBrief,
+        max_tokens: u32,
+    ) -> crate::upstream::llm::Prompt {
         let synthesis = &brief.synthesis;
         let outline = synthesis
             .outline
@@ -55,8 +60,9 @@ impl LlmWriter {
             ("sources", describe_sources(&synthesis.sources)),
             ("revision", revision),
         ]);
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.llm.prompts.render("content_writer", &vars)
+        self.llm
+            .render_fitted("content_writer", &vars, max_tokens)
+            .await
     }
 }
 
@@ -144,8 +150,8 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
     llm_agent!(llm);
     fn run<'a>(&'a self, cx: &'a AgentContext, brief: &'a WritingBrief) -> AgentFuture<'a, Draft> {
         Box::pin(async move {
-            let prompt = self.prompt(cx, brief);
             let max_tokens = max_tokens(cx.request.word_count);
+            let prompt = self.prompt(cx, brief, max_tokens).await;
             let Written {
                 streamed,
                 usage,

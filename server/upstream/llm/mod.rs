@@ -282,7 +282,7 @@ impl LlmClient {
     }
 
     /// The context window of `model`'s calls, when known.
-    async fn context_of(&self, model: &str) -> Option<u32> {
+    pub async fn context_tokens(&self, model: &str) -> Option<u32> {
         // Asked before the first call whatever the flags say: the slots apply to it.
         let props = self.server_props(model).await;
         self.context_tokens.or(props.context_tokens)
@@ -297,7 +297,7 @@ impl LlmClient {
         prompt_bytes: usize,
         max_tokens: u32,
     ) -> Result<u32, UpstreamError> {
-        let Some(context) = self.context_of(model).await else {
+        let Some(context) = self.context_tokens(model).await else {
             return Ok(max_tokens);
         };
         let prompt = tokens_in(prompt_bytes);
@@ -319,7 +319,7 @@ impl LlmClient {
     /// Bytes of prompt a call answering in up to `max_tokens` can carry in `model`'s
     /// context window, when it is known: for agents to trim what they send (sources by rank).
     pub async fn prompt_room(&self, model: &str, max_tokens: u32) -> Option<usize> {
-        let context = self.context_of(model).await?;
+        let context = self.context_tokens(model).await?;
         let tokens = u64::from(context).saturating_sub(u64::from(max_tokens));
         // The inverse of `tokens_in`.
         Some(usize::try_from(tokens.saturating_mul(7) / 2).unwrap_or(usize::MAX))
