@@ -125,6 +125,21 @@ impl<T> AgentOutput<T> {
         }
     }
 
+    /// The calls, attempts and tokens the resilience stack counted for this run, when it
+    /// made any (an offline agent makes none and keeps its own single attempt). A part whose
+    /// LLM version failed before its offline version stood in keeps what that failure cost.
+    pub fn take_counted(&mut self, counted: crate::resilience::Counted) {
+        if counted.calls.total == 0 {
+            return;
+        }
+        self.calls = counted.calls;
+        self.attempts = counted.attempts;
+        self.usage = api::TokenUsage {
+            input_tokens: counted.input_tokens,
+            output_tokens: counted.output_tokens,
+        };
+    }
+
     /// Every call answered by the cache (`agent_completed`'s `cache_hit`).
     pub fn cache_hit(&self) -> bool {
         self.calls.all_cached()

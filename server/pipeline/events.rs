@@ -2,6 +2,7 @@
 //! warnings, and each agent's tokens, cost, calls and attempts in the run metrics.
 use super::*;
 use crate::domain::WarningCode;
+use crate::resilience::Tally;
 
 impl JobRun {
     pub(super) fn progress(&self, phase: Phase, total_agents: u32) -> u32 {
@@ -137,11 +138,14 @@ impl JobRun {
             self.progress(phase, phase_agents),
         );
         let began = Instant::now();
-        // Each agent's upstream calls count against the pool of its kind of work.
+        // Each agent's upstream calls count against the pool of its kind of work, and are
+        // counted by the stack into the agent's own tally.
+        let tally = Arc::new(Tally::default());
         let cx = AgentContext {
             scope: CallScope {
                 pool: Pool::for_agent(name),
-                ..self.cx.scope
+                tally: Some(tally.clone()),
+                ..self.cx.scope.clone()
             },
             ..self.cx.clone()
         };
@@ -161,6 +165,7 @@ impl JobRun {
                 agent: name.as_str(),
                 source,
             })?;
+        output.take_counted(tally.counted());
         output.calls.add(calls);
         let elapsed = began.elapsed();
         for (code, message) in &output.warnings {

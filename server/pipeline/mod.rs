@@ -158,8 +158,8 @@ impl JobRun {
             metrics: settings.metrics.clone(),
             // Retries never reach past the caller's deadline.
             scope: CallScope {
-                pool: Pool::Search,
                 deadline: deadline.and_then(|d| tokio::time::Instant::now().checked_add(d)),
+                ..CallScope::new(Pool::Search)
             },
         };
         Self {

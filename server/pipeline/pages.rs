@@ -35,7 +35,8 @@ impl JobRun {
             .collect();
         let scope = CallScope {
             pool: Pool::Analysis,
-            ..self.cx.scope
+            tally: None,
+            ..self.cx.scope.clone()
         };
         let pages = futures_util::future::join_all(
             missing.iter().map(|url| fetcher.fetch_page(&scope, url)),

@@ -37,11 +37,15 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest `Retry-After` honoured by waiting; an upstream asking for more fails the call.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// Per call: the pool it counts against and the job's deadline.
-#[derive(Debug, Clone, Copy)]
+/// Per call: the pool it counts against, the job's deadline, and the tally of the agent it
+/// is made for.
+#[derive(Debug, Clone)]
 pub struct CallScope {
     pub pool: Pool,
     pub deadline: Option<Instant>,
+    /// Where the stack counts this scope's calls, attempts and tokens: the agent's run
+    /// metrics come from here, from what the stack saw, not from each call site.
+    pub tally: Option<Arc<Tally>>,
 }
 
 impl CallScope {
@@ -49,6 +53,68 @@ impl CallScope {
         Self {
             pool,
             deadline: None,
+            tally: None,
+        }
+    }
+
+    /// Counts one finished call through the stack.
+    pub fn count_call(&self, cached: bool, attempts: u32) {
+        if let Some(tally) = &self.tally {
+            tally.call(cached, attempts);
+        }
+    }
+
+    /// Counts tokens an LLM call used.
+    pub fn count_tokens(&self, input: u64, output: u64) {
+        if let Some(tally) = &self.tally {
+            tally.tokens(input, output);
+        }
+    }
+}
+
+/// Calls, attempts and tokens counted by the stack for one agent run.
+#[derive(Debug, Default)]
+pub struct Tally {
+    calls: std::sync::atomic::AtomicU32,
+    cached: std::sync::atomic::AtomicU32,
+    attempts: std::sync::atomic::AtomicU32,
+    input_tokens: std::sync::atomic::AtomicU64,
+    output_tokens: std::sync::atomic::AtomicU64,
+}
+
+/// What a [`Tally`] counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub calls: Calls,
+    pub attempts: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Tally {
+    fn call(&self, cached: bool, attempts: u32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.calls.fetch_add(1, Relaxed);
+        self.cached.fetch_add(u32::from(cached), Relaxed);
+        self.attempts.fetch_add(attempts, Relaxed);
+    }
+
+    fn tokens(&self, input: u64, output: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.input_tokens.fetch_add(input, Relaxed);
+        self.output_tokens.fetch_add(output, Relaxed);
+    }
+
+    pub fn counted(&self) -> Counted {
+        use std::sync::atomic::Ordering::Relaxed;
+        Counted {
+            calls: Calls {
+                total: self.calls.load(Relaxed),
+                cached: self.cached.load(Relaxed),
+            },
+            attempts: self.attempts.load(Relaxed),
+            input_tokens: self.input_tokens.load(Relaxed),
+            output_tokens: self.output_tokens.load(Relaxed),
         }
     }
 }
@@ -341,8 +407,8 @@ mod tests {
             Arc::new(Metrics::new()),
         );
         let scope = CallScope {
-            pool: Pool::Content,
             deadline: Some(Instant::now() + Duration::from_millis(50)),
+            ..CallScope::new(Pool::Content)
         };
         let (result, attempts) = guard
             .call(&scope, &tracing::Span::none, |_| async {

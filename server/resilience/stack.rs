@@ -132,7 +132,9 @@ impl Guard {
         };
         let stack = self.stack(scope, span, may_retry, tower::service_fn(attempt));
         let result = stack.oneshot(Attempt).await;
-        (result, attempts.load(Ordering::Relaxed).max(1))
+        let attempts = attempts.load(Ordering::Relaxed).max(1);
+        scope.count_call(false, attempts);
+        (result, attempts)
     }
 
     /// [`Guard::call`] behind the cache: with a `key` (from [`Guard::cache_key`]) a cached
@@ -167,9 +169,11 @@ impl Guard {
         // futures (rust-lang/rust#102211), so the lookup awaits the stack's own future.
         let stack = self.stack(scope, span, &|| true, tower::service_fn(attempt));
         let (result, cached) = cache.get_or_load(&key, stack.oneshot(Attempt)).await;
+        let attempts = attempts.load(Ordering::Relaxed);
+        scope.count_call(cached.is_some(), attempts);
         Called {
             result,
-            attempts: attempts.load(Ordering::Relaxed),
+            attempts,
             cached,
         }
     }

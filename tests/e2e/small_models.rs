@@ -129,6 +129,25 @@ async fn answers_cut_off_by_max_tokens_degrade_to_the_offline_parts() {
         })
         .collect();
     assert!(started.contains(&("seo_specialist".into(), "offline".into())));
+    // What the model was asked before the offline version stood in is counted (by the
+    // resilience stack, which sees every call): the question and its re-ask, and the tokens
+    // the model wrote for them.
+    let seo = article_agent(&events, "seo_specialist");
+    assert_eq!(seo.calls, 2, "{seo:?}");
+    assert!(seo.usage.is_some_and(|u| u.output_tokens > 0), "{seo:?}");
+}
+
+/// The `agent_completed` event of `agent`.
+fn article_agent(events: &[api::GenerateEvent], agent: &str) -> api::AgentCompleted {
+    events
+        .iter()
+        .find_map(|e| match &e.event {
+            Some(api::generate_event::Event::AgentCompleted(a)) if a.agent == agent => {
+                Some(a.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {agent} in the events"))
 }
 
 /// A writer that answers nothing usable fails the job with a content status; an unreachable

@@ -472,6 +472,7 @@ impl LlmClient {
             })
             .await;
         let usage = *crate::lock(&usage);
+        scope.count_tokens(usage.input_tokens, usage.output_tokens);
         let cached = called.cache_hit();
         called.result.map(|value| Completion {
             value,
@@ -517,6 +518,9 @@ impl LlmClient {
                     .map_err(|e| e.redact(self.api_key.as_ref()))
             })
             .await;
+        if let Ok((_, usage)) = &result {
+            scope.count_tokens(usage.input_tokens, usage.output_tokens);
+        }
         result.map(|(value, usage)| Completion {
             value,
             usage,
