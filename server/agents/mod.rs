@@ -59,6 +59,11 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// The model answered, but nothing usable (not that it was unreachable).
+    pub fn is_invalid_answer(&self) -> bool {
+        matches!(self, Self::InvalidAnswer { .. })
+    }
+
     /// The LLM was unreachable or its answers unusable.
     pub fn is_llm_failure(&self) -> bool {
         matches!(
@@ -146,14 +151,16 @@ impl<T> AgentOutput<T> {
     }
 }
 
-/// An LLM agent with its offline implementation behind it: when the LLM agent fails (its
-/// answers unusable after a re-ask and repair, or the upstream down), the job goes on with
-/// the offline output and a warning instead of failing. Not used for the writer: an article
-/// is the one part a job cannot do without.
+/// An LLM agent with its offline implementation behind it: when the LLM agent fails in a
+/// way `when` accepts (its answers unusable after a re-ask and repair, or the upstream
+/// down), the job goes on with the offline output and a warning instead of failing.
 pub struct WithFallback<I: ?Sized, O> {
     pub name: AgentName,
     pub primary: Arc<dyn Agent<I, O>>,
     pub fallback: Arc<dyn Agent<I, O>>,
+    /// The failures of the primary the fallback stands in for, e.g.
+    /// [`AgentError::is_llm_failure`].
+    pub when: fn(&AgentError) -> bool,
 }
 
 impl<I: ?Sized + Sync, O: Send> Agent<I, O> for WithFallback<I, O> {
@@ -169,7 +176,7 @@ impl<I: ?Sized + Sync, O: Send> Agent<I, O> for WithFallback<I, O> {
                 Ok(output) => return Ok(output),
                 // Only the model's failures: the offline version would meet a failing
                 // knowledge base just the same.
-                Err(error) if cx.cancel.is_cancelled() || !error.is_llm_failure() => {
+                Err(error) if cx.cancel.is_cancelled() || !(self.when)(&error) => {
                     return Err(error);
                 }
                 Err(error) => error,
@@ -350,6 +357,10 @@ pub struct Agents {
     pub outline_planner: Arc<dyn Agent<JobRequest, OutlinePlan>>,
     pub research_synthesizer: Arc<dyn Agent<SynthesisInput, Synthesis>>,
     pub content_writer: Arc<dyn Agent<WritingBrief, Draft>>,
+    /// The writer whose draft replaces one that still misses the article contract after the
+    /// revisions (the offline writer, when the model writes); `None` when `content_writer`
+    /// is itself the offline writer.
+    pub content_writer_fallback: Option<Arc<dyn Agent<WritingBrief, Draft>>>,
     pub metrics_analyzer: Arc<dyn Agent<Draft, api::ContentMetrics>>,
     pub seo_specialist: Arc<dyn Agent<Draft, api::SeoMetadata>>,
     pub fact_checker: Arc<dyn Agent<FactCheckInput, api::FactCheckReport>>,

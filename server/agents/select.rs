@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{
-    Agent, AgentName, Agents, WithFallback,
+    Agent, AgentError, AgentName, Agents, WithFallback,
     content_writer::LlmWriter,
     fact_checker::LlmFactChecker,
     kb_researcher::LlmKbResearcher,
@@ -248,10 +248,18 @@ impl Agents {
                 }),
                 offline.research_synthesizer,
             );
-            // The writer has no stand-in: a job without the model's article fails.
-            agents.content_writer = Arc::new(LlmWriter {
-                llm: make(ContentWriter),
+            // The writer's stand-in takes over when the model answers nothing usable; an
+            // unreachable model still fails the job with UNAVAILABLE. Its draft also
+            // replaces one that misses the article contract after the revisions.
+            agents.content_writer = Arc::new(WithFallback {
+                name: ContentWriter,
+                primary: Arc::new(LlmWriter {
+                    llm: make(ContentWriter),
+                }),
+                fallback: offline.content_writer.clone(),
+                when: AgentError::is_invalid_answer,
             });
+            agents.content_writer_fallback = Some(offline.content_writer);
             agents.seo_specialist = degrading(
                 SeoSpecialist,
                 Arc::new(LlmSeo {
@@ -295,6 +303,7 @@ fn degrading<I: ?Sized + Sync + 'static, O: Send + 'static>(
         name,
         primary,
         fallback,
+        when: AgentError::is_llm_failure,
     })
 }
 

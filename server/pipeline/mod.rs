@@ -35,6 +35,8 @@ mod assembly;
 mod error;
 mod events;
 mod pages;
+mod revision;
+mod salvage;
 
 pub use assembly::proto_duration;
 use assembly::{Analysed, Assembly};
@@ -206,6 +208,9 @@ impl JobRun {
         let (analysed, problems, revisions) = self
             .revise(&synthesis, &sources, analysed, settings.max_iterations)
             .await?;
+        let (analysed, problems) = self
+            .meet_contract(&synthesis, &sources, (analysed, problems), revisions)
+            .await?;
         let title = contract::title(&analysed.draft.markdown)
             .unwrap_or_else(|| self.request().topic.clone());
         let final_article = FinalArticle {
@@ -365,67 +370,6 @@ impl JobRun {
         })
     }
 
-    /// Revisions while the contract or the fact check fails and a revision could help, at
-    /// most `max` of them: the writer repairs, then the draft is analysed again. A draft cut
-    /// off at the model's token limit after them fails the job.
-    async fn revise(
-        &self,
-        synthesis: &Arc<Synthesis>,
-        sources: &Arc<Vec<SourceDoc>>,
-        mut analysed: Analysed,
-        max: u32,
-    ) -> Result<(Analysed, Vec<contract::Problem>, u32), PipelineError> {
-        let target = self.request().word_count;
-        let mut problems = problems(&analysed.draft, sources, target, &analysed.fact_check);
-        let mut revisions = 0;
-        while needs_revision(&problems, &analysed.draft) && revisions < max {
-            revisions += 1;
-            let brief = WritingBrief {
-                synthesis: synthesis.clone(),
-                revision: Some(Revision {
-                    iteration: revisions + 1,
-                    previous: analysed.draft.markdown.clone(),
-                    problems: problems.clone(),
-                }),
-            };
-            analysed = self
-                .phase(Phase::Revision, revisions, async {
-                    let revised = self
-                        .write(Phase::Revision, revisions + 1, &brief, sources)
-                        .await?;
-                    self.analyse(Phase::Revision, 4, revised, sources).await
-                })
-                .await?;
-            problems = self::problems(&analysed.draft, sources, target, &analysed.fact_check);
-        }
-        let writer = AgentName::ContentWriter.as_str();
-        if analysed.draft.cut_off {
-            // Half an article is not an article: the writer failed, however often it tried.
-            return Err(PipelineError::Agent {
-                agent: writer,
-                source: AgentError::InvalidAnswer {
-                    agent: writer,
-                    message: format!(
-                        "every draft was cut off at the model's token limit ({revisions} revision(s))"
-                    ),
-                },
-            });
-        }
-        if needs_revision(&problems, &analysed.draft) {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            self.warn(
-                Phase::Revision,
-                Some(AgentName::ContentWriter),
-                WarningCode::ContractNotMet,
-                format!(
-                    "after {revisions} revision(s) the article still has problems: {}",
-                    list.join("; ")
-                ),
-            );
-        }
-        Ok((analysed, problems, revisions))
-    }
-
     /// `social_promoter` ∥ `summary_writer`, each only when asked for.
     async fn distribute(
         &self,
@@ -473,7 +417,8 @@ impl JobRun {
         .await
     }
 
-    /// The writer's draft with its `[S<n>]` markers rendered as links to the sources.
+    /// The writer's draft with its `[S<n>]` markers rendered as links to the sources; a
+    /// draft cut off at the model's token limit is kept up to its last complete section.
     async fn write(
         &self,
         phase: Phase,
@@ -487,15 +432,19 @@ impl JobRun {
         if iteration > 1 {
             self.writer_iteration.fetch_add(1, Ordering::Relaxed);
         }
-        let draft = self
-            .agent(
-                phase,
-                total,
-                AgentName::ContentWriter,
-                &*self.agents.content_writer,
-                brief,
-            )
+        let writer = &*self.agents.content_writer;
+        let mut draft = self
+            .agent(phase, total, AgentName::ContentWriter, writer, brief)
             .await?;
+        if draft.cut_off {
+            draft.markdown = salvage::complete_sections(&draft.markdown);
+        }
+        Ok(self.rendered(phase, draft, sources))
+    }
+
+    /// A draft as the article shows it: `[S<n>]` markers as links to the job's sources, and
+    /// any other link reduced to its text (with a warning).
+    fn rendered(&self, phase: Phase, draft: Draft, sources: &[SourceDoc]) -> Draft {
         let rendered = contract::render_citations(&draft.markdown, sources);
         // Citations resolve only to the job's sources, whatever the text asked for.
         let (markdown, foreign) = contract::unlink_foreign(&rendered, sources);
@@ -509,11 +458,11 @@ impl JobRun {
                 ),
             );
         }
-        Ok(Draft {
+        Draft {
             markdown,
             reachable_words: draft.reachable_words,
             cut_off: draft.cut_off,
-        })
+        }
     }
 
     async fn fact_check(
@@ -538,36 +487,4 @@ impl JobRun {
         )
         .await
     }
-}
-
-/// Whether a revision could fix something: not a draft that is short only because the
-/// sources ran out (already reported as `INSUFFICIENT_MATERIAL`).
-fn needs_revision(problems: &[contract::Problem], draft: &Draft) -> bool {
-    problems.iter().any(|problem| match problem {
-        contract::Problem::WordCount { actual, target } => {
-            draft.reachable_words.is_none() || actual > target
-        }
-        _ => true,
-    })
-}
-
-/// Contract violations plus the claims the fact check found unsupported.
-fn problems(
-    draft: &Draft,
-    sources: &[SourceDoc],
-    target: usize,
-    fact_check: &api::FactCheckReport,
-) -> Vec<contract::Problem> {
-    let mut problems = contract::check(&draft.markdown, sources, target);
-    if draft.cut_off {
-        problems.push(contract::Problem::CutOff);
-    }
-    problems.extend(
-        fact_check
-            .claims
-            .iter()
-            .filter(|c| c.verdict() == api::Verdict::Unsupported)
-            .map(|c| contract::Problem::UnsupportedClaim(c.text.clone())),
-    );
-    problems
 }

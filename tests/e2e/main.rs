@@ -8,6 +8,7 @@ use dakota_tests::standin;
 mod caching;
 mod cli;
 mod common;
+mod contract_holds;
 mod generate;
 mod hostile_kb;
 mod hostile_upstreams;

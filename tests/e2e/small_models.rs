@@ -150,21 +150,32 @@ fn article_agent(events: &[api::GenerateEvent], agent: &str) -> api::AgentComple
         .unwrap_or_else(|| panic!("no {agent} in the events"))
 }
 
-/// A writer that answers nothing usable fails the job with a content status; an unreachable
-/// model still fails it with UNAVAILABLE.
+/// A writer that answers nothing usable (nothing at all, or drafts cut off at `max_tokens`
+/// in every pass) no longer fails the job: the offline writer's draft, or the model's draft
+/// completed from it, stands in with `CONTENT_WRITER_DEGRADED` (issue 21: the job fails only
+/// when no article can be made). An unreachable model still fails it with UNAVAILABLE.
 #[tokio::test]
-async fn a_writer_with_no_usable_article_fails_with_a_content_status() {
+async fn a_writer_with_no_usable_article_is_stood_in_for_and_an_unreachable_one_fails() {
     for sloppy in [Sloppy::Empty, Sloppy::Ramble] {
         let standin = StandIn::start().await;
         standin.sloppy(Route::LlmStream, sloppy);
         let mut server = common::start(config(&standin)).await;
-        let failed = common::failed(&server.generate(llm_request()).await);
-        assert_eq!(
-            failed.code,
-            Code::FailedPrecondition as i32,
-            "{sloppy:?}: {failed:?}"
+        let events = server.generate(llm_request()).await;
+        let article = final_article(&events);
+        assert!(
+            article
+                .metadata
+                .unwrap()
+                .quality
+                .unwrap()
+                .contract_satisfied,
+            "{sloppy:?}"
         );
-        assert!(failed.message.contains("content_writer"), "{failed:?}");
+        let warned = warnings(&events);
+        assert!(
+            warned.contains(&"CONTENT_WRITER_DEGRADED".to_string()),
+            "{sloppy:?}: {warned:?}"
+        );
         assert_bounded(&standin);
     }
     let standin = StandIn::start().await;
