@@ -277,9 +277,10 @@ pub fn check_claims(
 }
 
 /// The most tokens the model's verdicts may use: a base plus this much per claim, up to the cap.
-const VERDICT_BASE_TOKENS: u32 = 200;
-const PER_VERDICT_TOKENS: u32 = 120;
-const VERDICTS_TOKENS_CAP: u32 = 4_000;
+/// (See the table in [`super::llm`].)
+pub(super) const VERDICT_BASE_TOKENS: u32 = 60;
+pub(super) const PER_VERDICT_TOKENS: u32 = 80;
+pub(super) const VERDICTS_TOKENS_CAP: u32 = 2_500;
 
 /// The report in one line, for `agent_completed`.
 fn summary_line(report: &api::FactCheckReport) -> String {
@@ -390,13 +391,20 @@ fn claims_listing(candidates: &[ClaimCandidate], sources: &[SourceDoc]) -> Strin
         .join("\n\n")
 }
 
+/// The longest quote of evidence asked for: the passage that states the fact, not more.
+const EVIDENCE_CHARS: usize = 200;
+
 /// The fact checker's answer: at most one verdict per claim of `count`.
-fn verdicts_schema(count: usize) -> Value {
+fn verdicts_schema(llm: &LlmAgent, count: usize) -> Value {
+    let evidence = llm.text(
+        EVIDENCE_CHARS,
+        "the exact supporting passage of the excerpt, or empty",
+    );
     object(
         json!({"verdicts": {"type": "array", "maxItems": count, "items": object(json!({
             "claim": {"type": "integer", "minimum": 1, "maximum": count},
             "verdict": {"type": "string", "enum": ModelVerdict::NAMES},
-            "evidence": {"type": "string"},
+            "evidence": evidence,
         }))}}),
     )
 }
@@ -463,7 +471,7 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
                     cx,
                     "fact_checker",
                     &[("claims", claims_listing(&candidates, &input.sources))],
-                    verdicts_schema(count),
+                    verdicts_schema(&self.llm, count),
                     max_tokens,
                     parsed(|answer: VerdictsAnswer| check_verdicts(answer, count)),
                 )

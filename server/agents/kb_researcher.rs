@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{
     Agent, AgentContext, AgentError, AgentFuture, AgentOutput, KbResearch, SourceDoc,
     extract::best_sentences,
-    llm::{Asked, Checked, LlmAgent, llm_agent, object, parse, strings},
+    llm::{Asked, Checked, LlmAgent, llm_agent, object, parse},
     offline::PROVIDER,
     web_researcher::domain_of,
 };
@@ -30,8 +30,10 @@ const ANGLE_WEIGHT: f32 = 0.25;
 const MIN_QUERIES: usize = 3;
 const MAX_QUERIES: usize = 4;
 
-/// The most tokens the model's queries may use.
-const ANSWER_TOKENS: u32 = 300;
+/// The most tokens the model's queries may use (see the table in [`super::llm`]).
+pub(super) const ANSWER_TOKENS: u32 = 160;
+/// The longest query asked for.
+const QUERY_CHARS: usize = 80;
 
 /// The search queries for a topic: the topic itself and three angles on it.
 pub fn kb_queries(topic: &str) -> Vec<String> {
@@ -225,7 +227,7 @@ pub async fn ask_queries(
             cx,
             prompt,
             &[],
-            object(json!({"queries": strings(MIN_QUERIES, MAX_QUERIES)})),
+            object(json!({"queries": agent.texts(MIN_QUERIES, MAX_QUERIES, QUERY_CHARS, "a search query")})),
             ANSWER_TOKENS,
             |v| check_queries(&topic, v),
         )

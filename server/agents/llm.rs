@@ -1,15 +1,35 @@
 //! What the LLM agents share: each asks an OpenAI-compatible model with its prompt file and,
-//! except the writer, a strict JSON schema; an answer that does not fit is asked again once,
-//! naming what was wrong, and else repaired by code. Each agent's answer budget (its
-//! `max_tokens`) leaves room for what is asked, not for a model that rambles until the
-//! server's own limit.
+//! except the writer, a strict JSON schema. An answer with a safe deterministic repair is
+//! repaired at once (`ANSWER_REPAIRED`); one that does not fit at all is asked again once,
+//! naming what was wrong. An answer cut off at `max_tokens` is closed after its last
+//! complete value when that is safe ([`super::truncated`]), else asked again.
+//!
+//! Every generated token is seconds on a local model (13-25 tokens/s for a 135M model on
+//! two cores), so each agent's `max_tokens` is what its answer needs at the limits its
+//! schema and prompt state (about 4 characters a token), with some slack, and no more:
+//!
+//! | agent | `max_tokens` | what it is for |
+//! |---|---|---|
+//! | `kb_researcher`, `web_researcher` | 160 (was 300) | 3-4 queries of at most 80 characters: ~70 tokens |
+//! | `research_synthesizer` (plan) | 200 (was 300) | 3-4 headings of at most 80 characters: ~100 |
+//! | `research_synthesizer` | 450 (was 1,200) | 3-4 sections (heading ≤ 80 characters, 1-4 ids from an enum) and 3-4 themes ≤ 40 characters: ~250 |
+//! | `seo_specialist` | 200 (was 400) | title ≤ 60, meta description ≤ 155, 5-7 keywords ≤ 40 characters: ~140 |
+//! | `fact_checker` | 60 + 80 a claim, at most 2,500 (was 200 + 120, at most 4,000) | a verdict: number, verdict, evidence ≤ 200 characters: ~70 |
+//! | `summary_writer` | 450 (was 600) | key value ≤ 200, overview ≤ 600, 1-4 takeaways ≤ 150 characters: ~370 |
+//! | `social_promoter` | 1,600 (was 2,500) | 3 LinkedIn posts ≤ 600, 10 thread posts ≤ 280, email ≤ 300, Instagram ≤ 500, Facebook ≤ 400 characters: ~1,450 |
+//! | `content_writer` | 1.5 × words + 500, 800-16,000 (was 2 × words + 1,000, 1,000-16,000) | ~1.3 tokens a word up to the contract's +15%, headings, bullets and `[S<n>]` markers |
+//!
+//! The tokens every round really generated (a re-ask's too, and a writer's empty first
+//! answer) are added up in the agent's usage, and so in the run metrics.
 use crate::domain::WarningCode;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AgentContext, AgentError, AgentName, AgentOutput, SourceDoc, prompts::Prompts};
+use super::{
+    AgentContext, AgentError, AgentName, AgentOutput, SourceDoc, prompts::Prompts, truncated,
+};
 use crate::{
     domain::JobRequest,
     resilience::Calls,
@@ -40,6 +60,8 @@ pub(super) fn unavailable(error: UpstreamError) -> AgentError {
         UpstreamError::ContextExceeded { .. } => AgentError::InvalidAnswer {
             agent: "llm",
             message: error.to_string(),
+            // Refused before anything was generated.
+            spent: api::TokenUsage::default(),
         },
         error => AgentError::Unavailable {
             upstream: error.upstream(),
@@ -51,8 +73,8 @@ pub(super) fn unavailable(error: UpstreamError) -> AgentError {
 /// How an answer measures up against what was asked.
 pub enum Checked<T> {
     Fits(T),
-    /// It bends a limit; `repaired` is the safe deterministic fix, used when the corrective
-    /// re-ask does not fit either.
+    /// It bends a limit; `repaired` is the safe deterministic fix, used at once (with an
+    /// `ANSWER_REPAIRED` warning), without a re-ask.
     Repairable {
         problem: String,
         repaired: T,
@@ -98,12 +120,30 @@ fn json_in(content: &str) -> Option<Value> {
     }
 }
 
-/// Judges one answer: cut off, not JSON, or whatever `check` says of it.
-fn judge<T>(answer: &Answer, max_tokens: u32, check: &impl Fn(Value) -> Checked<T>) -> Checked<T> {
+/// Judges one answer: not JSON, or whatever `check` says of it. An answer cut off at
+/// `max_tokens` is unfit, unless it can be closed after its last complete value within
+/// `schema` and that fits or has a repair: then it is repairable (its complete part is the
+/// model's; nothing is guessed).
+fn judge<T>(
+    answer: &Answer,
+    max_tokens: u32,
+    schema: &Value,
+    check: &impl Fn(Value) -> Checked<T>,
+) -> Checked<T> {
     if answer.truncated {
-        return Checked::Unfit(format!(
-            "the answer was cut off at the limit of {max_tokens} tokens; answer briefly, within the limits stated"
-        ));
+        let cut = format!("the answer was cut off at the limit of {max_tokens} tokens");
+        let closed = truncated::close(&answer.content)
+            .filter(|value| truncated::within_schema(value, schema))
+            .map(check);
+        return match closed {
+            Some(Checked::Fits(repaired) | Checked::Repairable { repaired, .. }) => {
+                Checked::Repairable {
+                    problem: format!("{cut}; kept up to its last complete item"),
+                    repaired,
+                }
+            }
+            _ => Checked::Unfit(format!("{cut}; answer briefly, within the limits stated")),
+        };
     }
     match json_in(&answer.content) {
         Some(value) => check(value),
@@ -161,11 +201,6 @@ pub(super) fn object(properties: Value) -> Value {
     json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
 }
 
-/// An array of strings with `min..=max` items.
-pub(super) fn strings(min: usize, max: usize) -> Value {
-    json!({"type": "array", "items": {"type": "string"}, "minItems": min, "maxItems": max})
-}
-
 pub(super) fn parse<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, String> {
     serde_json::from_value(value).map_err(|e| format!("the answer does not fit the schema: {e}"))
 }
@@ -192,6 +227,11 @@ impl LlmAgent {
         schema
     }
 
+    /// An array of `min..=max` strings of at most `chars` characters each ([`Self::text`]).
+    pub(super) fn texts(&self, min: usize, max: usize, chars: usize, what: &str) -> Value {
+        json!({"type": "array", "items": self.text(chars, what), "minItems": min, "maxItems": max})
+    }
+
     pub fn output<T>(&self, asked: Asked<T>, summary: String) -> AgentOutput<T> {
         let (completion, calls) = (asked.completion, asked.calls);
         let mut warnings = Vec::new();
@@ -199,7 +239,7 @@ impl LlmAgent {
             warnings.push((
                 WarningCode::AnswerRepaired,
                 format!(
-                    "{}: the model's answer still bent a limit after a corrective re-ask ({problem}); repaired by code",
+                    "{}: the model's answer bent a limit ({problem}); repaired by code",
                     self.name.as_str()
                 ),
             ));
@@ -219,9 +259,11 @@ impl LlmAgent {
     }
 
     /// One structured question with the agent's prompt and `extra` placeholders. An answer
-    /// that does not fit gets one corrective re-ask naming what was wrong; if that does not
-    /// fit either, the safe repair of either answer is used; else the agent fails with
-    /// [`AgentError::InvalidAnswer`]. Only transport failures are [`AgentError::Unavailable`].
+    /// with a safe deterministic repair is repaired at once (a re-ask would cost a whole
+    /// answer more, seconds a token on a local model); one that does not fit at all gets one
+    /// corrective re-ask naming what was wrong, and if that does not fit either (nor has a
+    /// repair) the agent fails with [`AgentError::InvalidAnswer`]. Only transport failures
+    /// are [`AgentError::Unavailable`].
     pub(super) async fn ask<T>(
         &self,
         cx: &AgentContext,
@@ -249,7 +291,6 @@ impl LlmAgent {
             cached: true,
         };
         let mut calls = Calls::default();
-        let mut repaired: Option<(String, T)> = None;
         let mut problem = String::new();
         for round in 0..2 {
             let result = self
@@ -263,39 +304,36 @@ impl LlmAgent {
             total.attempts += answer.attempts;
             total.cached &= answer.cached;
             calls.add(Calls::one(answer.cached));
-            match judge(&answer.value, max_tokens, &check) {
-                Checked::Fits(value) => {
-                    return Ok(Asked {
-                        completion: total.with(value),
-                        repaired: None,
-                        calls,
-                    });
-                }
+            let (value, repaired) = match judge(&answer.value, max_tokens, &schema, &check) {
+                Checked::Fits(value) => (value, None),
+                // A safe repair costs nothing; a re-ask costs a whole answer more.
                 Checked::Repairable {
-                    problem: found,
+                    problem,
                     repaired: value,
-                } => {
-                    problem = found.clone();
-                    repaired = Some((found, value));
+                } => (value, Some(problem)),
+                Checked::Unfit(found) => {
+                    tracing::info!(agent = self.name.as_str(), round, problem = %found, "answer does not fit");
+                    if round == 0 {
+                        turns.extend(corrective_turns(&answer.value.content, &found));
+                    }
+                    problem = found;
+                    continue;
                 }
-                Checked::Unfit(found) => problem = found,
-            }
-            tracing::info!(agent = self.name.as_str(), round, %problem, "answer does not fit");
-            if round == 0 {
-                turns.extend(corrective_turns(&answer.value.content, &problem));
-            }
-        }
-        match repaired {
-            Some((found, value)) => Ok(Asked {
+            };
+            return Ok(Asked {
                 completion: total.with(value),
-                repaired: Some(found),
+                repaired,
                 calls,
-            }),
-            None => Err(AgentError::InvalidAnswer {
-                agent: self.name.as_str(),
-                message: format!("the answer did not fit after a corrective re-ask: {problem}"),
-            }),
+            });
         }
+        Err(AgentError::InvalidAnswer {
+            agent: self.name.as_str(),
+            message: format!("the answer did not fit after a corrective re-ask: {problem}"),
+            spent: api::TokenUsage {
+                input_tokens: total.usage.input_tokens,
+                output_tokens: total.usage.output_tokens,
+            },
+        })
     }
 }
 
@@ -464,8 +502,56 @@ mod tests {
         #[test]
         fn any_answer_is_judged(content in "(\\{|\\}|\\[|\\]|\"queries\"|:|,|\"|\\PC{0,12}){0,40}", truncated: bool) {
             let answer = Answer { content, truncated };
-            let _ = judge(&answer, 300, &|v| check_queries("ESG", v));
+            let _ = judge(&answer, 300, &json!({}), &|v| check_queries("ESG", v));
             let _ = json_in(&answer.content);
+        }
+    }
+
+    #[test]
+    fn an_answer_cut_off_inside_its_queries_is_closed_not_reasked() {
+        let schema = json!({"type": "object", "properties": {"queries": {"type": "array", "items": {"type": "string"}}}});
+        let cut = |content: &str| Answer {
+            content: content.into(),
+            truncated: true,
+        };
+        let check = |v| check_queries("ESG", v);
+        // Three complete queries and one cut in half: the three are the model's answer.
+        match judge(
+            &cut(r#"{"queries": ["esg a", "esg b", "esg c", "esg and so"#),
+            160,
+            &schema,
+            &check,
+        ) {
+            Checked::Repairable { problem, repaired } => {
+                assert_eq!(repaired, ["esg a", "esg b", "esg c"]);
+                assert!(
+                    problem.contains("cut off at the limit of 160 tokens"),
+                    "{problem}"
+                );
+            }
+            _ => unreachable!("a closable answer is repaired"),
+        }
+        // One complete query: padded from the topic, as any short answer is.
+        assert_eq!(
+            repaired(judge(
+                &cut(r#"{"queries": ["esg a", "esg b"#),
+                160,
+                &schema,
+                &check
+            ))
+            .len(),
+            3
+        );
+        // Off the schema before it was cut (what a rambling model does), or nothing
+        // complete: asked again.
+        for content in [
+            r#"{"queries": ["a", "b", "c"], "more": "x", "more": "and mo"#,
+            r#"{"quer"#,
+        ] {
+            assert!(matches!(
+                judge(&cut(content), 160, &schema, &check),
+                Checked::Unfit(_)
+            ));
         }
     }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{
     Agent, AgentContext, AgentFuture, AgentOutput, Draft,
     extract::{lead_sentences, section_bullets},
-    llm::{Checked, LlmAgent, llm_agent, object, parsed, strings},
+    llm::{Checked, LlmAgent, llm_agent, object, parsed},
     offline::extractive,
 };
 use crate::{
@@ -29,8 +29,10 @@ const MAX_KEYWORDS: usize = 7;
 /// Keywords of the offline version, when the article has that many terms.
 const OFFLINE_KEYWORDS: usize = 6;
 
-/// The most tokens the model's answer may use.
-const ANSWER_TOKENS: u32 = 400;
+/// The most tokens the model's answer may use (see the table in [`super::llm`]).
+pub(super) const ANSWER_TOKENS: u32 = 200;
+/// The longest keyword phrase.
+const KEYWORD_CHARS: usize = 40;
 
 extractive!(Draft => api::SeoMetadata, |cx, draft| {
     let seo = seo(&cx.request, &draft.markdown);
@@ -189,7 +191,7 @@ impl Agent<Draft, api::SeoMetadata> for LlmSeo {
             let schema = object(json!({
                 "title": self.llm.text(SEO_TITLE_CHARS, "the SEO title"),
                 "meta_description": self.llm.text(META_DESCRIPTION_CHARS, "the meta description"),
-                "keywords": strings(MIN_KEYWORDS, MAX_KEYWORDS),
+                "keywords": self.llm.texts(MIN_KEYWORDS, MAX_KEYWORDS, KEYWORD_CHARS, "a keyword phrase"),
             }));
             let fallback = seo(&cx.request, &draft.markdown);
             let answer = self

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{
     Agent, AgentContext, AgentFuture, AgentOutput, FinalArticle,
     extract::section_bullets,
-    llm::{Checked, LlmAgent, llm_agent, object, parsed, strings},
+    llm::{Checked, LlmAgent, llm_agent, object, parsed},
     offline::extractive,
 };
 use crate::{
@@ -25,8 +25,13 @@ const LINKEDIN_POSTS: usize = 3;
 const THREAD_POSTS: usize = 10;
 pub(super) const THREAD_POST_CHARS: usize = 280;
 
-/// The most tokens the model's answer may use.
-const ANSWER_TOKENS: u32 = 2_500;
+/// The most tokens the model's answer may use (see the table in [`super::llm`]).
+pub(super) const ANSWER_TOKENS: u32 = 1_600;
+/// The longest LinkedIn post, email snippet, Instagram and Facebook post asked for.
+const LINKEDIN_POST_CHARS: usize = 600;
+const EMAIL_CHARS: usize = 300;
+const INSTAGRAM_CHARS: usize = 500;
+const FACEBOOK_CHARS: usize = 400;
 
 extractive!(FinalArticle => api::SocialContent, |cx, article| {
     let social = social(&cx.request, article);
@@ -223,11 +228,11 @@ impl Agent<FinalArticle, api::SocialContent> for LlmSocial {
     ) -> AgentFuture<'a, api::SocialContent> {
         Box::pin(async move {
             let schema = object(json!({
-                "linkedin_posts": strings(LINKEDIN_POSTS, LINKEDIN_POSTS),
-                "thread": {"type": "array", "minItems": THREAD_POSTS, "maxItems": THREAD_POSTS, "items": self.llm.text(THREAD_POST_CHARS, "one post of the thread")},
-                "email_snippet": {"type": "string"},
-                "instagram_post": {"type": "string"},
-                "facebook_post": {"type": "string"},
+                "linkedin_posts": self.llm.texts(LINKEDIN_POSTS, LINKEDIN_POSTS, LINKEDIN_POST_CHARS, "a LinkedIn post"),
+                "thread": self.llm.texts(THREAD_POSTS, THREAD_POSTS, THREAD_POST_CHARS, "one post of the thread"),
+                "email_snippet": self.llm.text(EMAIL_CHARS, "the email snippet"),
+                "instagram_post": self.llm.text(INSTAGRAM_CHARS, "the Instagram caption"),
+                "facebook_post": self.llm.text(FACEBOOK_CHARS, "the Facebook post"),
             }));
             let extra = [
                 ("title", article.title.clone()),

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::{
     Agent, AgentContext, AgentFuture, AgentOutput, FinalArticle,
     extract::{lead_sentences, section_bullets},
-    llm::{Checked, LlmAgent, llm_agent, object, parsed, strings},
+    llm::{Checked, LlmAgent, llm_agent, object, parsed},
     offline::extractive,
 };
 use crate::{
@@ -20,8 +20,10 @@ pub(super) const KEY_VALUE_CHARS: usize = 200;
 const OVERVIEW_CHARS: usize = 600;
 const MAX_TAKEAWAYS: usize = 4;
 
-/// The most tokens the model's answer may use.
-const ANSWER_TOKENS: u32 = 600;
+/// The most tokens the model's answer may use (see the table in [`super::llm`]).
+pub(super) const ANSWER_TOKENS: u32 = 450;
+/// The longest takeaway ("short").
+const TAKEAWAY_CHARS: usize = 150;
 
 extractive!(FinalArticle => api::Summary, |_cx, article| {
     let summary = summary(article);
@@ -130,7 +132,7 @@ impl Agent<FinalArticle, api::Summary> for LlmSummary {
             let schema = object(json!({
                 "key_value": self.llm.text(KEY_VALUE_CHARS, "the article's key value in one sentence"),
                 "overview": self.llm.text(OVERVIEW_CHARS, "a 2-3 sentence overview"),
-                "takeaways": strings(1, MAX_TAKEAWAYS),
+                "takeaways": self.llm.texts(1, MAX_TAKEAWAYS, TAKEAWAY_CHARS, "a short takeaway"),
             }));
             let extra = [
                 ("title", article.title.clone()),

@@ -198,7 +198,7 @@ pub enum WarningCode {
     PromptTextRemoved,
     /// The writer's stream broke midway and was asked again.
     WriterRestarted,
-    /// A structured answer still bent a limit after a corrective re-ask: repaired by code.
+    /// A structured answer bent a limit (or was cut off at `max_tokens`): repaired by code.
     AnswerRepaired,
     /// The agent's offline version stood in for its LLM version.
     Degraded(AgentName),

@@ -209,6 +209,8 @@ impl JobRun {
         (provider, model): (String, String),
         elapsed: Duration,
     ) -> (api::AgentMetrics, u64) {
+        // The tokens of a degraded part are those its model spent before it failed.
+        let priced = model.clone();
         let (provider, model) = match &output.degraded {
             Some(degraded) => {
                 lock(&self.metrics).degraded.push(api::DegradedPart {
@@ -221,12 +223,17 @@ impl JobRun {
             }
             None => (provider, model),
         };
+        let priced = if output.degraded.is_some() {
+            &priced
+        } else {
+            &model
+        };
         let cost = self.settings.prices.cost(
-            &model,
+            priced,
             output.usage.input_tokens,
             output.usage.output_tokens,
         );
-        self.record_agent_metrics(name, &provider, &model, output.usage, cost, elapsed);
+        self.record_agent_metrics(name, &provider, priced, output.usage, cost, elapsed);
         let record = api::AgentMetrics {
             agent: name.as_str().into(),
             phase: phase.as_str().into(),

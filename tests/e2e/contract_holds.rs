@@ -151,3 +151,37 @@ async fn a_writer_that_answers_one_paragraph_still_completes_with_the_contract_m
     // A revision that changed nothing was the only one spent.
     assert_eq!(metrics.revision_iterations, 1);
 }
+
+/// A first answer whose safe repair is known is repaired at once: one call, no re-ask.
+#[tokio::test]
+async fn a_repairable_first_answer_is_repaired_without_a_reask() {
+    let standin = StandIn::start().await;
+    standin.sloppy(Route::Llm, Sloppy::Overlong);
+    let mut server = common::start(config(&standin)).await;
+    let events = server.generate(llm_request()).await;
+    let article = final_article(&events);
+    let asked: Vec<String> = standin
+        .requests_of(Route::Llm)
+        .iter()
+        .map(|r| r.llm_kind())
+        .collect();
+    // One SEO call per draft analysed: none asked again.
+    let seo = asked.iter().filter(|k| *k == "seo_specialist").count();
+    let drafts = asked.iter().filter(|k| *k == "stream").count();
+    assert_eq!(seo, drafts, "{asked:?}");
+    assert!(
+        standin
+            .requests_of(Route::Llm)
+            .iter()
+            .all(|r| r.body["messages"].as_array().map_or(0, Vec::len) <= 2),
+        "no corrective re-ask"
+    );
+    assert!(
+        warnings(&events).contains(&"ANSWER_REPAIRED".to_string()),
+        "{:?}",
+        warnings(&events)
+    );
+    let seo = article.metadata.unwrap().seo.unwrap();
+    assert!(seo.title.chars().count() <= 60, "{}", seo.title);
+    assert!(article.metrics.unwrap().degraded.is_empty());
+}

@@ -11,13 +11,14 @@ use crate::{
     upstream::llm::Completion,
 };
 
-/// The most tokens the draft may use: about 1.3 tokens a word, with room for Markdown,
-/// citation markers and slack.
-fn max_tokens(words: usize) -> u32 {
+/// The most tokens the draft may use: about 1.3 tokens a word up to the contract's +15%,
+/// with room for headings, bullets and `[S<n>]` markers (see the table in
+/// [`crate::agents::llm`]).
+pub(crate) fn max_tokens(words: usize) -> u32 {
     // At most what common models can return in one answer (16,384 for many).
-    u32::try_from(words.saturating_mul(2).saturating_add(1_000))
+    u32::try_from(words.saturating_mul(3) / 2 + 500)
         .unwrap_or(u32::MAX)
-        .clamp(1_000, 16_000)
+        .clamp(800, 16_000)
 }
 
 /// `content_writer`: streams Markdown; deltas reach the client as they arrive.
@@ -134,6 +135,10 @@ impl LlmWriter {
             return Err(AgentError::InvalidAnswer {
                 agent: self.llm.name.as_str(),
                 message: "the model answered with no text, twice".into(),
+                spent: dakota::api::TokenUsage {
+                    input_tokens: usage.input_tokens,
+                    output_tokens: usage.output_tokens,
+                },
             });
         };
         Ok(Written {

@@ -12,7 +12,7 @@ use super::{
     Agent, AgentContext, AgentError, AgentFuture, AgentOutput, OutlineSection, SourceDoc,
     Synthesis, SynthesisInput,
     extract::usable_sentences,
-    llm::{Checked, LlmAgent, describe_sources, llm_agent, object, parsed, strings},
+    llm::{Checked, LlmAgent, describe_sources, llm_agent, object, parsed},
     offline::extractive,
 };
 use crate::{
@@ -42,8 +42,10 @@ const MAX_THEMES: usize = 4;
 /// Sources a section of the model's outline may name.
 const MAX_SECTION_SOURCES: usize = 4;
 
-/// The most tokens the model's outline may use.
-const ANSWER_TOKENS: u32 = 1_200;
+/// The most tokens the model's outline may use (see the table in [`super::llm`]).
+pub(super) const ANSWER_TOKENS: u32 = 450;
+/// The longest key theme ("a short phrase").
+const THEME_CHARS: usize = 40;
 
 extractive!(SynthesisInput => Synthesis, |cx, input| synthesize(&cx.request, input));
 
@@ -262,7 +264,7 @@ struct SectionAnswer {
 }
 
 /// The longest section heading.
-const HEADING_CHARS: usize = 80;
+pub(super) const HEADING_CHARS: usize = 80;
 
 /// The outline and themes, checked against the sources and the planned headings. Repairs:
 /// unknown source ids dropped, a section without sources given the best one, usable sections
@@ -405,9 +407,13 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
             let schema = object(json!({
                 "outline": {
                     "type": "array", "minItems": MIN_SECTIONS, "maxItems": MAX_SECTIONS,
-                    "items": object(json!({"heading": self.llm.text(HEADING_CHARS, "the section heading"), "source_ids": strings(1, MAX_SECTION_SOURCES)})),
+                    "items": object(json!({
+                        "heading": self.llm.text(HEADING_CHARS, "the section heading"),
+                        // Only the ids given: a model cannot invent one (nor a URL for one).
+                        "source_ids": {"type": "array", "minItems": 1, "maxItems": MAX_SECTION_SOURCES, "items": {"type": "string", "enum": ids}},
+                    })),
                 },
-                "key_themes": strings(MIN_THEMES, MAX_THEMES),
+                "key_themes": self.llm.texts(MIN_THEMES, MAX_THEMES, THEME_CHARS, "a key theme"),
             }));
             let mut plan = input.plan.sections.clone();
             plan.extend(plan::planned_sections(&cx.request.topic));

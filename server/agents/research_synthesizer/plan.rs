@@ -5,19 +5,19 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{MAX_SECTIONS, MIN_SECTIONS, unusable_heading};
+use super::{HEADING_CHARS, MAX_SECTIONS, MIN_SECTIONS, unusable_heading};
 use crate::{
     agents::{
         Agent, AgentContext, AgentFuture, AgentOutput, OutlinePlan,
-        llm::{Checked, LlmAgent, llm_agent, object, parsed, strings},
+        llm::{Checked, LlmAgent, llm_agent, object, parsed},
         offline::extractive,
     },
     domain::JobRequest,
     text,
 };
 
-/// The most tokens the model's plan may use.
-const ANSWER_TOKENS: u32 = 300;
+/// The most tokens the model's plan may use (see the table in [`crate::agents::llm`]).
+pub(crate) const ANSWER_TOKENS: u32 = 200;
 
 /// Section headings planned from the topic alone.
 pub(super) fn planned_sections(topic: &str) -> Vec<String> {
@@ -99,7 +99,9 @@ impl Agent<JobRequest, OutlinePlan> for LlmOutlinePlanner {
         request: &'a JobRequest,
     ) -> AgentFuture<'a, OutlinePlan> {
         Box::pin(async move {
-            let schema = object(json!({"sections": strings(MIN_SECTIONS, MAX_SECTIONS)}));
+            let schema = object(
+                json!({"sections": self.llm.texts(MIN_SECTIONS, MAX_SECTIONS, HEADING_CHARS, "a section heading")}),
+            );
             let answer = self
                 .llm
                 .ask(
