@@ -185,3 +185,68 @@ async fn a_repairable_first_answer_is_repaired_without_a_reask() {
     assert!(seo.title.chars().count() <= 60, "{}", seo.title);
     assert!(article.metrics.unwrap().degraded.is_empty());
 }
+
+/// A writer whose drafts never reach their conclusion (a small model that stops early): the
+/// offline writer's draft of the brief, its title changed and its `## Conclusion` cut.
+struct NoConclusion {
+    inner: Arc<dyn Agent<WritingBrief, Draft>>,
+}
+
+impl Agent<WritingBrief, Draft> for NoConclusion {
+    fn provider(&self) -> &str {
+        "early-stopper"
+    }
+    fn model(&self) -> &str {
+        "test"
+    }
+    fn run<'a>(&'a self, cx: &'a AgentContext, brief: &'a WritingBrief) -> AgentFuture<'a, Draft> {
+        Box::pin(async move {
+            let mut output = self.inner.run(cx, brief).await?;
+            let markdown = &output.value.markdown;
+            let body = markdown.split_once('\n').map_or("", |(_, rest)| rest);
+            let body = body.split("## Conclusion").next().unwrap_or_default();
+            output.value.markdown = format!("# The Model's Own Title\n{body}");
+            Ok(output)
+        })
+    }
+}
+
+/// The model's draft is not thrown away for a missing section: code completes it from the
+/// offline writer's draft, and says so.
+#[tokio::test]
+async fn a_draft_without_its_conclusion_is_completed_by_code_and_keeps_the_models_text() {
+    let standin = StandIn::start().await;
+    let agents = Arc::new(|kb, upstreams: &Upstreams| {
+        let mut agents = Agents::build(kb, upstreams);
+        agents.content_writer = Arc::new(NoConclusion {
+            inner: agents.content_writer_fallback.clone().unwrap(),
+        });
+        agents
+    });
+    let mut server = common::start_with(config(&standin), agents).await;
+    let events = server.generate(llm_request()).await;
+    let article = final_article(&events);
+    let problems = contract_problems(&article);
+    assert!(problems.is_empty(), "{problems:?}\n{}", article.markdown);
+    assert!(
+        article.markdown.starts_with("# The Model's Own Title\n"),
+        "{}",
+        article.markdown
+    );
+    assert_eq!(article.title, "The Model's Own Title");
+    let degraded: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::Warning(w)) if w.code == "CONTENT_WRITER_DEGRADED" => {
+                Some(w.message.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        degraded
+            .iter()
+            .any(|m| m.contains("completed by code with the offline writer's `Conclusion`")),
+        "{degraded:?}"
+    );
+}
