@@ -33,12 +33,19 @@ impl JobRun {
             };
             let revised = self
                 .phase(Phase::Revision, revisions, async {
-                    let revised = self
+                    match self
                         .write(Phase::Revision, revisions + 1, &brief, sources)
-                        .await?;
-                    self.analyse(Phase::Revision, 4, revised, sources).await
+                        .await
+                    {
+                        Ok(revised) => {
+                            let analysed = self.analyse(Phase::Revision, 4, revised, sources);
+                            analysed.await.map(Some)
+                        }
+                        Err(error) => self.revision_failed(error).map(|()| None),
+                    }
                 })
                 .await?;
+            let Some(revised) = revised else { break };
             let found = self::problems(&revised.draft, sources, target, &revised.fact_check);
             let improved = found.len() < problems.len();
             if found.len() <= problems.len() {
@@ -50,6 +57,26 @@ impl JobRun {
             }
         }
         Ok((analysed, problems, revisions))
+    }
+
+    /// A revision the model could not write (unreachable, or nothing usable): the draft in
+    /// hand is still an article, so the job goes on with it and a warning. Anything else
+    /// (a cancelled job, a failing knowledge base, a bug) fails the job.
+    fn revision_failed(&self, error: PipelineError) -> Result<(), PipelineError> {
+        match error {
+            PipelineError::Agent { source, .. }
+                if source.is_llm_failure() && !self.cx.cancel.is_cancelled() =>
+            {
+                self.warn(
+                    Phase::Revision,
+                    Some(AgentName::ContentWriter),
+                    WarningCode::Degraded(AgentName::ContentWriter),
+                    format!("the revision failed ({source}); the draft before it stands"),
+                );
+                Ok(())
+            }
+            error => Err(error),
+        }
     }
 
     /// The draft, if its structure meets the article contract; else the draft completed by

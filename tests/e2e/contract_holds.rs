@@ -12,7 +12,7 @@ use dakota_server::{
 
 use crate::{
     common::{self, final_article},
-    standin::{Route, Sloppy, StandIn},
+    standin::{Fault, Route, Sloppy, StandIn},
     upstreams::{config, llm_request, warnings},
 };
 
@@ -249,4 +249,38 @@ async fn a_draft_without_its_conclusion_is_completed_by_code_and_keeps_the_model
             .any(|m| m.contains("completed by code with the offline writer's `Conclusion`")),
         "{degraded:?}"
     );
+}
+
+/// The model goes away after the first draft: the revision cannot be written, but the job
+/// has a draft, so it completes (the draft completed to the contract) instead of failing.
+#[tokio::test]
+async fn a_model_lost_during_revision_does_not_fail_a_job_that_has_a_draft() {
+    let standin = StandIn::start().await;
+    let first = Fault::Delay(std::time::Duration::ZERO);
+    standin.fault(
+        Route::LlmStream,
+        std::iter::once(first).chain(std::iter::repeat_n(Fault::Status(503), 8)),
+    );
+    let agents = Arc::new(|kb, upstreams: &Upstreams| {
+        let mut agents = Agents::build(kb, upstreams);
+        agents.content_writer = Arc::new(OneParagraph {
+            inner: agents.content_writer.clone(),
+        });
+        agents
+    });
+    let mut config = config(&standin);
+    config.upstreams.max_attempts = 1;
+    let mut server = common::start_with(config, agents).await;
+    let events = server.generate(llm_request()).await;
+    let article = final_article(&events);
+    assert!(
+        contract_problems(&article).is_empty(),
+        "{}",
+        article.markdown
+    );
+    let revision_failed = events.iter().any(|e| {
+        matches!(&e.event, Some(Event::Warning(w))
+            if w.code == "CONTENT_WRITER_DEGRADED" && w.message.contains("the revision failed"))
+    });
+    assert!(revision_failed, "{:?}", warnings(&events));
 }
