@@ -279,7 +279,7 @@ pub fn check_claims(
 /// The most tokens the model's verdicts may use: a base plus this much per claim, up to the cap.
 /// (See the table in [`super::llm`].)
 pub(super) const VERDICT_BASE_TOKENS: u32 = 60;
-pub(super) const PER_VERDICT_TOKENS: u32 = 80;
+pub(super) const PER_VERDICT_TOKENS: u32 = 90;
 pub(super) const VERDICTS_TOKENS_CAP: u32 = 2_500;
 
 /// The report in one line, for `agent_completed`.
@@ -550,5 +550,15 @@ mod tests {
         assert_eq!(report.invalid_citations, ["https://invented.example/x"]);
         assert_eq!(report.claims[0].verdict(), Verdict::Unsupported);
         assert!(!report.passed);
+    }
+
+    /// The answer budget covers one verdict at its longest (see [`crate::agents::llm`]).
+    #[test]
+    fn the_token_budget_covers_the_longest_answer() {
+        let per_verdict = crate::agents::llm::longest_answer_tokens(
+            &[(1, EVIDENCE_CHARS), (1, "unverifiable".len())],
+            r#"{"claim":99,"verdict":,"evidence":},"#.len(),
+        );
+        assert!(per_verdict <= PER_VERDICT_TOKENS, "{per_verdict}");
     }
 }

@@ -268,3 +268,11 @@ impl Agent<JobRequest, KbResearch> for LlmKbResearcher {
         })
     }
 }
+
+/// The answer budget covers the longest answer the schema allows (see [`crate::agents::llm`]).
+#[cfg(test)]
+#[test]
+fn the_token_budget_covers_the_longest_answer() {
+    let longest = super::llm::longest_answer_tokens(&[(MAX_QUERIES, QUERY_CHARS)], 16);
+    assert!(longest <= ANSWER_TOKENS, "{longest} > {ANSWER_TOKENS}");
+}

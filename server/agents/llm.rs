@@ -5,18 +5,20 @@
 //! complete value when that is safe ([`super::truncated`]), else asked again.
 //!
 //! Every generated token is seconds on a local model (13-25 tokens/s for a 135M model on
-//! two cores), so each agent's `max_tokens` is what its answer needs at the limits its
-//! schema and prompt state (about 4 characters a token), with some slack, and no more:
+//! two cores), so each agent's `max_tokens` is what the longest answer its schema allows
+//! needs (every string at its `maxLength`, every array at its `maxItems`, at 3 characters a
+//! token; each agent's test `the_token_budget_covers_the_longest_answer` checks it), and no
+//! more:
 //!
 //! | agent | `max_tokens` | what it is for |
 //! |---|---|---|
-//! | `kb_researcher`, `web_researcher` | 160 (was 300) | 3-4 queries of at most 80 characters: ~70 tokens |
-//! | `research_synthesizer` (plan) | 200 (was 300) | 3-4 headings of at most 80 characters: ~100 |
+//! | `kb_researcher`, `web_researcher` | 160 (was 300) | 3-4 queries of at most 80 characters: ~120 tokens |
+//! | `research_synthesizer` (plan) | 200 (was 300) | 3-4 headings of at most 80 characters: ~120 |
 //! | `research_synthesizer` | 450 (was 1,200) | 3-4 sections (heading ≤ 80 characters, 1-4 ids from an enum) and 3-4 themes ≤ 40 characters: ~250 |
-//! | `seo_specialist` | 200 (was 400) | title ≤ 60, meta description ≤ 155, 5-7 keywords ≤ 40 characters: ~140 |
-//! | `fact_checker` | 60 + 80 a claim, at most 2,500 (was 200 + 120, at most 4,000) | a verdict: number, verdict, evidence ≤ 200 characters: ~70 |
-//! | `summary_writer` | 450 (was 600) | key value ≤ 200, overview ≤ 600, 1-4 takeaways ≤ 150 characters: ~370 |
-//! | `social_promoter` | 1,600 (was 2,500) | 3 LinkedIn posts ≤ 600, 10 thread posts ≤ 280, email ≤ 300, Instagram ≤ 500, Facebook ≤ 400 characters: ~1,450 |
+//! | `seo_specialist` | 200 (was 400) | title ≤ 60, meta description ≤ 155, 5-7 keywords ≤ 40 characters: ~190 |
+//! | `fact_checker` | 60 + 90 a claim, at most 2,500 (was 200 + 120, at most 4,000) | a verdict: number, verdict, evidence ≤ 200 characters: ~85 (a longer list is cut and closed after its last whole verdict) |
+//! | `summary_writer` | 500 (was 600) | key value ≤ 200, overview ≤ 600, 1-4 takeaways ≤ 150 characters: ~490 |
+//! | `social_promoter` | 1,800 (was 2,500) | 3 LinkedIn posts ≤ 500, 10 thread posts ≤ 280, email ≤ 250, Instagram ≤ 400, Facebook ≤ 300 characters: ~1,800 |
 //! | `content_writer` | 1.5 × words + 500, 800-16,000 (was 2 × words + 1,000, 1,000-16,000) | ~1.3 tokens a word up to the contract's +15%, headings, bullets and `[S<n>]` markers |
 //!
 //! The tokens every round really generated (a re-ask's too, and a writer's empty first
@@ -364,6 +366,15 @@ macro_rules! llm_agent {
 }
 
 pub(super) use llm_agent;
+
+/// The tokens of the longest answer a schema allows: `(items, characters)` per kind of
+/// string (each quoted, with a comma), and `other` characters of keys, numbers and
+/// punctuation, at 3 characters a token (JSON tokenizes denser than prose's 4).
+#[cfg(test)]
+pub(super) fn longest_answer_tokens(strings: &[(usize, usize)], other: usize) -> u32 {
+    let chars: usize = strings.iter().map(|(n, c)| n * (c + 3)).sum::<usize>() + other;
+    u32::try_from(chars.div_ceil(3)).unwrap_or(u32::MAX)
+}
 
 /// Sources as the prompts list them: id, tier, date, title, excerpt.
 pub(super) fn describe_sources(sources: &[SourceDoc]) -> String {

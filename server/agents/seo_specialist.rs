@@ -210,3 +210,18 @@ impl Agent<Draft, api::SeoMetadata> for LlmSeo {
         })
     }
 }
+
+/// The answer budget covers the longest answer the schema allows (see [`crate::agents::llm`]).
+#[cfg(test)]
+#[test]
+fn the_token_budget_covers_the_longest_answer() {
+    let longest = super::llm::longest_answer_tokens(
+        &[
+            (1, SEO_TITLE_CHARS),
+            (1, META_DESCRIPTION_CHARS),
+            (MAX_KEYWORDS, KEYWORD_CHARS),
+        ],
+        45,
+    );
+    assert!(longest <= ANSWER_TOKENS, "{longest} > {ANSWER_TOKENS}");
+}

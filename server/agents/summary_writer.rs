@@ -21,7 +21,7 @@ const OVERVIEW_CHARS: usize = 600;
 const MAX_TAKEAWAYS: usize = 4;
 
 /// The most tokens the model's answer may use (see the table in [`super::llm`]).
-pub(super) const ANSWER_TOKENS: u32 = 450;
+pub(super) const ANSWER_TOKENS: u32 = 500;
 /// The longest takeaway ("short").
 const TAKEAWAY_CHARS: usize = 150;
 
@@ -154,4 +154,19 @@ impl Agent<FinalArticle, api::Summary> for LlmSummary {
             Ok(self.llm.output(answer, summary))
         })
     }
+}
+
+/// The answer budget covers the longest answer the schema allows (see [`crate::agents::llm`]).
+#[cfg(test)]
+#[test]
+fn the_token_budget_covers_the_longest_answer() {
+    let longest = super::llm::longest_answer_tokens(
+        &[
+            (1, KEY_VALUE_CHARS),
+            (1, OVERVIEW_CHARS),
+            (MAX_TAKEAWAYS, TAKEAWAY_CHARS),
+        ],
+        40,
+    );
+    assert!(longest <= ANSWER_TOKENS, "{longest} > {ANSWER_TOKENS}");
 }

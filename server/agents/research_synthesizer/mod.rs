@@ -454,3 +454,18 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
         })
     }
 }
+
+/// The answer budget covers the longest answer the schema allows (see [`crate::agents::llm`]).
+#[cfg(test)]
+#[test]
+fn the_token_budget_covers_the_longest_answer() {
+    let longest = super::llm::longest_answer_tokens(
+        &[
+            (MAX_SECTIONS, HEADING_CHARS),
+            (MAX_SECTIONS * MAX_SECTION_SOURCES, "S10".len()),
+            (MAX_THEMES, THEME_CHARS),
+        ],
+        MAX_SECTIONS * "{\"heading\":,\"source_ids\":[]},".len() + 30,
+    );
+    assert!(longest <= ANSWER_TOKENS, "{longest} > {ANSWER_TOKENS}");
+}

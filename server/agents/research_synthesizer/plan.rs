@@ -121,3 +121,12 @@ impl Agent<JobRequest, OutlinePlan> for LlmOutlinePlanner {
         })
     }
 }
+
+/// The answer budget covers the longest answer the schema allows (see [`crate::agents::llm`]).
+#[cfg(test)]
+#[test]
+fn the_token_budget_covers_the_longest_answer() {
+    let longest =
+        crate::agents::llm::longest_answer_tokens(&[(super::MAX_SECTIONS, HEADING_CHARS)], 16);
+    assert!(longest <= ANSWER_TOKENS, "{longest} > {ANSWER_TOKENS}");
+}
