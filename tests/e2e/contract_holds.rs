@@ -12,7 +12,7 @@ use dakota_server::{
 
 use crate::{
     common::{self, final_article},
-    standin::{Fault, Route, Sloppy, StandIn},
+    standin::{Fault, Latency, Route, Sloppy, StandIn},
     upstreams::{config, llm_request, warnings},
 };
 
@@ -283,4 +283,43 @@ async fn a_model_lost_during_revision_does_not_fail_a_job_that_has_a_draft() {
             if w.code == "CONTENT_WRITER_DEGRADED" && w.message.contains("the revision failed"))
     });
     assert!(revision_failed, "{:?}", warnings(&events));
+}
+
+/// A writer cut off by its call's time budget while it was still writing (a slow local
+/// model): its text so far is a draft cut off, kept and completed, not an outage.
+#[tokio::test]
+async fn a_draft_cut_by_the_time_budget_is_kept_not_failed() {
+    let standin = StandIn::start().await;
+    standin.latency(Latency {
+        tokens_per_second: 40,
+        ..Default::default()
+    });
+    let mut config = config(&standin);
+    config.upstreams.llm_timeout = Some(std::time::Duration::from_secs(2));
+    let mut server = common::start(config).await;
+    let events = server.generate(llm_request()).await;
+    let article = final_article(&events);
+    assert!(
+        contract_problems(&article).is_empty(),
+        "{}",
+        article.markdown
+    );
+    let writer = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Some(Event::AgentCompleted(a)) if a.agent == "content_writer" => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(writer.provider, "openai-compatible");
+    assert!(
+        writer.summary.contains("cut off by its time budget"),
+        "{}",
+        writer.summary
+    );
+    assert!(
+        warnings(&events).contains(&"CONTENT_WRITER_DEGRADED".to_string()),
+        "{:?}",
+        warnings(&events)
+    );
 }

@@ -110,7 +110,6 @@ async fn a_model_that_generates_slowly_is_measured_and_given_the_time() {
 /// cut by the service's own limit: that is slowness, not an outage, so even a breaker that
 /// opens after two failures stays closed, and the job still ends with an article.
 #[tokio::test]
-#[ignore = "needs the writer's offline stand-in (issue 21, item 7), merged next"]
 async fn calls_cut_by_our_own_limit_while_the_model_streams_are_no_outage() {
     let standin = StandIn::start().await;
     standin.latency(Latency {

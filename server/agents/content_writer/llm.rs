@@ -8,7 +8,7 @@ use crate::{
     domain::contract,
     resilience::Calls,
     text,
-    upstream::llm::Completion,
+    upstream::{UpstreamError, llm::Completion},
 };
 
 /// The most tokens the draft may use: about 1.3 tokens a word up to the contract's +15%,
@@ -76,6 +76,9 @@ struct Written {
     calls: Calls,
     /// Why the first stream broke midway, when the draft was asked again.
     restarted: Option<String>,
+    /// Set when the call's time budget cut the model off while it was still writing: its
+    /// text so far is the draft, cut off (as one cut at `max_tokens` is).
+    over_budget: Option<String>,
 }
 
 impl LlmWriter {
@@ -92,17 +95,22 @@ impl LlmWriter {
         let deltas = cx.deltas.clone();
         // Whether this attempt's text reached the client.
         let reached = std::sync::atomic::AtomicBool::new(false);
+        // This attempt's text, kept for when the time budget cuts it.
+        let text = std::sync::Mutex::new(String::new());
         let on_delta = |delta: &str| {
             reached.store(true, std::sync::atomic::Ordering::Relaxed);
+            crate::lock(&text).push_str(delta);
             deltas(delta)
         };
         let mut usage = crate::upstream::llm::Usage::default();
         let mut attempts = 0;
         let mut calls = Calls::default();
         let mut restarted = None;
+        let mut over_budget = None;
         let mut streamed = None;
         for round in 0..2 {
             reached.store(false, std::sync::atomic::Ordering::Relaxed);
+            crate::lock(&text).clear();
             let result = self
                 .llm
                 .client
@@ -121,6 +129,18 @@ impl LlmWriter {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     restarted = Some(error.to_string());
                     continue;
+                }
+                // Slow, not down: minutes of a local model's text are not thrown away.
+                Err(error @ UpstreamError::OverBudget { .. })
+                    if !crate::lock(&text).trim().is_empty() =>
+                {
+                    over_budget = Some(error.to_string());
+                    let text = std::mem::take(&mut *crate::lock(&text));
+                    streamed = Some(crate::upstream::llm::Streamed {
+                        text,
+                        truncated: true,
+                    });
+                    break;
                 }
                 result => result.map_err(unavailable)?,
             };
@@ -147,6 +167,7 @@ impl LlmWriter {
             attempts,
             calls,
             restarted,
+            over_budget,
         })
     }
 }
@@ -163,12 +184,17 @@ impl Agent<WritingBrief, Draft> for LlmWriter {
                 attempts,
                 calls,
                 restarted,
+                over_budget,
             } = self.stream_draft(cx, &prompt, max_tokens).await?;
             let (markdown, leaked) =
                 contract::without_instructions(streamed.text.trim(), &prompt.system);
             let mut summary = format!("{} words streamed", text::markdown_word_count(&markdown));
-            if streamed.truncated {
-                summary.push_str(&format!(", cut off at {max_tokens} tokens"));
+            match &over_budget {
+                Some(error) => summary.push_str(&format!(", cut off by its time budget ({error})")),
+                None if streamed.truncated => {
+                    summary.push_str(&format!(", cut off at {max_tokens} tokens"))
+                }
+                None => {}
             }
             let asked = Asked {
                 completion: Completion {
