@@ -62,8 +62,6 @@ pub(super) fn unavailable(error: UpstreamError) -> AgentError {
         UpstreamError::ContextExceeded { .. } => AgentError::InvalidAnswer {
             agent: "llm",
             message: error.to_string(),
-            // Refused before anything was generated.
-            spent: api::TokenUsage::default(),
         },
         error => AgentError::Unavailable {
             upstream: error.upstream(),
@@ -331,10 +329,6 @@ impl LlmAgent {
         Err(AgentError::InvalidAnswer {
             agent: self.name.as_str(),
             message: format!("the answer did not fit after a corrective re-ask: {problem}"),
-            spent: api::TokenUsage {
-                input_tokens: total.usage.input_tokens,
-                output_tokens: total.usage.output_tokens,
-            },
         })
     }
 }

@@ -54,8 +54,6 @@ pub enum AgentError {
     InvalidAnswer {
         agent: &'static str,
         message: String,
-        /// The tokens the unusable answers cost: still the job's, when a fallback stands in.
-        spent: api::TokenUsage,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -184,19 +182,8 @@ impl<I: ?Sized + Sync, O: Send> Agent<I, O> for WithFallback<I, O> {
                 }
                 Err(error) => error,
             };
-            let spent = match &error {
-                AgentError::InvalidAnswer { spent, .. } => *spent,
-                _ => api::TokenUsage::default(),
-            };
             tracing::warn!(agent = self.name.as_str(), %error, "agent failed; using its offline version");
             let mut output = self.fallback.run(cx, input).await?;
-            // The output's usage includes the tokens the primary's answers cost.
-            output.usage.input_tokens =
-                output.usage.input_tokens.saturating_add(spent.input_tokens);
-            output.usage.output_tokens = output
-                .usage
-                .output_tokens
-                .saturating_add(spent.output_tokens);
             let message = format!(
                 "{} failed ({error}); its offline version stood in",
                 self.name.as_str()

@@ -155,10 +155,6 @@ impl LlmWriter {
             return Err(AgentError::InvalidAnswer {
                 agent: self.llm.name.as_str(),
                 message: "the model answered with no text, twice".into(),
-                spent: dakota::api::TokenUsage {
-                    input_tokens: usage.input_tokens,
-                    output_tokens: usage.output_tokens,
-                },
             });
         };
         Ok(Written {
