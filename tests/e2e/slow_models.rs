@@ -202,7 +202,6 @@ async fn llm_calls_wait_for_the_servers_slots_in_our_queue() {
 /// A model with a 1,500-token context: every request sent fits it (prompt and the answer
 /// asked for), the rest are not sent at all, and the job still completes.
 #[tokio::test]
-#[ignore = "needs the writer's offline stand-in (issue 21, item 7), merged next"]
 async fn prompts_are_fitted_into_a_small_context_window() {
     const CONTEXT: u64 = 1_500;
     let standin = StandIn::start().await;
