@@ -4,11 +4,10 @@
 use super::llm::LlmAgent;
 use crate::upstream::llm::Prompt;
 
-/// Placeholders that may be shortened, in the order they give way.
-const TRIMMABLE: [&str; 2] = ["sources", "revision"];
-/// A source shown with less than this is not worth its header: drop the lowest-ranked
-/// sources before cutting the rest below it.
-const MIN_SOURCE_BYTES: usize = 300;
+/// Placeholders that may be shortened, in the order they give way, and the least a block of
+/// each (a source, a claim with its excerpts) keeps before the lowest-ranked blocks are
+/// dropped instead; 0 for plain text, cut at a word.
+const TRIMMABLE: [(&str, usize); 3] = [("sources", 300), ("claims", 150), ("revision", 0)];
 
 impl LlmAgent {
     /// Prompt `name` with `vars`, fitted into the context window with room for an answer of
@@ -37,14 +36,14 @@ impl LlmAgent {
             return prompt;
         }
         let mut vars = vars.to_vec();
-        for key in TRIMMABLE {
+        for (key, min_block) in TRIMMABLE {
             let Some((_, value)) = vars.iter_mut().find(|(k, _)| *k == key) else {
                 continue;
             };
             let keep = value.len().saturating_sub(over);
             let before = value.len();
-            *value = if key == "sources" {
-                trim_sources(value, keep)
+            *value = if min_block > 0 {
+                trim_blocks(value, keep, min_block)
             } else {
                 crate::text::cut_at_word(value, keep).to_string()
             };
@@ -63,10 +62,11 @@ impl LlmAgent {
     }
 }
 
-/// Sources as [`super::llm::describe_sources`] lists them (blocks in rank order, separated by
-/// blank lines), within `max` bytes: the lowest-ranked dropped until each of the rest can
-/// keep [`MIN_SOURCE_BYTES`], then each cut to an equal share at a word.
-pub fn trim_sources(text: &str, max: usize) -> String {
+/// Blocks in rank order separated by blank lines (sources as
+/// [`super::llm::describe_sources`] lists them, claims with their excerpts), within `max`
+/// bytes: the lowest-ranked dropped until each of the rest can keep `min_block`, then each
+/// cut to an equal share at a word.
+pub fn trim_blocks(text: &str, max: usize, min_block: usize) -> String {
     let blocks: Vec<&str> = text
         .split("\n\n")
         .filter(|b| !b.trim().is_empty())
@@ -74,7 +74,7 @@ pub fn trim_sources(text: &str, max: usize) -> String {
     if text.len() <= max || blocks.is_empty() {
         return text.to_string();
     }
-    let keep = (max / MIN_SOURCE_BYTES).clamp(1, blocks.len());
+    let keep = (max / min_block.max(1)).clamp(1, blocks.len());
     let share = (max / keep).saturating_sub(2);
     blocks[..keep]
         .iter()
@@ -93,12 +93,12 @@ mod tests {
             .map(|i| format!("[S{i}] Title {i}\n{}", "word ".repeat(200)))
             .collect::<Vec<_>>()
             .join("\n\n");
-        let trimmed = trim_sources(&text, 1_000);
+        let trimmed = trim_blocks(&text, 1_000, 300);
         assert!(trimmed.len() <= 1_000, "{}", trimmed.len());
         assert!(trimmed.starts_with("[S1]") && trimmed.contains("[S3]"));
         assert!(!trimmed.contains("[S4]"), "the lowest-ranked went first");
-        assert_eq!(trim_sources(&text, 100_000), text);
+        assert_eq!(trim_blocks(&text, 100_000, 300), text);
         // Even a tiny room keeps the best source's start.
-        assert!(trim_sources(&text, 50).starts_with("[S1]"));
+        assert!(trim_blocks(&text, 50, 300).starts_with("[S1]"));
     }
 }

@@ -202,6 +202,40 @@ impl<I: ?Sized + Sync, O: Send> Agent<I, O> for WithFallback<I, O> {
     }
 }
 
+/// An agent's offline version run instead of its LLM version because the job's deadline
+/// leaves the model no time for it: the part is degraded (cause `deadline`), with a warning
+/// saying why.
+pub struct Hurried<I: ?Sized, O> {
+    pub name: AgentName,
+    pub offline: Arc<dyn Agent<I, O>>,
+    pub why: String,
+}
+
+impl<I: ?Sized + Sync, O: Send> Agent<I, O> for Hurried<I, O> {
+    fn provider(&self) -> &str {
+        self.offline.provider()
+    }
+    fn model(&self) -> &str {
+        self.offline.model()
+    }
+    fn run<'a>(&'a self, cx: &'a AgentContext, input: &'a I) -> AgentFuture<'a, O> {
+        Box::pin(async move {
+            let mut output = self.offline.run(cx, input).await?;
+            let message = format!("{}: {}", self.name.as_str(), self.why);
+            output
+                .warnings
+                .push((WarningCode::Degraded(self.name), message.clone()));
+            output.degraded = Some(Degraded {
+                cause: "deadline",
+                message,
+                provider: self.offline.provider().to_string(),
+                model: self.offline.model().to_string(),
+            });
+            Ok(output)
+        })
+    }
+}
+
 pub type AgentResult<T> = Result<AgentOutput<T>, AgentError>;
 pub type AgentFuture<'a, T> = Pin<Box<dyn Future<Output = AgentResult<T>> + Send + 'a>>;
 
@@ -358,10 +392,10 @@ pub struct Agents {
     pub outline_planner: Arc<dyn Agent<JobRequest, OutlinePlan>>,
     pub research_synthesizer: Arc<dyn Agent<SynthesisInput, Synthesis>>,
     pub content_writer: Arc<dyn Agent<WritingBrief, Draft>>,
-    /// The writer whose draft replaces one that still misses the article contract after the
-    /// revisions (the offline writer, when the model writes); `None` when `content_writer`
-    /// is itself the offline writer.
-    pub content_writer_fallback: Option<Arc<dyn Agent<WritingBrief, Draft>>>,
+    /// The offline agents, when the model writes the others: the writer whose draft replaces
+    /// one that still misses the article contract after the revisions, and the parts a job
+    /// short of time has written offline. `None` when these agents are the offline ones.
+    pub offline: Option<Arc<Agents>>,
     pub metrics_analyzer: Arc<dyn Agent<Draft, api::ContentMetrics>>,
     pub seo_specialist: Arc<dyn Agent<Draft, api::SeoMetadata>>,
     pub fact_checker: Arc<dyn Agent<FactCheckInput, api::FactCheckReport>>,

@@ -21,7 +21,7 @@ pub fn agents(kb: KnowledgeSource) -> Agents {
         outline_planner: Arc::new(ExtractiveAgent),
         research_synthesizer: Arc::new(ExtractiveAgent),
         content_writer: Arc::new(ExtractiveAgent),
-        content_writer_fallback: None,
+        offline: None,
         metrics_analyzer: Arc::new(MetricsAnalyzer),
         seo_specialist: Arc::new(ExtractiveAgent),
         fact_checker: Arc::new(ExtractiveAgent),

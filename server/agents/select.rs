@@ -226,6 +226,7 @@ impl Agents {
         if let Some((_, make)) = llm {
             use AgentName::*;
             let offline = agents.clone();
+            agents.offline = Some(Arc::new(offline.clone()));
             agents.kb_researcher = degrading(
                 KbResearcher,
                 Arc::new(LlmKbResearcher {
@@ -259,7 +260,6 @@ impl Agents {
                 fallback: offline.content_writer.clone(),
                 when: AgentError::is_invalid_answer,
             });
-            agents.content_writer_fallback = Some(offline.content_writer);
             agents.seo_specialist = degrading(
                 SeoSpecialist,
                 Arc::new(LlmSeo {

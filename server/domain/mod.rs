@@ -192,6 +192,8 @@ pub enum WarningCode {
     InsufficientMaterial,
     /// The revisions did not make the draft meet the article contract.
     ContractNotMet,
+    /// The deadline left no time for a revision at the job's pace.
+    RevisionsSkipped,
     /// Links to URLs research never returned were removed from the article.
     ForeignLinksRemoved,
     /// Text reciting the agent's own instructions was removed.
@@ -215,6 +217,7 @@ impl WarningCode {
             Self::OffTopicSources => "OFF_TOPIC_SOURCES",
             Self::InsufficientMaterial => "INSUFFICIENT_MATERIAL",
             Self::ContractNotMet => "CONTRACT_NOT_MET",
+            Self::RevisionsSkipped => "REVISIONS_SKIPPED",
             Self::ForeignLinksRemoved => "FOREIGN_LINKS_REMOVED",
             Self::PromptTextRemoved => "PROMPT_TEXT_REMOVED",
             Self::WriterRestarted => "WRITER_RESTARTED",

@@ -37,6 +37,7 @@ mod events;
 mod pages;
 mod revision;
 mod salvage;
+mod schedule;
 
 pub use assembly::proto_duration;
 use assembly::{Analysed, Assembly};
@@ -380,12 +381,12 @@ impl JobRun {
         if total == 0 {
             return Ok((None, None));
         }
-        let agents = &self.agents;
+        let (social_promoter, summary_writer) = self.distribution_agents();
         let social = async {
             if !request.include_social {
                 return Ok(None);
             }
-            let agent = &*agents.social_promoter;
+            let agent = &*social_promoter;
             self.agent(
                 Phase::Distribution,
                 total,
@@ -400,7 +401,7 @@ impl JobRun {
             if !request.include_summary {
                 return Ok(None);
             }
-            let agent = &*agents.summary_writer;
+            let agent = &*summary_writer;
             self.agent(
                 Phase::Distribution,
                 total,

@@ -21,7 +21,8 @@ impl JobRun {
         let target = self.request().word_count;
         let mut problems = problems(&analysed.draft, sources, target, &analysed.fact_check);
         let mut revisions = 0;
-        while needs_revision(&problems, &analysed.draft) && revisions < max {
+        while needs_revision(&problems, &analysed.draft) && revisions < max && self.revision_fits()
+        {
             revisions += 1;
             let brief = WritingBrief {
                 synthesis: synthesis.clone(),
@@ -96,7 +97,11 @@ impl JobRun {
         if missed.is_empty() {
             return Ok((analysed, problems));
         }
-        let fallback = self.agents.content_writer_fallback.clone();
+        let fallback = self
+            .agents
+            .offline
+            .as_ref()
+            .map(|o| o.content_writer.clone());
         let (Some(offline), false) = (fallback, structural(&missed).is_empty()) else {
             // CONTRACT_NOT_MET remains for two cases, and says which: a draft whose only
             // miss is its length (a whole article, kept rather than swapped for the offline

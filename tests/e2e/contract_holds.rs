@@ -219,7 +219,7 @@ async fn a_draft_without_its_conclusion_is_completed_by_code_and_keeps_the_model
     let agents = Arc::new(|kb, upstreams: &Upstreams| {
         let mut agents = Agents::build(kb, upstreams);
         agents.content_writer = Arc::new(NoConclusion {
-            inner: agents.content_writer_fallback.clone().unwrap(),
+            inner: agents.offline.as_ref().unwrap().content_writer.clone(),
         });
         agents
     });

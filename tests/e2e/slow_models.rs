@@ -224,3 +224,84 @@ async fn prompts_are_fitted_into_a_small_context_window() {
     }
     assert_no_breaker_opened(&server).await;
 }
+
+/// The time from the job's start to its distribution phase, and its analysis phase's duration.
+fn pace_of(
+    events: &[dakota::api::GenerateEvent],
+    started: std::time::Instant,
+    at: &[std::time::Instant],
+) -> (Duration, Duration) {
+    use dakota::api::generate_event::Event;
+    let mut to_distribution = Duration::ZERO;
+    let mut analysis = Duration::ZERO;
+    for (event, at) in events.iter().zip(at) {
+        match &event.event {
+            Some(Event::PhaseStarted(p)) if p.phase == "distribution" => {
+                to_distribution = *at - started;
+            }
+            Some(Event::PhaseCompleted(p)) if p.phase == "analysis" => {
+                analysis = p
+                    .duration
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .unwrap_or_default();
+            }
+            _ => {}
+        }
+    }
+    (to_distribution, analysis)
+}
+
+/// Every model call takes 1.5 s. A job without a deadline (after one that fills the caches)
+/// shows the pace: when its distribution began and how long its analysis took. A next job's
+/// deadline leaves it
+/// about half an analysis after it reaches the distribution: the social posts and the
+/// summary are written offline at once (degraded, cause `deadline`, with warnings), and the
+/// job completes within its deadline instead of failing DEADLINE_EXCEEDED.
+#[tokio::test]
+async fn a_job_short_of_time_writes_its_optional_parts_offline_and_completes() {
+    let standin = StandIn::start().await;
+    standin.latency(Latency {
+        llm: Duration::from_millis(1500),
+        ..Default::default()
+    });
+    // No revisions: every job takes the same path to its distribution.
+    let mut config = config(&standin);
+    config.max_iterations = 0;
+    let server = common::start(config).await;
+    let run = |deadline: Option<Duration>| {
+        let mut client = server.client.clone();
+        async move {
+            let mut request = tonic::Request::new(llm_request());
+            if let Some(deadline) = deadline {
+                request.set_timeout(deadline);
+            }
+            let started = std::time::Instant::now();
+            let mut stream = client.generate(request).await.unwrap().into_inner();
+            let (mut events, mut at) = (Vec::new(), Vec::new());
+            while let Ok(Some(event)) = stream.message().await {
+                events.push(event);
+                at.push(std::time::Instant::now());
+            }
+            (events, started, at)
+        }
+    };
+    // The first job fills the caches (searches, pages); the second shows the pace.
+    final_article(&run(None).await.0);
+    let (events, started, at) = run(None).await;
+    final_article(&events);
+    let (to_distribution, analysis) = pace_of(&events, started, &at);
+    assert!(analysis > Duration::from_secs(1), "{analysis:?}");
+    let (events, started, at) = run(Some(to_distribution + analysis / 2)).await;
+    let article = final_article(&events);
+    let second = pace_of(&events, started, &at);
+    let degraded = article.metrics.unwrap().degraded;
+    for agent in ["social_promoter", "summary_writer"] {
+        assert!(
+            degraded
+                .iter()
+                .any(|d| d.agent == agent && d.cause == "deadline"),
+            "{agent}: {degraded:?} (first job: {to_distribution:?} to the distribution, analysis {analysis:?}; second {second:?})"
+        );
+    }
+    assert!(warnings(&events).contains(&"SOCIAL_PROMOTER_DEGRADED".to_string()));
+}

@@ -1,7 +1,10 @@
 //! How long one LLM call may take: a budget from what the call asks for (its prompt, its
 //! `max_tokens`) and the throughput the model has shown, kept per model as a running
-//! estimate of prompt and generation tokens a second. A slow model gets the time it needs; a
-//! call is cut only far past what its model's own pace predicts (or at a fixed flag).
+//! estimate of prompt and generation tokens a second over all its calls in flight (a server
+//! shares its speed between the calls it runs at once: a call measured alongside three others
+//! shows a quarter of it). A slow model gets the time it needs; a call is cut only far past
+//! what its model's own pace predicts for it, with the calls in flight beside it (or at a
+//! fixed flag).
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use serde::Serialize;
@@ -32,13 +35,15 @@ pub struct Rates {
 }
 
 /// One measured call: tokens and the seconds spent on them, for the prompt (time to the
-/// first token) and for generation (first token to last).
+/// first token) and for generation (first token to last), and the calls that were in flight
+/// to the model meanwhile, itself included.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
     pub prompt_tokens: u64,
     pub prompt_seconds: f64,
     pub generated_tokens: u64,
     pub generation_seconds: f64,
+    pub concurrent: usize,
 }
 
 /// The running estimates, per model.
@@ -60,18 +65,20 @@ fn blend(old: Option<f64>, tokens: u64, seconds: f64) -> Option<f64> {
 
 impl Throughput {
     pub fn observe(&self, model: &str, sample: Sample) {
+        // The server's pace over all its calls: this call's, times the calls sharing it.
+        let shared = sample.concurrent.max(1) as u64;
         let mut models = lock(&self.models);
         // Models are named by configuration, so the map stays small; an unknown name from a
         // request never reaches here.
         let rates = models.entry(model.to_string()).or_default();
         rates.prompt_tokens_per_second = blend(
             rates.prompt_tokens_per_second,
-            sample.prompt_tokens,
+            sample.prompt_tokens.saturating_mul(shared),
             sample.prompt_seconds,
         );
         rates.generation_tokens_per_second = blend(
             rates.generation_tokens_per_second,
-            sample.generated_tokens,
+            sample.generated_tokens.saturating_mul(shared),
             sample.generation_seconds,
         );
         rates.samples += 1;
@@ -109,11 +116,19 @@ pub struct Fixed {
 }
 
 impl Rates {
-    /// The budget of a call reading `prompt_tokens` and writing up to `max_tokens`: each part
-    /// the time the model's pace predicts, times a slack, plus a floor.
-    pub fn budget(&self, prompt_tokens: u64, max_tokens: u32, fixed: Fixed) -> Budget {
+    /// The budget of a call reading `prompt_tokens` and writing up to `max_tokens` while
+    /// `concurrent` calls (itself included) share the model: each part the time the model's
+    /// pace, shared among them, predicts, times a slack, plus a floor.
+    pub fn budget(
+        &self,
+        prompt_tokens: u64,
+        max_tokens: u32,
+        fixed: Fixed,
+        concurrent: usize,
+    ) -> Budget {
+        let shared = concurrent.max(1) as f64;
         let seconds = |tokens: f64, rate: Option<f64>, assumed: f64| {
-            let rate = rate.filter(|r| *r > 0.0).unwrap_or(assumed);
+            let rate = rate.filter(|r| *r > 0.0).map_or(assumed, |r| r / shared);
             Duration::try_from_secs_f64(SLACK * tokens / rate).unwrap_or(Duration::MAX)
         };
         let reading = seconds(
@@ -152,7 +167,9 @@ mod tests {
     #[test]
     fn budgets_follow_the_measured_pace_and_fixed_flags_win() {
         let throughput = Throughput::default();
-        let unknown = throughput.rates("m").budget(1_000, 500, Fixed::default());
+        let unknown = throughput
+            .rates("m")
+            .budget(1_000, 500, Fixed::default(), 1);
         // 30 s + 4 × 1000/50 = 110 s to the first token; + 4 × 500/5 = 400 s of writing.
         assert_eq!(unknown.first_token, Duration::from_secs(110));
         assert_eq!(unknown.whole, Duration::from_secs(510));
@@ -163,12 +180,13 @@ mod tests {
                 prompt_seconds: 2.0,
                 generated_tokens: 200,
                 generation_seconds: 10.0,
+                concurrent: 1,
             },
         );
         let rates = throughput.rates("m");
         assert_eq!(rates.prompt_tokens_per_second, Some(500.0));
         assert_eq!(rates.generation_tokens_per_second, Some(20.0));
-        let measured = rates.budget(1_000, 500, Fixed::default());
+        let measured = rates.budget(1_000, 500, Fixed::default(), 1);
         assert_eq!(measured.first_token, Duration::from_secs(38));
         assert_eq!(measured.whole, Duration::from_secs(138));
         let fixed = rates.budget(
@@ -178,7 +196,12 @@ mod tests {
                 first_token: None,
                 whole: Some(Duration::from_secs(20)),
             },
+            1,
         );
+        // Four calls in flight share the pace: each is given four times the time.
+        let shared = rates.budget(1_000, 500, Fixed::default(), 4);
+        assert_eq!(shared.first_token, Duration::from_secs(62));
+        assert_eq!(shared.whole, Duration::from_secs(462));
         assert_eq!(fixed.whole, Duration::from_secs(20));
         assert_eq!(
             fixed.first_token,
@@ -201,6 +224,7 @@ mod tests {
                 prompt_seconds: 0.0,
                 generated_tokens: 100,
                 generation_seconds: f64::NAN,
+                concurrent: 1,
             },
         ] {
             throughput.observe("m", sample);

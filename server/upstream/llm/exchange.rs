@@ -21,7 +21,8 @@ impl LlmClient {
         max_tokens: u32,
         on_delta: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(Streamed, Usage), UpstreamError> {
-        let budget = self.budget(model, body.len(), max_tokens);
+        let concurrent = InFlight::enter(&self.in_flight);
+        let budget = self.budget(model, body.len(), max_tokens, concurrent.0);
         let sent = tokio::time::Instant::now();
         let timeout = UpstreamError::Timeout {
             upstream: UPSTREAM,
@@ -78,7 +79,11 @@ impl LlmClient {
         };
         let usage = Usage::trusted(reported, body.len(), max_tokens);
         Self::record_usage(usage);
-        self.throughput.observe(model, pace.sample(sent, usage));
+        let sample = budget::Sample {
+            concurrent: concurrent.0,
+            ..pace.sample(sent, usage)
+        };
+        self.throughput.observe(model, sample);
         Ok((streamed, usage))
     }
 
@@ -120,6 +125,22 @@ impl LlmClient {
     }
 }
 
+/// One call counted in flight while it lives: how many were, itself included, when it began.
+struct InFlight<'a>(usize, &'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        let now = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Self(now, count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.1.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Pace {
     /// What this answer says of the model's pace: the server's own timings, else the time
     /// to the first text and from it to the end, else the whole answer as generation.
@@ -130,6 +151,7 @@ impl Pace {
                 prompt_seconds: t.prompt_ms / 1000.0,
                 generated_tokens: t.predicted_n as u64,
                 generation_seconds: t.predicted_ms / 1000.0,
+                concurrent: 1,
             };
         }
         match self.first_token {
@@ -138,6 +160,7 @@ impl Pace {
                 prompt_seconds: first.duration_since(sent).as_secs_f64(),
                 generated_tokens: usage.output_tokens,
                 generation_seconds: first.elapsed().as_secs_f64(),
+                concurrent: 1,
             },
             None => budget::Sample {
                 generated_tokens: usage.output_tokens,

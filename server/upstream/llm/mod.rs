@@ -149,6 +149,8 @@ pub struct LlmClient {
     props: tokio::sync::OnceCell<ServerProps>,
     /// The pace each model has shown.
     pub throughput: Throughput,
+    /// Calls being answered now (sent, not yet read to their end).
+    in_flight: std::sync::atomic::AtomicUsize,
     /// "openai" for api.openai.com, else "openai-compatible": recorded per agent.
     pub provider: &'static str,
 }
@@ -248,6 +250,7 @@ impl LlmClient {
             context_tokens: settings.context_tokens,
             props: tokio::sync::OnceCell::new(),
             throughput: Throughput::default(),
+            in_flight: Default::default(),
             provider,
         }
     }
@@ -325,11 +328,15 @@ impl LlmClient {
         Some(usize::try_from(tokens.saturating_mul(7) / 2).unwrap_or(usize::MAX))
     }
 
-    /// The time budget of a call of `body_bytes` asking for `max_tokens` from `model`.
-    fn budget(&self, model: &str, body_bytes: usize, max_tokens: u32) -> Budget {
-        self.throughput
-            .rates(model)
-            .budget(tokens_in(body_bytes), max_tokens, self.fixed)
+    /// The time budget of a call of `body_bytes` asking for `max_tokens` from `model`, with
+    /// `concurrent` calls (itself included) in flight.
+    fn budget(&self, model: &str, body_bytes: usize, max_tokens: u32, concurrent: usize) -> Budget {
+        self.throughput.rates(model).budget(
+            tokens_in(body_bytes),
+            max_tokens,
+            self.fixed,
+            concurrent,
+        )
     }
 
     /// OpenAI's current name for the answer's token bound (its reasoning models refuse the
