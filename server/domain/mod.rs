@@ -256,10 +256,6 @@ pub trait JobEvents: Send + Sync {
     fn request(&self) -> &Arc<JobRequest>;
     /// Cancels every agent and upstream call of the job.
     fn cancel(&self) -> &CancellationToken;
-    /// Whether the job is being stopped by the server's shutdown (not by its caller).
-    fn stopped_by_shutdown(&self) -> bool;
     /// Appends an event; progress never decreases, nothing follows the final event.
     fn emit(&self, event: Event, progress: u32);
-    /// Ends the job with `failed`.
-    fn end_failed(&self, failed: api::Failed);
 }

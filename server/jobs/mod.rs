@@ -63,16 +63,8 @@ impl crate::domain::JobEvents for Job {
         &self.cancel
     }
 
-    fn stopped_by_shutdown(&self) -> bool {
-        Job::stopped_by_shutdown(self)
-    }
-
     fn emit(&self, event: Event, progress: u32) {
         Job::emit(self, event, progress);
-    }
-
-    fn end_failed(&self, failed: api::Failed) {
-        Job::end_failed(self, failed);
     }
 }
 

@@ -27,9 +27,9 @@ mod stack;
 
 pub use guards::Guards;
 pub use limits::{Limits, Pool};
-pub use provider::{ProviderLimits, Seen};
+pub use provider::ProviderLimits;
 pub use rate::RateLimiter;
-pub use stack::{Attempt, Called, Calls};
+pub use stack::{Called, Calls};
 
 /// An attempt's timeout when the configuration names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -9,7 +9,7 @@ pub mod llm;
 pub mod serper;
 pub mod vector_store;
 
-pub use crate::fault::{UpstreamError, redact_token, retry};
+pub use crate::fault::{UpstreamError, retry};
 
 /// Turns a non-2xx response into an error, keeping `Retry-After` and the start of the body.
 /// The client span of one HTTP call; `url.template` keeps ids and queries out of it.
@@ -150,7 +150,7 @@ pub fn install_crypto_provider() {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::fault::redact_token;
 
     #[test]
     fn only_whole_tokens_of_secret_length_are_redacted() {

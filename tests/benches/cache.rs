@@ -4,7 +4,7 @@
 //!     cargo bench --bench cache
 //!
 //! Needs `redis-server` on the PATH (started here on a free port). The cache is driven through
-//! the server library (`dakota_server::cache::Cache`, the same code the upstream stack calls);
+//! the server library (`dakota_server::testing::cache::Cache`, the same code the upstream stack calls);
 //! the repeated topic runs whole jobs on in-process servers against the e2e tests' upstream
 //! stand-in (a real HTTP server on 127.0.0.1). Prints Markdown tables for BENCHMARKS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -23,11 +23,11 @@ use clap::Parser;
 use dakota::api::{self, generate_event::Event};
 use dakota_server::{
     app::Server,
-    cache::{Cache, Key, Layer},
     config::{Config, Secret},
-    metrics::Metrics,
-    redis::Redis,
-    upstream::UpstreamError,
+    testing::cache::{Cache, Key, Layer},
+    testing::metrics::Metrics,
+    testing::redis::Redis,
+    testing::upstream::UpstreamError,
 };
 use futures_util::future::join_all;
 
@@ -236,7 +236,7 @@ async fn start(config: Config) -> Server {
 }
 
 fn main() {
-    dakota_server::upstream::install_crypto_provider();
+    dakota_server::testing::upstream::install_crypto_provider();
     let (mut redis, redis_url) = start_redis();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let ([memory, shared], (single, two), jobs) = runtime.block_on(async {

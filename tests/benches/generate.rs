@@ -155,7 +155,7 @@ fn quantiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration, Durat
 
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
-    dakota_server::upstream::install_crypto_provider(); // for the scrapes' HTTP client
+    dakota_server::testing::upstream::install_crypto_provider(); // for the scrapes' HTTP client
     let mut start_times = Vec::new();
     for _ in 0..STARTS {
         let (child, _, elapsed) = spawn_server();

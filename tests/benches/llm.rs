@@ -19,9 +19,9 @@ use std::{
 
 use dakota::api::{self, content_service_client::ContentServiceClient, generate_event::Event};
 use dakota_server::{
-    metrics::Metrics,
-    resilience::{CallScope, Guard, Limits, Pool, breaker::CircuitBreaker},
-    upstream::{UpstreamError, client_span, retry::RetryPolicy},
+    testing::metrics::Metrics,
+    testing::resilience::{CallScope, Guard, Limits, Pool, breaker::CircuitBreaker},
+    testing::upstream::{UpstreamError, client_span, retry::RetryPolicy},
 };
 use futures_util::future::join_all;
 
@@ -279,7 +279,7 @@ async fn overhead(standin: &StandIn, in_flight: usize, calls: usize) -> [(Durati
 }
 
 fn main() {
-    dakota_server::upstream::install_crypto_provider();
+    dakota_server::testing::upstream::install_crypto_provider();
     let levels = concurrency();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let standin = runtime.block_on(StandIn::start());

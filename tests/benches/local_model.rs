@@ -187,17 +187,18 @@ async fn job(addr: &str, topic: &str, words: u32) -> Row {
             Some(Event::Completed(done)) => {
                 let article = done.article.unwrap_or_default();
                 row.status = "completed".into();
-                row.words = dakota_server::text::markdown_word_count(&article.markdown) as u64;
+                row.words =
+                    dakota_server::testing::text::markdown_word_count(&article.markdown) as u64;
                 let sources: Vec<_> = article
                     .sources
                     .iter()
-                    .map(|s| dakota_server::agents::SourceDoc {
+                    .map(|s| dakota_server::testing::agents::SourceDoc {
                         source: s.clone(),
                         section: String::new(),
                         text: String::new(),
                     })
                     .collect();
-                let problems = dakota_server::domain::contract::check(
+                let problems = dakota_server::testing::domain::contract::check(
                     &article.markdown,
                     &sources,
                     words as usize,

@@ -171,7 +171,7 @@ async fn job(addr: String, n: u64) -> String {
 }
 
 fn main() {
-    dakota_server::upstream::install_crypto_provider();
+    dakota_server::testing::upstream::install_crypto_provider();
     let (duration, rate) = settings();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let standin = runtime.block_on(StandIn::start());

@@ -82,7 +82,7 @@ async fn generate_writes_the_article_folder() {
     assert!(article.contains(&format!("word_count: {words}\n")));
     let body = article.split("\n---\n\n").nth(1).unwrap();
     assert_eq!(
-        dakota_server::text::markdown_word_count(body) as u64,
+        dakota_server::testing::text::markdown_word_count(body) as u64,
         words,
         "the number is computed from the text"
     );

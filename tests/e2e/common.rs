@@ -13,12 +13,12 @@ use dakota::api::{
     self, GenerateEvent, content_service_client::ContentServiceClient, generate_event::Event,
 };
 use dakota_server::{
-    agents::{
-        Agent, AgentContext, AgentFuture, Agents, AgentsFactory, WebResearch, select::Upstreams,
-    },
     app::Server,
     config::Config,
-    pipeline::JobRequest,
+    testing::agents::{
+        Agent, AgentContext, AgentFuture, Agents, AgentsFactory, WebResearch, select::Upstreams,
+    },
+    testing::pipeline::JobRequest,
 };
 use tokio::sync::watch;
 use tonic::{Streaming, transport::Channel};
@@ -172,11 +172,11 @@ pub fn streamed_text(events: &[GenerateEvent]) -> String {
 }
 
 /// An article's sources as the contract checks take them (without text).
-pub fn as_sources(article: &api::Article) -> Vec<dakota_server::agents::SourceDoc> {
+pub fn as_sources(article: &api::Article) -> Vec<dakota_server::testing::agents::SourceDoc> {
     article
         .sources
         .iter()
-        .map(|s| dakota_server::agents::SourceDoc {
+        .map(|s| dakota_server::testing::agents::SourceDoc {
             source: s.clone(),
             section: String::new(),
             text: String::new(),

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use dakota::api::{self, generate_event::Event};
 use dakota_server::{
-    agents::{Agent, AgentContext, AgentFuture, Agents, Draft, WritingBrief, select::Upstreams},
-    domain::SourceDoc,
-    pipeline::contract,
+    testing::agents::{
+        Agent, AgentContext, AgentFuture, Agents, Draft, WritingBrief, select::Upstreams,
+    },
+    testing::domain::SourceDoc,
+    testing::pipeline::contract,
 };
 
 use crate::{

@@ -3,9 +3,11 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use dakota::api::{GenerateEvent, Verdict, generate_event::Event};
 use dakota_server::{
-    agents::{Agent, AgentContext, AgentFuture, Agents, Draft, WritingBrief, select::Upstreams},
-    pipeline::contract,
-    text,
+    testing::agents::{
+        Agent, AgentContext, AgentFuture, Agents, Draft, WritingBrief, select::Upstreams,
+    },
+    testing::pipeline::contract,
+    testing::text,
 };
 use tonic::Code;
 

@@ -6,8 +6,8 @@ use std::{
 
 use dakota::api::{self, SERVICE_NAME, content_service_client::ContentServiceClient};
 use dakota_server::{
-    agents::{Agents, select::Upstreams},
     app::Server,
+    testing::agents::{Agents, select::Upstreams},
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};

@@ -2,7 +2,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use dakota_server::{
-    agents::select::Upstreams, app::Server, config::LogFormat, telemetry::Telemetry,
+    app::Server, config::LogFormat, telemetry::Telemetry, testing::agents::select::Upstreams,
 };
 use fake_opentelemetry_collector::{ExportedSpan, FakeCollectorServer};
 use serde_json::Value;

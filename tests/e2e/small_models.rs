@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use dakota::api;
-use dakota_server::upstream::llm::StructuredOutput;
+use dakota_server::testing::upstream::llm::StructuredOutput;
 use tonic::Code;
 
 use crate::{
@@ -295,7 +295,7 @@ async fn injected_links_and_recited_instructions_never_reach_the_article() {
         article.markdown
     );
     let urls: Vec<&str> = article.sources.iter().map(|s| s.url.as_str()).collect();
-    for link in dakota_server::text::links(&article.markdown) {
+    for link in dakota_server::testing::text::links(&article.markdown) {
         assert!(
             urls.contains(&link.url.as_str()),
             "{} is a source",

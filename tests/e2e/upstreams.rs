@@ -4,8 +4,8 @@ use std::time::Duration;
 use dakota::api::{self, generate_event::Event};
 use dakota_server::{
     config::{Config, Secret},
-    pipeline::contract,
-    text,
+    testing::pipeline::contract,
+    testing::text,
 };
 use tonic::Code;
 
@@ -379,7 +379,7 @@ async fn private_addresses_are_not_fetched_unless_allowed() {
 
 #[test]
 fn secrets_never_reach_the_logs() {
-    dakota_server::upstream::install_crypto_provider(); // for the admin port's HTTP client
+    dakota_server::testing::upstream::install_crypto_provider(); // for the admin port's HTTP client
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let standin = runtime.block_on(StandIn::start());
     let (openai_url, serper_url) = (standin.openai_url(), standin.url.clone());
@@ -674,8 +674,8 @@ async fn search_rpc_uses_the_vector_store_when_configured() {
 #[tokio::test]
 async fn fetches_follow_few_redirects_only_to_http_and_read_a_bounded_body() {
     use dakota_server::{
-        resilience::{CallScope, Guard, Pool},
-        upstream::fetch::Fetcher,
+        testing::resilience::{CallScope, Guard, Pool},
+        testing::upstream::fetch::Fetcher,
     };
     use std::sync::Arc;
     let standin = StandIn::start().await;
