@@ -266,18 +266,6 @@ fn refresh_gauges(state: &AppState) {
             .set(bytes as i64);
     }
     for guard in state.upstreams.guards.all() {
-        let (requests, tokens) = guard.provider.seen();
-        for (kind, seen) in [("requests", requests), ("tokens", tokens)] {
-            if let Some(seen) = seen {
-                metrics
-                    .provider_remaining
-                    .get_or_create(&ProviderLabels {
-                        upstream: guard.upstream,
-                        kind,
-                    })
-                    .set(seen.remaining as i64);
-            }
-        }
         let current = guard.breaker.state();
         for breaker_state in [
             BreakerState::Closed,
@@ -293,6 +281,24 @@ fn refresh_gauges(state: &AppState) {
                 .set(i64::from(current == breaker_state));
         }
     }
+    refresh_llm_gauges(state);
+    for (pool, in_use, size, waiting) in state.upstreams.guards.limits.usage() {
+        let labels = PoolLabels { pool };
+        metrics
+            .pool_in_use
+            .get_or_create(&labels)
+            .set(in_use as i64);
+        metrics.pool_size.get_or_create(&labels).set(size as i64);
+        metrics
+            .pool_waiting
+            .get_or_create(&labels)
+            .set(waiting as i64);
+    }
+}
+
+/// The LLM's measured pace per model, and each upstream's provider budget as last seen.
+fn refresh_llm_gauges(state: &AppState) {
+    let metrics = &state.metrics;
     if let Some(llm) = &state.upstreams.llm {
         for (model, rates) in llm.throughput.snapshot() {
             for (kind, rate) in [
@@ -311,17 +317,19 @@ fn refresh_gauges(state: &AppState) {
             }
         }
     }
-    for (pool, in_use, size, waiting) in state.upstreams.guards.limits.usage() {
-        let labels = PoolLabels { pool };
-        metrics
-            .pool_in_use
-            .get_or_create(&labels)
-            .set(in_use as i64);
-        metrics.pool_size.get_or_create(&labels).set(size as i64);
-        metrics
-            .pool_waiting
-            .get_or_create(&labels)
-            .set(waiting as i64);
+    for guard in state.upstreams.guards.all() {
+        let (requests, tokens) = guard.provider.seen();
+        for (kind, seen) in [("requests", requests), ("tokens", tokens)] {
+            if let Some(seen) = seen {
+                metrics
+                    .provider_remaining
+                    .get_or_create(&ProviderLabels {
+                        upstream: guard.upstream,
+                        kind,
+                    })
+                    .set(seen.remaining as i64);
+            }
+        }
     }
 }
 
