@@ -22,6 +22,7 @@ use tantivy::{
 };
 
 mod files;
+mod lists;
 mod markdown;
 mod stem;
 mod stored;
