@@ -557,6 +557,37 @@ mod tests {
     }
 
     #[test]
+    fn a_metadata_list_is_metadata_and_a_repeated_text_is_given_once() {
+        let doc = "# Offices in Fresno\n\n## Article Information\n- **Published:** 8/7/24\n- **Author:** Ana Ruiz\n- **Original URL:** https://blog.example/offices-in-fresno\n\n## Content\n\nFresno offices favour farmland and water rights. Fresno offices favour farmland and water rights.\n";
+        let chunks = parse_document("article_001_offices", doc);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].url, "https://blog.example/offices-in-fresno");
+        assert_eq!(chunks[0].date.as_deref(), Some("2024-08-07"));
+        assert_eq!(
+            chunks[0].text,
+            "Fresno offices favour farmland and water rights."
+        );
+    }
+
+    #[test]
+    fn a_sentence_in_three_documents_is_template_text_whatever_their_number() {
+        let doc = |n: usize| {
+            let shared = if n < 3 {
+                "Our directory changes how managers meet offices. “Patience wins every time,” the chair said."
+            } else {
+                ""
+            };
+            format!("# Doc {n}\n\nPlan {n} committed to credit this month. {shared}\n")
+        };
+        let parsed: Vec<Parsed> = (0..16).map(|n| parse(&format!("d{n}"), &doc(n))).collect();
+        let boilerplate = boilerplate(parsed.iter().map(|p| p.blocks.as_slice()));
+        assert_eq!(
+            chunks_of(&parsed[0], &boilerplate)[0].text,
+            "Plan 0 committed to credit this month. “Patience wins every time,” the chair said."
+        );
+    }
+
+    #[test]
     fn long_sections_are_split_into_bounded_passages_keeping_table_headers() {
         let rows: String = (0..200)
             .map(|i| format!("| Firm {i} | ${i}B |\n"))
