@@ -34,7 +34,6 @@ use crate::{
 };
 
 use markdown::chunk_documents;
-pub use markdown::is_generic_heading;
 
 const TOKENIZER: &str = "en_stem";
 
