@@ -105,12 +105,24 @@ pub fn is_fused_list(sentence: &str) -> bool {
         .iter()
         .filter(|w| w.starts_with(['$', '€', '£']))
         .count();
-    let stopwords = words
-        .iter()
-        .filter(|w| text::is_stopword(&w.to_lowercase()))
-        .count();
-    let few_stopwords = words.len() >= 12 && stopwords * 10 < words.len();
-    markers >= 2 || labels >= 2 || money >= 3 || few_stopwords
+    if markers >= 2 || labels >= 2 || money >= 3 {
+        return true;
+    }
+    // Prose has a stopword in ten words: counted until it is found to have enough.
+    let needed = words.len().div_ceil(10);
+    let mut lower = String::new();
+    let prose = words.len() < 12
+        || words
+            .iter()
+            .filter(|w| {
+                lower.clear();
+                lower.extend(w.chars().flat_map(char::to_lowercase));
+                text::is_stopword(&lower)
+            })
+            .take(needed)
+            .count()
+            >= needed;
+    !prose
 }
 
 /// A run of list lines in a source, with the line before it (what the list is of).

@@ -149,6 +149,8 @@ pub fn figures(text: &str) -> BTreeSet<String> {
 struct Evidence<'a> {
     source: &'a SourceDoc,
     sentences: std::cell::OnceCell<Vec<Sentence>>,
+    /// The source's sentences and list lines by their quotation key (see [`quoted`]).
+    quotations: std::cell::OnceCell<std::collections::HashMap<String, String>>,
 }
 
 struct Sentence {
@@ -164,6 +166,7 @@ impl<'a> Evidence<'a> {
             .map(|source| Evidence {
                 source,
                 sentences: std::cell::OnceCell::new(),
+                quotations: std::cell::OnceCell::new(),
             })
             .collect()
     }

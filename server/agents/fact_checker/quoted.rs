@@ -1,5 +1,7 @@
 //! Quotations: an extractive article lifts its sources' sentences, and a claim that is one of
 //! them, word for word, is reported as quoted (with its source), not as supported.
+use std::collections::HashMap;
+
 use super::{ClaimCandidate, Evidence, SourceDoc};
 
 /// A claim's text, as a quotation is compared: lower case, whitespace collapsed, no final
@@ -10,6 +12,32 @@ fn quotation_key(text: &str) -> String {
         .join(" ")
         .trim_end_matches(['.', '!', '?'])
         .to_lowercase()
+}
+
+/// A list line without its marker (`- `, `3. `).
+fn list_item(line: &str) -> &str {
+    let line = line.trim_start_matches(['-', ' ']);
+    line.split_once(". ")
+        .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(line, |(_, rest)| rest)
+}
+
+impl Evidence<'_> {
+    /// The source's sentences, then its list lines, by quotation key (made once a check).
+    fn quotations(&self) -> &HashMap<String, String> {
+        self.quotations.get_or_init(|| {
+            let mut keys = HashMap::new();
+            for sentence in self.sentences() {
+                keys.entry(quotation_key(&sentence.text))
+                    .or_insert_with(|| sentence.text.clone());
+            }
+            for line in self.source.text.lines().map(list_item) {
+                keys.entry(quotation_key(line))
+                    .or_insert_with(|| line.to_string());
+            }
+            keys
+        })
+    }
 }
 
 /// The source (among `candidates`) and sentence that `claim` is, word for word, if any. A
@@ -23,24 +51,7 @@ pub(super) fn quoted_in<'a>(
         return None;
     }
     candidates.iter().find_map(|evidence| {
-        let sentence = evidence
-            .sentences()
-            .iter()
-            .find(|s| quotation_key(&s.text) == key)
-            .map(|s| s.text.as_str())
-            .or_else(|| {
-                evidence
-                    .source
-                    .text
-                    .lines()
-                    .map(|line| line.trim_start_matches(['-', ' ']))
-                    .map(|line| {
-                        line.split_once(". ")
-                            .filter(|(n, _)| n.bytes().all(|b| b.is_ascii_digit()))
-                            .map_or(line, |(_, rest)| rest)
-                    })
-                    .find(|line| quotation_key(line) == key)
-            })?;
-        Some((evidence.source, sentence))
+        let sentence = evidence.quotations().get(&key)?;
+        Some((evidence.source, sentence.as_str()))
     })
 }
