@@ -89,40 +89,27 @@ pub fn is_list_marker(word: &str) -> bool {
 /// Text that is list items or records run together: two list markers, or two `Key:` labels
 /// (a capitalised word before a colon), in one sentence.
 pub fn is_fused_list(sentence: &str) -> bool {
-    let words: Vec<&str> = sentence.split_whitespace().collect();
-    let markers = words
-        .iter()
-        .enumerate()
-        .filter(|(i, w)| is_list_marker(w) && words.get(i + 1).is_some())
-        .count();
-    let labels = words
-        .iter()
-        .filter(|w| w.len() > 2 && w.ends_with(':') && w.starts_with(|c: char| c.is_uppercase()))
-        .count();
-    // Records run together without markers: "$200,000,000 Fund A $300,000,000 Plan B ...",
-    // or names after names with hardly a word of prose between them.
-    let money = words
-        .iter()
-        .filter(|w| w.starts_with(['$', '€', '£']))
-        .count();
-    if markers >= 2 || labels >= 2 || money >= 3 {
-        return true;
-    }
-    // Prose has a stopword in ten words: counted until it is found to have enough.
-    let needed = words.len().div_ceil(10);
+    // One pass, no allocation but a reused buffer: it runs for every sentence of every source.
+    let (mut words, mut markers, mut labels, mut money, mut stopwords) = (0usize, 0, 0, 0, 0);
+    let mut after_marker = false;
     let mut lower = String::new();
-    let prose = words.len() < 12
-        || words
-            .iter()
-            .filter(|w| {
-                lower.clear();
-                lower.extend(w.chars().flat_map(char::to_lowercase));
-                text::is_stopword(&lower)
-            })
-            .take(needed)
-            .count()
-            >= needed;
-    !prose
+    for word in sentence.split_whitespace() {
+        words += 1;
+        markers += usize::from(after_marker);
+        after_marker = is_list_marker(word);
+        labels += usize::from(
+            word.len() > 2 && word.ends_with(':') && word.starts_with(char::is_uppercase),
+        );
+        money += usize::from(word.starts_with(['$', '€', '£']));
+        if word.len() <= 7 {
+            lower.clear();
+            lower.extend(word.chars().flat_map(char::to_lowercase));
+            stopwords += usize::from(text::is_stopword(&lower));
+        }
+    }
+    // Records run together without markers ("$200,000,000 Fund A $300,000,000 Plan B ..."),
+    // or names after names with hardly a stopword (one in ten words) between them.
+    markers >= 2 || labels >= 2 || money >= 3 || (words >= 12 && stopwords * 10 < words)
 }
 
 /// A run of list lines in a source, with the line before it (what the list is of).
