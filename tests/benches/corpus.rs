@@ -40,7 +40,7 @@ fn arguments() -> (PathBuf, Vec<(String, u32)>) {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--kb-dir" => dir = PathBuf::from(args.next().expect("--kb-dir DIR")),
+            "--kb-dir" => dir = from_root(PathBuf::from(args.next().expect("--kb-dir DIR"))),
             "--topic" => {
                 let value = args.next().expect("--topic \"TOPIC=WORDS\"");
                 let (topic, words) = value.rsplit_once('=').unwrap_or((&value, "1500"));
@@ -53,6 +53,17 @@ fn arguments() -> (PathBuf, Vec<(String, u32)>) {
         topics = TOPICS.iter().map(|(t, w)| (t.to_string(), *w)).collect();
     }
     (dir, topics)
+}
+
+/// `dir` as given, or, when it is relative and not found from here (cargo runs a bench in
+/// its package's folder), from the workspace root, where the commands above are typed.
+fn from_root(dir: PathBuf) -> PathBuf {
+    if dir.is_absolute() || dir.exists() {
+        return dir;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(dir)
 }
 
 #[tokio::main]
