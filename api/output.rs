@@ -168,6 +168,7 @@ fn verdict_name(claim: &api::Claim) -> &'static str {
         api::Verdict::Supported => "supported",
         api::Verdict::Unsupported => "unsupported",
         api::Verdict::Unverifiable => "unverifiable",
+        api::Verdict::Quoted => "quoted",
         api::Verdict::Unspecified => "unspecified",
     }
 }
@@ -178,6 +179,7 @@ pub fn fact_check_json(report: Option<&api::FactCheckReport>) -> Value {
     };
     json!({
         "passed": report.passed,
+        "quoted": report.quoted,
         "supported": report.supported,
         "unsupported": report.unsupported,
         "unverifiable": report.unverifiable,

@@ -472,12 +472,13 @@ fn print_summary(article: &api::Article) {
     let quality = metadata.quality.unwrap_or_default();
     let fact_check = article.fact_check.clone().unwrap_or_default();
     eprintln!(
-        "\"{}\": {} words, {} sections, {} citations to {} sources; fact check {} supported / {} unsupported; quality {:.1}/100{}",
+        "\"{}\": {} words, {} sections, {} citations to {} sources; fact check {} quoted / {} supported / {} unsupported; quality {:.1}/100{}",
         for_terminal(&article.title),
         content.word_count,
         content.section_count,
         content.citation_count,
         article.sources.len(),
+        fact_check.quoted,
         fact_check.supported,
         fact_check.unsupported,
         quality.overall,

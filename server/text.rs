@@ -180,7 +180,7 @@ pub fn sentences(text: &str) -> Vec<String> {
         let ends = match (next, after) {
             (None, _) => true,
             (Some(n), Some(a)) if n.is_whitespace() => {
-                a.is_uppercase() || a.is_ascii_digit() || a == '"' || a == '('
+                a.is_uppercase() || a.is_ascii_digit() || matches!(a, '"' | '“' | '‘' | '(')
             }
             _ => false,
         };

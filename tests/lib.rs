@@ -3,6 +3,7 @@
 //! knowledge base it answers from.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod article_check;
 pub mod standin;
 
 /// The repository's sample knowledge base.

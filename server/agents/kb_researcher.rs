@@ -35,13 +35,26 @@ pub(super) const ANSWER_TOKENS: u32 = 160;
 /// The longest query asked for.
 const QUERY_CHARS: usize = 80;
 
-/// The search queries for a topic: the topic itself and three angles on it.
+/// The search queries for a topic: the topic itself and three angles on it; when the topic
+/// names something (a place, a firm, a month: a word it writes with a capital after its
+/// first), the last angle is those names alone, so that the documents naming them are found
+/// even when the topic's common words match many others better.
 pub fn kb_queries(topic: &str) -> Vec<String> {
+    let names: Vec<&str> = topic
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|w| w.starts_with(char::is_uppercase) && !text::is_stopword(&w.to_lowercase()))
+        .collect();
+    let last = match names.is_empty() {
+        true => format!("{topic} outlook"),
+        false => names.join(" "),
+    };
     vec![
         topic.to_string(),
         format!("{topic} risks"),
         format!("{topic} strategy"),
-        format!("{topic} outlook"),
+        last,
     ]
 }
 

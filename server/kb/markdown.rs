@@ -5,7 +5,10 @@ use std::{
     path::PathBuf,
 };
 
-use super::{Chunk, KbError, in_parallel};
+use super::{
+    Chunk, KbError, in_parallel,
+    lists::{self, Piece},
+};
 use crate::text;
 
 /// The passages of every document, in order: parsed on every core, boilerplate found across
@@ -138,14 +141,7 @@ fn blocks(body: &str) -> Vec<Block> {
                 text.clear();
             }
             Event::End(TagEnd::Paragraph) if items == 0 => {
-                let prose = text.split_whitespace().collect::<Vec<_>>().join(" ");
-                let sentences: Vec<Unit> = text::sentences(&prose)
-                    .into_iter()
-                    .map(|s| Unit::new(s, &mut scratch))
-                    .collect();
-                if !sentences.is_empty() {
-                    out.push(Block::Prose(sentences));
-                }
+                paragraph(&text, &mut out, &mut scratch);
                 text.clear();
             }
             Event::End(TagEnd::Paragraph) => text.push(' '),
@@ -163,38 +159,87 @@ fn blocks(body: &str) -> Vec<Block> {
                 in_head = false;
             }
             Event::Text(t) | Event::Code(t) => text.push_str(&t),
-            Event::SoftBreak | Event::HardBreak => text.push(' '),
+            // A paragraph's lines may each be an item (see `paragraph`).
+            Event::SoftBreak | Event::HardBreak => text.push('\n'),
             _ => {}
         }
     }
     out
 }
 
-/// The keys of a document's units: each prose sentence and each list item or table row.
-fn unit_keys(blocks: &[Block]) -> impl Iterator<Item = u64> + '_ {
+/// A paragraph's blocks: its sentences, or the items it writes as prose (a numbered run, or
+/// one item per line), with the prose around them.
+fn paragraph(text: &str, out: &mut Vec<Block>, scratch: &mut String) {
+    let lines: Vec<&str> = text.lines().collect();
+    let prose = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let pieces = lists::line_items(&lines)
+        .or_else(|| lists::enumeration(&prose))
+        .unwrap_or_else(|| vec![Piece::Prose(prose)]);
+    let sentences = |prose: &str, out: &mut Vec<Block>, scratch: &mut String| {
+        let units: Vec<Unit> = text::sentences(prose)
+            .into_iter()
+            .map(|s| Unit::new(s, scratch))
+            .collect();
+        if !units.is_empty() {
+            out.push(Block::Prose(units));
+        }
+    };
+    for piece in pieces {
+        match piece {
+            Piece::Prose(prose) => sentences(&prose, out, scratch),
+            Piece::Item(item) => out.push(Block::Item(Unit::new(item, scratch))),
+            Piece::Entry(label, prose) => {
+                out.push(Block::Heading(3, text::bounded_title(&label)));
+                sentences(&prose, out, scratch);
+            }
+        }
+    }
+}
+
+/// A document's units: each prose sentence and each list item or table row.
+fn units(blocks: &[Block]) -> impl Iterator<Item = &Unit> + '_ {
     blocks.iter().flat_map(|block| match block {
-        Block::Prose(sentences) => sentences.iter().map(|s| s.key).collect(),
-        Block::Item(unit) | Block::Row(unit, false) => vec![unit.key],
+        Block::Prose(sentences) => sentences.iter().collect(),
+        Block::Item(unit) | Block::Row(unit, false) => vec![unit],
         _ => Vec::new(),
     })
 }
 
-/// Sentences and lines found in at least a quarter of the documents (and in three at least):
-/// calls to action, footers, share bars. They are never indexed nor used as evidence.
+/// Documents that make a unit of [`TEMPLATE_WORDS`] words or more template text, whatever
+/// the collection's size.
+const TEMPLATE_DOCUMENTS: usize = 3;
+const TEMPLATE_WORDS: usize = 4;
+
+/// Whether a unit holds a quotation: a quote repeated across documents is still a quote.
+fn is_quotation(text: &str) -> bool {
+    text.contains(['“', '”']) || text.matches('"').count() >= 2
+}
+
+/// Template text, never indexed nor used as evidence: a sentence or line of several words
+/// found in [`TEMPLATE_DOCUMENTS`] documents or more (quotations excepted), and any unit
+/// found in a quarter of them (share bars: "Share this article").
 fn boilerplate<'a>(documents: impl Iterator<Item = &'a [Block]>) -> HashSet<u64> {
     let mut total = 0;
-    let mut counts: HashMap<u64, usize> = HashMap::new();
+    // Per key: documents holding it, and whether it is long enough to be template text.
+    let mut counts: HashMap<u64, (usize, bool)> = HashMap::new();
     for blocks in documents {
         total += 1;
-        let distinct: HashSet<u64> = unit_keys(blocks).collect();
-        for key in distinct {
-            *counts.entry(key).or_default() += 1;
+        let mut distinct: HashSet<u64> = HashSet::new();
+        for unit in units(blocks) {
+            if distinct.insert(unit.key) {
+                let entry = counts.entry(unit.key).or_insert_with(|| {
+                    let long = text::count_words(&unit.text) >= TEMPLATE_WORDS
+                        && !is_quotation(&unit.text);
+                    (0, long)
+                });
+                entry.0 += 1;
+            }
         }
     }
-    let threshold = (total / 4).max(3);
+    let quarter = (total / 4).max(TEMPLATE_DOCUMENTS);
     counts
         .into_iter()
-        .filter(|(_, n)| *n >= threshold)
+        .filter(|(_, (n, long))| *n >= quarter || (*long && *n >= TEMPLATE_DOCUMENTS))
         .map(|(key, _)| key)
         .collect()
 }
@@ -207,11 +252,74 @@ struct Parsed {
 }
 
 fn parse(stem: &str, raw: &str) -> Parsed {
-    let (front, body) = split_front_matter(raw);
+    let (mut front, body) = split_front_matter(raw);
+    let mut blocks = blocks(body);
+    metadata_list(&mut blocks, &mut front);
     Parsed {
         stem: stem.to_string(),
         front,
-        blocks: blocks(body),
+        blocks,
+    }
+}
+
+/// Keys of a metadata list ("- **Original URL:** https://...") and the front matter field
+/// each gives.
+const METADATA_KEYS: &[(&str, &str)] = &[
+    ("original url", "url"),
+    ("url", "url"),
+    ("canonical url", "url"),
+    ("source url", "url"),
+    ("published", "date"),
+    ("date", "date"),
+    ("published on", "date"),
+    ("updated", "updated"),
+    ("author", "author"),
+    ("authors", "author"),
+];
+
+/// Takes a document's metadata list (its items of a metadata key before any prose) out of
+/// its blocks and into its fields, where front matter did not set them: metadata is never
+/// text.
+fn metadata_list(blocks: &mut Vec<Block>, front: &mut Vec<(String, String)>) {
+    let end = blocks
+        .iter()
+        .position(|b| matches!(b, Block::Prose(_) | Block::Row(..)))
+        .unwrap_or(blocks.len());
+    let mut kept = Vec::with_capacity(blocks.len());
+    for (i, block) in std::mem::take(blocks).into_iter().enumerate() {
+        let field = match &block {
+            Block::Item(unit) if i < end => unit.text.split_once(':').and_then(|(key, value)| {
+                let key = key.trim().to_lowercase();
+                let (_, field) = METADATA_KEYS.iter().find(|(k, _)| *k == key)?;
+                Some((field.to_string(), value.trim().to_string()))
+            }),
+            _ => None,
+        };
+        match field {
+            Some((key, value)) => {
+                if !front.iter().any(|(k, _)| *k == key) {
+                    front.push((key, value));
+                }
+            }
+            None => kept.push(block),
+        }
+    }
+    *blocks = kept;
+}
+
+/// A date as `YYYY-MM-DD` when it is written `M/D/YY` or `M/D/YYYY` (as CMS exports write
+/// it), else as written.
+fn iso_date(date: &str) -> String {
+    let parts: Vec<u32> = date
+        .split('/')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    match parts.as_slice() {
+        [m, d, y] if (1..=12).contains(m) && (1..=31).contains(d) => {
+            let year = if *y < 100 { 2000 + y } else { *y };
+            format!("{year:04}-{m:02}-{d:02}")
+        }
+        _ => date.to_string(),
     }
 }
 
@@ -241,6 +349,9 @@ fn chunks_of(parsed: &Parsed, boilerplate: &HashSet<u64>) -> Vec<Chunk> {
         passage.clear();
     };
     let mut previous_was_line = false;
+    // A document that repeats itself (exports often hold the text twice) gives each sentence
+    // and line once.
+    let mut seen: HashSet<u64> = HashSet::new();
     for block in &parsed.blocks {
         let piece = match block {
             Block::Heading(level, heading) if *level <= 2 => {
@@ -258,16 +369,16 @@ fn chunks_of(parsed: &Parsed, boilerplate: &HashSet<u64>) -> Vec<Chunk> {
             }
             Block::Heading(..) => {
                 table_head = None;
-                passage_piece(block, boilerplate)
+                passage_piece(block, boilerplate, &mut seen)
             }
             Block::Row(line, true) => {
-                let piece = passage_piece(block, boilerplate);
+                let piece = passage_piece(block, boilerplate, &mut seen);
                 if piece.is_some() {
                     table_head = Some(line.text.clone());
                 }
                 piece
             }
-            _ => passage_piece(block, boilerplate),
+            _ => passage_piece(block, boilerplate, &mut seen),
         };
         let Some(piece) = piece else { continue };
         let line = matches!(block, Block::Item(_) | Block::Row(..));
@@ -316,27 +427,46 @@ fn document_meta(parsed: &Parsed) -> (String, String, Option<String>) {
     (
         title,
         url,
-        field("date").map(|d| text::truncate_words(&d, 40)),
+        field("date").map(|d| text::truncate_words(&iso_date(&d), 40)),
     )
 }
 
 /// What a block adds to its passage, boilerplate left out (`None`: nothing). Sub-headings (a
 /// ranked entry, "### 3. Firm") stay inside their section as text.
-fn passage_piece(block: &Block, boilerplate: &HashSet<u64>) -> Option<String> {
+fn passage_piece(
+    block: &Block,
+    boilerplate: &HashSet<u64>,
+    seen: &mut HashSet<u64>,
+) -> Option<String> {
+    // Sentences and numbered items are given once a document (a line such as "- Metro:
+    // Houston" may rightly stand under several firms).
+    let mut left_out = |unit: &Unit, once: bool| {
+        boilerplate.contains(&unit.key) || (once && !seen.insert(unit.key))
+    };
     match block {
         Block::Heading(_, heading) => Some(format!("### {heading}\n")),
         Block::Prose(sentences) => {
             let kept: Vec<&str> = sentences
                 .iter()
-                .filter(|s| !boilerplate.contains(&s.key))
+                .filter(|s| !left_out(s, true))
                 .map(|s| s.text.as_str())
                 .collect();
             (!kept.is_empty()).then(|| format!("{}\n", kept.join(" ")))
         }
-        Block::Item(line) | Block::Row(line, _) if boilerplate.contains(&line.key) => None,
+        Block::Item(line) if left_out(line, is_numbered(&line.text)) => None,
+        Block::Row(line, _) if left_out(line, false) => None,
+        // A numbered item found in prose keeps its number: `3. Firm — AUM: $4B`.
+        Block::Item(line) if is_numbered(&line.text) => Some(format!("{}\n", line.text)),
         Block::Item(line) => Some(format!("- {}\n", line.text)),
         Block::Row(line, _) => Some(format!("{}\n", line.text)),
     }
+}
+
+/// `3. ...`: a numbered list line.
+fn is_numbered(line: &str) -> bool {
+    line.split_once(". ").is_some_and(|(n, _)| {
+        !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// One document parsed alone (no boilerplate known): for tests and single files.
@@ -424,6 +554,37 @@ mod tests {
         let chunks = chunks_of(&parsed[0], &boilerplate);
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].text, "Fact number 0 about pensions is here.");
+    }
+
+    #[test]
+    fn a_metadata_list_is_metadata_and_a_repeated_text_is_given_once() {
+        let doc = "# Offices in Fresno\n\n## Article Information\n- **Published:** 8/7/24\n- **Author:** Ana Ruiz\n- **Original URL:** https://blog.example/offices-in-fresno\n\n## Content\n\nFresno offices favour farmland and water rights. Fresno offices favour farmland and water rights.\n";
+        let chunks = parse_document("article_001_offices", doc);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].url, "https://blog.example/offices-in-fresno");
+        assert_eq!(chunks[0].date.as_deref(), Some("2024-08-07"));
+        assert_eq!(
+            chunks[0].text,
+            "Fresno offices favour farmland and water rights."
+        );
+    }
+
+    #[test]
+    fn a_sentence_in_three_documents_is_template_text_whatever_their_number() {
+        let doc = |n: usize| {
+            let shared = if n < 3 {
+                "Our directory changes how managers meet offices. “Patience wins every time,” the chair said."
+            } else {
+                ""
+            };
+            format!("# Doc {n}\n\nPlan {n} committed to credit this month. {shared}\n")
+        };
+        let parsed: Vec<Parsed> = (0..16).map(|n| parse(&format!("d{n}"), &doc(n))).collect();
+        let boilerplate = boilerplate(parsed.iter().map(|p| p.blocks.as_slice()));
+        assert_eq!(
+            chunks_of(&parsed[0], &boilerplate)[0].text,
+            "Plan 0 committed to credit this month. “Patience wins every time,” the chair said."
+        );
     }
 
     #[test]

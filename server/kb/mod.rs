@@ -22,6 +22,7 @@ use tantivy::{
 };
 
 mod files;
+mod lists;
 mod markdown;
 mod stem;
 mod stored;
@@ -33,7 +34,6 @@ use crate::{
 };
 
 use markdown::chunk_documents;
-pub use markdown::is_generic_heading;
 
 const TOKENIZER: &str = "en_stem";
 

@@ -235,6 +235,7 @@ async fn job(addr: &str, topic: &str, words: u32) -> Row {
 
 #[tokio::main]
 async fn main() {
+    dakota_server::testing::upstream::install_crypto_provider();
     let jobs: usize = arg("--jobs").map_or(3, |n| n.parse().unwrap());
     let words: u32 = arg("--words").map_or(300, |n| n.parse().unwrap());
     let Some((mut model, root)) = start_model() else {

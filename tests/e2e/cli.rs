@@ -101,7 +101,11 @@ async fn generate_writes_the_article_folder() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|c| c["verdict"] == "supported")
+            .all(|c| c["verdict"] == "quoted" || c["verdict"] == "supported")
+    );
+    assert!(
+        fact_check["quoted"].as_u64().is_some_and(|n| n > 0),
+        "{fact_check}"
     );
     let metrics = read_json(&folder.join("generation_metrics.json"));
     assert!(

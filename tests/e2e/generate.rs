@@ -224,8 +224,14 @@ async fn offline_generate_streams_every_phase_and_delivers_a_contract_article() 
     let fact_check = article.fact_check.clone().unwrap();
     assert!(fact_check.passed);
     assert!(fact_check.claims.len() >= 5);
+    // The offline article lifts its sources' sentences: those are reported as quoted (with
+    // their source), not as supported; what it restates is checked.
+    assert!(fact_check.quoted > 0, "{fact_check:?}");
     for claim in &fact_check.claims {
-        assert_eq!(claim.verdict(), Verdict::Supported, "{claim:?}");
+        assert!(
+            matches!(claim.verdict(), Verdict::Quoted | Verdict::Supported),
+            "{claim:?}"
+        );
         assert!(urls.contains(claim.source_url.as_str()));
         assert!(!claim.evidence.is_empty());
     }
@@ -322,11 +328,16 @@ async fn topics_with_figures_or_contract_words_still_get_a_clean_article() {
         let events = server.generate(request(topic)).await;
         assert_well_formed(&events);
         let article = final_article(&events);
-        assert_eq!(
-            contract::check(&article.markdown, &common::as_sources(&article), 1500),
-            vec![],
-            "{topic}"
+        let mut problems = contract::check(&article.markdown, &common::as_sources(&article), 1500);
+        // Only the sample's one document naming ESG is evidence for an ESG topic: the article
+        // is as long as it supports, and says so, rather than padded with the others.
+        let short_for_want_of_material = events.iter().any(
+            |e| matches!(&e.event, Some(Event::Warning(w)) if w.code == "INSUFFICIENT_MATERIAL"),
         );
+        if short_for_want_of_material {
+            problems.retain(|p| !matches!(p, contract::Problem::WordCount { .. }));
+        }
+        assert_eq!(problems, vec![], "{topic}");
         let fact_check = article.fact_check.unwrap();
         assert!(
             fact_check.passed && fact_check.unsupported == 0,

@@ -7,6 +7,7 @@ use dakota_tests::standin;
 
 mod caching;
 mod cli;
+mod collection_check;
 mod common;
 mod contract_holds;
 mod generate;

@@ -76,7 +76,7 @@ def _edge_case_articles() -> dict[str, pb.Article]:
                                     duration=duration_pb2.Duration(seconds=0, nanos=1_999_999_999))
                     for c in (0.1, 0.2, 1e-9)],
         ),
-        fact_check=pb.FactCheckReport(claims=[pb.Claim(text="t", verdict=cast(pb.Verdict, v)) for v in range(5)]),
+        fact_check=pb.FactCheckReport(claims=[pb.Claim(text="t", verdict=cast(pb.Verdict, v)) for v in range(6)]),
     )
     hostile = pb.Article(
         job_id="job-2", slug="../../Ünïcode Straße/..\x1b[2J\u202e", title='Say "hi"\nnext\t\x07',

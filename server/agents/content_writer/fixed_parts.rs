@@ -43,12 +43,12 @@ impl Writer<'_> {
 
     /// The lead paragraph. The writer's own sentences carry no user text: a figure in a topic
     /// ("... in 2026") would otherwise become a claim no source can support.
-    pub(super) fn lead(&mut self) -> Vec<String> {
+    pub(super) fn lead(&mut self, headings: &[String]) -> Vec<String> {
         let mut lead = Vec::new();
         if self.compact {
             return lead;
         }
-        lead.push("What follows sets out the evidence, with a source for every statement.".into());
+        lead.push(coverage(&self.request.topic, headings));
         if let Some(first) = self.synthesis.sources.first() {
             let picked = self.pick(first, &self.request.topic, 2);
             self.used.extend(picked.iter().cloned());
@@ -77,6 +77,45 @@ impl Writer<'_> {
         }
         conclusion.retain(|c| !c.is_empty());
         conclusion
+    }
+}
+
+/// The lead's first sentence: what the article covers, its sections' themes in prose case
+/// (a word keeps its capital only where the topic writes one, as names are written), figures
+/// left out (the writer's own words make no claim a source would have to support).
+fn coverage(topic: &str, headings: &[String]) -> String {
+    let names: Vec<&str> = topic
+        .split_whitespace()
+        .skip(1)
+        .filter(|w| w.starts_with(char::is_uppercase))
+        .collect();
+    let themes: Vec<String> = headings
+        .iter()
+        .map(|h| {
+            let words: Vec<String> = h
+                .split_whitespace()
+                .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
+                .map(|w| {
+                    let acronym = w.chars().skip(1).any(char::is_uppercase);
+                    match acronym || names.contains(&w) {
+                        true => w.to_string(),
+                        false => w.to_lowercase(),
+                    }
+                })
+                .collect();
+            words.join(" ")
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    match themes.split_last() {
+        None => "What follows sets out the evidence, with a source for every statement.".into(),
+        Some((last, [])) => {
+            format!("This article covers {last}, with a source for every statement.")
+        }
+        Some((last, rest)) => format!(
+            "This article covers {}; and {last}, with a source for every statement.",
+            rest.join("; ")
+        ),
     }
 }
 

@@ -18,10 +18,12 @@ use crate::{
     text,
 };
 use citations::{paragraphs, prose_words};
+use lists::SectionList;
 use sections::{fill_sections, section_pools, short_headings};
 
 mod citations;
 mod fixed_parts;
+mod lists;
 mod llm;
 mod sections;
 
@@ -96,8 +98,9 @@ fn write_article(
     let mut pools = section_pools(&request.topic, synthesis, &sections, &w);
     let (first, _) = fill_sections(&mut pools, &mut w.used, (Vec::new(), 0));
     let title = w.title();
+    let lists = w.section_lists(&sections);
     let (insights, takeaways) = w.lists(&sections);
-    let lead = w.lead();
+    let lead = w.lead(&headings);
     let conclusion = w.conclusion();
     let fixed = format!(
         "{title} {KEY_INSIGHTS} {KEY_TAKEAWAYS} {CONCLUSION}\n{}\n{}\n{}\n{}",
@@ -111,8 +114,10 @@ fn write_article(
         .flatten()
         .map(|(s, _)| text::count_words(s))
         .sum();
+    let list_words: usize = lists.iter().flatten().map(SectionList::words).sum();
     let fixed_words = prose_words(&fixed)
         + first_words
+        + list_words
         + headings.iter().map(|h| text::count_words(h)).sum::<usize>();
     let budget = target.saturating_sub(fixed_words);
     let (bodies, exhausted) = fill_sections(&mut pools, &mut w.used, (first, budget));
@@ -122,11 +127,16 @@ fn write_article(
         md.push_str(&format!("{}\n\n", lead.join(" ")));
     }
     md.push_str(&format!("## {KEY_INSIGHTS}\n\n{}\n\n", insights.join("\n")));
-    for (heading, body) in headings.iter().zip(&bodies) {
+    for ((heading, body), list) in headings.iter().zip(&bodies).zip(&lists) {
         md.push_str(&format!("## {heading}\n\n"));
-        for paragraph in paragraphs(body) {
-            md.push_str(&paragraph);
+        for (i, paragraph) in paragraphs(body).iter().enumerate() {
+            md.push_str(paragraph);
             md.push_str("\n\n");
+            // A section's list after its first paragraph.
+            if let (0, Some(list)) = (i, list) {
+                md.push_str(&list.markdown());
+                md.push_str("\n\n");
+            }
         }
     }
     md.push_str(&format!(

@@ -11,13 +11,11 @@ use serde_json::json;
 use super::{
     Agent, AgentContext, AgentError, AgentFuture, AgentOutput, OutlineSection, SourceDoc,
     Synthesis, SynthesisInput,
-    extract::usable_sentences,
     llm::{Checked, LlmAgent, describe_sources, llm_agent, object, parsed},
     offline::extractive,
 };
 use crate::{
     domain::{JobRequest, contract},
-    kb,
     text::{self, cut_at_word},
 };
 use dakota::api;
@@ -64,50 +62,81 @@ fn is_proper(word: &str, texts: &[&str]) -> bool {
     total > 0 && capital * 5 >= total * 4
 }
 
-/// Knowledge-base sources on topic: a document about Australia is not evidence for an
-/// article about Texas. The topic's names (words the sources write with a capital: places,
-/// firms, acronyms) must all appear in a source. Only when the documents that name them hold
-/// too little prose for `target_words` do the others follow them, and the warning says so.
-/// Web results are left as the search engine ranked them.
-fn on_topic(
-    topic: &str,
-    target_words: usize,
-    sources: Vec<SourceDoc>,
-) -> (Vec<SourceDoc>, Option<String>) {
+/// The names of a topic (places, firms, acronyms), as the sources write them: words the
+/// topic writes with a capital (its first word aside) or the sources nearly always do, that
+/// some source writes so. "California" is one; "top" and "private" are not.
+fn topic_names(topic: &str, texts: &[&str]) -> BTreeSet<String> {
+    let capitalised = |word: &str| {
+        let mut chars = word.chars();
+        chars.next().map_or(String::new(), |first| {
+            first.to_uppercase().chain(chars).collect::<String>()
+        })
+    };
+    let written: Vec<&str> = topic
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut names = BTreeSet::new();
+    for (i, word) in written.iter().enumerate() {
+        let lower = word.to_lowercase();
+        if word.chars().count() < 2
+            || text::is_stopword(&lower)
+            || word.chars().all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let capital_in_topic = i > 0 && word.starts_with(char::is_uppercase);
+        if !capital_in_topic && !is_proper(word, texts) {
+            continue;
+        }
+        // As written: an acronym as the topic writes it, any other name capitalised.
+        let form = if word.chars().filter(|c| c.is_uppercase()).count() > 1 {
+            word.to_string()
+        } else {
+            capitalised(&lower)
+        };
+        if texts.iter().any(|t| names_word(t, &form)) {
+            names.insert(form);
+        }
+    }
+    names
+}
+
+/// Whether `text` writes `name` as a word, as written (case and all).
+fn names_word(text: &str, name: &str) -> bool {
+    text.split(|c: char| !c.is_alphanumeric())
+        .any(|token| token == name)
+}
+
+/// Knowledge-base sources on topic: a document about Sweden is not evidence for an article
+/// about California. The topic's names (see [`topic_names`]) must all appear, as written, in
+/// a source; one that does not name them is not used, even when the rest hold less than the
+/// target (the article is then shorter, and the writer says so). Only when no document names
+/// them all are the others used, and the warning says so. Web results are left as the search
+/// engine ranked them.
+fn on_topic(topic: &str, sources: Vec<SourceDoc>) -> (Vec<SourceDoc>, Option<String>) {
     let is_kb = |doc: &SourceDoc| doc.source.kind() == api::SourceKind::KnowledgeBase;
     let texts: Vec<&str> = sources
         .iter()
         .filter(|d| is_kb(d))
         .map(|d| d.text.as_str())
         .collect();
-    let names: BTreeSet<String> = text::terms(topic)
-        .filter(|w| !w.chars().all(|c| c.is_ascii_digit()) && is_proper(w, &texts))
-        .collect();
+    let names = topic_names(topic, &texts);
     if names.is_empty() {
         return (sources, None);
     }
     let names_all = |doc: &SourceDoc| {
         !is_kb(doc) || {
-            let has: BTreeSet<String> = text::terms(&format!(
-                "{} {} {}",
-                doc.source.title, doc.section, doc.text
-            ))
-            .collect();
-            names.is_subset(&has)
+            let text = format!("{} {} {}", doc.source.title, doc.section, doc.text);
+            names.iter().all(|name| names_word(&text, name))
         }
     };
     let (on, off): (Vec<SourceDoc>, Vec<SourceDoc>) = sources.into_iter().partition(names_all);
-    let material: usize = on
-        .iter()
-        .flat_map(|d| usable_sentences(&d.text))
-        .map(|s| text::count_words(&s))
-        .sum();
-    if off.is_empty() || material >= target_words {
+    if off.is_empty() || on.iter().any(is_kb) {
         return (on, None);
     }
-    let named = on.iter().filter(|d| is_kb(d)).count();
     let warning = format!(
-        "{named} knowledge-base document(s) mention {} (about {material} words of prose); the article also draws on sources that do not",
+        "no knowledge-base document names {}; the article draws on sources that do not",
         names.into_iter().collect::<Vec<_>>().join(" and ")
     );
     (on.into_iter().chain(off).collect(), Some(warning))
@@ -151,7 +180,7 @@ fn merge_sources(
             .then(a.source.url.cmp(&b.source.url))
     });
     // Sources on topic first, in rank order; the rest only if needed.
-    let (mut merged, off_topic) = on_topic(&request.topic, request.word_count, merged);
+    let (mut merged, off_topic) = on_topic(&request.topic, merged);
     merged.truncate(MAX_SOURCES);
     for (i, doc) in merged.iter_mut().enumerate() {
         doc.source.id = format!("S{}", i + 1);
@@ -174,42 +203,33 @@ fn synthesize(
     input: &SynthesisInput,
 ) -> Result<AgentOutput<Synthesis>, AgentError> {
     let (merged, off_topic) = merge_sources(request, input)?;
-    // Main sections: the sections of the best sources, one per source while they last.
-    let mut outline: Vec<OutlineSection> = Vec::new();
-    for doc in merged
+    // Main sections: the themes planned from the topic (never a source's own title), the
+    // best sources in rank order behind them, one each while they last, then every source.
+    let planned = match input.plan.sections.as_slice() {
+        [] => plan::planned_sections(&request.topic),
+        sections => sections.to_vec(),
+    };
+    let ids: Vec<String> = merged.iter().map(|d| d.source.id.clone()).collect();
+    let leading: Vec<&String> = merged
         .iter()
         .filter(|d| d.source.relevance >= MIN_SECTION_RELEVANCE)
-    {
-        if outline.len() == MAX_SECTIONS {
-            break;
-        }
-        let heading = if doc.section == doc.source.title || kb::is_generic_heading(&doc.section) {
-            doc.source.title.clone()
-        } else {
-            doc.section.clone()
-        };
-        if is_fixed_heading(&heading)
-            || outline
-                .iter()
-                .any(|s| s.heading.eq_ignore_ascii_case(&heading))
-        {
-            continue;
-        }
-        outline.push(OutlineSection {
-            heading,
-            source_ids: vec![doc.source.id.clone()],
-        });
-    }
-    // Fewer than three sources: the planned sections, drawing on every source.
-    for planned in &input.plan.sections {
-        if outline.len() >= MIN_SECTIONS {
-            break;
-        }
-        outline.push(OutlineSection {
-            heading: planned.clone(),
-            source_ids: merged.iter().map(|d| d.source.id.clone()).collect(),
-        });
-    }
+        .map(|d| &d.source.id)
+        .collect();
+    let outline: Vec<OutlineSection> = planned
+        .iter()
+        .filter(|h| !is_fixed_heading(h))
+        .take(MAX_SECTIONS)
+        .enumerate()
+        .map(|(i, heading)| {
+            let own = leading.get(i).map(|id| id.to_string());
+            let rest = ids.iter().filter(|id| Some(*id) != own.as_ref()).cloned();
+            let source_ids: Vec<String> = own.clone().into_iter().chain(rest).collect();
+            OutlineSection {
+                heading: heading.clone(),
+                source_ids,
+            }
+        })
+        .collect();
     let key_themes = outline
         .iter()
         .map(|s| s.heading.clone())
@@ -452,6 +472,86 @@ impl Agent<SynthesisInput, Synthesis> for LlmSynthesizer {
             output.warnings.extend(off_topic.map(|w| (OFF_TOPIC, w)));
             Ok(output)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kb_doc(title: &str, text: &str) -> SourceDoc {
+        SourceDoc {
+            source: api::Source {
+                title: title.into(),
+                url: format!("https://kb.example/{}", text::slugify(title)),
+                kind: api::SourceKind::KnowledgeBase as i32,
+                relevance: 1.0,
+                ..Default::default()
+            },
+            section: title.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_source_that_does_not_name_the_topics_names_is_not_used_even_when_material_is_short() {
+        let sources = vec![
+            kb_doc(
+                "Offices in California",
+                "Offices in California favour farmland.",
+            ),
+            kb_doc(
+                "Offices in Sweden",
+                "Offices in Sweden favour forestry and top funds.",
+            ),
+            // Lower case in a link is not the name as written.
+            kb_doc(
+                "Offices in Oregon",
+                "See https://x.example/offices-in-california for more.",
+            ),
+        ];
+        let (kept, warning) = on_topic("The top family offices in California", sources);
+        let titles: Vec<&str> = kept.iter().map(|d| d.source.title.as_str()).collect();
+        assert_eq!(titles, ["Offices in California"]);
+        assert_eq!(warning, None);
+    }
+
+    #[test]
+    fn only_when_no_source_names_them_do_the_others_stand_in_with_a_warning() {
+        let sources = vec![
+            kb_doc(
+                "Offices in Utah",
+                "Offices in Utah favour software. Offices in Texas grow.",
+            ),
+            kb_doc("Offices in Texas", "Offices in Texas favour energy."),
+        ];
+        let (kept, warning) = on_topic("Family offices in Utah and Texas", sources);
+        assert_eq!(kept.len(), 1, "one names both");
+        assert_eq!(warning, None);
+        let sources = vec![
+            kb_doc("Offices in Utah", "Offices in Utah favour software."),
+            kb_doc("Offices in Texas", "Offices in Texas favour energy."),
+        ];
+        let (kept, warning) = on_topic("Family offices in Utah and Texas", sources);
+        assert_eq!(kept.len(), 2);
+        assert!(warning.is_some_and(|w| w.contains("Texas and Utah")));
+    }
+
+    #[test]
+    fn sections_are_the_topics_themes_then_angles() {
+        assert_eq!(
+            plan::planned_sections("The top family offices in California and how they invest"),
+            [
+                "Top Family Offices in California",
+                "How They Invest",
+                "Strategy and Allocation",
+                "Risks and Trade-offs"
+            ]
+        );
+        assert_eq!(
+            plan::planned_sections("Public pension plan commitments in October 2024")[0],
+            "Public Pension Plan Commitments in October 2024"
+        );
     }
 }
 

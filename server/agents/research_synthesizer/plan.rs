@@ -19,15 +19,39 @@ use crate::{
 /// The most tokens the model's plan may use (see the table in [`crate::agents::llm`]).
 pub(crate) const ANSWER_TOKENS: u32 = 200;
 
-/// Section headings planned from the topic alone.
+/// Angles of any topic, after its own themes: what a reader asks of an investment subject.
+const ANGLES: [&str; 4] = [
+    "Strategy and Allocation",
+    "Risks and Trade-offs",
+    "What the Figures Show",
+    "Outlook and Next Steps",
+];
+
+/// Section headings planned from the topic alone: its themes (its clauses: "The top family
+/// offices in California and how they invest" -> "Top Family Offices in California", "How
+/// They Invest"), then angles on it, four in all.
 pub(super) fn planned_sections(topic: &str) -> Vec<String> {
-    let topic = text::title_case(topic);
-    vec![
-        format!("Why {topic} Matters Now"),
-        format!("How {topic} Works in Practice"),
-        "Risks and Trade-offs".to_string(),
-        "Putting It into Practice".to_string(),
-    ]
+    let mut sections: Vec<String> = Vec::new();
+    let clauses = topic
+        .split([',', ';', ':'])
+        .flat_map(|part| part.split(" and "))
+        .map(|clause| {
+            let clause = clause.trim();
+            let clause = ["The ", "the ", "A ", "a ", "An ", "an "]
+                .iter()
+                .find_map(|article| clause.strip_prefix(article))
+                .unwrap_or(clause);
+            text::title_case(clause)
+        })
+        .filter(|c| text::count_words(c) >= 2 && !unusable_heading(c));
+    for heading in clauses.take(2).chain(ANGLES.iter().map(|a| a.to_string())) {
+        if sections.len() < MAX_SECTIONS
+            && !sections.iter().any(|s| s.eq_ignore_ascii_case(&heading))
+        {
+            sections.push(heading);
+        }
+    }
+    sections
 }
 
 extractive!(JobRequest => OutlinePlan, |_cx, request| {

@@ -169,6 +169,7 @@ _VERDICTS = {
     pb.VERDICT_SUPPORTED: "supported",
     pb.VERDICT_UNSUPPORTED: "unsupported",
     pb.VERDICT_UNVERIFIABLE: "unverifiable",
+    pb.VERDICT_QUOTED: "quoted",
 }
 _KINDS = {pb.SOURCE_KIND_KNOWLEDGE_BASE: "knowledge_base", pb.SOURCE_KIND_WEB: "web"}
 
@@ -179,6 +180,7 @@ def _fact_check_json(article: pb.Article) -> Json:
     report = article.fact_check
     return {
         "passed": report.passed,
+        "quoted": report.quoted,
         "supported": report.supported,
         "unsupported": report.unsupported,
         "unverifiable": report.unverifiable,

@@ -31,6 +31,7 @@ class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERDICT_SUPPORTED: _ClassVar[Verdict]
     VERDICT_UNSUPPORTED: _ClassVar[Verdict]
     VERDICT_UNVERIFIABLE: _ClassVar[Verdict]
+    VERDICT_QUOTED: _ClassVar[Verdict]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_RUNNING: JobState
 JOB_STATE_COMPLETED: JobState
@@ -43,6 +44,7 @@ VERDICT_UNSPECIFIED: Verdict
 VERDICT_SUPPORTED: Verdict
 VERDICT_UNSUPPORTED: Verdict
 VERDICT_UNVERIFIABLE: Verdict
+VERDICT_QUOTED: Verdict
 
 class GenerateRequest(_message.Message):
     __slots__ = ("topic", "word_count", "audience", "tone", "custom_instructions", "include_social", "include_summary", "skip_web_search", "idempotency_key", "max_total_tokens")
@@ -465,20 +467,22 @@ class Claim(_message.Message):
     def __init__(self, text: _Optional[str] = ..., kind: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., source_id: _Optional[str] = ..., source_url: _Optional[str] = ..., evidence: _Optional[str] = ...) -> None: ...
 
 class FactCheckReport(_message.Message):
-    __slots__ = ("claims", "supported", "unsupported", "unverifiable", "invalid_citations", "passed")
+    __slots__ = ("claims", "supported", "unsupported", "unverifiable", "invalid_citations", "passed", "quoted")
     CLAIMS_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_FIELD_NUMBER: _ClassVar[int]
     UNSUPPORTED_FIELD_NUMBER: _ClassVar[int]
     UNVERIFIABLE_FIELD_NUMBER: _ClassVar[int]
     INVALID_CITATIONS_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
+    QUOTED_FIELD_NUMBER: _ClassVar[int]
     claims: _containers.RepeatedCompositeFieldContainer[Claim]
     supported: int
     unsupported: int
     unverifiable: int
     invalid_citations: _containers.RepeatedScalarFieldContainer[str]
     passed: bool
-    def __init__(self, claims: _Optional[_Iterable[_Union[Claim, _Mapping]]] = ..., supported: _Optional[int] = ..., unsupported: _Optional[int] = ..., unverifiable: _Optional[int] = ..., invalid_citations: _Optional[_Iterable[str]] = ..., passed: _Optional[bool] = ...) -> None: ...
+    quoted: int
+    def __init__(self, claims: _Optional[_Iterable[_Union[Claim, _Mapping]]] = ..., supported: _Optional[int] = ..., unsupported: _Optional[int] = ..., unverifiable: _Optional[int] = ..., invalid_citations: _Optional[_Iterable[str]] = ..., passed: _Optional[bool] = ..., quoted: _Optional[int] = ...) -> None: ...
 
 class RunMetrics(_message.Message):
     __slots__ = ("total_duration", "phases", "agents", "total_input_tokens", "total_output_tokens", "estimated_cost_usd", "cache_hits", "upstream_calls", "revision_iterations", "degraded", "calls", "cached_calls")

@@ -14,6 +14,9 @@ use super::{
 };
 use crate::text;
 use dakota::api::{self, Verdict};
+use quoted::quoted_in;
+
+mod quoted;
 
 /// Share of a claim's terms that a source sentence must contain to support it.
 const SUPPORT_OVERLAP: f64 = 0.6;
@@ -59,7 +62,16 @@ pub fn extract_claims(markdown: &str) -> Vec<ClaimCandidate> {
             .map(str::trim)
             .filter(|l| !l.starts_with('#'))
         {
-            match line.strip_prefix("- ").or_else(|| line.strip_prefix("* ")) {
+            let numbered = || {
+                let (n, rest) = line.split_once(". ")?;
+                (!n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()))
+                    .then_some(rest)
+            };
+            match line
+                .strip_prefix("- ")
+                .or_else(|| line.strip_prefix("* "))
+                .or_else(numbered)
+            {
                 Some(item) => blocks.push(item.to_string()),
                 None => prose.push(line),
             }
@@ -137,6 +149,8 @@ pub fn figures(text: &str) -> BTreeSet<String> {
 struct Evidence<'a> {
     source: &'a SourceDoc,
     sentences: std::cell::OnceCell<Vec<Sentence>>,
+    /// The source's sentences and list lines by their quotation key (see [`quoted`]).
+    quotations: std::cell::OnceCell<std::collections::HashMap<String, String>>,
 }
 
 struct Sentence {
@@ -152,6 +166,7 @@ impl<'a> Evidence<'a> {
             .map(|source| Evidence {
                 source,
                 sentences: std::cell::OnceCell::new(),
+                quotations: std::cell::OnceCell::new(),
             })
             .collect()
     }
@@ -197,12 +212,22 @@ fn check_claim(claim: &ClaimCandidate, evidence: &[Evidence<'_>]) -> api::Claim 
             }
         }
     }
+    let quotable = candidates.clone();
     let candidates: Vec<&SourceDoc> = candidates.iter().map(|e| e.source).collect();
     let mut result = api::Claim {
         text: claim.text.clone(),
         kind: claim.kind.to_string(),
         ..Default::default()
     };
+    // A claim that is a sentence of a source it is checked against, word for word, is a
+    // quotation: reported as such, with its source, not as a claim the sources "support".
+    if let Some((source, sentence)) = quoted_in(claim, &quotable) {
+        result.set_verdict(Verdict::Quoted);
+        result.source_id = source.source.id.clone();
+        result.source_url = source.source.url.clone();
+        result.evidence = sentence.to_string();
+        return result;
+    }
     match best {
         Some((overlap, source, sentence)) if overlap >= SUPPORT_OVERLAP => {
             result.set_verdict(Verdict::Supported);
@@ -241,6 +266,7 @@ pub fn candidate_sources<'a>(
 /// Recomputes the counts and the verdict of a report after its claims changed.
 pub fn recount(report: &mut api::FactCheckReport) {
     let count = |v: Verdict| report.claims.iter().filter(|c| c.verdict() == v).count() as u32;
+    report.quoted = count(Verdict::Quoted);
     report.supported = count(Verdict::Supported);
     report.unsupported = count(Verdict::Unsupported);
     report.unverifiable = count(Verdict::Unverifiable);
@@ -285,8 +311,9 @@ pub(super) const VERDICTS_TOKENS_CAP: u32 = 2_500;
 /// The report in one line, for `agent_completed`.
 fn summary_line(report: &api::FactCheckReport) -> String {
     format!(
-        "{} claims: {} supported, {} unsupported, {} unverifiable",
+        "{} claims: {} quoted, {} supported, {} unsupported, {} unverifiable",
         report.claims.len(),
+        report.quoted,
         report.supported,
         report.unsupported,
         report.unverifiable
@@ -506,6 +533,28 @@ mod tests {
     }
 
     #[test]
+    fn a_sentence_copied_from_its_source_is_quoted_and_a_restated_figure_is_checked() {
+        let url = "https://kb.example/credit";
+        let sources = vec![source(
+            url,
+            "Direct lenders charged 6.5% over base rates in 2024. Defaults stayed low.\n\n1. Alder Fund — AUM: $2B\n",
+        )];
+        let md = format!(
+            "# T\n\nDirect lenders charged 6.5% over base rates in 2024 ([S1]({url})). Lenders charged 6.5% over base rates [S1]({url}).\n\n1. Alder Fund — AUM: $2B ([S1]({url})).\n"
+        );
+        let report = check_article(&md, &sources);
+        let verdicts: Vec<Verdict> = report.claims.iter().map(|c| c.verdict()).collect();
+        assert_eq!(
+            verdicts,
+            [Verdict::Quoted, Verdict::Supported, Verdict::Quoted],
+            "{report:?}"
+        );
+        assert_eq!((report.quoted, report.supported), (2, 1));
+        assert_eq!(report.claims[0].source_url, url);
+        assert!(report.passed);
+    }
+
+    #[test]
     fn figures_are_normalised() {
         let found: Vec<String> = figures("A $1,500.00 fund returned 2.50% in 2023.")
             .into_iter()
@@ -526,9 +575,10 @@ mod tests {
             .iter()
             .map(|c| (c.verdict(), c.kind.as_str()))
             .collect();
+        // The first is the source's own sentence: quoted, with its source.
         assert_eq!(
             verdicts,
-            [(Verdict::Supported, "date"), (Verdict::Unsupported, "date")]
+            [(Verdict::Quoted, "date"), (Verdict::Unsupported, "date")]
         );
         assert_eq!(report.claims[0].source_url, "https://kb.example/a");
         assert!(report.claims[0].evidence.contains("1974"));
