@@ -292,7 +292,8 @@ async fn main() {
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
     println!();
     println!(
-        "{completed} of {jobs} completed, {met} with the article contract met; LLM calls refused by an open breaker: {opened}"
+        "{completed} of {jobs} completed, {met} with the article contract met; LLM calls refused by an open breaker: {}",
+        opened.abs()
     );
     println!(
         "the LLM as /health/detailed saw it: {}",
