@@ -62,6 +62,48 @@ impl LlmAgent {
     }
 }
 
+impl LlmAgent {
+    /// Bytes placeholder `key` may fill in prompt `name` (the request's placeholders and
+    /// `vars` filled, `key` empty) with room for an answer of `max_tokens`; `None` when the
+    /// model's context window is not known.
+    pub(super) async fn room_for(
+        &self,
+        request: &crate::domain::JobRequest,
+        name: &str,
+        key: &'static str,
+        max_tokens: u32,
+    ) -> Option<usize> {
+        let context = self.client.context_tokens(&self.model).await?;
+        let reserve = max_tokens.min(context / 2);
+        let room = self.client.prompt_room(&self.model, reserve).await?;
+        let mut vars = super::llm::request_vars(request);
+        vars.push((key, String::new()));
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let empty = self.prompts.render(name, &vars);
+        Some(room.saturating_sub(empty.system.len() + empty.user.len()))
+    }
+}
+
+/// Consecutive runs of `sizes` whose sum (with a blank line between) stays within `room`,
+/// each of one item at least: the batches of one question asked in parts.
+pub fn batches(sizes: &[usize], room: usize) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, size) in sizes.iter().enumerate() {
+        let adds = size + if i > start { 2 } else { 0 };
+        if i > start && used + adds > room {
+            batches.push(start..i);
+            (start, used) = (i, *size);
+        } else {
+            used += adds;
+        }
+    }
+    if start < sizes.len() {
+        batches.push(start..sizes.len());
+    }
+    batches
+}
+
 /// Blocks in rank order separated by blank lines (sources as
 /// [`super::llm::describe_sources`] lists them, claims with their excerpts), within `max`
 /// bytes: the lowest-ranked dropped until each of the rest can keep `min_block`, then each
@@ -86,6 +128,18 @@ pub fn trim_blocks(text: &str, max: usize, min_block: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn items_are_batched_within_the_room_one_at_least() {
+        assert_eq!(batches(&[10, 10, 10], 100), vec![0..3]);
+        assert_eq!(batches(&[10, 10, 10], 22), vec![0..2, 2..3]);
+        assert_eq!(
+            batches(&[50, 10], 20),
+            vec![0..1, 1..2],
+            "an item larger than the room"
+        );
+        assert!(batches(&[], 10).is_empty());
+    }
 
     #[test]
     fn sources_give_way_lowest_ranked_first_then_each_is_cut() {

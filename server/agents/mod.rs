@@ -28,7 +28,7 @@ pub mod summary_writer;
 pub mod web_researcher;
 
 mod extract;
-mod fit;
+pub(crate) mod fit;
 pub mod llm;
 mod offline;
 pub mod pricing;

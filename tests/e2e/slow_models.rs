@@ -211,7 +211,22 @@ async fn prompts_are_fitted_into_a_small_context_window() {
     let mut server = common::start(config).await;
     let events = server.generate(llm_request()).await;
     final_article(&events);
+    // The fact checker's claims went out in as many calls as the window needed, each
+    // answered: none of it gave way to the offline version.
+    assert!(
+        !warnings(&events).contains(&"FACT_CHECKER_DEGRADED".to_string()),
+        "{:?}",
+        warnings(&events)
+    );
     let chats = standin.requests_of(Route::Llm);
+    let fact_checks = chats
+        .iter()
+        .filter(|c| c.llm_kind() == "fact_checker")
+        .count();
+    assert!(
+        fact_checks >= 2,
+        "{fact_checks} fact-check call(s): the claims in batches"
+    );
     for chat in &chats {
         let said = chat.prompt_text().len() as u64;
         let max_tokens = chat.body["max_tokens"].as_u64().unwrap();

@@ -394,6 +394,12 @@ fn check_verdicts(answer: VerdictsAnswer, count: usize) -> Checked<VerdictsAnswe
 /// The numbered claims of the fact checker's prompt, each with excerpts of its candidate
 /// sources.
 fn claims_listing(candidates: &[ClaimCandidate], sources: &[SourceDoc]) -> String {
+    claim_blocks(candidates, sources).join("\n\n")
+}
+
+/// Each claim as the fact checker's prompt lists it, numbered from 1, with its sources'
+/// excerpts.
+fn claim_blocks(candidates: &[ClaimCandidate], sources: &[SourceDoc]) -> Vec<String> {
     let excerpt = |s: &&SourceDoc| {
         let text: String = s.text.chars().take(SOURCE_EXCERPT_CHARS).collect();
         format!("  [{}] {}", s.source.id, text.replace('\n', " "))
@@ -414,8 +420,16 @@ fn claims_listing(candidates: &[ClaimCandidate], sources: &[SourceDoc]) -> Strin
             };
             format!("{}. {}\n{}", i + 1, claim.text, excerpts)
         })
-        .collect::<Vec<_>>()
-        .join("\n\n")
+        .collect()
+}
+
+/// The most tokens the verdicts on `count` claims take.
+fn verdicts_tokens(count: usize) -> u32 {
+    u32::try_from(count)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(PER_VERDICT_TOKENS)
+        .saturating_add(VERDICT_BASE_TOKENS)
+        .min(VERDICTS_TOKENS_CAP)
 }
 
 /// The longest quote of evidence asked for: the passage that states the fact, not more.
@@ -472,6 +486,35 @@ fn apply_verdict(
     }
 }
 
+impl LlmFactChecker {
+    /// The claims in runs that each fit one call's prompt (one run when the context window is
+    /// unknown or holds them all).
+    async fn batches(
+        &self,
+        cx: &AgentContext,
+        candidates: &[ClaimCandidate],
+        sources: &[SourceDoc],
+    ) -> Vec<std::ops::Range<usize>> {
+        let all = std::iter::once(0..candidates.len()).collect();
+        let tokens = verdicts_tokens(candidates.len().min(4));
+        let Some(room) = self
+            .llm
+            .room_for(&cx.request, "fact_checker", "claims", tokens)
+            .await
+        else {
+            return all;
+        };
+        let sizes: Vec<usize> = claim_blocks(candidates, sources)
+            .iter()
+            .map(String::len)
+            .collect();
+        if sizes.iter().sum::<usize>() + 2 * sizes.len() <= room {
+            return all;
+        }
+        crate::agents::fit::batches(&sizes, room)
+    }
+}
+
 impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
     llm_agent!(llm);
     fn run<'a>(
@@ -486,32 +529,40 @@ impl Agent<FactCheckInput, api::FactCheckReport> for LlmFactChecker {
             if report.claims.is_empty() {
                 return Ok(AgentOutput::local(report, "no checkable claims"));
             }
-            let count = candidates.len();
-            let max_tokens = u32::try_from(count)
-                .unwrap_or(u32::MAX)
-                .saturating_mul(PER_VERDICT_TOKENS)
-                .saturating_add(VERDICT_BASE_TOKENS)
-                .min(VERDICTS_TOKENS_CAP);
-            let answer = self
-                .llm
-                .ask(
-                    cx,
-                    "fact_checker",
-                    &[("claims", claims_listing(&candidates, &input.sources))],
-                    verdicts_schema(&self.llm, count),
-                    max_tokens,
-                    parsed(|answer: VerdictsAnswer| check_verdicts(answer, count)),
-                )
-                .await?;
-            for verdict in &answer.completion.value.verdicts {
-                if let Some(claim) = report.claims.get_mut(verdict.claim - 1) {
-                    let candidate = &candidates[verdict.claim - 1];
-                    apply_verdict(claim, candidate, verdict, &input.sources);
+            // As many claims a call as the model's context holds, in as many calls as needed.
+            let mut answers = Vec::new();
+            for batch in self.batches(cx, &candidates, &input.sources).await {
+                let claims = &candidates[batch.clone()];
+                let count = claims.len();
+                let answer = self
+                    .llm
+                    .ask(
+                        cx,
+                        "fact_checker",
+                        &[("claims", claims_listing(claims, &input.sources))],
+                        verdicts_schema(&self.llm, count),
+                        verdicts_tokens(count),
+                        parsed(|answer: VerdictsAnswer| check_verdicts(answer, count)),
+                    )
+                    .await?;
+                for verdict in &answer.completion.value.verdicts {
+                    let at = batch.start + verdict.claim - 1;
+                    if let Some(claim) = report.claims.get_mut(at) {
+                        apply_verdict(claim, &candidates[at], verdict, &input.sources);
+                    }
                 }
+                answers.push(answer);
             }
             recount(&mut report);
             let summary = summary_line(&report);
-            Ok(self.llm.output(answer.with(report), summary))
+            // The calls' tokens and attempts are counted by the resilience stack; a repair in
+            // any batch is reported.
+            let repaired = answers.iter().find_map(|a| a.repaired.clone());
+            let Some(last) = answers.pop() else {
+                return Ok(AgentOutput::local(report, summary));
+            };
+            let asked = super::llm::Asked { repaired, ..last };
+            Ok(self.llm.output(asked.with(report), summary))
         })
     }
 }
