@@ -1,13 +1,20 @@
 //! Prompts that fit the model: when the model's context window is known, an agent's prompt
 //! is rendered with its sources trimmed (the lowest-ranked dropped first, then every excerpt
-//! shortened) and a previous draft shortened, so the prompt leaves room for the answer.
+//! shortened), the fact checker's claims likewise, and the article (for SEO, social posts and
+//! the summary, its start is enough) or a previous draft shortened, so the prompt leaves room
+//! for the answer.
 use super::llm::LlmAgent;
 use crate::upstream::llm::Prompt;
 
 /// Placeholders that may be shortened, in the order they give way, and the least a block of
 /// each (a source, a claim with its excerpts) keeps before the lowest-ranked blocks are
 /// dropped instead; 0 for plain text, cut at a word.
-const TRIMMABLE: [(&str, usize); 3] = [("sources", 300), ("claims", 150), ("revision", 0)];
+const TRIMMABLE: [(&str, usize); 4] = [
+    ("sources", 300),
+    ("claims", 150),
+    ("article", 0),
+    ("revision", 0),
+];
 
 impl LlmAgent {
     /// Prompt `name` with `vars`, fitted into the context window with room for an answer of
