@@ -674,7 +674,7 @@ async fn chat(
         json!({"prompt_tokens": (system.len() + user.len()) / 4, "completion_tokens": content.len() / 4})
     };
     if body["stream"] == true {
-        return stream_answer(content, finish, usage, _in_flight, latency);
+        return stream_answer(content, (finish, usage), None, _in_flight, latency);
     }
     Json(json!({
         "id": "chatcmpl-standin",
@@ -926,12 +926,13 @@ fn article(system: &str, user: &str) -> String {
     )
 }
 
-/// A structured answer streamed as a server streams it: the JSON text in chunks, then the
-/// finish reason and the usage.
+/// An answer streamed as a server streams it: the text in 40-character chunks (after
+/// `latency.first_token`, paced at its tokens a second), then the finish reason and the usage.
+/// With `stall_after`, the stream goes silent before that chunk, its connection kept open.
 fn stream_answer(
     content: String,
-    finish: &'static str,
-    usage: Value,
+    (finish, usage): (&'static str, Value),
+    stall_after: Option<usize>,
     in_flight: InFlight,
     latency: Latency,
 ) -> Response {
@@ -941,6 +942,11 @@ fn stream_answer(
         pause(latency.first_token).await;
         let chars: Vec<char> = content.chars().collect();
         for (i, piece) in chars.chunks(40).enumerate() {
+            if stall_after == Some(i) {
+                // Keep the connection open and silent until the client gives up.
+                tx.closed().await;
+                return;
+            }
             if i > 0 {
                 pause(chunk_pause(latency.tokens_per_second)).await;
             }
@@ -976,7 +982,7 @@ fn chunk_pause(tokens_per_second: u32) -> Duration {
     }
 }
 
-/// Streams `text` in small chunks, ending with `finish_reason: length` when `cut`.
+/// The writer's stream of `text`, ending with `finish_reason: length` when `cut`.
 fn stream_article(
     text: String,
     cut: bool,
@@ -984,42 +990,9 @@ fn stream_article(
     in_flight: InFlight,
     latency: Latency,
 ) -> Response {
-    let per_chunk = chunk_pause(latency.tokens_per_second);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(async move {
-        let _in_flight = in_flight;
-        pause(latency.first_token).await;
-        let chars: Vec<char> = text.chars().collect();
-        for (i, piece) in chars.chunks(40).enumerate() {
-            if stall_after == Some(i) {
-                // Keep the connection open and silent until the client gives up.
-                tx.closed().await;
-                return;
-            }
-            if i > 0 {
-                pause(per_chunk).await;
-            }
-            let chunk = json!({"choices": [{"index": 0, "delta": {"content": piece.iter().collect::<String>()}}]});
-            if tx
-                .send(Ok(Bytes::from(format!("data: {chunk}\n\n"))))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let finish = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": if cut { "length" } else { "stop" }}]});
-        let usage = json!({"choices": [], "usage": {"prompt_tokens": 1200, "completion_tokens": chars.len() / 4}});
-        let _ = tx
-            .send(Ok(Bytes::from(format!(
-                "data: {finish}\n\ndata: {usage}\n\ndata: [DONE]\n\n"
-            ))))
-            .await;
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(ReceiverStream::new(rx)))
-        .unwrap()
+    let finish = if cut { "length" } else { "stop" };
+    let usage = json!({"prompt_tokens": 1200, "completion_tokens": text.chars().count() / 4});
+    stream_answer(text, (finish, usage), stall_after, in_flight, latency)
 }
 
 /// The vector store answers from the project's knowledge folder, with its own URLs.

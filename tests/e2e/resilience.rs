@@ -194,16 +194,7 @@ async fn a_burst_of_jobs_against_a_tight_provider_budget_meets_no_429() {
     let mut config = config(&standin);
     config.upstreams.rate_limits = common::no_rate_limits();
     let server = common::start(config).await;
-    let jobs = (0..2).map(|i| {
-        let mut client = server.client.clone();
-        async move {
-            let mut request = llm_request();
-            request.topic = format!("{} {i}", request.topic);
-            let mut stream = client.generate(request).await.unwrap().into_inner();
-            final_article(&common::collect(&mut stream).await)
-        }
-    });
-    futures_util::future::join_all(jobs).await;
+    crate::upstreams::llm_jobs_at_once(&server, 2).await;
     let calls = standin.requests_of(Route::Llm).len();
     assert!(calls > 8, "{calls} calls: more than one window's budget");
     assert_eq!(standin.budget_refused(), 0, "429s from the provider");

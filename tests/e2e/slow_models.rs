@@ -183,16 +183,7 @@ async fn llm_calls_wait_for_the_servers_slots_in_our_queue() {
     });
     let config = config(&standin);
     let server = common::start(config).await;
-    let jobs = (0..3).map(|i| {
-        let mut client = server.client.clone();
-        async move {
-            let mut request = llm_request();
-            request.topic = format!("{} {i}", request.topic);
-            let mut stream = client.generate(request).await.unwrap().into_inner();
-            final_article(&common::collect(&mut stream).await)
-        }
-    });
-    futures_util::future::join_all(jobs).await;
+    crate::upstreams::llm_jobs_at_once(&server, 3).await;
     assert_eq!(standin.max_llm_in_flight(), 1, "one call at a time");
     let llm = detailed_llm(&server).await;
     assert_eq!(llm["slots"]["size"], 1, "{llm}");

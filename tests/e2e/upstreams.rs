@@ -46,6 +46,20 @@ pub fn llm_request() -> api::GenerateRequest {
     req
 }
 
+/// `n` LLM jobs (topics told apart) run at once, each to its article.
+pub async fn llm_jobs_at_once(server: &common::TestServer, n: usize) -> Vec<api::Article> {
+    let jobs = (0..n).map(|i| {
+        let mut client = server.client.clone();
+        async move {
+            let mut request = llm_request();
+            request.topic = format!("{} {i}", request.topic);
+            let mut stream = client.generate(request).await.unwrap().into_inner();
+            final_article(&collect(&mut stream).await)
+        }
+    });
+    futures_util::future::join_all(jobs).await
+}
+
 pub fn warnings(events: &[api::GenerateEvent]) -> Vec<String> {
     events
         .iter()

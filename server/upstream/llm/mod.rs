@@ -131,6 +131,9 @@ pub struct Streamed {
     pub truncated: bool,
 }
 
+/// How soon a server that said nothing of itself is asked again.
+const ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct LlmClient {
     http: reqwest::Client,
     base_url: String,
@@ -145,8 +148,9 @@ pub struct LlmClient {
     stream_structured: bool,
     /// `--llm-context-tokens`, else what the server says.
     context_tokens: Option<u32>,
-    /// What the server says of itself, asked once.
-    props: tokio::sync::OnceCell<ServerProps>,
+    /// What the server said of itself, once it said anything; and when it was last asked (a
+    /// server that was not up yet, or said nothing, is asked again after a while).
+    props: tokio::sync::Mutex<(Option<ServerProps>, Option<tokio::time::Instant>)>,
     /// The pace each model has shown.
     pub throughput: Throughput,
     /// Calls being answered now (sent, not yet read to their end).
@@ -248,38 +252,44 @@ impl LlmClient {
             structured_output: settings.structured_output,
             stream_structured: settings.stream_structured,
             context_tokens: settings.context_tokens,
-            props: tokio::sync::OnceCell::new(),
+            props: Default::default(),
             throughput: Throughput::default(),
             in_flight: Default::default(),
             provider,
         }
     }
 
-    /// What the server says of itself (asked once; OpenAI is not asked), its slots applied
-    /// as this upstream's concurrency unless `--llm-concurrency` set one.
+    /// What the server says of itself (OpenAI is not asked), its slots applied as this
+    /// upstream's concurrency unless `--llm-concurrency` set one. Kept once it said anything;
+    /// a server that said nothing (not up yet, or without these paths) is asked again at most
+    /// every [`ASK_AGAIN`].
     pub async fn server_props(&self, model: &str) -> ServerProps {
-        *self
-            .props
-            .get_or_init(|| async {
-                if self.provider == "openai" {
-                    return ServerProps::default();
-                }
-                let props =
-                    discover::discover(&self.http, &self.base_url, self.api_key.as_ref(), model)
-                        .await;
-                if let Some(slots) = props.slots
-                    && self.guard.set_slots(slots)
-                {
-                    tracing::info!(slots, "LLM calls in flight limited to the server's slots");
-                }
-                props
-            })
-            .await
+        let mut known = self.props.lock().await;
+        if let Some(props) = known.0 {
+            return props;
+        }
+        let recently = known.1.is_some_and(|at| at.elapsed() < ASK_AGAIN);
+        if self.provider == "openai" || recently {
+            return ServerProps::default();
+        }
+        known.1 = Some(tokio::time::Instant::now());
+        let props =
+            discover::discover(&self.http, &self.base_url, self.api_key.as_ref(), model).await;
+        if props != ServerProps::default() {
+            known.0 = Some(props);
+        }
+        if let Some(slots) = props.slots
+            && self.guard.set_slots(slots)
+        {
+            tracing::info!(slots, "LLM calls in flight limited to the server's slots");
+        }
+        props
     }
 
     /// What was learned of the server so far (for health), without asking.
     pub fn known_props(&self) -> ServerProps {
-        let mut props = self.props.get().copied().unwrap_or_default();
+        let learned = self.props.try_lock().ok().and_then(|known| known.0);
+        let mut props = learned.unwrap_or_default();
         props.context_tokens = self.context_tokens.or(props.context_tokens);
         props
     }
