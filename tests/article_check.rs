@@ -136,7 +136,7 @@ impl Report {
 }
 
 /// Topic words a source must name: those the topic writes with a capital after its first word
-/// (places, firms, months, acronyms), as written.
+/// (places, firms, months, acronyms) and the years it names, as written.
 pub fn topic_names(topic: &str) -> Vec<String> {
     const SMALL: &[&str] = &[
         "The", "And", "Of", "In", "For", "A", "An", "To", "On", "With",
@@ -145,7 +145,10 @@ pub fn topic_names(topic: &str) -> Vec<String> {
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .skip(1)
-        .filter(|w| w.starts_with(char::is_uppercase) && !SMALL.contains(w))
+        .filter(|w| {
+            let year = w.len() == 4 && w.bytes().all(|b| b.is_ascii_digit());
+            year || (w.starts_with(char::is_uppercase) && !SMALL.contains(w))
+        })
         .map(str::to_string)
         .collect()
 }

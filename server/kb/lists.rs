@@ -124,7 +124,7 @@ fn key_at(words: &[&str]) -> Option<usize> {
 }
 
 /// `Metro:`: a capitalised word (or acronym) ending with a colon.
-fn is_key_word(word: &str) -> bool {
+pub(super) fn is_key_word(word: &str) -> bool {
     word.len() > 1
         && word.ends_with(':')
         && word

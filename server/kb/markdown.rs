@@ -8,6 +8,7 @@ use std::{
 use super::{
     Chunk, KbError, in_parallel,
     lists::{self, Piece},
+    records,
 };
 use crate::text;
 
@@ -174,6 +175,7 @@ fn paragraph(text: &str, out: &mut Vec<Block>, scratch: &mut String) {
     let prose = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let pieces = lists::line_items(&lines)
         .or_else(|| lists::enumeration(&prose))
+        .or_else(|| records::records(&prose))
         .unwrap_or_else(|| vec![Piece::Prose(prose)]);
     let sentences = |prose: &str, out: &mut Vec<Block>, scratch: &mut String| {
         let units: Vec<Unit> = text::sentences(prose)

@@ -24,6 +24,7 @@ use tantivy::{
 mod files;
 mod lists;
 mod markdown;
+mod records;
 mod stem;
 mod stored;
 

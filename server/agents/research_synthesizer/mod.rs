@@ -62,7 +62,7 @@ fn is_proper(word: &str, texts: &[&str]) -> bool {
     total > 0 && capital * 5 >= total * 4
 }
 
-/// The names of a topic (places, firms, acronyms), as the sources write them: words the
+/// The names of a topic (places, firms, acronyms, years), as the sources write them: words the
 /// topic writes with a capital (its first word aside) or the sources nearly always do, that
 /// some source writes so. "California" is one; "top" and "private" are not.
 fn topic_names(topic: &str, texts: &[&str]) -> BTreeSet<String> {
@@ -79,6 +79,13 @@ fn topic_names(topic: &str, texts: &[&str]) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for (i, word) in written.iter().enumerate() {
         let lower = word.to_lowercase();
+        // A year names a period as a place names a region: "June 2025" is not June 2024.
+        if is_year(word) {
+            if texts.iter().any(|t| names_word(t, word)) {
+                names.insert(word.to_string());
+            }
+            continue;
+        }
         if word.chars().count() < 2
             || text::is_stopword(&lower)
             || word.chars().all(|c| c.is_ascii_digit())
@@ -100,6 +107,13 @@ fn topic_names(topic: &str, texts: &[&str]) -> BTreeSet<String> {
         }
     }
     names
+}
+
+/// `1987`, `2025`: four digits from 1900 to 2099.
+fn is_year(word: &str) -> bool {
+    word.len() == 4
+        && (word.starts_with("19") || word.starts_with("20"))
+        && word.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Whether `text` writes `name` as a word, as written (case and all).
@@ -514,6 +528,17 @@ mod tests {
         let titles: Vec<&str> = kept.iter().map(|d| d.source.title.as_str()).collect();
         assert_eq!(titles, ["Offices in California"]);
         assert_eq!(warning, None);
+    }
+
+    #[test]
+    fn a_year_in_the_topic_is_a_name_another_years_report_does_not_carry() {
+        let sources = vec![
+            kb_doc("RFPs in June 2025", "In June 2025, pensions issued RFPs."),
+            kb_doc("RFPs in June 2024", "In June 2024, pensions issued RFPs."),
+        ];
+        let (kept, _) = on_topic("Investment RFPs issued in June 2025", sources);
+        let titles: Vec<&str> = kept.iter().map(|d| d.source.title.as_str()).collect();
+        assert_eq!(titles, ["RFPs in June 2025"]);
     }
 
     #[test]
