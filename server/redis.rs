@@ -33,6 +33,7 @@ const BREAKER_COOL_DOWN: Duration = Duration::from_secs(2);
 pub const PREFIX: &str = "dakota:v1";
 
 pub struct Redis {
+    client: redis::Client,
     manager: ConnectionManager,
     timeout: Duration,
     breaker: CircuitBreaker,
@@ -75,10 +76,11 @@ impl Redis {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(timeout);
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| format!("Redis client: {}", e.kind_name_or_category()))?;
         metrics.redis_up.set(1);
         Ok(Self {
+            client,
             manager,
             timeout,
             breaker: CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOL_DOWN),
@@ -100,6 +102,20 @@ impl Redis {
     /// How long one operation may take.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// A connection of its own, for a blocking read (`XREAD BLOCK`) that would hold up every
+    /// other command on the shared multiplexed one: its replies may take `block` longer than
+    /// the timeout. `None` when Redis does not answer (the breaker is not consulted: the
+    /// caller retries at its own pace).
+    pub async fn dedicated(&self, block: Duration) -> Option<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout + block));
+        let connect = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        tokio::time::timeout(self.timeout, connect).await.ok()?.ok()
     }
 
     pub fn health(&self) -> RedisHealth {

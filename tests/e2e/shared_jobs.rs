@@ -280,3 +280,104 @@ async fn a_redis_restarted_mid_job_gets_the_running_job_back() {
     let again = second.generate(request).await;
     assert_eq!(again[0].job_id, job_id, "re-attached, not a duplicate");
 }
+
+/// `calls=` of every command in `INFO commandstats`, summed.
+fn redis_commands(redis: &RedisServer) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]).unwrap_or_default();
+    stats
+        .lines()
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Watchers of a job on another replica cost Redis what one does: one blocking reader per
+/// replica, not a poll per watcher (which, every 100 ms, made 100 watchers 1,000 reads a
+/// second). Every watcher still gets every event and the end. `DAKOTA_WATCHERS` sets how many
+/// (100 by default); the figures are printed (`--no-capture`).
+#[tokio::test(flavor = "multi_thread")]
+async fn watchers_on_another_replica_cost_redis_a_few_commands_a_second_however_many() {
+    let watchers: usize = std::env::var("DAKOTA_WATCHERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    let redis = RedisServer::start();
+    let gate = Gate::new();
+    let mut first = common::start_with(shared(&redis), gate.agents()).await;
+    let mut second = common::start(shared(&redis)).await;
+    let (mut stream, job_id) = first
+        .held_job(&gate, request("Pension risk transfer"))
+        .await;
+    let mut streams = Vec::new();
+    for _ in 0..watchers {
+        let mut watched = second.watch(job_id.clone(), 0).await;
+        assert_eq!(next(&mut watched).await.unwrap().sequence, 1);
+        streams.push(watched);
+    }
+    // Every watcher caught up and handed to the reader; then a window with the job held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before, window) = (redis_commands(&redis), Duration::from_secs(3));
+    tokio::time::sleep(window).await;
+    let per_second = (redis_commands(&redis) - before) as f64 / window.as_secs_f64();
+    println!(
+        "{watchers} watchers of a running job on another replica: {per_second:.1} Redis commands a second (both replicas, the runner's lease and publishing included)"
+    );
+    assert!(
+        per_second < 60.0,
+        "{per_second:.1} commands a second for {watchers} watchers"
+    );
+
+    // Each watcher read in its own task: the delay from the runner's event to it.
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut watched| {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while let Some(event) = next(&mut watched).await {
+                    let at = std::time::SystemTime::now();
+                    let sent = event
+                        .timestamp
+                        .and_then(|t| std::time::SystemTime::try_from(t).ok());
+                    let delay = sent.and_then(|s| at.duration_since(s).ok());
+                    seen.push((event, delay));
+                }
+                seen
+            })
+        })
+        .collect();
+    let opened = std::time::SystemTime::now();
+    gate.open();
+    let here = collect(&mut stream).await;
+    let mut delays = Vec::new();
+    for reader in readers {
+        let seen = reader.await.unwrap();
+        let events: Vec<_> = seen.iter().map(|(e, _)| e.clone()).collect();
+        assert_eq!(shape(&events), shape(&here), "every event, in order");
+        final_article(&events);
+        // Only what the runner emitted once the window was over.
+        let after_open = |e: &api::GenerateEvent| {
+            e.timestamp
+                .and_then(|t| std::time::SystemTime::try_from(t).ok())
+                .is_some_and(|t| t >= opened)
+        };
+        delays.extend(
+            seen.into_iter()
+                .filter(|(e, _)| after_open(e))
+                .filter_map(|(_, d)| d),
+        );
+    }
+    delays.sort();
+    let at = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
+    println!(
+        "runner -> remote watcher, {} events: p50 {:?}, p99 {:?}",
+        delays.len(),
+        at(0.5),
+        at(0.99)
+    );
+}

@@ -43,6 +43,7 @@ use crate::{
 };
 use dakota::api::{GenerateEvent, generate_event::Event};
 
+mod fanout;
 mod scripts;
 mod watch;
 
@@ -63,6 +64,8 @@ pub struct SharedJobs {
     lease: Duration,
     /// The server's shutdown: a finished job's publisher stops waiting for Redis then.
     stop: tokio_util::sync::CancellationToken,
+    /// This replica's watchers of jobs run elsewhere, served by one blocking reader.
+    fanout: fanout::Fanout,
 }
 
 /// What a job's request is, compared when an idempotency key is reused on another replica.
@@ -95,6 +98,7 @@ impl SharedJobs {
             ttl,
             lease,
             stop,
+            fanout: Default::default(),
         }
     }
 

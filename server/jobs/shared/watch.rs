@@ -18,15 +18,15 @@ use crate::{
 };
 use dakota::api::{self, GenerateEvent, JobState, generate_event::Event};
 
-/// How often a watcher on another replica reads the stream. Blocking reads (`XREAD BLOCK`)
-/// would stall the shared multiplexed connection, so watchers poll.
+/// How often a watcher catching up, or a `CancelJob` waiting for the end, asks again while
+/// Redis does not answer (once caught up, a watcher is the reader's: see `fanout`).
 const POLL: Duration = Duration::from_millis(100);
 /// How long a watcher waits for a Redis that does not answer before it tells its client
 /// (at least three leases): a pause of a few seconds is waited out, not reported.
-const WATCH_PATIENCE: Duration = Duration::from_secs(15);
+pub(super) const WATCH_PATIENCE: Duration = Duration::from_secs(15);
 /// After Redis answers again, how long a live runner may take to renew its lease: its own
 /// Redis breaker's cool-down, then a renew tick.
-const RUNNER_GRACE: Duration = Duration::from_secs(3);
+pub(super) const RUNNER_GRACE: Duration = Duration::from_secs(3);
 
 /// A job as Redis knows it.
 #[derive(Debug, Clone)]
@@ -147,7 +147,7 @@ impl SharedJobs {
         let (tx, rx) = mpsc::channel(FOLLOWER_BUFFER);
         let shared = self.clone();
         tokio::spawn(async move {
-            let end = shared.watch(&job.id, after, &tx).await;
+            let end = shared.watch(&job.id, after, tx.clone()).await;
             if let Err(status) = end {
                 let _ = tx.send(Err(status)).await;
             }
@@ -155,19 +155,18 @@ impl SharedJobs {
         ReceiverStream::new(rx)
     }
 
+    /// Catches up on the events after `after` with range reads, then hands the watcher to
+    /// this replica's reader (`fanout`), which blocks for the rest.
     async fn watch(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         after: u64,
-        tx: &mpsc::Sender<Result<GenerateEvent, Status>>,
+        tx: mpsc::Sender<Result<GenerateEvent, Status>>,
     ) -> Result<(), Status> {
         let mut cursor = after;
         let mut unanswered = tokio::time::Instant::now();
-        let mut last_lease_check = tokio::time::Instant::now();
-        let mut runner = Liveness::default();
         loop {
             let Some(events) = self.events_after(id, cursor, FOLLOWER_BUFFER).await else {
-                runner.redis_away();
                 if unanswered.elapsed() > (self.lease * 3).max(WATCH_PATIENCE) {
                     return Err(store_unavailable());
                 }
@@ -184,41 +183,25 @@ impl SharedJobs {
                     return Ok(());
                 }
             }
-            if !caught_up {
-                continue;
-            }
-            // At or past the end: the final event again, as the local follower does.
-            if cursor == after
-                && let Some(Some(last)) = self.last_event(id).await
-                && final_event(&last)
-            {
-                let _ = tx.send(Ok(self.with_article(id, last).await)).await;
-                return Ok(());
-            }
-            if last_lease_check.elapsed() >= self.lease / 3 {
-                last_lease_check = tokio::time::Instant::now();
-                match self.lease_held(id).await {
-                    Some(true) => runner.seen(),
-                    None => runner.redis_away(),
-                    Some(false) => {
-                        if runner.missing_for() >= self.lease + RUNNER_GRACE
-                            && self.take_over(id).await
-                        {
-                            return self.runner_gone(id, tx).await;
-                        }
-                    }
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(POLL) => {}
-                () = tx.closed() => return Ok(()),
+            if caught_up {
+                break;
             }
         }
+        // At or past the end: the final event again, as the local follower does.
+        if cursor == after
+            && let Some(Some(last)) = self.last_event(id).await
+            && final_event(&last)
+        {
+            let _ = tx.send(Ok(self.with_article(id, last).await)).await;
+            return Ok(());
+        }
+        self.subscribe(id, cursor, tx).await;
+        Ok(())
     }
 
     /// Takes over the lease of job `id` (not ended, lease gone): then this replica, and no
     /// other, may write its end.
-    async fn take_over(&self, id: &str) -> bool {
+    pub(super) async fn take_over(&self, id: &str) -> bool {
         let keys = [key(id, "lease"), key(id, "meta")];
         let args = vec![
             self.replica.clone().into_bytes(),
@@ -238,16 +221,12 @@ impl SharedJobs {
     /// runner stopped (killed, or cut off from Redis). The watcher ends with `failed`
     /// UNAVAILABLE, recorded in the stream so every replica tells the same end, and the
     /// idempotency key may start the job again.
-    async fn runner_gone(
-        &self,
-        id: &str,
-        tx: &mpsc::Sender<Result<GenerateEvent, Status>>,
-    ) -> Result<(), Status> {
+    pub(super) async fn runner_gone(&self, id: &str) -> Option<()> {
         // The runner may have published its end just before its lease went.
-        let last = self.last_event(id).await.flatten();
-        if let Some(last) = last.clone().filter(final_event) {
-            let _ = tx.send(Ok(self.with_article(id, last).await)).await;
-            return Ok(());
+        let last = self.last_event(id).await?;
+        if last.as_ref().is_some_and(final_event) {
+            self.release(id).await;
+            return Some(());
         }
         let (sequence, progress) = last.map_or((1, 0), |e| (e.sequence + 1, e.progress));
         let failed = GenerateEvent {
@@ -265,19 +244,12 @@ impl SharedJobs {
                 }),
             })),
         };
-        let _ = self.append(id, vec![failed]).await;
+        let appended = self.append(id, vec![failed]).await;
         self.release(id).await;
-        // Whatever end the stream now holds is the job's, for every replica.
-        match self.last_event(id).await.flatten().filter(final_event) {
-            Some(end) => {
-                let _ = tx.send(Ok(self.with_article(id, end).await)).await;
-                Ok(())
-            }
-            None => Err(store_unavailable()),
-        }
+        appended.map(|_| ())
     }
 
-    async fn with_article(&self, id: &str, mut event: GenerateEvent) -> GenerateEvent {
+    pub(super) async fn with_article(&self, id: &str, mut event: GenerateEvent) -> GenerateEvent {
         if let Some(Event::Completed(completed)) = &mut event.event
             && completed.article.is_none()
         {
@@ -341,32 +313,32 @@ impl SharedJobs {
 /// answered every look. A lease that lapsed while Redis itself was away says nothing (the
 /// runner could not renew), so Redis going away starts the count again.
 #[derive(Debug, Default)]
-struct Liveness {
+pub(super) struct Liveness {
     missing_since: Option<tokio::time::Instant>,
 }
 
 impl Liveness {
-    fn seen(&mut self) {
+    pub(super) fn seen(&mut self) {
         self.missing_since = None;
     }
 
-    fn redis_away(&mut self) {
+    pub(super) fn redis_away(&mut self) {
         self.missing_since = None;
     }
 
     /// Called on a look that found no lease: how long it has been missing.
-    fn missing_for(&mut self) -> Duration {
+    pub(super) fn missing_for(&mut self) -> Duration {
         self.missing_since
             .get_or_insert_with(tokio::time::Instant::now)
             .elapsed()
     }
 }
 
-fn store_unavailable() -> Status {
+pub(super) fn store_unavailable() -> Status {
     Status::unavailable("the shared job store (Redis) does not answer; retry shortly")
 }
 
-fn decode(entry: &redis::streams::StreamId) -> Option<GenerateEvent> {
+pub(super) fn decode(entry: &redis::streams::StreamId) -> Option<GenerateEvent> {
     let bytes: Vec<u8> = entry.get("e")?;
     GenerateEvent::decode(bytes.as_slice()).ok()
 }
