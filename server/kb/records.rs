@@ -10,6 +10,8 @@ const MIN_RECORDS: usize = 3;
 /// The most words of a record's name, or of a value before its last.
 const MAX_NAME_WORDS: usize = 16;
 const MAX_VALUE_WORDS: usize = 8;
+/// The most keys of one record.
+const MAX_CYCLE: usize = 8;
 
 const MONTHS: [&str; 12] = [
     "january",
@@ -33,9 +35,35 @@ pub(super) fn records(paragraph: &str) -> Option<Vec<Piece>> {
     let keys: Vec<usize> = (0..words.len())
         .filter(|&i| is_key_word(words[i]))
         .collect();
-    let (first, cycle) = cycle(&words, &keys)?;
-    // Each record: the word index of its first key, and where its last value ends.
-    let mut rows: Vec<(usize, usize)> = Vec::new();
+    let mut pieces = Vec::new();
+    // Words and keys taken so far: a document that repeats itself holds a second table
+    // after the first, found from there (each word and key is looked at a bounded number
+    // of times, whatever a hostile document holds).
+    let (mut floor, mut from) = (0, 0);
+    while let Some((table, end, next)) = table(&words, &keys, floor, from) {
+        pieces.extend(table);
+        (floor, from) = (end, next);
+    }
+    if pieces.is_empty() {
+        return None;
+    }
+    if floor < words.len() {
+        pieces.push(Piece::Prose(words[floor..].join(" ")));
+    }
+    Some(pieces)
+}
+
+/// The first table from key `from` on (and word `floor`): its pieces, the prose before it
+/// first; the word it ends at and the first key after it.
+fn table(
+    words: &[&str],
+    keys: &[usize],
+    floor: usize,
+    from: usize,
+) -> Option<(Vec<Piece>, usize, usize)> {
+    let (first, cycle) = cycle(words, &keys[from..]).map(|(f, c)| (f + from, c))?;
+    // Each record: the index of its first key, its word, and where its last value ends.
+    let mut rows: Vec<(usize, usize, usize)> = Vec::new();
     let mut k = first;
     while k + cycle <= keys.len()
         && (0..cycle).all(|m| words[keys[k + m]] == words[keys[first + m]])
@@ -49,50 +77,52 @@ pub(super) fn records(paragraph: &str) -> Option<Vec<Piece>> {
         let Some(len) = value_len(&words[last..bound]).filter(|_| short) else {
             break;
         };
-        rows.push((values[0], last + len));
+        rows.push((k, values[0], last + len));
         k += cycle;
     }
     if rows.len() < MIN_RECORDS {
         return None;
     }
+    // A record's name starts after the prose's last sentence, a few words before its key.
     let name_start = |at: usize, floor: usize| -> Option<usize> {
-        // The first record's name starts after the prose's last sentence.
-        let start = (floor..at)
+        let lowest = floor.max(at.saturating_sub(MAX_NAME_WORDS + 1));
+        let start = match (lowest..at)
             .rev()
             .find(|&i| words[i].ends_with(['.', '!', '?']))
-            .map_or(floor, |i| i + 1);
+        {
+            Some(i) => i + 1,
+            None if lowest == floor => floor,
+            // The sentence before ends further back: the name would be too long.
+            None => return None,
+        };
         (at > start && at - start <= MAX_NAME_WORDS).then_some(start)
     };
-    let mut pieces = Vec::new();
-    let mut floor = 0;
-    for (n, &(at, end)) in rows.iter().enumerate() {
-        let Some(start) = name_start(at, floor) else {
+    let (mut pieces, mut taken, mut next) = (Vec::new(), floor, k);
+    for (n, &(key, at, end)) in rows.iter().enumerate() {
+        let Some(start) = name_start(at, taken) else {
             // A record without a name of its own ends the run here.
             if n < MIN_RECORDS {
                 return None;
             }
+            next = key;
             break;
         };
-        if n == 0 && start > 0 {
-            pieces.push(Piece::Prose(words[..start].join(" ")));
+        if n == 0 && start > floor {
+            pieces.push(Piece::Prose(words[floor..start].join(" ")));
         }
         pieces.push(Piece::Item(render(&words[start..end])));
-        floor = end;
+        taken = end;
     }
-    if floor < words.len() {
-        // The prose after a table may hold another (a document that repeats itself).
-        let after = words[floor..].join(" ");
-        pieces.extend(records(&after).unwrap_or_else(|| vec![Piece::Prose(after)]));
-    }
-    Some(pieces)
+    Some((pieces, taken, next))
 }
 
-/// The first key that starts a repeating cycle of distinct keys (at least two), as (its
-/// index among the keys, the cycle's length).
+/// The first key that starts a repeating cycle of distinct keys (two to [`MAX_CYCLE`]), as
+/// (its index among the keys, the cycle's length).
 fn cycle(words: &[&str], keys: &[usize]) -> Option<(usize, usize)> {
     (0..keys.len()).find_map(|first| {
         let key = words[keys[first]];
-        let next = (first + 1..keys.len()).find(|&k| words[keys[k]] == key)?;
+        let window = first + 1..keys.len().min(first + MAX_CYCLE + 1);
+        let next = window.into_iter().find(|&k| words[keys[k]] == key)?;
         let len = next - first;
         let distinct = (first..next)
             .map(|k| words[keys[k]])
@@ -192,6 +222,20 @@ mod tests {
                 Piece::Prose("For June, Dakota tracked 4 RFPs.".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_paragraph_of_many_keys_none_repeating_is_read_in_one_pass() {
+        // Distinct keys: once a key was compared with every later one (quadratic).
+        let many: String = (0..200_000).map(|n| format!("K{n}: v ")).collect();
+        assert_eq!(records(&many), None);
+        let tables = format!("{RFPS} {RFPS}");
+        let items = records(&tables)
+            .unwrap()
+            .iter()
+            .filter(|p| matches!(p, Piece::Item(_)))
+            .count();
+        assert_eq!(items, 8, "a document that repeats itself gives both tables");
     }
 
     #[test]
